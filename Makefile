@@ -1,0 +1,35 @@
+# Every target that runs code first makes sure .venv exists and is installed.
+# torch is installed first, pinned through constraints.txt, so no dependency can pull a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: venv demo test lint typecheck clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/digits_demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check lightning_autoprune tests examples
+	$(PY) -m mypy lightning_autoprune
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check lightning_autoprune tests examples
+	$(PY) -m ruff format --check lightning_autoprune tests examples
+
+typecheck: $(STAMP)
+	$(PY) -m mypy lightning_autoprune
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

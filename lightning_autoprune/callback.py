@@ -1,0 +1,633 @@
+"""The ``AutoPrune`` Lightning callback: gates, delegation, state and logging calls only.
+
+All maths lives in pure modules: :mod:`~lightning_autoprune.targets` (which tensors),
+:mod:`~lightning_autoprune.importance` (scores), :mod:`~lightning_autoprune.selection` (masks from
+scores), :mod:`~lightning_autoprune.schedule` (when and how much) and
+:mod:`~lightning_autoprune.masks` (enforcement and packing).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from lightning_autoprune import calibration, masks, selection
+from lightning_autoprune import importance as scoring
+from lightning_autoprune import schedule as schedules
+from lightning_autoprune.targets import PruneTarget, resolve_targets
+
+#: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
+STATE_VERSION = 1
+
+_GRANULARITIES = ("unstructured", "structured")
+_MODES = ("max", "min")
+
+
+class AutoPrune(Callback):
+    r"""Prune a LightningModule while it trains: scores, masks and a schedule, from one callback.
+
+    At the start of each scheduled epoch (that is, after the previous epoch trained and was
+    validated) the callback scores every prunable weight, prunes the lowest-scoring ones globally
+    until the scheduled sparsity is met, and keeps them at exactly zero after every optimizer step.
+    Sparsity grows on the schedule from ``start_epoch`` to ``target_sparsity`` at ``end_epoch``,
+    then holds while the model fine-tunes. The checkpointed ``state_dict`` keeps the model's own
+    keys (pruned entries are zeros), and the callback's own state holds the masks, so
+    ``trainer.fit(..., ckpt_path=...)`` resumes exactly.
+
+    Logged through ``pl_module.log``, so every Lightning logger receives them:
+    ``autoprune/sparsity`` (fraction of prunable weights that are exactly zero),
+    ``autoprune/target_sparsity``, ``autoprune/scheduled_sparsity``, one
+    ``autoprune/sparsity/<parameter name>`` per pruned tensor, and at each pruning event
+    ``autoprune/metric_before`` and ``autoprune/metric_after`` (the monitored metric at the last
+    validation before the event, and at the first validation after it).
+
+    Args:
+        target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``. ``None``
+            asks for the automatic, tolerance-driven mode, which is not available yet.
+        max_metric_drop: allowed drop of the monitored metric in its own units (0.01 = 1 point
+            of accuracy); used by the automatic mode.
+        monitor: the validation metric to report around pruning events. ``None`` picks a
+            validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
+        mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
+            ``None`` infers it: ``"min"`` for names containing ``loss`` or ``error``, else ``"max"``.
+        importance: how weights are scored. ``"lamp"`` (layer-adaptive magnitude; the default),
+            ``"magnitude"`` (global ``|w|``), ``"taylor"`` (``|g * w|`` on calibration batches)
+            or ``"random"``.
+        granularity: ``"unstructured"`` prunes single weights. ``"structured"`` (whole neurons
+            and channels) is not available yet.
+        schedule: how sparsity grows between ``start_epoch`` and ``end_epoch``: ``"cubic"``
+            (Zhu & Gupta 2017, fast early and gentle late), ``"linear"``, or ``"one_shot"`` (all
+            at ``end_epoch``).
+        start_epoch: first epoch whose start prunes. ``None``: about a tenth of ``max_epochs``
+            (at least 1 when there is room).
+        end_epoch: epoch at whose start the target is reached; later epochs fine-tune.
+            ``None``: about two thirds of ``max_epochs``.
+        frequency: prune every this many epochs between ``start_epoch`` and ``end_epoch``.
+        include: glob patterns over parameter names (``"net.*.weight"``) selecting the tensors to
+            prune. ``None``: every weight of Linear, Conv, Embedding, LSTM/GRU/RNN and
+            MultiheadAttention layers; never biases or normalisation layers.
+        exclude: glob patterns removed from the selection.
+        min_layer_density: every pruned tensor keeps at least this fraction of its weights, so
+            global ranking cannot empty a layer.
+        calibration_samples: training samples drawn (with ``seed``) for gradient-based scorers.
+            They are run through ``training_step`` in eval mode, with logging muted.
+        seed: seeds the callback's own generator (calibration sampling, the random scorer).
+        verbose: print a line at each pruning event and a summary at the end of fit.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> callback = AutoPrune(target_sparsity=0.9, importance="lamp", schedule="cubic")
+        >>> trainer = Trainer(max_epochs=30, callbacks=[callback], logger=False)
+        >>> AutoPrune(target_sparsity=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `target_sparsity` must be in [0, 1) or None, got 1.5.
+    """
+
+    def __init__(
+        self,
+        target_sparsity: float | None = None,
+        max_metric_drop: float = 0.01,
+        monitor: str | None = None,
+        mode: Literal["max", "min"] | None = None,
+        importance: str = "lamp",
+        granularity: Literal["unstructured", "structured"] = "unstructured",
+        schedule: Literal["cubic", "linear", "one_shot"] = "cubic",
+        start_epoch: int | None = None,
+        end_epoch: int | None = None,
+        frequency: int = 1,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        min_layer_density: float = 0.002,
+        calibration_samples: int = 512,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        _validate_arguments(
+            target_sparsity=target_sparsity,
+            max_metric_drop=max_metric_drop,
+            mode=mode,
+            granularity=granularity,
+            schedule=schedule,
+            start_epoch=start_epoch,
+            end_epoch=end_epoch,
+            frequency=frequency,
+            min_layer_density=min_layer_density,
+            calibration_samples=calibration_samples,
+        )
+        self.target_sparsity = target_sparsity
+        self.max_metric_drop = max_metric_drop
+        self.monitor = monitor
+        self.mode = mode
+        self.importance = importance
+        self.granularity = granularity
+        self.schedule: schedules.ScheduleKind = schedule
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.frequency = frequency
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude) if exclude is not None else None
+        self.min_layer_density = min_layer_density
+        self.calibration_samples = calibration_samples
+        self.seed = seed
+        self.verbose = verbose
+
+        self.scorer = scoring.make_scorer(importance)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.targets: list[PruneTarget] = []
+        self.masks: dict[str, Tensor] = {}
+        self.history: list[dict[str, Any]] = []
+        self.window: tuple[int, int] | None = None
+        self.seconds_pruning = 0.0
+        self.seconds_enforcing = 0.0
+        self._handles: list[RemovableHandle] = []
+        self._pending_state: dict[str, Any] | None = None
+        self._resolved_monitor: tuple[str, str] | None = None
+        self._validated_epoch = -1
+        self._pruned_any = False  # skip mask enforcement until something is pruned
+        self._keep: dict[str, Tensor] = {}  # masks as 0/1 factors in each parameter's dtype (hot path)
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    def state_key(self) -> str:
+        """Identifies this callback's state in a checkpoint; distinct for distinct tensor selections."""
+        return self._generate_state_key(include=self.include, exclude=self.exclude)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (packed bits), schedule progress, generators and RNG states: tensors and primitives only.
+
+        The global RNG states are saved too and restored when a resumed fit loads this state,
+        so the resumed run draws the same data order and dropout as an uninterrupted one; that is
+        what makes its later masks identical.
+        """
+        return {
+            "version": STATE_VERSION,
+            "masks": {name: masks.pack_mask(mask) for name, mask in self.masks.items()},
+            "shapes": {name: list(mask.shape) for name, mask in self.masks.items()},
+            "history": [dict(event) for event in self.history],
+            "generator": self.generator.get_state(),
+            "rng": _collect_rng_states(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the global RNG states now; masks are checked against the model and applied at train start.
+
+        The RNG states must be back before Lightning creates the resumed epoch's training iterator
+        (which draws its seeds from the global RNG); ``load_state_dict`` runs early enough.
+        """
+        version = state_dict.get("version")
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise ValueError(
+                f"This checkpoint's AutoPrune state has version {version!r}; this lightning_autoprune reads "
+                f"versions up to {STATE_VERSION}. HINT: upgrade lightning_autoprune to resume it."
+            )
+        self._pending_state = state_dict
+        if "rng" in state_dict:
+            _set_rng_states(state_dict["rng"])
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve the tensors to prune and the schedule window; fail early on bad configuration."""
+        if stage != "fit":
+            return
+        self.targets = resolve_targets(pl_module, self.include, self.exclude)
+        _check_no_overlap(self, trainer)
+        self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
+        self.window = self._resolve_window(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Apply a resumed state, then hook mask enforcement onto every optimizer step."""
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+        self._enforce()
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+            for target in self.targets:
+                masks.zero_optimizer_state_(optimizer, target.param, self.masks[target.name])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune if the schedule asks for more sparsity this epoch; log sparsity every epoch."""
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        scheduled = self._scheduled(epoch)
+        if scheduled > masks.mask_sparsity(self.masks):
+            self._prune_with_context(trainer, pl_module, epoch, scheduled)
+        self._log_sparsity(pl_module, scheduled)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Zero the gradients of pruned weights, so no optimizer state builds up behind them."""
+        if not self._pruned_any:
+            return
+        start = time.perf_counter()
+        for target in self.targets:
+            grad = target.param.grad
+            if grad is not None:
+                masks.multiply_mask_(grad, self._keep[target.name])
+        self.seconds_enforcing += time.perf_counter() - start
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remember that this epoch was validated, so ``metric_after`` is a fresh value."""
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Report the monitored metric after this epoch's pruning event, once validated."""
+        if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
+            return
+        if self._validated_epoch != trainer.current_epoch:
+            return
+        value = self._monitored_value(trainer)
+        if value is not None:
+            self.history[-1]["metric_after"] = value
+            pl_module.log("autoprune/metric_after", value, on_step=False, on_epoch=True)
+            if self.verbose:
+                rank_zero_info(f"[AutoPrune] epoch {trainer.current_epoch}: {self._monitor_name()} after = {value:.4f}")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Print a summary of what was pruned."""
+        if self.verbose and self.targets:
+            rank_zero_info(self.summary())
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remove the optimizer hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------ public helpers
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are exactly zero right now."""
+        zeros, total = masks.count_zeros(t.param.detach() for t in self.targets)
+        return zeros / total if total else 0.0
+
+    def summary(self) -> str:
+        """A plain-text table of every pruned tensor: shape, density and weights kept."""
+        lines = ["[AutoPrune] summary", f"{'tensor':<40} {'shape':<18} {'density':>8} {'kept':>10}"]
+        kept_total = numel_total = 0
+        for target in self.targets:
+            param = target.param.detach()
+            kept = int((param != 0).sum())
+            kept_total += kept
+            numel_total += param.numel()
+            shape = "x".join(str(s) for s in param.shape)
+            lines.append(f"{target.name:<40} {shape:<18} {kept / param.numel():>8.4f} {kept:>10}")
+        sparsity = 1.0 - kept_total / numel_total if numel_total else 0.0
+        lines.append(f"{'total':<40} {'':<18} {1.0 - sparsity:>8.4f} {kept_total:>10}  (sparsity {sparsity:.4f})")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ internals
+    def _resolve_window(self, trainer: pl.Trainer) -> tuple[int, int]:
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            if self.end_epoch is None:
+                raise ValueError(
+                    "`end_epoch` must be set when the Trainer has no finite `max_epochs` "
+                    f"(got max_epochs={max_epochs})."
+                )
+            start = self.start_epoch if self.start_epoch is not None else min(1, self.end_epoch)
+            return start, self.end_epoch
+        default_start, default_end = schedules.default_window(max_epochs)
+        end = self.end_epoch if self.end_epoch is not None else max(default_end, self.start_epoch or 0)
+        start = self.start_epoch if self.start_epoch is not None else min(default_start, end)
+        if end > max_epochs - 1:
+            raise ValueError(
+                f"`end_epoch`={end} is never reached: the Trainer runs epochs 0..{max_epochs - 1} "
+                f"(max_epochs={max_epochs}). HINT: raise `max_epochs` or lower `end_epoch`."
+            )
+        if end < start:
+            raise ValueError(f"`end_epoch` must be >= `start_epoch`, got end_epoch={end} < start_epoch={start}.")
+        if start == 0:
+            warnings.warn(
+                f"AutoPrune prunes at the start of epoch 0, before any training (max_epochs={max_epochs}). "
+                "Scores of untrained weights are mostly noise. HINT: set `start_epoch` >= 1 or train longer.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return start, end
+
+    def _scheduled(self, epoch: int) -> float:
+        if self.target_sparsity is None or self.window is None:
+            return 0.0
+        start, end = self.window
+        return schedules.scheduled_sparsity(
+            epoch, self.target_sparsity, start=start, end=end, frequency=self.frequency, kind=self.schedule
+        )
+
+    def _prune_with_context(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            self._prune(trainer, pl_module, epoch, target)
+        except Exception as err:
+            raise RuntimeError(
+                f"AutoPrune failed while pruning at the start of epoch {epoch} towards sparsity {target:.4f} "
+                f"(importance={self.importance!r}, tensors: {', '.join(self.masks)}): {err}"
+            ) from err
+        finally:
+            self.seconds_pruning += time.perf_counter() - start
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
+        weights = {t.name: t.param.detach() for t in self.targets}
+        bad = _first_non_finite(weights)
+        if bad is not None:
+            warnings.warn(
+                f"AutoPrune skipped the pruning event of epoch {epoch}: tensor {bad!r} holds NaN or inf.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        inputs = scoring.ScoreInputs(weights=weights, masks=self.masks, generator=self.generator)
+        if self.scorer.needs_gradients:
+            inputs.grad_mean, inputs.grad_sq_mean = self._gradient_statistics(trainer, pl_module)
+            bad = _first_non_finite(inputs.grad_sq_mean)
+            if bad is not None:
+                warnings.warn(
+                    f"AutoPrune skipped the pruning event of epoch {epoch}: the calibration gradient of {bad!r} "
+                    "holds NaN or inf.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return
+        scores = self.scorer.score(inputs)
+        new_masks = selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
+        new_masks = trainer.strategy.broadcast(new_masks, src=0)
+        self._set_masks(new_masks)
+        for optimizer in trainer.optimizers:
+            for t in self.targets:
+                masks.zero_optimizer_state_(optimizer, t.param, self.masks[t.name])
+
+        before = self._monitored_value(trainer)
+        event = {
+            "epoch": epoch,
+            "target": target,
+            "sparsity": self.sparsity(),
+            "metric_before": before,
+            "metric_after": None,
+        }
+        self.history.append(event)
+        if before is not None:
+            pl_module.log("autoprune/metric_before", before, on_step=False, on_epoch=True)
+        if self.verbose:
+            metric = f", {self._monitor_name()} before = {before:.4f}" if before is not None else ""
+            rank_zero_info(
+                f"[AutoPrune] epoch {epoch}: pruned to sparsity {event['sparsity']:.4f} "
+                f"(scheduled {target:.4f}, importance={self.importance}){metric}"
+            )
+
+    def _gradient_statistics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        loader = trainer.train_dataloader
+        if not isinstance(loader, torch.utils.data.DataLoader):
+            raise ValueError(
+                f"importance={self.importance!r} needs one training DataLoader for calibration, got "
+                f"{type(loader).__name__}."
+            )
+        batches = calibration.calibration_batches(loader, self.calibration_samples, self.generator)
+
+        def loss_fn(batch: Any, batch_idx: int) -> Tensor:
+            batch = trainer.strategy.batch_to_device(batch)
+            out = pl_module.training_step(batch, batch_idx)
+            loss = out["loss"] if isinstance(out, Mapping) else out
+            if not isinstance(loss, Tensor) or loss.ndim != 0:
+                raise ValueError(
+                    f"importance={self.importance!r} needs `training_step` to return the scalar loss (or a dict "
+                    f"with 'loss'), got {type(out).__name__}."
+                )
+            return loss
+
+        params = {t.name: t.param for t in self.targets}
+        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
+            return calibration.gradient_statistics(loss_fn, batches, params)
+
+    def _set_masks(self, new_masks: Mapping[str, Tensor]) -> None:
+        """Install new masks, zero the pruned weights exactly, and cache the hot-path factors."""
+        self.masks = {t.name: new_masks[t.name].to(t.param.device) for t in self.targets}
+        self._pruned_any = any(not bool(mask.all()) for mask in self.masks.values())
+        self._keep = {t.name: self.masks[t.name].to(t.param.dtype) for t in self.targets}
+        for target in self.targets:
+            masks.apply_mask_(target.param.data, self.masks[target.name])
+
+    def _enforce(self) -> None:
+        if not self._pruned_any:
+            return
+        for target in self.targets:
+            masks.multiply_mask_(target.param.data, self._keep[target.name])
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        start = time.perf_counter()
+        self._enforce()
+        self.seconds_enforcing += time.perf_counter() - start
+
+    def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
+        pl_module.log("autoprune/sparsity", self.sparsity(), on_step=False, on_epoch=True)
+        pl_module.log("autoprune/scheduled_sparsity", scheduled, on_step=False, on_epoch=True)
+        if self.target_sparsity is not None:
+            pl_module.log("autoprune/target_sparsity", self.target_sparsity, on_step=False, on_epoch=True)
+        for target in self.targets:
+            pl_module.log(
+                f"autoprune/sparsity/{target.name}",
+                masks.sparsity(target.param.detach()),
+                on_step=False,
+                on_epoch=True,
+            )
+
+    def _monitor_name(self) -> str:
+        return self._resolved_monitor[0] if self._resolved_monitor else str(self.monitor)
+
+    def _monitored_value(self, trainer: pl.Trainer) -> float | None:
+        metrics = trainer.callback_metrics
+        if self._resolved_monitor is None:
+            if self.monitor is not None:
+                if self.monitor not in metrics:
+                    if not metrics:
+                        return None
+                    available = ", ".join(sorted(metrics)) or "none"
+                    raise ValueError(
+                        f"`monitor`={self.monitor!r} is not logged. Logged metrics: {available}. "
+                        "HINT: log it in `validation_step` with `self.log(...)`."
+                    )
+                self._resolved_monitor = (self.monitor, self.mode or infer_mode(self.monitor))
+            else:
+                detected = detect_monitor(metrics)
+                if detected is None:
+                    return None
+                self._resolved_monitor = (detected, self.mode or infer_mode(detected))
+                rank_zero_info(
+                    f"[AutoPrune] monitoring {detected!r} (mode={self._resolved_monitor[1]}); set `monitor` to choose."
+                )
+        value = metrics.get(self._resolved_monitor[0])
+        return float(value) if value is not None else None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        shapes = state.get("shapes", {})
+        packed = state.get("masks", {})
+        expected = {name: list(mask.shape) for name, mask in self.masks.items()}
+        if set(packed) != set(expected) or any(list(shapes[n]) != expected[n] for n in packed):
+            raise ValueError(
+                "The checkpoint's AutoPrune masks do not fit this model: checkpoint has "
+                f"{ {n: tuple(shapes[n]) for n in packed} }, the model's pruned tensors are "
+                f"{ {n: tuple(s) for n, s in expected.items()} }. HINT: resume with the model and the "
+                "`include`/`exclude` that wrote the checkpoint."
+            )
+        self._set_masks({name: masks.unpack_mask(packed[name], shapes[name]) for name in packed})
+        self.history = [dict(event) for event in state.get("history", [])]
+        self.generator.set_state(state["generator"])
+
+
+def detect_monitor(metrics: Mapping[str, Any]) -> str | None:
+    """Pick the metric to monitor from those logged: validation accuracy-like first, then ``val_loss``.
+
+    Example:
+        >>> detect_monitor({"train_loss": 1.0, "val_loss": 0.5, "val_acc": 0.9})
+        'val_acc'
+        >>> detect_monitor({"val_loss": 0.5}), detect_monitor({"train_loss": 1.0})
+        ('val_loss', None)
+    """
+    names = sorted(metrics)
+    validation = [n for n in names if "val" in n.lower() and not n.startswith("autoprune/")]
+    for name in validation:
+        lowered = name.lower()
+        if "acc" in lowered:
+            return name
+    if "val_loss" in metrics:
+        return "val_loss"
+    losses = [n for n in validation if "loss" in n.lower()]
+    return losses[0] if losses else None
+
+
+def infer_mode(metric: str) -> Literal["max", "min"]:
+    """``"min"`` for loss- or error-like metric names, else ``"max"``.
+
+    Example:
+        >>> infer_mode("val_loss"), infer_mode("val_acc")
+        ('min', 'max')
+    """
+    lowered = metric.lower()
+    return "min" if any(word in lowered for word in ("loss", "error", "err", "perplexity", "mse", "mae")) else "max"
+
+
+def _validate_arguments(
+    *,
+    target_sparsity: float | None,
+    max_metric_drop: float,
+    mode: str | None,
+    granularity: str,
+    schedule: str,
+    start_epoch: int | None,
+    end_epoch: int | None,
+    frequency: int,
+    min_layer_density: float,
+    calibration_samples: int,
+) -> None:
+    if target_sparsity is None:
+        raise ValueError(
+            "`target_sparsity`=None (the automatic, tolerance-driven mode) is not available yet. "
+            "HINT: pass a fixed target such as target_sparsity=0.9."
+        )
+    if not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
+        raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {target_sparsity!r}.")
+    if not (isinstance(max_metric_drop, (int, float)) and max_metric_drop >= 0 and math.isfinite(max_metric_drop)):
+        raise ValueError(f"`max_metric_drop` must be a finite number >= 0, got {max_metric_drop!r}.")
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"`mode` must be one of 'max', 'min' or None, got {mode!r}.")
+    if granularity not in _GRANULARITIES:
+        raise ValueError(f"`granularity` must be one of 'unstructured', 'structured', got {granularity!r}.")
+    if granularity == "structured":
+        raise ValueError("`granularity`='structured' is not available yet in this version; use 'unstructured'.")
+    if schedule not in schedules.SCHEDULES:
+        allowed = ", ".join(repr(s) for s in schedules.SCHEDULES)
+        raise ValueError(f"`schedule` must be one of {allowed}, got {schedule!r}.")
+    for name, value in (("start_epoch", start_epoch), ("end_epoch", end_epoch)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"`{name}` must be an integer >= 0 or None, got {value!r}.")
+    if start_epoch is not None and end_epoch is not None and end_epoch < start_epoch:
+        raise ValueError(
+            f"`end_epoch` must be >= `start_epoch`, got end_epoch={end_epoch} < start_epoch={start_epoch}."
+        )
+    if not isinstance(frequency, int) or frequency < 1:
+        raise ValueError(f"`frequency` must be an integer >= 1, got {frequency!r}.")
+    if not (isinstance(min_layer_density, (int, float)) and 0.0 <= min_layer_density <= 1.0):
+        raise ValueError(f"`min_layer_density` must be in [0, 1], got {min_layer_density!r}.")
+    if min_layer_density > 1.0 - target_sparsity:
+        raise ValueError(
+            f"`min_layer_density`={min_layer_density} keeps more weights than `target_sparsity`={target_sparsity} "
+            f"allows ({1.0 - target_sparsity:.4f} of them). Lower `min_layer_density`."
+        )
+    if not isinstance(calibration_samples, int) or calibration_samples < 1:
+        raise ValueError(f"`calibration_samples` must be an integer >= 1, got {calibration_samples!r}.")
+
+
+def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:
+    mine = {t.name for t in callback.targets}
+    for other in trainer.callbacks:  # type: ignore[attr-defined]
+        if other is callback or not isinstance(other, AutoPrune) or not other.targets:
+            continue
+        shared = sorted(mine & {t.name for t in other.targets})
+        if shared:
+            raise ValueError(
+                f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
+                "HINT: give each callback disjoint `include`/`exclude` patterns."
+            )
+
+
+def _first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def _collect_rng_states() -> dict[str, Any]:
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
+    py_version, py_state, py_gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,165 @@
+"""How important each weight is: one scoring contract, several scorers behind it.
+
+A scorer maps a :class:`ScoreInputs` (weights, current masks and, for gradient scorers, calibration
+gradient statistics) to one score tensor per target, shaped like its weight. Higher means more
+important. Scores are comparable *across* tensors, because :mod:`lightning_autoprune.selection`
+ranks them globally: a scorer whose raw values differ in scale between layers normalises them
+itself (LAMP does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+#: Baseline scorer names accepted by ``AutoPrune(importance=...)``.
+BASELINE_SCORERS = ("magnitude", "lamp", "taylor", "random")
+
+
+@dataclass
+class ScoreInputs:
+    """Everything a scorer may look at, keyed by parameter name.
+
+    Attributes:
+        weights: the current weights (already masked).
+        masks: ``True`` where a weight is still kept.
+        grad_mean: mean calibration gradient per weight, if gathered.
+        grad_sq_mean: mean squared per-batch calibration gradient (a Fisher diagonal), if gathered.
+        generator: the caller's seeded generator, for scorers that draw random numbers.
+    """
+
+    weights: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor]
+    grad_mean: Mapping[str, Tensor] | None = None
+    grad_sq_mean: Mapping[str, Tensor] | None = None
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+
+class Scorer(Protocol):
+    """The one contract every importance scorer meets."""
+
+    #: Whether :meth:`score` needs ``grad_mean``/``grad_sq_mean`` (calibration batches).
+    needs_gradients: bool
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """Return one float score tensor per weight in ``inputs.weights``, higher = keep."""
+        ...
+
+
+class MagnitudeScorer:
+    """Global magnitude ``|w|`` (Han et al., 2015).
+
+    Example:
+        >>> w = {"a": torch.tensor([0.5, -2.0]), "b": torch.tensor([1.0])}
+        >>> m = {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
+        >>> MagnitudeScorer().score(ScoreInputs(w, m))
+        {'a': tensor([0.5000, 2.0000]), 'b': tensor([1.])}
+    """
+
+    needs_gradients = False
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """Absolute weight values."""
+        return {name: w.detach().abs().float() for name, w in inputs.weights.items()}
+
+
+class LampScorer:
+    """Layer-adaptive magnitude-based pruning (LAMP; Lee et al., ICLR 2021).
+
+    Within a layer, sort the kept weights by ``w**2`` ascending; a weight's score is its ``w**2``
+    divided by the sum of ``w**2`` over itself and every larger weight of the same layer. The
+    largest kept weight of every layer scores 1, so global ranking never empties a layer, and
+    layers get sparsity in proportion to how much distortion pruning them causes. Pruned weights
+    score 0.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, 2.0, 2.0]), "b": torch.tensor([3.0])}
+        >>> m = {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
+        >>> LampScorer().score(ScoreInputs(w, m))
+        {'a': tensor([0.1111, 0.5000, 1.0000]), 'b': tensor([1.])}
+    """
+
+    needs_gradients = False
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """LAMP scores, 0 for already pruned weights."""
+        return {name: lamp_scores(w, inputs.masks[name]) for name, w in inputs.weights.items()}
+
+
+def lamp_scores(weight: Tensor, mask: Tensor) -> Tensor:
+    """LAMP score of every entry of one layer; see :class:`LampScorer`.
+
+    Ties are ordered by index (a stable sort), so equal weights get distinct but deterministic
+    scores.
+    """
+    sq = weight.detach().float().pow(2).reshape(-1) * mask.reshape(-1).to(weight.device)
+    order = torch.sort(sq, stable=True).indices
+    sorted_sq = sq[order]
+    suffix = sorted_sq.flip(0).cumsum(0).flip(0)
+    sorted_scores = torch.where(suffix > 0, sorted_sq / suffix.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
+    scores = torch.empty_like(sq)
+    scores[order] = sorted_scores
+    return scores.view_as(weight)
+
+
+class TaylorScorer:
+    """First-order Taylor importance (Molchanov et al., 2019), from calibration batches.
+
+    The root mean square over calibration batches of ``|g_b * w|``, that is
+    ``|w| * sqrt(E_b[g_b ** 2])``: the expected first-order change of the loss when the weight is
+    removed, estimated per batch so that gradients which cancel on average still count.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, -2.0])}
+        >>> m = {"a": torch.tensor([True, True])}
+        >>> TaylorScorer().score(ScoreInputs(w, m, grad_sq_mean={"a": torch.tensor([4.0, 0.25])}))
+        {'a': tensor([2., 1.])}
+    """
+
+    needs_gradients = True
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """Taylor scores; needs ``grad_sq_mean``."""
+        if inputs.grad_sq_mean is None:
+            raise ValueError("The `taylor` scorer needs calibration gradients (`grad_sq_mean`), got None.")
+        fisher = inputs.grad_sq_mean
+        return {name: w.detach().abs().float() * fisher[name].float().sqrt() for name, w in inputs.weights.items()}
+
+
+class RandomScorer:
+    """Uniform random scores from the caller's seeded generator: the control every method must beat."""
+
+    needs_gradients = False
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """Random scores in ``[0, 1)``; reproducible given the generator state."""
+        return {
+            name: torch.rand(w.shape, generator=inputs.generator).to(w.device) for name, w in inputs.weights.items()
+        }
+
+
+def make_scorer(importance: str) -> Scorer:
+    """Build the scorer named ``importance``.
+
+    Example:
+        >>> type(make_scorer("lamp")).__name__
+        'LampScorer'
+        >>> make_scorer("l1")
+        Traceback (most recent call last):
+        ...
+        ValueError: `importance` must be one of 'magnitude', 'lamp', 'taylor', 'random', got 'l1'.
+    """
+    scorers: dict[str, type[Scorer]] = {
+        "magnitude": MagnitudeScorer,
+        "lamp": LampScorer,
+        "taylor": TaylorScorer,
+        "random": RandomScorer,
+    }
+    if importance not in scorers:
+        allowed = ", ".join(repr(name) for name in BASELINE_SCORERS)
+        raise ValueError(f"`importance` must be one of {allowed}, got {importance!r}.")
+    return scorers[importance]()
