@@ -1,7 +1,9 @@
 """Automatic, learned pruning for PyTorch Lightning: add one callback, get a smaller model."""
 
 from lightning_autoprune.callback import AutoPrune
+from lightning_autoprune.compact import compact
+from lightning_autoprune.export import load_sparse, save_sparse
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["AutoPrune", "__version__"]
+__all__ = ["AutoPrune", "__version__", "compact", "load_sparse", "save_sparse"]
