@@ -16,12 +16,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 
-def calibration_batches(loader: DataLoader, num_samples: int, generator: torch.Generator) -> list[Any]:
+def calibration_batches(
+    loader: DataLoader, num_samples: int, generator: torch.Generator, *, holdout: int = 0
+) -> list[Any] | tuple[list[Any], list[Any]]:
     """Draw about ``num_samples`` training samples as a list of collated batches.
 
     For a map-style dataset the samples are a random subset chosen by ``generator`` and collated
     with the loader's ``collate_fn`` and batch size. For an iterable dataset, the first batches
     of the loader are taken, with the global RNG forked so the training order is not disturbed.
+
+    Args:
+        loader: the training DataLoader (its dataset, batch size and collate function are used).
+        num_samples: how many samples to draw.
+        generator: the caller's seeded generator.
+        holdout: if positive, also draw this many *other* samples and return
+            ``(batches, holdout_batches)``: disjoint sets, for features and for labels.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -29,6 +38,9 @@ def calibration_batches(loader: DataLoader, num_samples: int, generator: torch.G
         >>> batches = calibration_batches(DataLoader(ds, batch_size=4), 6, torch.Generator().manual_seed(0))
         >>> [b[0].shape[0] for b in batches]
         [4, 2]
+        >>> a, b = calibration_batches(DataLoader(ds, batch_size=4), 5, torch.Generator(), holdout=5)
+        >>> sorted(torch.cat([x[0] for x in a + b]).view(-1).tolist()) == list(range(10))
+        True
     """
     if num_samples < 1:
         raise ValueError(f"`calibration_samples` must be >= 1, got {num_samples}.")
@@ -36,22 +48,110 @@ def calibration_batches(loader: DataLoader, num_samples: int, generator: torch.G
     batch_size = loader.batch_size or 1
     if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
         size = len(dataset)
-        indices = torch.randperm(size, generator=generator)[: min(num_samples, size)].tolist()
-        subset: Dataset = Subset(dataset, indices)
-        # A DataLoader iterator draws a base seed from its generator; give it a private one so the
-        # global RNG (and with it the training data order) is untouched.
-        private = torch.Generator().manual_seed(0)
-        return list(
-            DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn, generator=private)
-        )
+        if holdout > 0 and num_samples + holdout > size:
+            raise ValueError(
+                f"Calibration needs {num_samples} + {holdout} distinct training samples, but the training set "
+                f"has {size}. HINT: lower `calibration_samples`."
+            )
+        order = torch.randperm(size, generator=generator)
+        first = _collate(loader, dataset, order[: min(num_samples, size)].tolist(), batch_size)
+        if holdout <= 0:
+            return first
+        return first, _collate(loader, dataset, order[num_samples : num_samples + holdout].tolist(), batch_size)
     wanted = -(-num_samples // batch_size)
+    extra = -(-holdout // batch_size) if holdout > 0 else 0
     batches = []
     with torch.random.fork_rng(devices=[]):
         for batch in loader:
             batches.append(batch)
-            if len(batches) >= wanted:
+            if len(batches) >= wanted + extra:
                 break
-    return batches
+    if holdout <= 0:
+        return batches
+    if len(batches) < wanted + extra:
+        raise ValueError(
+            f"Calibration needs {wanted + extra} training batches for features and labels, "
+            f"but the training loader gave {len(batches)}. HINT: lower `calibration_samples`."
+        )
+    return batches[:wanted], batches[wanted:]
+
+
+def _collate(loader: DataLoader, dataset: Any, indices: list[int], batch_size: int) -> list[Any]:
+    subset: Dataset = Subset(dataset, indices)
+    # A DataLoader iterator draws a base seed from its generator; give it a private one so the
+    # global RNG (and with it the training data order) is untouched.
+    private = torch.Generator().manual_seed(0)
+    return list(
+        DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn, generator=private)
+    )
+
+
+class ActivationRecorder:
+    """Accumulate per-unit activation norms of pruned layers over calibration forward passes.
+
+    For each target that is the ``weight`` of a Linear or Conv layer, records the L2 norm over all
+    samples (and positions) of every input unit (Linear input feature, Conv input channel) and of
+    every output unit. Use as a context manager around the forward passes.
+
+    Example:
+        >>> layer = nn.Linear(2, 1, bias=False)
+        >>> with ActivationRecorder({"w": layer}) as rec:
+        ...     _ = layer(torch.tensor([[3.0, 0.0], [4.0, 1.0]]))
+        >>> rec.input_norms()["w"]
+        tensor([5., 1.])
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        self.modules = {
+            name: m for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        }
+        self._in_sq: dict[str, Tensor] = {}
+        self._out_sq: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ActivationRecorder:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if not inputs or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
+                return
+            unit_dim = -1 if isinstance(module, nn.Linear) else 1
+            for store, value in ((self._in_sq, inputs[0]), (self._out_sq, output)):
+                x = value.detach().float().movedim(unit_dim, 0)
+                sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
+                store[name] = store[name] + sq if name in store else sq
+
+        return hook
+
+    def input_norms(self) -> dict[str, Tensor]:
+        """Per-input-unit L2 norms, for every layer that saw a forward pass."""
+        return {name: sq.sqrt() for name, sq in self._in_sq.items()}
+
+    def output_norms(self) -> dict[str, Tensor]:
+        """Per-output-unit L2 norms, for every layer that saw a forward pass."""
+        return {name: sq.sqrt() for name, sq in self._out_sq.items()}
+
+
+def mean_loss(loss_fn: Callable[[Any, int], Tensor], batches: Sequence[Any]) -> float:
+    """Mean of ``loss_fn`` over ``batches``, without gradients, accumulated in float64.
+
+    Example:
+        >>> mean_loss(lambda b, i: b.sum(), [torch.tensor([1.0]), torch.tensor([2.0])])
+        1.5
+    """
+    total = 0.0
+    with torch.no_grad():
+        for idx, batch in enumerate(batches):
+            total += float(loss_fn(batch, idx).double())
+    return total / max(1, len(batches))
 
 
 def gradient_statistics(

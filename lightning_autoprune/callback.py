@@ -8,6 +8,7 @@ scores), :mod:`~lightning_autoprune.schedule` (when and how much) and
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -23,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import calibration, masks, selection
+from lightning_autoprune import calibration, masks, selection, tolerance
 from lightning_autoprune import importance as scoring
 from lightning_autoprune import schedule as schedules
 from lightning_autoprune.targets import PruneTarget, resolve_targets
@@ -159,6 +160,13 @@ class AutoPrune(Callback):
         self._validated_epoch = -1
         self._pruned_any = False  # skip mask enforcement until something is pruned
         self._keep: dict[str, Tensor] = {}  # masks as 0/1 factors in each parameter's dtype (hot path)
+        self._initial_weights: dict[str, Tensor] = {}  # only for scorers that need trajectory context
+        self._movement: dict[str, Tensor] = {}
+        self.search = tolerance.SearchState()  # the automatic mode's progress (target_sparsity=None)
+        self._snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
+        self._best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
+        self._last_value: float | None = None
+        self._logged_decisions = 0
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -180,6 +188,11 @@ class AutoPrune(Callback):
             "history": [dict(event) for event in self.history],
             "generator": self.generator.get_state(),
             "rng": _collect_rng_states(),
+            "initial_weights": {name: t.detach().cpu() for name, t in self._initial_weights.items()},
+            "movement": {name: t.detach().cpu() for name, t in self._movement.items()},
+            "search": self.search.to_dict(),
+            # The rollback snapshot is needed after a resume only while a step awaits its decision.
+            "snapshot": self._snapshot if self.search.pending is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -207,12 +220,17 @@ class AutoPrune(Callback):
         _check_no_overlap(self, trainer)
         self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
         self.window = self._resolve_window(trainer)
+        if self.automatic:
+            self._check_search_budget(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply a resumed state, then hook mask enforcement onto every optimizer step."""
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
+        if self.scorer.needs_context and not self._initial_weights:
+            self._initial_weights = {t.name: t.param.detach().clone() for t in self.targets}
+            self._movement = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in self.targets}
         self._enforce()
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
@@ -224,31 +242,51 @@ class AutoPrune(Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        scheduled = self._scheduled(epoch)
-        if scheduled > masks.mask_sparsity(self.masks):
-            self._prune_with_context(trainer, pl_module, epoch, scheduled)
+        if self.automatic:
+            scheduled = self._search_step(trainer, pl_module, epoch)
+        else:
+            scheduled = self._scheduled(epoch)
+            if scheduled > masks.mask_sparsity(self.masks):
+                self._prune_with_context(trainer, pl_module, epoch, scheduled)
         self._log_sparsity(pl_module, scheduled)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Zero the gradients of pruned weights, so no optimizer state builds up behind them."""
-        if not self._pruned_any:
-            return
+        """Zero the gradients of pruned weights, so no optimizer state builds up behind them.
+
+        For scorers that learn from the training trajectory, also accumulate movement ``-w * g``.
+        """
         start = time.perf_counter()
-        for target in self.targets:
-            grad = target.param.grad
-            if grad is not None:
-                masks.multiply_mask_(grad, self._keep[target.name])
+        if self._pruned_any:
+            for target in self.targets:
+                grad = target.param.grad
+                if grad is not None:
+                    masks.multiply_mask_(grad, self._keep[target.name])
+        if self._movement:
+            with torch.no_grad():
+                for target in self.targets:
+                    grad = target.param.grad
+                    if grad is not None:
+                        self._movement[target.name].sub_(target.param.detach().float() * grad.float())
         self.seconds_enforcing += time.perf_counter() - start
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Remember that this epoch was validated, so ``metric_after`` is a fresh value."""
-        if not trainer.sanity_checking:
-            self._validated_epoch = trainer.current_epoch
+        """Note the validated epoch; in automatic mode, update the reference or decide a pending step.
+
+        Deciding here, before ``ModelCheckpoint`` saves (Lightning runs checkpoint callbacks last),
+        means a checkpoint never holds a step that is about to be rolled back.
+        """
+        if trainer.sanity_checking or not self.targets:
+            return
+        self._validated_epoch = trainer.current_epoch
+        if self.automatic:
+            self._search_validation(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Report the monitored metric after this epoch's pruning event, once validated."""
+        """Report the monitored metric after this epoch's pruning event, and any search decisions."""
+        if self.automatic and self.targets:
+            self._log_decisions(pl_module)
         if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
             return
         if self._validated_epoch != trainer.current_epoch:
@@ -261,7 +299,9 @@ class AutoPrune(Callback):
                 rank_zero_info(f"[AutoPrune] epoch {trainer.current_epoch}: {self._monitor_name()} after = {value:.4f}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Print a summary of what was pruned."""
+        """In automatic mode, end on a state within tolerance; print a summary of what was pruned."""
+        if self.automatic and self.targets:
+            self._finish_search(trainer, pl_module)
         if self.verbose and self.targets:
             rank_zero_info(self.summary())
 
@@ -272,6 +312,11 @@ class AutoPrune(Callback):
         self._handles.clear()
 
     # ------------------------------------------------------------------ public helpers
+    @property
+    def automatic(self) -> bool:
+        """Whether sparsity is driven by the metric tolerance (``target_sparsity=None``)."""
+        return self.target_sparsity is None
+
     def sparsity(self) -> float:
         """Fraction of the prunable weights that are exactly zero right now."""
         zeros, total = masks.count_zeros(t.param.detach() for t in self.targets)
@@ -292,6 +337,167 @@ class AutoPrune(Callback):
         lines.append(f"{'total':<40} {'':<18} {1.0 - sparsity:>8.4f} {kept_total:>10}  (sparsity {sparsity:.4f})")
         return "\n".join(lines)
 
+    # ------------------------------------------------------------------ automatic mode
+    def _check_search_budget(self, trainer: pl.Trainer) -> None:
+        assert self.window is not None
+        start, end = self.window
+        events = len(range(start, end + 1, self.frequency))
+        if start < 1:
+            warnings.warn(
+                "AutoPrune's automatic mode needs at least one validated dense epoch before pruning for its "
+                f"reference, but pruning starts at epoch {start}. HINT: set `start_epoch` >= 1 or raise "
+                "`max_epochs`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if events < 8:
+            warnings.warn(
+                f"AutoPrune's automatic search has only {events} pruning epoch(s) (epochs {start}..{end}); each "
+                "step needs one, and reaching 90%+ sparsity usually takes about 8-10 with rollbacks. "
+                f"HINT: use max_epochs >= {tolerance.suggested_max_epochs(10)} or widen `start_epoch`..`end_epoch`.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _search_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> float:
+        """At an epoch start: propose and apply the next sparsity if the search wants one."""
+        assert self.window is not None
+        start, end = self.window
+        state = self.search
+        if state.done or state.pending is not None or epoch < start:
+            return state.pending if state.pending is not None else state.accepted
+        if epoch > end:
+            self.search = tolerance.stop(state, epoch, f"the search window ended at epoch {end}")
+            return self.search.accepted
+        if (epoch - start) % self.frequency:
+            return state.accepted
+        if state.reference is None:
+            raise ValueError(
+                f"The automatic mode needs the monitored metric before pruning starts at epoch {start}, but no "
+                "validation value was seen. HINT: make sure validation runs in the first epochs (or set "
+                "`target_sparsity`)."
+            )
+        ceiling = min(tolerance.CEILING, self._feasible_ceiling())
+        proposed = tolerance.propose(state, epoch, ceiling=ceiling)
+        if proposed.done:
+            self.search = proposed
+            return proposed.accepted
+        self._snapshot = self._take_snapshot(trainer, pl_module)
+        assert proposed.pending is not None
+        self.search = proposed
+        self._prune_with_context(trainer, pl_module, epoch, proposed.pending)
+        return proposed.pending
+
+    def _search_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At a validation end: fold the value into the reference, or decide the pending step."""
+        value = self._monitored_value(trainer)
+        if value is None:
+            return
+        self._last_value = value
+        assert self.window is not None
+        assert self._resolved_monitor is not None
+        mode: tolerance.Mode = "min" if self._resolved_monitor[1] == "min" else "max"
+        epoch = trainer.current_epoch
+        state = self.search
+        if not self.history and state.pending is None and epoch < self.window[0]:
+            self.search = tolerance.update_reference(state, value, mode)
+            return
+        if tolerance.ready_to_decide(state, value, mode, self.max_metric_drop, epoch):
+            decided = tolerance.decide(state, value, mode, self.max_metric_drop, epoch)
+            rolled_back = any(r["decision"] == "rollback" for r in decided.decisions[len(state.decisions) :])
+            if not decided.done and epoch >= self.window[1]:
+                decided = tolerance.stop(decided, epoch, f"the search window ended at epoch {self.window[1]}")
+            self.search = decided
+            if rolled_back:
+                self._roll_back(trainer, pl_module)
+                self._best_final = self._snapshot
+                return
+        reference = self.search.reference
+        if (
+            self.search.pending is None
+            and reference is not None
+            and tolerance.within_tolerance(reference, value, mode, self.max_metric_drop)
+        ):
+            self._best_final = self._take_snapshot(trainer, pl_module, with_optimizers=False)
+
+    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._snapshot is None:
+            raise ValueError("A step broke the tolerance, but no snapshot to roll back to was kept.")
+        snapshot = self._snapshot
+        pl_module.load_state_dict(snapshot["model"])
+        for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self._set_masks(snapshot["masks"])
+        for moved in self._movement.values():
+            moved.zero_()
+
+    def _take_snapshot(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, with_optimizers: bool = True
+    ) -> dict[str, Any]:
+        """Weights, optimizer states and masks, copied to CPU memory (tensors and primitives only)."""
+        return {
+            "epoch": trainer.current_epoch,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()},
+            "optimizers": [_to_cpu(copy.deepcopy(o.state_dict())) for o in trainer.optimizers]
+            if with_optimizers
+            else [],
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
+        }
+
+    def _feasible_ceiling(self) -> float:
+        total = sum(m.numel() for m in self.masks.values())
+        floors = sum(
+            selection.layer_floors(
+                {n: torch.ones_like(m) for n, m in self.masks.items()}, self.min_layer_density
+            ).values()
+        )
+        return max(0.0, 1.0 - (floors + 1) / total) if total else 0.0
+
+    def _log_decisions(self, pl_module: pl.LightningModule) -> None:
+        new = self.search.decisions[self._logged_decisions :]
+        self._logged_decisions = len(self.search.decisions)
+        codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
+        for record in new:
+            pl_module.log("autoprune/decision", codes[record["decision"]], on_step=False, on_epoch=True)
+            if self.verbose:
+                rank_zero_info(_describe_decision(record, self._monitor_name()))
+        if self.search.reference is not None:
+            pl_module.log("autoprune/reference", self.search.reference, on_step=False, on_epoch=True)
+        pl_module.log("autoprune/accepted_sparsity", self.search.accepted, on_step=False, on_epoch=True)
+        pl_module.log("autoprune/step", self.search.step, on_step=False, on_epoch=True)
+
+    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.search
+        if not state.done:
+            self.search = state = tolerance.stop(state, trainer.current_epoch, "training ended")
+        assert self._resolved_monitor is not None or state.reference is None
+        value = self._last_value
+        if state.reference is None or value is None or self._resolved_monitor is None:
+            return
+        mode: tolerance.Mode = "min" if self._resolved_monitor[1] == "min" else "max"
+        if not tolerance.within_tolerance(state.reference, value, mode, self.max_metric_drop):
+            if self._best_final is not None:
+                pl_module.load_state_dict(self._best_final["model"])
+                self._set_masks(self._best_final["masks"])
+                rank_zero_info(
+                    f"[AutoPrune] the last validation ({value:.4f}) broke the tolerance; restored the weights of "
+                    f"epoch {self._best_final['epoch']}, the latest state within it."
+                )
+            else:
+                warnings.warn(
+                    f"AutoPrune's final {self._monitor_name()} ({value:.4f}) is more than {self.max_metric_drop} "
+                    f"worse than the dense reference ({state.reference:.4f}), and no state within tolerance "
+                    "was kept at this sparsity.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        if self.verbose:
+            rank_zero_info(
+                f"[AutoPrune] automatic mode finished at sparsity {self.sparsity():.4f}: the most-pruned state whose "
+                f"{self._monitor_name()} stayed within {self.max_metric_drop} of the dense reference "
+                f"{state.reference:.4f} on validation. Stopped because {state.stop_reason}."
+            )
+
     # ------------------------------------------------------------------ internals
     def _resolve_window(self, trainer: pl.Trainer) -> tuple[int, int]:
         max_epochs = trainer.max_epochs
@@ -303,7 +509,8 @@ class AutoPrune(Callback):
                 )
             start = self.start_epoch if self.start_epoch is not None else min(1, self.end_epoch)
             return start, self.end_epoch
-        default_start, default_end = schedules.default_window(max_epochs)
+        window_fn = tolerance.default_window if self.automatic else schedules.default_window
+        default_start, default_end = window_fn(max_epochs)
         end = self.end_epoch if self.end_epoch is not None else max(default_end, self.start_epoch or 0)
         start = self.start_epoch if self.start_epoch is not None else min(default_start, end)
         if end > max_epochs - 1:
@@ -354,9 +561,16 @@ class AutoPrune(Callback):
                 stacklevel=2,
             )
             return
-        inputs = scoring.ScoreInputs(weights=weights, masks=self.masks, generator=self.generator)
-        if self.scorer.needs_gradients:
-            inputs.grad_mean, inputs.grad_sq_mean = self._gradient_statistics(trainer, pl_module)
+        inputs = scoring.ScoreInputs(
+            weights=weights,
+            masks=self.masks,
+            generator=self.generator,
+            target_sparsity=target,
+            progress=epoch / trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0.0,
+        )
+        if self.scorer.needs_gradients or self.scorer.needs_context:
+            self._calibrate(trainer, pl_module, inputs)
+            assert inputs.grad_sq_mean is not None
             bad = _first_non_finite(inputs.grad_sq_mean)
             if bad is not None:
                 warnings.warn(
@@ -367,6 +581,8 @@ class AutoPrune(Callback):
                 )
                 return
         scores = self.scorer.score(inputs)
+        for moved in self._movement.values():
+            moved.zero_()
         new_masks = selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
         new_masks = trainer.strategy.broadcast(new_masks, src=0)
         self._set_masks(new_masks)
@@ -392,16 +608,14 @@ class AutoPrune(Callback):
                 f"(scheduled {target:.4f}, importance={self.importance}){metric}"
             )
 
-    def _gradient_statistics(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: scoring.ScoreInputs) -> None:
+        """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
         loader = trainer.train_dataloader
         if not isinstance(loader, torch.utils.data.DataLoader):
             raise ValueError(
                 f"importance={self.importance!r} needs one training DataLoader for calibration, got "
                 f"{type(loader).__name__}."
             )
-        batches = calibration.calibration_batches(loader, self.calibration_samples, self.generator)
 
         def loss_fn(batch: Any, batch_idx: int) -> Tensor:
             batch = trainer.strategy.batch_to_device(batch)
@@ -415,8 +629,33 @@ class AutoPrune(Callback):
             return loss
 
         params = {t.name: t.param for t in self.targets}
-        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
-            return calibration.gradient_statistics(loss_fn, batches, params)
+        if not self.scorer.needs_context:
+            batches = calibration.calibration_batches(loader, self.calibration_samples, self.generator)
+            assert isinstance(batches, list)
+            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
+                inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, batches, params)
+            return
+
+        drawn = calibration.calibration_batches(
+            loader, self.calibration_samples, self.generator, holdout=self.calibration_samples
+        )
+        assert isinstance(drawn, tuple)
+        feature_batches, label_batches = drawn
+        recorder = calibration.ActivationRecorder({t.name: t.module for t in self.targets if t.param_name == "weight"})
+        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), recorder:
+            inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, feature_batches, params)
+        inputs.input_norms = recorder.input_norms()
+        inputs.output_norms = recorder.output_norms()
+        inputs.initial_weights = self._initial_weights
+        inputs.movement = self._movement
+        inputs.params = {name: p.data for name, p in params.items()}
+        inputs.exp_avg_sq = _optimizer_second_moments(trainer, params)
+
+        def label_loss() -> float:
+            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
+                return calibration.mean_loss(loss_fn, label_batches)
+
+        inputs.loss_fn = label_loss
 
     def _set_masks(self, new_masks: Mapping[str, Tensor]) -> None:
         """Install new masks, zero the pruned weights exactly, and cache the hot-path factors."""
@@ -440,8 +679,8 @@ class AutoPrune(Callback):
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
         pl_module.log("autoprune/sparsity", self.sparsity(), on_step=False, on_epoch=True)
         pl_module.log("autoprune/scheduled_sparsity", scheduled, on_step=False, on_epoch=True)
-        if self.target_sparsity is not None:
-            pl_module.log("autoprune/target_sparsity", self.target_sparsity, on_step=False, on_epoch=True)
+        shown = self.target_sparsity if self.target_sparsity is not None else scheduled
+        pl_module.log("autoprune/target_sparsity", shown, on_step=False, on_epoch=True)
         for target in self.targets:
             pl_module.log(
                 f"autoprune/sparsity/{target.name}",
@@ -491,6 +730,13 @@ class AutoPrune(Callback):
         self._set_masks({name: masks.unpack_mask(packed[name], shapes[name]) for name in packed})
         self.history = [dict(event) for event in state.get("history", [])]
         self.generator.set_state(state["generator"])
+        if "search" in state:
+            self.search = tolerance.SearchState.from_dict(state["search"])
+            self._snapshot = state.get("snapshot")
+            self._logged_decisions = len(self.search.decisions)
+        devices = {t.name: t.param.device for t in self.targets}
+        self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}
+        self._movement = {n: v.to(devices[n]) for n, v in state.get("movement", {}).items()}
 
 
 def detect_monitor(metrics: Mapping[str, Any]) -> str | None:
@@ -538,12 +784,7 @@ def _validate_arguments(
     min_layer_density: float,
     calibration_samples: int,
 ) -> None:
-    if target_sparsity is None:
-        raise ValueError(
-            "`target_sparsity`=None (the automatic, tolerance-driven mode) is not available yet. "
-            "HINT: pass a fixed target such as target_sparsity=0.9."
-        )
-    if not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
+    if target_sparsity is not None and not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
         raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {target_sparsity!r}.")
     if not (isinstance(max_metric_drop, (int, float)) and max_metric_drop >= 0 and math.isfinite(max_metric_drop)):
         raise ValueError(f"`max_metric_drop` must be a finite number >= 0, got {max_metric_drop!r}.")
@@ -567,7 +808,7 @@ def _validate_arguments(
         raise ValueError(f"`frequency` must be an integer >= 1, got {frequency!r}.")
     if not (isinstance(min_layer_density, (int, float)) and 0.0 <= min_layer_density <= 1.0):
         raise ValueError(f"`min_layer_density` must be in [0, 1], got {min_layer_density!r}.")
-    if min_layer_density > 1.0 - target_sparsity:
+    if target_sparsity is not None and min_layer_density > 1.0 - target_sparsity:
         raise ValueError(
             f"`min_layer_density`={min_layer_density} keeps more weights than `target_sparsity`={target_sparsity} "
             f"allows ({1.0 - target_sparsity:.4f} of them). Lower `min_layer_density`."
@@ -587,6 +828,40 @@ def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:
                 f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
                 "HINT: give each callback disjoint `include`/`exclude` patterns."
             )
+
+
+def _describe_decision(record: Mapping[str, Any], monitor: str) -> str:
+    if record["decision"] == "stop":
+        return (
+            f"[AutoPrune] epoch {record['epoch']}: search stopped at sparsity {record['accepted']:.4f} "
+            f"({record['reason']})"
+        )
+    value = "nan" if record["value"] is None else f"{record['value']:.4f}"
+    verdict = "accepted" if record["decision"] == "accept" else "rolled back, step halved"
+    return (
+        f"[AutoPrune] epoch {record['epoch']}: sparsity {record['proposed']:.4f} {verdict} "
+        f"({monitor} {value} vs reference {record['reference']:.4f}, step {record['step']:.3f})"
+    )
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _optimizer_second_moments(trainer: pl.Trainer, params: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    moments: dict[str, Tensor] = {}
+    for optimizer in trainer.optimizers:
+        for name, param in params.items():
+            value = optimizer.state.get(param, {}).get("exp_avg_sq")
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                moments[name] = value.detach()
+    return moments or None
 
 
 def _first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:

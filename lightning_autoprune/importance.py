@@ -9,7 +9,7 @@ itself (LAMP does).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,14 +22,31 @@ BASELINE_SCORERS = ("magnitude", "lamp", "taylor", "random")
 
 @dataclass
 class ScoreInputs:
-    """Everything a scorer may look at, keyed by parameter name.
+    """Everything a scorer may look at, keyed by parameter name (in the model's parameter order).
+
+    The fields after ``generator`` are filled only for scorers whose ``needs_context`` is true
+    (the learned scorer); baseline scorers see ``None`` there.
 
     Attributes:
-        weights: the current weights (already masked).
+        weights: the current weights (already masked), detached.
         masks: ``True`` where a weight is still kept.
         grad_mean: mean calibration gradient per weight, if gathered.
         grad_sq_mean: mean squared per-batch calibration gradient (a Fisher diagonal), if gathered.
         generator: the caller's seeded generator, for scorers that draw random numbers.
+        target_sparsity: the overall sparsity this pruning event must reach.
+        progress: training progress at the event, ``current_epoch / max_epochs`` in ``[0, 1]``.
+        exp_avg_sq: the optimizer's second-moment estimate per weight (Adam-style), if it has one.
+        initial_weights: the weights when fitting started.
+        movement: ``-sum_t w_t * g_t`` over the optimizer steps since the previous event
+            (movement pruning, Sanh et al. 2020).
+        input_norms: per tensor, the L2 norm over calibration samples of each input unit feeding
+            it, shaped ``(fan_in,)`` (Linear inputs, Conv input channels); missing where unknown.
+        output_norms: per tensor, the L2 norm over calibration samples of each output unit,
+            shaped ``(fan_out,)``; missing where unknown.
+        params: the live parameters. A scorer may zero entries in place to measure an ablation,
+            but must restore them before returning.
+        loss_fn: mean loss, accumulated in float64, on held-out calibration batches (drawn from the
+            training data, disjoint from the gradient batches) at the live parameters.
     """
 
     weights: Mapping[str, Tensor]
@@ -37,6 +54,15 @@ class ScoreInputs:
     grad_mean: Mapping[str, Tensor] | None = None
     grad_sq_mean: Mapping[str, Tensor] | None = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    target_sparsity: float = 0.0
+    progress: float = 0.0
+    exp_avg_sq: Mapping[str, Tensor] | None = None
+    initial_weights: Mapping[str, Tensor] | None = None
+    movement: Mapping[str, Tensor] | None = None
+    input_norms: Mapping[str, Tensor] | None = None
+    output_norms: Mapping[str, Tensor] | None = None
+    params: Mapping[str, Tensor] | None = None
+    loss_fn: Callable[[], float] | None = None
 
 
 class Scorer(Protocol):
@@ -44,6 +70,9 @@ class Scorer(Protocol):
 
     #: Whether :meth:`score` needs ``grad_mean``/``grad_sq_mean`` (calibration batches).
     needs_gradients: bool
+    #: Whether :meth:`score` needs the context fields of :class:`ScoreInputs` (trajectory,
+    #: activations, optimizer state, live parameters and the calibration loss).
+    needs_context: bool
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Return one float score tensor per weight in ``inputs.weights``, higher = keep."""
@@ -61,6 +90,7 @@ class MagnitudeScorer:
     """
 
     needs_gradients = False
+    needs_context = False
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Absolute weight values."""
@@ -84,6 +114,7 @@ class LampScorer:
     """
 
     needs_gradients = False
+    needs_context = False
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """LAMP scores, 0 for already pruned weights."""
@@ -121,6 +152,7 @@ class TaylorScorer:
     """
 
     needs_gradients = True
+    needs_context = False
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Taylor scores; needs ``grad_sq_mean``."""
@@ -134,6 +166,7 @@ class RandomScorer:
     """Uniform random scores from the caller's seeded generator: the control every method must beat."""
 
     needs_gradients = False
+    needs_context = False
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Random scores in ``[0, 1)``; reproducible given the generator state."""

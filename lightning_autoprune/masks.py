@@ -36,15 +36,16 @@ def multiply_mask_(tensor: Tensor, keep: Tensor) -> None:
 
     About 20 times faster than :func:`apply_mask_` on CPU, but ``nan * 0`` stays ``nan``; the
     callback uses it after optimizer steps, where pruned entries get no update, and
-    :func:`apply_mask_` at pruning events.
+    :func:`apply_mask_` at pruning events. Adding ``0.0`` afterwards turns the ``-0.0`` that
+    ``negative * 0`` gives into ``+0.0``, so pruned weights are always the same bits.
 
     Example:
         >>> g = torch.tensor([1.0, -2.0, 3.0])
         >>> multiply_mask_(g, torch.tensor([1.0, 0.0, 1.0]))
-        >>> g
-        tensor([1., -0., 3.])
+        >>> g, torch.signbit(g).any().item()
+        (tensor([1., 0., 3.]), False)
     """
-    tensor.mul_(keep)
+    tensor.mul_(keep).add_(0.0)
 
 
 @torch.no_grad()

@@ -345,3 +345,47 @@ def test_monitor_that_is_never_logged_lists_logged_metrics(digits: DigitsDataMod
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     with pytest.raises(RuntimeError, match=r"`monitor`='val_f1' is not logged\. Logged metrics: .*val_acc"):
         trainer.fit(MLPClassifier(), datamodule=digits)
+
+
+class RecordingScorer:
+    """A context-hungry scorer (as the learned one is) that records what the callback hands it."""
+
+    needs_gradients = True
+    needs_context = True
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def score(self, inputs: Any) -> dict[str, torch.Tensor]:
+        assert inputs.params is not None
+        assert inputs.loss_fn is not None
+        name = next(iter(inputs.params))
+        base = inputs.loss_fn()
+        saved = inputs.params[name].clone()
+        inputs.params[name].zero_()
+        ablated = inputs.loss_fn()
+        inputs.params[name].copy_(saved)
+        self.seen.append({"inputs": inputs, "base": base, "ablated": ablated, "again": inputs.loss_fn()})
+        return {n: w.abs() for n, w in inputs.weights.items()}
+
+
+def test_context_for_learned_scorers(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, calibration_samples=128, verbose=False)
+    recorder = RecordingScorer()
+    autoprune.scorer = recorder
+    trainer = Trainer(max_epochs=3, limit_train_batches=3, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
+    trainer.fit(MLPClassifier(), datamodule=digits)
+    assert len(recorder.seen) == 2
+    first = recorder.seen[0]
+    inputs = first["inputs"]
+    names = [t.name for t in autoprune.targets]
+    assert list(inputs.input_norms) == names
+    assert inputs.input_norms["net.1.weight"].shape == (64,)
+    assert inputs.output_norms["net.3.weight"].shape == (256,)
+    assert set(inputs.exp_avg_sq) == set(names)
+    assert all(torch.count_nonzero(m) > 0 for m in inputs.movement.values())
+    assert first["ablated"] > first["base"]  # zeroing the first layer hurts the calibration loss
+    assert first["again"] == first["base"]  # and the scorer's restore leaves it exactly as it was
+    assert inputs.target_sparsity == pytest.approx(autoprune.history[0]["target"])
+    assert 0 < inputs.progress < 1

@@ -1,0 +1,163 @@
+"""The automatic mode (target_sparsity=None) end to end, with real Trainers on the digits data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+
+
+class DensityScored(MLPClassifier):
+    """Logs ``val_density``, the fraction of nonzero weights: a real metric that pruning always lowers.
+
+    It makes the search's decisions predictable: a step is accepted exactly when it keeps at least
+    ``1 - max_metric_drop`` of the reference density.
+    """
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        nonzero = sum(int((p != 0).sum()) for p in weights)
+        self.log("val_density", nonzero / sum(p.numel() for p in weights))
+
+
+class CheckRollback(Callback):
+    """After every rollback, the live model, optimizer and masks must equal the snapshot exactly."""
+
+    def __init__(self, autoprune: AutoPrune) -> None:
+        self.autoprune = autoprune
+        self.rollbacks = 0
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        decisions = self.autoprune.search.decisions
+        if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
+            return
+        snapshot = self.autoprune._snapshot
+        assert snapshot is not None
+        for name, tensor in pl_module.state_dict().items():
+            assert torch.equal(tensor, snapshot["model"][name]), name
+        for name, mask in self.autoprune.masks.items():
+            assert torch.equal(mask, snapshot["masks"][name]), name
+        live = trainer.optimizers[0].state_dict()["state"]
+        saved = snapshot["optimizers"][0]["state"]
+        assert live.keys() == saved.keys()
+        for key in live:
+            for field, value in live[key].items():
+                assert torch.equal(value, saved[key][field]), (key, field)
+        self.rollbacks += 1
+
+
+def _trainer(trainer_kwargs: dict, callbacks: list[Callback], max_epochs: int = 8, **extra: Any) -> Trainer:
+    return Trainer(max_epochs=max_epochs, limit_train_batches=4, callbacks=callbacks, **{**trainer_kwargs, **extra})
+
+
+def test_rollback_restores_masks_weights_and_optimizer_exactly(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(monitor="val_density", max_metric_drop=0.3, start_epoch=1, end_epoch=6, verbose=False)
+    checker = CheckRollback(autoprune)
+    with pytest.warns(UserWarning, match="only 6 pruning epoch"):
+        _trainer(trainer_kwargs, [autoprune, checker]).fit(DensityScored(), datamodule=digits)
+    decisions = [d["decision"] for d in autoprune.search.decisions]
+    # 0.5 breaks the 0.3 tolerance (density 0.5), 0.25 is accepted, 0.4375 breaks it, ...
+    assert decisions[:3] == ["rollback", "accept", "rollback"]
+    assert checker.rollbacks == decisions.count("rollback")
+    assert autoprune.sparsity() == pytest.approx(autoprune.search.accepted, abs=1e-3)
+    assert autoprune.sparsity() <= 0.3 + 1e-6
+
+
+def test_impossible_tolerance_ends_dense_with_a_message(
+    digits: DigitsDataModule, trainer_kwargs: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed_everything(0)
+    model = DensityScored()
+    autoprune = AutoPrune(monitor="val_density", max_metric_drop=0.0, start_epoch=1, end_epoch=7)
+    with pytest.warns(UserWarning, match="pruning epoch"), caplog.at_level("INFO"):
+        _trainer(trainer_kwargs, [autoprune], max_epochs=9).fit(model, datamodule=digits)
+    assert autoprune.sparsity() == 0.0
+    assert autoprune.search.stop_reason == "3 consecutive steps broke the tolerance"
+    assert "search stopped at sparsity 0.0000" in caplog.text
+    assert "automatic mode finished at sparsity 0.0000" in caplog.text
+
+
+def test_tolerance_holds_on_validation_at_the_end(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(max_metric_drop=0.02, verbose=False)
+    trainer = Trainer(max_epochs=20, callbacks=[autoprune], **trainer_kwargs)
+    model = MLPClassifier(lr=3e-3)
+    trainer.fit(model, datamodule=digits)
+    assert autoprune._resolved_monitor == ("val_acc", "max")
+    final = trainer.validate(model, datamodule=digits, verbose=False)[0]["val_acc"]
+    assert autoprune.search.reference is not None
+    assert autoprune.search.reference - final <= 0.02 + 1e-6
+    assert autoprune.sparsity() >= 0.5  # it did prune, as far as the tolerance allowed
+    assert autoprune.search.done
+
+
+def test_val_loss_is_monitored_with_mode_min_when_no_accuracy_is_logged(
+    digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
+    class LossOnly(MLPClassifier):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            loss, _, _ = self._loss_and_logits(batch)
+            self.log("val_loss", loss)
+
+    seed_everything(0)
+    autoprune = AutoPrune(max_metric_drop=0.05, start_epoch=1, end_epoch=2, verbose=False)
+    with pytest.warns(UserWarning, match="pruning epoch"):
+        _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(LossOnly(), datamodule=digits)
+    assert autoprune._resolved_monitor == ("val_loss", "min")
+    assert autoprune.search.decisions
+
+
+def test_missing_monitor_lists_logged_metrics(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    autoprune = AutoPrune(monitor="val_f1", start_epoch=1, end_epoch=2, verbose=False)
+    with (
+        pytest.warns(UserWarning, match="pruning epoch"),
+        pytest.raises(ValueError, match=r"`monitor`='val_f1' is not logged\. Logged metrics: .*val_acc"),
+    ):
+        _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(MLPClassifier(), datamodule=digits)
+
+
+def test_resume_mid_search_continues_identically(
+    digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
+) -> None:
+    def make() -> AutoPrune:
+        return AutoPrune(monitor="val_density", max_metric_drop=0.6, start_epoch=1, end_epoch=6, verbose=False)
+
+    class Stop(Callback):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            if trainer.current_epoch == 3:
+                trainer.should_stop = True
+
+    seed_everything(0)
+    full = make()
+    model_a = DensityScored()
+    with pytest.warns(UserWarning, match="pruning epoch"):
+        _trainer(trainer_kwargs, [full]).fit(model_a, datamodule=digits)
+
+    seed_everything(0)
+    first = make()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    with pytest.warns(UserWarning, match="pruning epoch"):
+        _trainer(trainer_kwargs, [first, checkpoint, Stop()], enable_checkpointing=True).fit(
+            DensityScored(), datamodule=digits
+        )
+    assert first.search.decisions  # stopped mid-search (fit end then closes its own copy of the search)
+
+    seed_everything(99)
+    resumed = make()
+    model_b = DensityScored()
+    with pytest.warns(UserWarning, match="pruning epoch"):
+        _trainer(trainer_kwargs, [resumed]).fit(model_b, datamodule=digits, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.search == full.search
+    for name, mask in full.masks.items():
+        assert torch.equal(resumed.masks[name], mask), name
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
