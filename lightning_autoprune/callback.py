@@ -169,6 +169,18 @@ class AutoPrune(Callback):
         self._logged_decisions = 0
 
     # ------------------------------------------------------------------ identity and state
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle support (``ddp_spawn`` sends callbacks to new processes): the generator travels as bytes."""
+        state = self.__dict__.copy()
+        state["generator"] = self.generator.get_state().numpy().tobytes()
+        state["_handles"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.__dict__.update({**state, "generator": generator})
+
     @property
     def state_key(self) -> str:
         """Identifies this callback's state in a checkpoint; distinct for distinct tensor selections."""
@@ -216,6 +228,7 @@ class AutoPrune(Callback):
         """Resolve the tensors to prune and the schedule window; fail early on bad configuration."""
         if stage != "fit":
             return
+        check_supported_strategy(trainer.strategy)
         self.targets = resolve_targets(pl_module, self.include, self.exclude)
         _check_no_overlap(self, trainer)
         self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
@@ -294,7 +307,7 @@ class AutoPrune(Callback):
         value = self._monitored_value(trainer)
         if value is not None:
             self.history[-1]["metric_after"] = value
-            pl_module.log("autoprune/metric_after", value, on_step=False, on_epoch=True)
+            _log(pl_module, "autoprune/metric_after", value)
             if self.verbose:
                 rank_zero_info(f"[AutoPrune] epoch {trainer.current_epoch}: {self._monitor_name()} after = {value:.4f}")
 
@@ -389,8 +402,13 @@ class AutoPrune(Callback):
         return proposed.pending
 
     def _search_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """At a validation end: fold the value into the reference, or decide the pending step."""
+        """At a validation end: fold the value into the reference, or decide the pending step.
+
+        Every rank decides from global rank 0's value, so the search stays identical across ranks.
+        """
         value = self._monitored_value(trainer)
+        if trainer.world_size > 1:
+            value = trainer.strategy.broadcast(value, src=0)
         if value is None:
             return
         self._last_value = value
@@ -458,13 +476,13 @@ class AutoPrune(Callback):
         self._logged_decisions = len(self.search.decisions)
         codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
         for record in new:
-            pl_module.log("autoprune/decision", codes[record["decision"]], on_step=False, on_epoch=True)
+            _log(pl_module, "autoprune/decision", codes[record["decision"]])
             if self.verbose:
                 rank_zero_info(_describe_decision(record, self._monitor_name()))
         if self.search.reference is not None:
-            pl_module.log("autoprune/reference", self.search.reference, on_step=False, on_epoch=True)
-        pl_module.log("autoprune/accepted_sparsity", self.search.accepted, on_step=False, on_epoch=True)
-        pl_module.log("autoprune/step", self.search.step, on_step=False, on_epoch=True)
+            _log(pl_module, "autoprune/reference", self.search.reference)
+        _log(pl_module, "autoprune/accepted_sparsity", self.search.accepted)
+        _log(pl_module, "autoprune/step", self.search.step)
 
     def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.search
@@ -552,6 +570,54 @@ class AutoPrune(Callback):
             self.seconds_pruning += time.perf_counter() - start
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
+        # Scores and masks are computed once, on global rank 0, and broadcast with the generator
+        # state, so every rank holds bit-identical masks and calibration work is not repeated.
+        # A failure on rank 0 is broadcast too, so the other ranks raise instead of hanging.
+        if trainer.world_size == 1:
+            new_masks = self._compute_masks(trainer, pl_module, epoch, target)
+        else:
+            outcome: tuple[str, Any] = ("ok", None)
+            if trainer.is_global_zero:
+                try:
+                    outcome = ("ok", self._compute_masks(trainer, pl_module, epoch, target))
+                except Exception as err:  # re-raised on every rank below
+                    outcome = ("error", f"{type(err).__name__}: {err}")
+            outcome, generator_state = trainer.strategy.broadcast((outcome, self.generator.get_state()), src=0)
+            self.generator.set_state(generator_state)
+            status, new_masks = outcome
+            if status == "error":
+                raise RuntimeError(f"on global rank 0: {new_masks}")
+        for moved in self._movement.values():
+            moved.zero_()
+        if new_masks is None:
+            return
+        self._set_masks(new_masks)
+        for optimizer in trainer.optimizers:
+            for t in self.targets:
+                masks.zero_optimizer_state_(optimizer, t.param, self.masks[t.name])
+
+        before = self._monitored_value(trainer)
+        event = {
+            "epoch": epoch,
+            "target": target,
+            "sparsity": self.sparsity(),
+            "metric_before": before,
+            "metric_after": None,
+        }
+        self.history.append(event)
+        if before is not None:
+            _log(pl_module, "autoprune/metric_before", before)
+        if self.verbose:
+            metric = f", {self._monitor_name()} before = {before:.4f}" if before is not None else ""
+            rank_zero_info(
+                f"[AutoPrune] epoch {epoch}: pruned to sparsity {event['sparsity']:.4f} "
+                f"(scheduled {target:.4f}, importance={self.importance}){metric}"
+            )
+
+    def _compute_masks(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
+    ) -> dict[str, Tensor] | None:
+        """Score and select: the new masks, or ``None`` if the event must be skipped (non-finite inputs)."""
         weights = {t.name: t.param.detach() for t in self.targets}
         bad = _first_non_finite(weights)
         if bad is not None:
@@ -560,7 +626,7 @@ class AutoPrune(Callback):
                 UserWarning,
                 stacklevel=2,
             )
-            return
+            return None
         inputs = scoring.ScoreInputs(
             weights=weights,
             masks=self.masks,
@@ -579,34 +645,9 @@ class AutoPrune(Callback):
                     UserWarning,
                     stacklevel=2,
                 )
-                return
+                return None
         scores = self.scorer.score(inputs)
-        for moved in self._movement.values():
-            moved.zero_()
-        new_masks = selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
-        new_masks = trainer.strategy.broadcast(new_masks, src=0)
-        self._set_masks(new_masks)
-        for optimizer in trainer.optimizers:
-            for t in self.targets:
-                masks.zero_optimizer_state_(optimizer, t.param, self.masks[t.name])
-
-        before = self._monitored_value(trainer)
-        event = {
-            "epoch": epoch,
-            "target": target,
-            "sparsity": self.sparsity(),
-            "metric_before": before,
-            "metric_after": None,
-        }
-        self.history.append(event)
-        if before is not None:
-            pl_module.log("autoprune/metric_before", before, on_step=False, on_epoch=True)
-        if self.verbose:
-            metric = f", {self._monitor_name()} before = {before:.4f}" if before is not None else ""
-            rank_zero_info(
-                f"[AutoPrune] epoch {epoch}: pruned to sparsity {event['sparsity']:.4f} "
-                f"(scheduled {target:.4f}, importance={self.importance}){metric}"
-            )
+        return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: scoring.ScoreInputs) -> None:
         """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
@@ -677,16 +718,15 @@ class AutoPrune(Callback):
         self.seconds_enforcing += time.perf_counter() - start
 
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
-        pl_module.log("autoprune/sparsity", self.sparsity(), on_step=False, on_epoch=True)
-        pl_module.log("autoprune/scheduled_sparsity", scheduled, on_step=False, on_epoch=True)
+        _log(pl_module, "autoprune/sparsity", self.sparsity())
+        _log(pl_module, "autoprune/scheduled_sparsity", scheduled)
         shown = self.target_sparsity if self.target_sparsity is not None else scheduled
-        pl_module.log("autoprune/target_sparsity", shown, on_step=False, on_epoch=True)
+        _log(pl_module, "autoprune/target_sparsity", shown)
         for target in self.targets:
-            pl_module.log(
+            _log(
+                pl_module,
                 f"autoprune/sparsity/{target.name}",
                 masks.sparsity(target.param.detach()),
-                on_step=False,
-                on_epoch=True,
             )
 
     def _monitor_name(self) -> str:
@@ -737,6 +777,30 @@ class AutoPrune(Callback):
         devices = {t.name: t.param.device for t in self.targets}
         self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}
         self._movement = {n: v.to(devices[n]) for n, v in state.get("movement", {}).items()}
+
+
+def check_supported_strategy(strategy: object) -> None:
+    """Refuse sharded strategies: masks address whole parameters, which those split or flatten.
+
+    Under FSDP, DeepSpeed or tensor/model parallelism a rank holds a flattened shard, so a mask
+    computed for the full tensor would prune the wrong entries. Lightning runs FSDP on GPUs only.
+
+    Example:
+        >>> from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+        >>> check_supported_strategy(DDPStrategy())
+        >>> check_supported_strategy(FSDPStrategy())
+        Traceback (most recent call last):
+        ...
+        ValueError: AutoPrune does not support the sharded strategy `FSDPStrategy`: ...
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        raise ValueError(
+            f"AutoPrune does not support the sharded strategy `{type(strategy).__name__}`: its masks address "
+            "whole parameters, and this strategy splits or flattens them across ranks, so the wrong entries "
+            "would be pruned. HINT: use strategy='ddp' (or 'ddp_spawn'), which keeps a full copy on every rank."
+        )
 
 
 def detect_monitor(metrics: Mapping[str, Any]) -> str | None:
@@ -828,6 +892,15 @@ def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:
                 f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
                 "HINT: give each callback disjoint `include`/`exclude` patterns."
             )
+
+
+def _log(pl_module: pl.LightningModule, name: str, value: float) -> None:
+    """Log an epoch-level value through the module, so every Lightning logger receives it.
+
+    The callback's values are the same on every rank (rank 0 decides and broadcasts), so under DDP
+    the mean that ``sync_dist`` takes is that value; syncing also tells Lightning it is reduced.
+    """
+    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=pl_module.trainer.world_size > 1)
 
 
 def _describe_decision(record: Mapping[str, Any], monitor: str) -> str:

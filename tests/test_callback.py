@@ -148,7 +148,7 @@ def test_resume_gives_identical_masks(
 
     seed_everything(0)
     first = make_callback()
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     interrupted = Trainer(callbacks=[first, checkpoint, StopAfter(epoch=2)], **{**common, "enable_checkpointing": True})
     interrupted.fit(MLPClassifier(lr=1e-2), datamodule=digits)
     assert interrupted.current_epoch == 3  # stopped after epochs 0..2, mid-schedule

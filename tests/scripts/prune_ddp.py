@@ -1,0 +1,70 @@
+"""Run AutoPrune under a 2-process CPU DDP strategy and save every rank's masks at every event.
+
+Used by tests/test_distributed.py as a real subprocess (DDP re-launches the script per rank).
+
+    python tests/scripts/prune_ddp.py OUT_DIR --strategy ddp --importance lamp [--auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+
+
+class SaveMasks(Callback):
+    """After AutoPrune's hook, write this rank's masks and sparsity for the epoch."""
+
+    def __init__(self, autoprune: AutoPrune, out: Path) -> None:
+        self.autoprune = autoprune
+        self.out = out
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        masks = {name: mask.cpu() for name, mask in self.autoprune.masks.items()}
+        path = self.out / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
+        torch.save(
+            {"masks": masks, "sparsity": self.autoprune.sparsity(), "search": self.autoprune.search.to_dict()}, path
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--strategy", default="ddp")
+    parser.add_argument("--importance", default="lamp")
+    parser.add_argument("--auto", action="store_true")
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    seed_everything(0)
+    if args.auto:
+        autoprune = AutoPrune(importance=args.importance, start_epoch=1, end_epoch=args.epochs - 1, verbose=False)
+    else:
+        autoprune = AutoPrune(
+            target_sparsity=0.8, importance=args.importance, start_epoch=1, end_epoch=args.epochs - 2, verbose=False
+        )
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=args.strategy,
+        max_epochs=args.epochs,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        callbacks=[autoprune, SaveMasks(autoprune, args.out)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(args.out),
+    )
+    trainer.fit(MLPClassifier(lr=1e-2), datamodule=DigitsDataModule(batch_size=32))
+
+
+if __name__ == "__main__":
+    main()
