@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -43,13 +44,14 @@ def run(epochs: int, seed: int, callback: AutoPrune | None) -> tuple[float, floa
     return float(test_acc), zeros / total, seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[tuple[Any, ...]]:
+    """Run dense, ``AutoPrune()`` and a fixed target; print the table and return its rows."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.9, help="target sparsity (default 0.9)")
     parser.add_argument("--importance", default="lamp", help="scorer: lamp, magnitude, taylor, random")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     run(1, args.seed, None)  # warm-up, so neither timed run pays for first-call costs
@@ -69,6 +71,7 @@ def main() -> None:
         own = "" if share is None else f"{100 * share:.1f}%"
         change = f"{100 * (acc - dense_acc):+.2f}"
         print(f"{label:<14} {acc:>9.4f} {change:>8} {sparsity:>9.4f} {seconds:>8.1f}s {own:>15}")
+    return rows
 
 
 if __name__ == "__main__":

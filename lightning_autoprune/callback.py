@@ -14,6 +14,7 @@ import random
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
@@ -24,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import calibration, masks, selection, tolerance
+from lightning_autoprune import calibration, masks, reporting, selection, tolerance
 from lightning_autoprune import importance as scoring
 from lightning_autoprune import schedule as schedules
 from lightning_autoprune.targets import PruneTarget, resolve_targets
@@ -55,10 +56,11 @@ class AutoPrune(Callback):
     validation before the event, and at the first validation after it).
 
     Args:
-        target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``. ``None``
-            asks for the automatic, tolerance-driven mode, which is not available yet.
-        max_metric_drop: allowed drop of the monitored metric in its own units (0.01 = 1 point
-            of accuracy); used by the automatic mode.
+        target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``. ``None`` (the
+            default) prunes as far as the monitored validation metric allows: within
+            ``max_metric_drop`` of the dense reference, with rollback of steps that break it.
+        max_metric_drop: automatic mode: allowed drop of the monitored metric in its own units
+            (0.01 = 1 point of accuracy).
         monitor: the validation metric to report around pruning events. ``None`` picks a
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
@@ -85,7 +87,11 @@ class AutoPrune(Callback):
         calibration_samples: training samples drawn (with ``seed``) for gradient-based scorers.
             They are run through ``training_step`` in eval mode, with logging muted.
         seed: seeds the callback's own generator (calibration sampling, the random scorer).
-        verbose: print a line at each pruning event and a summary at the end of fit.
+        verbose: print a line at each pruning event and a summary table at the end of fit.
+        report: at the end of fit, write ``report.md`` (with PNG plots) and ``summary.json`` to
+            ``report_dir``.
+        report_dir: where the report goes. ``None``: an ``autoprune`` folder in the Trainer's log
+            directory (or its ``default_root_dir`` without a logger).
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -115,6 +121,8 @@ class AutoPrune(Callback):
         calibration_samples: int = 512,
         seed: int = 0,
         verbose: bool = True,
+        report: bool = True,
+        report_dir: str | None = None,
     ) -> None:
         super().__init__()
         _validate_arguments(
@@ -145,12 +153,15 @@ class AutoPrune(Callback):
         self.calibration_samples = calibration_samples
         self.seed = seed
         self.verbose = verbose
+        self.report = report
+        self.report_dir = report_dir
 
         self.scorer = scoring.make_scorer(importance)
         self.generator = torch.Generator().manual_seed(seed)
         self.targets: list[PruneTarget] = []
         self.masks: dict[str, Tensor] = {}
         self.history: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
         self.window: tuple[int, int] | None = None
         self.seconds_pruning = 0.0
         self.seconds_enforcing = 0.0
@@ -198,6 +209,7 @@ class AutoPrune(Callback):
             "masks": {name: masks.pack_mask(mask) for name, mask in self.masks.items()},
             "shapes": {name: list(mask.shape) for name, mask in self.masks.items()},
             "history": [dict(event) for event in self.history],
+            "timeline": [dict(entry) for entry in self.timeline],
             "generator": self.generator.get_state(),
             "rng": _collect_rng_states(),
             "initial_weights": {name: t.detach().cpu() for name, t in self._initial_weights.items()},
@@ -297,26 +309,48 @@ class AutoPrune(Callback):
             self._search_validation(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Report the monitored metric after this epoch's pruning event, and any search decisions."""
-        if self.automatic and self.targets:
-            self._log_decisions(pl_module)
-        if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
+        """Log the metric after this epoch's event and any search decisions; print one line per event."""
+        if not self.targets:
             return
-        if self._validated_epoch != trainer.current_epoch:
-            return
-        value = self._monitored_value(trainer)
-        if value is not None:
-            self.history[-1]["metric_after"] = value
+        epoch = trainer.current_epoch
+        validated = self._validated_epoch == epoch
+        value = self._monitored_value(trainer) if validated else None
+        event = self.history[-1] if self.history and self.history[-1]["epoch"] == epoch else None
+        if event is not None and value is not None:
+            event["metric_after"] = value
             _log(pl_module, "autoprune/metric_after", value)
-            if self.verbose:
-                rank_zero_info(f"[AutoPrune] epoch {trainer.current_epoch}: {self._monitor_name()} after = {value:.4f}")
+        decisions = self._new_decisions()
+        if self.automatic:
+            self._log_search(pl_module, decisions)
+        self.timeline.append(
+            {
+                "epoch": epoch,
+                "sparsity": self.sparsity(),
+                "target": self._shown_target(epoch),
+                "metric": value,
+                "decisions": [d["decision"] for d in decisions],
+            }
+        )
+        if self.verbose:
+            lines = _event_lines(epoch, event, decisions, self._monitor_name(), self.importance, self.automatic)
+            for line in lines:
+                rank_zero_info(line)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """In automatic mode, end on a state within tolerance; print a summary of what was pruned."""
-        if self.automatic and self.targets:
+        if not self.targets:
+            return
+        if self.automatic:
             self._finish_search(trainer, pl_module)
-        if self.verbose and self.targets:
-            rank_zero_info(self.summary())
+        record = self.report_record(pl_module)
+        if self.verbose and trainer.is_global_zero:
+            reporting.print_summary(record)
+        # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
+        directory = self._report_directory(trainer) if self.report else None
+        if directory is not None and trainer.is_global_zero:
+            reporting.write_report(record, directory)
+            if self.verbose:
+                rank_zero_info(f"[AutoPrune] report written to {directory / 'report.md'}")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer hooks."""
@@ -336,19 +370,64 @@ class AutoPrune(Callback):
         return zeros / total if total else 0.0
 
     def summary(self) -> str:
-        """A plain-text table of every pruned tensor: shape, density and weights kept."""
-        lines = ["[AutoPrune] summary", f"{'tensor':<40} {'shape':<18} {'density':>8} {'kept':>10}"]
-        kept_total = numel_total = 0
+        """A plain-text table of every pruned tensor: shape, density and weights kept, with totals."""
+        return reporting.render_summary(self.report_record())
+
+    def report_record(self, pl_module: pl.LightningModule | None = None) -> dict[str, Any]:
+        """Everything the report shows, as JSON-ready primitives (what ``summary.json`` holds)."""
+        layers: list[dict[str, Any]] = []
         for target in self.targets:
             param = target.param.detach()
             kept = int((param != 0).sum())
-            kept_total += kept
-            numel_total += param.numel()
-            shape = "x".join(str(s) for s in param.shape)
-            lines.append(f"{target.name:<40} {shape:<18} {kept / param.numel():>8.4f} {kept:>10}")
-        sparsity = 1.0 - kept_total / numel_total if numel_total else 0.0
-        lines.append(f"{'total':<40} {'':<18} {1.0 - sparsity:>8.4f} {kept_total:>10}  (sparsity {sparsity:.4f})")
-        return "\n".join(lines)
+            layers.append(
+                {
+                    "name": target.name,
+                    "shape": list(param.shape),
+                    "numel": param.numel(),
+                    "kept": kept,
+                    "density": kept / param.numel() if param.numel() else 0.0,
+                }
+            )
+        prunable = sum(layer["numel"] for layer in layers)
+        kept_total = sum(layer["kept"] for layer in layers)
+        totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
+        if pl_module is not None:
+            model_params = sum(p.numel() for p in pl_module.parameters())
+            totals["params_model"] = model_params
+            totals["params_model_nonzero"] = model_params - (prunable - kept_total)
+        monitor, monitor_mode = self._resolved_monitor if self._resolved_monitor else (self.monitor, self.mode)
+        final = next((e["metric"] for e in reversed(self.timeline) if e["metric"] is not None), None)
+        reference = self.search.reference
+        if reference is None and self.history:
+            reference = self.history[0]["metric_before"]
+        return {
+            "version": 1,
+            "mode": "automatic" if self.automatic else "fixed",
+            "importance": self.importance,
+            "granularity": self.granularity,
+            "schedule": self.schedule,
+            "monitor": monitor,
+            "monitor_mode": monitor_mode,
+            "max_metric_drop": self.max_metric_drop,
+            "target_sparsity": self.target_sparsity,
+            "reference": reference,
+            "final_metric": final,
+            "sparsity": 1.0 - kept_total / prunable if prunable else 0.0,
+            "stop_reason": self.search.stop_reason,
+            "timeline": [dict(entry) for entry in self.timeline],
+            "events": [dict(event) for event in self.history],
+            "decisions": [dict(d) for d in self.search.decisions],
+            "layers": layers,
+            "totals": totals,
+            "importance_diagnostics": _jsonable(getattr(self.scorer, "diagnostics", None)),
+            "overhead_seconds": {"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
+        }
+
+    def _report_directory(self, trainer: pl.Trainer) -> Path:
+        if self.report_dir is not None:
+            return Path(self.report_dir)
+        base = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
+        return Path(base) / "autoprune"
 
     # ------------------------------------------------------------------ automatic mode
     def _check_search_budget(self, trainer: pl.Trainer) -> None:
@@ -471,14 +550,15 @@ class AutoPrune(Callback):
         )
         return max(0.0, 1.0 - (floors + 1) / total) if total else 0.0
 
-    def _log_decisions(self, pl_module: pl.LightningModule) -> None:
-        new = self.search.decisions[self._logged_decisions :]
+    def _new_decisions(self) -> list[dict[str, Any]]:
+        new = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
         self._logged_decisions = len(self.search.decisions)
+        return new
+
+    def _log_search(self, pl_module: pl.LightningModule, decisions: list[dict[str, Any]]) -> None:
         codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
-        for record in new:
+        for record in decisions:
             _log(pl_module, "autoprune/decision", codes[record["decision"]])
-            if self.verbose:
-                rank_zero_info(_describe_decision(record, self._monitor_name()))
         if self.search.reference is not None:
             _log(pl_module, "autoprune/reference", self.search.reference)
         _log(pl_module, "autoprune/accepted_sparsity", self.search.accepted)
@@ -591,6 +671,7 @@ class AutoPrune(Callback):
             moved.zero_()
         if new_masks is None:
             return
+        previous = self.sparsity()
         self._set_masks(new_masks)
         for optimizer in trainer.optimizers:
             for t in self.targets:
@@ -600,6 +681,7 @@ class AutoPrune(Callback):
         event = {
             "epoch": epoch,
             "target": target,
+            "sparsity_before": previous,
             "sparsity": self.sparsity(),
             "metric_before": before,
             "metric_after": None,
@@ -607,12 +689,6 @@ class AutoPrune(Callback):
         self.history.append(event)
         if before is not None:
             _log(pl_module, "autoprune/metric_before", before)
-        if self.verbose:
-            metric = f", {self._monitor_name()} before = {before:.4f}" if before is not None else ""
-            rank_zero_info(
-                f"[AutoPrune] epoch {epoch}: pruned to sparsity {event['sparsity']:.4f} "
-                f"(scheduled {target:.4f}, importance={self.importance}){metric}"
-            )
 
     def _compute_masks(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
@@ -717,11 +793,16 @@ class AutoPrune(Callback):
         self._enforce()
         self.seconds_enforcing += time.perf_counter() - start
 
+    def _shown_target(self, epoch: int) -> float:
+        """The target to show: the fixed target, or the sparsity the search is trying or holds."""
+        if self.target_sparsity is not None:
+            return self.target_sparsity
+        return self.search.pending if self.search.pending is not None else self.search.accepted
+
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
-        _log(pl_module, "autoprune/sparsity", self.sparsity())
+        _log(pl_module, "autoprune/sparsity", self.sparsity(), prog_bar=True)
         _log(pl_module, "autoprune/scheduled_sparsity", scheduled)
-        shown = self.target_sparsity if self.target_sparsity is not None else scheduled
-        _log(pl_module, "autoprune/target_sparsity", shown)
+        _log(pl_module, "autoprune/target_sparsity", self._shown_target(pl_module.current_epoch), prog_bar=True)
         for target in self.targets:
             _log(
                 pl_module,
@@ -769,6 +850,7 @@ class AutoPrune(Callback):
             )
         self._set_masks({name: masks.unpack_mask(packed[name], shapes[name]) for name in packed})
         self.history = [dict(event) for event in state.get("history", [])]
+        self.timeline = [dict(entry) for entry in state.get("timeline", [])]
         self.generator.set_state(state["generator"])
         if "search" in state:
             self.search = tolerance.SearchState.from_dict(state["search"])
@@ -894,13 +976,57 @@ def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:
             )
 
 
-def _log(pl_module: pl.LightningModule, name: str, value: float) -> None:
+def _log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool = False) -> None:
     """Log an epoch-level value through the module, so every Lightning logger receives it.
 
     The callback's values are the same on every rank (rank 0 decides and broadcasts), so under DDP
     the mean that ``sync_dist`` takes is that value; syncing also tells Lightning it is reduced.
     """
-    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=pl_module.trainer.world_size > 1)
+    sync = pl_module.trainer.world_size > 1
+    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=sync, prog_bar=prog_bar)
+
+
+def _event_lines(
+    epoch: int,
+    event: Mapping[str, Any] | None,
+    decisions: list[dict[str, Any]],
+    monitor: str,
+    importance: str,
+    automatic: bool,
+) -> list[str]:
+    """One line per pruning event (sparsity and metric before -> after, and the verdict), plus search lines."""
+    lines = []
+    verdicts = {"accept": "accepted", "rollback": "rolled back"}
+    if event is not None:
+        before, after = event.get("metric_before"), event.get("metric_after")
+        metric = ""
+        if before is not None or after is not None:
+            fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+            metric = f" | {monitor} {fmt(before)} -> {fmt(after)}"
+        same = [d for d in decisions if d["decision"] != "stop" and d["epoch"] == epoch]
+        if same:
+            verdict = verdicts[same[0]["decision"]]
+        else:
+            verdict = "out of tolerance, one more recovery epoch" if automatic else "on schedule"
+        lines.append(
+            f"[AutoPrune] epoch {epoch} | sparsity {event.get('sparsity_before', 0.0):.4f} -> {event['sparsity']:.4f}"
+            f" ({importance}){metric} | {verdict}"
+        )
+        decisions = [d for d in decisions if d not in same]
+    lines.extend(_describe_decision(d, monitor) for d in decisions)
+    return lines
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
 
 
 def _describe_decision(record: Mapping[str, Any], monitor: str) -> str:

@@ -59,7 +59,7 @@ class StopAfter(Callback):
 @pytest.mark.parametrize("importance", ["magnitude", "lamp", "taylor", "random"])
 def test_reaches_target(importance: str, schedule: str, digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    callback = AutoPrune(target_sparsity=0.8, importance=importance, schedule=schedule, verbose=False)
+    callback = AutoPrune(report=False, target_sparsity=0.8, importance=importance, schedule=schedule, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=4, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
     trainer.fit(MLPClassifier(), datamodule=digits)
     assert _prunable_sparsity(callback) == pytest.approx(0.8, abs=0.005)
@@ -68,7 +68,7 @@ def test_reaches_target(importance: str, schedule: str, digits: DigitsDataModule
 
 def test_schedule_grows_then_holds(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    callback = AutoPrune(target_sparsity=0.9, start_epoch=1, end_epoch=3, verbose=False)
+    callback = AutoPrune(report=False, target_sparsity=0.9, start_epoch=1, end_epoch=3, verbose=False)
     seen: list[float] = []
 
     class Record(Callback):
@@ -98,7 +98,7 @@ def test_schedule_grows_then_holds(digits: DigitsDataModule, trainer_kwargs: dic
 )
 def test_pruned_weights_stay_zero(optimizer: str, extra: dict, digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.7, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.7, start_epoch=1, end_epoch=2, verbose=False)
     checker = ZeroChecker(autoprune)
     trainer = Trainer(
         max_epochs=4, limit_train_batches=5, limit_val_batches=1, callbacks=[autoprune, checker], **trainer_kwargs
@@ -117,7 +117,9 @@ def test_pruned_weights_stay_zero_accumulation_and_mixed_precision(
     trainer_extra: dict, digits: DigitsDataModule, trainer_kwargs: dict
 ) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.7, start_epoch=1, end_epoch=2, importance="taylor", verbose=False)
+    autoprune = AutoPrune(
+        report=False, target_sparsity=0.7, start_epoch=1, end_epoch=2, importance="taylor", verbose=False
+    )
     checker = ZeroChecker(autoprune)
     trainer = Trainer(
         max_epochs=4,
@@ -137,7 +139,9 @@ def test_resume_gives_identical_masks(
     importance: str, digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
 ) -> None:
     def make_callback() -> AutoPrune:
-        return AutoPrune(target_sparsity=0.85, importance=importance, start_epoch=1, end_epoch=4, verbose=False)
+        return AutoPrune(
+            report=False, target_sparsity=0.85, importance=importance, start_epoch=1, end_epoch=4, verbose=False
+        )
 
     common = {**trainer_kwargs, "max_epochs": 6, "limit_train_batches": 4, "limit_val_batches": 1}
 
@@ -170,7 +174,7 @@ def test_checkpoint_loads_into_unmodified_module(
     digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
 ) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.9, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.9, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(max_epochs=3, limit_train_batches=3, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     model = MLPClassifier()
     trainer.fit(model, datamodule=digits)
@@ -193,7 +197,7 @@ def test_checkpoint_loads_into_unmodified_module(
 
 def test_metrics_reach_csv_logger(digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     logger = CSVLogger(tmp_path, name="csv")
     trainer = Trainer(
         max_epochs=3,
@@ -237,7 +241,7 @@ def test_prunes_other_architectures(model_factory: Any, expected_targets: set[st
     seed_everything(0)
     model = model_factory()
     datamodule = DigitsDataModule(batch_size=64)
-    autoprune = AutoPrune(target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=datamodule)
     names = {t.name for t in autoprune.targets}
@@ -253,7 +257,7 @@ def test_prunes_other_architectures(model_factory: Any, expected_targets: set[st
 def test_validate_and_test_alone_do_nothing(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     model = MLPClassifier()
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    autoprune = AutoPrune(target_sparsity=0.9, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.9, verbose=False)
     trainer = Trainer(limit_val_batches=1, limit_test_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.validate(model, datamodule=digits)
     trainer.test(model, datamodule=digits)
@@ -267,21 +271,23 @@ def test_failure_inside_pruning_step_names_epoch_and_target(digits: DigitsDataMo
             loss = super().training_step(batch, batch_idx)
             return None if not self.training else loss
 
-    autoprune = AutoPrune(target_sparsity=0.5, importance="taylor", start_epoch=1, end_epoch=1, verbose=False)
+    autoprune = AutoPrune(
+        report=False, target_sparsity=0.5, importance="taylor", start_epoch=1, end_epoch=1, verbose=False
+    )
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     with pytest.raises(RuntimeError, match=r"start of epoch 1 towards sparsity 0\.5000.*training_step.*scalar loss"):
         trainer.fit(NoLoss(), datamodule=digits)
 
 
 def test_end_epoch_beyond_max_epochs_fails_at_setup(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    autoprune = AutoPrune(target_sparsity=0.5, end_epoch=10)
+    autoprune = AutoPrune(report=False, target_sparsity=0.5, end_epoch=10)
     trainer = Trainer(max_epochs=3, callbacks=[autoprune], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"`end_epoch`=10 is never reached.*max_epochs=3"):
         trainer.fit(MLPClassifier(), datamodule=digits)
 
 
 def test_include_glob_that_matches_nothing_lists_names(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    autoprune = AutoPrune(target_sparsity=0.5, include=["encoder.*"])
+    autoprune = AutoPrune(report=False, target_sparsity=0.5, include=["encoder.*"])
     trainer = Trainer(max_epochs=3, callbacks=[autoprune], **trainer_kwargs)
     with pytest.raises(
         ValueError, match=r"`include` pattern 'encoder\.\*' matches no parameter\. Available: net\.1\.weight"
@@ -290,8 +296,8 @@ def test_include_glob_that_matches_nothing_lists_names(digits: DigitsDataModule,
 
 
 def test_two_callbacks_claiming_one_tensor_fail(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    first = AutoPrune(target_sparsity=0.5, include=["net.1.weight"])
-    second = AutoPrune(target_sparsity=0.5)
+    first = AutoPrune(report=False, target_sparsity=0.5, include=["net.1.weight"])
+    second = AutoPrune(report=False, target_sparsity=0.5)
     trainer = Trainer(max_epochs=3, callbacks=[first, second], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"Two AutoPrune callbacks claim the same tensors: net\.1\.weight"):
         trainer.fit(MLPClassifier(), datamodule=digits)
@@ -303,7 +309,7 @@ def test_model_without_prunable_tensors_fails(trainer_kwargs: dict, digits: Digi
             super().__init__()
             self.net = nn.Sequential(nn.Flatten(), nn.LayerNorm(64))
 
-    trainer = Trainer(max_epochs=3, callbacks=[AutoPrune(target_sparsity=0.5)], **trainer_kwargs)
+    trainer = Trainer(max_epochs=3, callbacks=[AutoPrune(report=False, target_sparsity=0.5)], **trainer_kwargs)
     with pytest.raises(ValueError, match="No prunable tensor is left"):
         trainer.fit(OnlyNorm(), datamodule=digits)
 
@@ -337,13 +343,15 @@ def test_model_without_prunable_tensors_fails(trainer_kwargs: dict, digits: Digi
 )
 def test_misconfiguration_fails_in_init(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        AutoPrune(**kwargs)
+        AutoPrune(report=False, **kwargs)
 
 
 def test_monitor_that_is_never_logged_lists_logged_metrics(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    autoprune = AutoPrune(target_sparsity=0.5, monitor="val_f1", start_epoch=1, end_epoch=1, verbose=False)
+    autoprune = AutoPrune(
+        report=False, target_sparsity=0.5, monitor="val_f1", start_epoch=1, end_epoch=1, verbose=False
+    )
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
-    with pytest.raises(RuntimeError, match=r"`monitor`='val_f1' is not logged\. Logged metrics: .*val_acc"):
+    with pytest.raises(ValueError, match=r"`monitor`='val_f1' is not logged\. Logged metrics: .*val_acc"):
         trainer.fit(MLPClassifier(), datamodule=digits)
 
 
@@ -371,7 +379,9 @@ class RecordingScorer:
 
 def test_context_for_learned_scorers(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, calibration_samples=128, verbose=False)
+    autoprune = AutoPrune(
+        report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, calibration_samples=128, verbose=False
+    )
     recorder = RecordingScorer()
     autoprune.scorer = recorder
     trainer = Trainer(max_epochs=3, limit_train_batches=3, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)

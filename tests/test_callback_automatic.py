@@ -60,7 +60,9 @@ def _trainer(trainer_kwargs: dict, callbacks: list[Callback], max_epochs: int = 
 
 def test_rollback_restores_masks_weights_and_optimizer_exactly(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(monitor="val_density", max_metric_drop=0.3, start_epoch=1, end_epoch=6, verbose=False)
+    autoprune = AutoPrune(
+        report=False, monitor="val_density", max_metric_drop=0.3, start_epoch=1, end_epoch=6, verbose=False
+    )
     checker = CheckRollback(autoprune)
     with pytest.warns(UserWarning, match="only 6 pruning epoch"):
         _trainer(trainer_kwargs, [autoprune, checker]).fit(DensityScored(), datamodule=digits)
@@ -77,7 +79,7 @@ def test_impossible_tolerance_ends_dense_with_a_message(
 ) -> None:
     seed_everything(0)
     model = DensityScored()
-    autoprune = AutoPrune(monitor="val_density", max_metric_drop=0.0, start_epoch=1, end_epoch=7)
+    autoprune = AutoPrune(report=False, monitor="val_density", max_metric_drop=0.0, start_epoch=1, end_epoch=7)
     with pytest.warns(UserWarning, match="pruning epoch"), caplog.at_level("INFO"):
         _trainer(trainer_kwargs, [autoprune], max_epochs=9).fit(model, datamodule=digits)
     assert autoprune.sparsity() == 0.0
@@ -88,7 +90,7 @@ def test_impossible_tolerance_ends_dense_with_a_message(
 
 def test_tolerance_holds_on_validation_at_the_end(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(max_metric_drop=0.02, verbose=False)
+    autoprune = AutoPrune(report=False, max_metric_drop=0.02, verbose=False)
     trainer = Trainer(max_epochs=20, callbacks=[autoprune], **trainer_kwargs)
     model = MLPClassifier(lr=3e-3)
     trainer.fit(model, datamodule=digits)
@@ -109,7 +111,7 @@ def test_val_loss_is_monitored_with_mode_min_when_no_accuracy_is_logged(
             self.log("val_loss", loss)
 
     seed_everything(0)
-    autoprune = AutoPrune(max_metric_drop=0.05, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, max_metric_drop=0.05, start_epoch=1, end_epoch=2, verbose=False)
     with pytest.warns(UserWarning, match="pruning epoch"):
         _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(LossOnly(), datamodule=digits)
     assert autoprune._resolved_monitor == ("val_loss", "min")
@@ -117,7 +119,7 @@ def test_val_loss_is_monitored_with_mode_min_when_no_accuracy_is_logged(
 
 
 def test_missing_monitor_lists_logged_metrics(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    autoprune = AutoPrune(monitor="val_f1", start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, monitor="val_f1", start_epoch=1, end_epoch=2, verbose=False)
     with (
         pytest.warns(UserWarning, match="pruning epoch"),
         pytest.raises(ValueError, match=r"`monitor`='val_f1' is not logged\. Logged metrics: .*val_acc"),
@@ -129,7 +131,9 @@ def test_resume_mid_search_continues_identically(
     digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
 ) -> None:
     def make() -> AutoPrune:
-        return AutoPrune(monitor="val_density", max_metric_drop=0.6, start_epoch=1, end_epoch=6, verbose=False)
+        return AutoPrune(
+            report=False, monitor="val_density", max_metric_drop=0.6, start_epoch=1, end_epoch=6, verbose=False
+        )
 
     class Stop(Callback):
         def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

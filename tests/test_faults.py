@@ -31,7 +31,7 @@ def test_nan_weight_skips_the_event_with_a_warning_naming_the_tensor(
     digits: DigitsDataModule, trainer_kwargs: dict
 ) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(
         max_epochs=3,
         limit_train_batches=2,
@@ -52,7 +52,7 @@ def test_nan_metric_stops_the_search_without_rollback_loops(digits: DigitsDataMo
             self.log("val_score", float("nan") if pruned else 1.0)
 
     seed_everything(0)
-    autoprune = AutoPrune(monitor="val_score", start_epoch=1, end_epoch=4, verbose=False)
+    autoprune = AutoPrune(report=False, monitor="val_score", start_epoch=1, end_epoch=4, verbose=False)
     trainer = Trainer(max_epochs=6, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     with pytest.warns(UserWarning, match="pruning epoch"):
         trainer.fit(NanAfterPruning(), datamodule=digits)
@@ -64,7 +64,7 @@ def test_nan_metric_stops_the_search_without_rollback_loops(digits: DigitsDataMo
 def test_predict_alone_does_nothing(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     model = MLPClassifier()
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    autoprune = AutoPrune(target_sparsity=0.9)
+    autoprune = AutoPrune(report=False, target_sparsity=0.9)
     trainer = Trainer(limit_predict_batches=1, callbacks=[autoprune], **trainer_kwargs)
     inputs = digits.test_dataloader().dataset.tensors[0]  # type: ignore[attr-defined]
     trainer.predict(model, dataloaders=torch.utils.data.DataLoader(inputs, batch_size=64))
@@ -74,7 +74,7 @@ def test_predict_alone_does_nothing(digits: DigitsDataModule, trainer_kwargs: di
 
 def _pruned_checkpoint(digits: DigitsDataModule, trainer_kwargs: dict, path: Path) -> AutoPrune:
     seed_everything(0)
-    autoprune = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(MLPClassifier(), datamodule=digits)
     trainer.save_checkpoint(path)
@@ -89,7 +89,7 @@ def test_checkpoint_from_a_newer_state_version_is_refused(
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["callbacks"][autoprune.state_key]["version"] = 999
     torch.save(checkpoint, path)
-    resumed = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    resumed = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[resumed], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"state has version 999; this lightning_autoprune reads versions up to 1"):
         trainer.fit(MLPClassifier(), datamodule=digits, ckpt_path=path)
@@ -105,7 +105,7 @@ def test_checkpoint_without_newer_fields_still_resumes(
     for key in ("search", "snapshot", "initial_weights", "movement", "rng"):
         del state[key]  # the first layout had masks, shapes, history and the generator only
     torch.save(checkpoint, path)
-    resumed = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    resumed = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[resumed], **trainer_kwargs)
     trainer.fit(MLPClassifier(), datamodule=digits, ckpt_path=path)
     for name, mask in autoprune.masks.items():
@@ -121,7 +121,7 @@ def test_checkpoint_masks_that_do_not_fit_the_selection_are_refused(
     state = next(iter(checkpoint["callbacks"].values()))
     state["shapes"]["net.1.weight"] = [128, 64]
     torch.save(checkpoint, path)
-    resumed = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    resumed = AutoPrune(report=False, target_sparsity=0.5, start_epoch=1, end_epoch=2, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[resumed], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"masks do not fit this model.*128, 64.*256, 64"):
         trainer.fit(MLPClassifier(), datamodule=digits, ckpt_path=path)
@@ -132,7 +132,7 @@ def test_checkpoint_from_a_different_model_shape_fails_before_any_pruning(
 ) -> None:
     path = tmp_path / "a.ckpt"
     _pruned_checkpoint(digits, trainer_kwargs, path)
-    resumed = AutoPrune(target_sparsity=0.5, verbose=False)
+    resumed = AutoPrune(report=False, target_sparsity=0.5, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=2, callbacks=[resumed], **trainer_kwargs)
     with pytest.raises(RuntimeError, match=r"size mismatch for net\.1\.weight"):
         trainer.fit(MLPClassifier(hidden=[128, 128]), datamodule=digits, ckpt_path=path)
@@ -148,7 +148,7 @@ def test_compiled_module_is_pruned(digits: DigitsDataModule, trainer_kwargs: dic
     seed_everything(0)
     model = MLPClassifier()
     model.net = torch.compile(model.net, backend="eager")  # the wrapped module shares its parameters
-    autoprune = AutoPrune(target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
     assert {t.name for t in autoprune.targets} == {f"net._orig_mod.{i}.weight" for i in (1, 3, 5)}
