@@ -67,7 +67,7 @@ def main() -> None:
     for seed in range(args.seeds):
         runs["dense"].append(fit_once(seed, args.epochs, None))
         for scorer in ("lamp", "magnitude"):
-            callback = AutoPrune(target_sparsity=args.target, importance=scorer, verbose=False)
+            callback = AutoPrune(target_sparsity=args.target, importance=scorer, verbose=False, report=False)
             runs[scorer].append(fit_once(seed, args.epochs, callback))
 
     summary = {}

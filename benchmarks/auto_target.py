@@ -1,0 +1,186 @@
+"""Automatic target vs a sweep of fixed sparsities: does one ``AutoPrune()`` run find the answer?
+
+For each dataset and seed, in one process and on the same data and epochs:
+
+- a dense run (the reference for drops, and the wall-time unit);
+- ``AutoPrune()`` with all defaults: one run;
+- Lightning's ``ModelPruning`` swept over fixed sparsities: ``l1_unstructured``, global,
+  ``use_lottery_ticket_hypothesis=False``, pruning at each epoch end from epoch ``start`` to
+  ``end`` with per-event amounts computed so the *cumulative* sparsity follows the same cubic
+  schedule as AutoPrune's fixed mode (ModelPruning's amounts apply to the weights still left);
+- ``AutoPrune(target_sparsity=s)`` (LAMP, cubic) swept over the same sparsities.
+
+Reports the sparsity reached, validation and test drops versus dense, how often the automatic
+run's test drop exceeds the tolerance, and wall time versus one dense run and versus the sweep.
+
+    python benchmarks/auto_target.py [--seeds 5] [--datasets digits mnist1d]
+
+Writes ``benchmarks/results/auto_target.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelPruning
+
+from lightning_autoprune import AutoPrune, __version__
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.masks import count_zeros
+from lightning_autoprune.schedule import default_window, scheduled_sparsity
+
+RESULTS = Path(__file__).parent / "results" / "auto_target.json"
+SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98)
+TOLERANCE = 0.01
+DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {"epochs": 30, "in_features": 64},
+    "mnist1d": {"epochs": 60, "in_features": 40},
+}
+
+
+def model_pruning(target: float, epochs: int) -> ModelPruning:
+    """Lightning's ModelPruning following AutoPrune's cubic schedule to ``target`` (stated settings)."""
+    start, end = default_window(epochs)
+
+    def cumulative(epoch: int) -> float:
+        # ModelPruning prunes at the END of `epoch`; AutoPrune at the start of the next one.
+        return scheduled_sparsity(epoch + 1, target, start=start, end=end)
+
+    def amount(epoch: int) -> float:
+        before, after = cumulative(epoch - 1), cumulative(epoch)
+        return 0.0 if after <= before else 1.0 - (1.0 - after) / (1.0 - before)
+
+    return ModelPruning(
+        pruning_fn="l1_unstructured",
+        amount=amount,
+        use_global_unstructured=True,
+        use_lottery_ticket_hypothesis=False,
+        parameter_names=["weight"],
+        verbose=0,
+    )
+
+
+def fit(dataset: str, seed: int, callback: Callback | None) -> dict[str, float]:
+    config = DATASETS[dataset]
+    seed_everything(seed, verbose=False)
+    datamodule = DigitsDataModule(batch_size=64) if dataset == "digits" else MNIST1DDataModule(batch_size=128)
+    model = MLPClassifier(in_features=config["in_features"], hidden=[256, 256], lr=1e-3)
+    trainer = Trainer(
+        max_epochs=config["epochs"],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback] if callback else [],
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_acc"]
+    test = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test_acc"]
+    zeros, total = count_zeros(p.detach() for n, p in model.named_parameters() if n.endswith("weight"))
+    return {"val_acc": float(val), "test_acc": float(test), "sparsity": zeros / total, "seconds": seconds}
+
+
+def best_within(rows: dict[str, dict[str, float]], dense: dict[str, float], key: str) -> float:
+    """Largest swept sparsity whose ``key`` accuracy stays within the tolerance of dense (0 if none)."""
+    ok = [float(s) for s, row in rows.items() if dense[key] - row[key] <= TOLERANCE + 1e-9]
+    return max(ok, default=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    fit("digits", 0, None)  # warm-up
+    results: dict[str, Any] = {}
+    for dataset in args.datasets:
+        per_seed = []
+        for seed in range(args.seeds):
+            dense = fit(dataset, seed, None)
+            auto_cb = AutoPrune(verbose=False, report=False)
+            auto = fit(dataset, seed, auto_cb)
+            auto["decisions"] = [dict(d) for d in auto_cb.search.decisions]  # type: ignore[assignment]
+            auto["reference"] = auto_cb.search.reference  # type: ignore[assignment]
+            peer = {str(s): fit(dataset, seed, model_pruning(s, DATASETS[dataset]["epochs"])) for s in SWEEP}
+            fixed = {str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP}
+            row = {"seed": seed, "dense": dense, "auto": auto, "model_pruning": peer, "autoprune_fixed": fixed}
+            row["auto_val_drop"] = dense["val_acc"] - auto["val_acc"]
+            row["auto_test_drop"] = dense["test_acc"] - auto["test_acc"]
+            row["sweep_best_within_val"] = best_within(peer, dense, "val_acc")
+            row["sweep_best_within_test"] = best_within(peer, dense, "test_acc")
+            row["fixed_best_within_test"] = best_within(fixed, dense, "test_acc")
+            row["time_vs_dense"] = auto["seconds"] / dense["seconds"]
+            row["time_vs_sweep"] = auto["seconds"] / sum(r["seconds"] for r in peer.values())
+            per_seed.append(row)
+            print(
+                f"{dataset} seed {seed}: dense test {dense['test_acc']:.4f}; auto sparsity {auto['sparsity']:.4f} "
+                f"test drop {100 * row['auto_test_drop']:+.2f} pt; ModelPruning best within 1pt (test) "
+                f"{row['sweep_best_within_test']}; time x{row['time_vs_dense']:.2f} of dense",
+                flush=True,
+            )
+        results[dataset] = {
+            "epochs": DATASETS[dataset]["epochs"],
+            "seeds": per_seed,
+            "summary": summarize(per_seed),
+        }
+
+    payload = {
+        "protocol": {
+            "model": "MLP in-256-256-10, Adam lr 1e-3",
+            "tolerance": TOLERANCE,
+            "sweep": list(SWEEP),
+            "model_pruning_settings": "l1_unstructured, use_global_unstructured=True, "
+            "use_lottery_ticket_hypothesis=False, parameter_names=['weight'], cumulative cubic schedule",
+            "autoprune_fixed_settings": "importance='lamp', schedule='cubic', default window",
+            "automatic_settings": "AutoPrune() defaults",
+        },
+        "versions": {
+            "lightning_autoprune": __version__,
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(args.out)
+    for dataset, entry in results.items():
+        print(dataset, json.dumps(entry["summary"], indent=1))
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    sparsity = [r["auto"]["sparsity"] for r in rows]
+    return {
+        "auto_sparsity_mean": statistics.mean(sparsity),
+        "auto_sparsity_min": min(sparsity),
+        "auto_test_drop_mean": statistics.mean(r["auto_test_drop"] for r in rows),
+        "auto_val_drop_mean": statistics.mean(r["auto_val_drop"] for r in rows),
+        "test_violations": sum(r["auto_test_drop"] > TOLERANCE + 1e-9 for r in rows),
+        "seeds": len(rows),
+        "sweep_best_within_test_median": statistics.median(r["sweep_best_within_test"] for r in rows),
+        "sweep_best_within_val_median": statistics.median(r["sweep_best_within_val"] for r in rows),
+        "fixed_best_within_test_median": statistics.median(r["fixed_best_within_test"] for r in rows),
+        "time_vs_dense_median": statistics.median(r["time_vs_dense"] for r in rows),
+        "time_vs_sweep_median": statistics.median(r["time_vs_sweep"] for r in rows),
+    }
+
+
+if __name__ == "__main__":
+    main()
