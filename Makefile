@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check lightning_autoprune tests examples
 	$(PY) -m mypy lightning_autoprune
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check lightning_autoprune tests examples
@@ -33,3 +33,15 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Benchmarks (DESIGN.md §6): the full protocol, then BENCHMARKS.md and benchmarks/plots/ from its results.
+.PHONY: bench bench-quick
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.protocol
+	$(PY) -m benchmarks.report
+
+# A representative subset (digits MLP, 2 seeds, 3 sparsities, 4 methods) into results-quick/, compared
+# with the committed full results; prints FLAGGED lines for metrics that moved beyond the seed spread.
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.protocol --quick

@@ -116,7 +116,9 @@ def main() -> None:
             auto["decisions"] = [dict(d) for d in auto_cb.search.decisions]  # type: ignore[assignment]
             auto["reference"] = auto_cb.search.reference  # type: ignore[assignment]
             peer = {str(s): fit(dataset, seed, model_pruning(s, DATASETS[dataset]["epochs"])) for s in SWEEP}
-            fixed = {str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP}
+            fixed = {
+                str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP
+            }
             row = {"seed": seed, "dense": dense, "auto": auto, "model_pruning": peer, "autoprune_fixed": fixed}
             row["auto_val_drop"] = dense["val_acc"] - auto["val_acc"]
             row["auto_test_drop"] = dense["test_acc"] - auto["test_acc"]

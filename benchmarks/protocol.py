@@ -1,0 +1,1039 @@
+"""The unstructured pruning benchmark (DESIGN.md §6): one protocol, every method through the same code.
+
+Protocol, per (setup, seed):
+
+1. ``seed_everything(seed)``, build the model, train it **dense** for ``Budget.dense_epochs`` epochs
+   and keep its state in memory. Its test accuracy is recorded as ``pretrained_acc``.
+2. **Dense fine-tune**: reseed, load the dense state into a fresh model, train another
+   ``Budget.finetune_epochs`` epochs without pruning. Its test accuracy is the *dense reference*
+   that "within 1 point of dense" and the normalised AUC use (it had exactly as much training as
+   every pruned model), and its fit time is the baseline of the overhead.
+3. For every sparsity and method: reseed, load the same dense state into a fresh model (a fresh
+   Adam optimizer), fine-tune for ``Budget.finetune_epochs`` epochs with the method's callback, and
+   test. Every method prunes on the same cubic schedule (Zhu & Gupta) with events at the points
+   between epochs ``start_epoch - 1`` and ``start_epoch``, ..., ``end_epoch - 1`` and ``end_epoch``,
+   then fine-tunes at the target until the end.
+
+Methods (``METHODS``):
+
+* ``random``, ``magnitude`` (global ``|w|``), ``lamp``, ``taylor``: ``AutoPrune(importance=...)``.
+* ``default``: ``AutoPrune(target_sparsity=s)`` with no ``importance`` argument. If that callback is
+  configured identically to one of the named methods in the same invocation (today: ``lamp``), its
+  runs are not repeated: the records are copied and marked ``reused_from`` (training is
+  deterministic on CPU, so a rerun would give the same numbers).
+* ``layerwise_magnitude``: the same ``|w|`` scores, but every tensor is pruned to the scheduled
+  sparsity on its own (uniform per-layer sparsity), with :func:`lightning_autoprune.selection.select_masks`
+  called per tensor. Implemented here as :class:`BenchmarkPruning`, which copies AutoPrune's
+  mechanics (same targets, schedule, event timing, mask enforcement after every optimizer step,
+  optimizer state zeroed at pruned entries).
+* ``taylor2``: signed second-order Taylor, ``score = -g * w + 1/2 * w**2 * F`` with ``g`` the mean
+  calibration gradient and ``F`` the mean squared per-batch gradient (a Fisher diagonal), both from
+  :func:`lightning_autoprune.calibration.gradient_statistics` on ``calibration_samples`` training
+  samples drawn as AutoPrune draws them; selected globally with the same per-layer floor
+  (``min_layer_density``) as AutoPrune. Also :class:`BenchmarkPruning`.
+* ``modelpruning``: Lightning's ``ModelPruning(pruning_fn="l1_unstructured", use_global_unstructured=True,
+  use_lottery_ticket_hypothesis=False, parameters_to_prune=<AutoPrune's tensors>, amount=CompoundingAmount(...))``.
+  Its ``amount`` is a fraction of the weights *still unpruned* (``torch.nn.utils.prune`` applies
+  it to the entries whose mask is still 1), so the amount at each event is
+  ``(s_k - s_{k-1}) / (1 - s_{k-1})`` for the cumulative cubic targets ``s_k``; see
+  :class:`CompoundingAmount`. It prunes at ``on_train_epoch_end`` of epoch ``e``, which is the
+  moment AutoPrune prunes at the start of epoch ``e + 1``.
+* ``modelpruning_lth``: the same, keeping ModelPruning's default ``use_lottery_ticket_hypothesis=True``:
+  after every event the kept weights are reset to their values when fitting started, which here is
+  the trained dense model (not a random initialisation).
+
+Both ModelPruning configurations prune the same tensors as AutoPrune: with ``parameters_to_prune``
+left empty, ModelPruning would also prune every bias (its ``parameter_names`` default is
+``("weight", "bias")``), and BatchNorm weights of the CNN.
+
+Metrics (computed by :func:`summarise`):
+
+* **Test accuracy** at each sparsity: mean ± sample std over seeds.
+* **Sparsity** (fraction of exact zeros in the effective weights: ``weight_orig * weight_mask``
+  where ModelPruning's reparametrisation is still present) and **effective sparsity**
+  (:func:`effective_sparsity`: a weight also counts as pruned when it lies on no input-to-output
+  path of nonzero weights).
+* **Normalised AUC**: with ``x = log2(1 / (1 - s))`` (log2 of the compression ratio) and
+  ``y = acc(s) / acc_dense`` (both per seed), the trapezoid area under ``y(x)`` over the points
+  ``s = 0`` (where ``y = 1`` by definition) and every sparsity of the grid, divided by the largest
+  ``x``. A method that keeps dense accuracy at every sparsity scores 1.0. Mean ± std over seeds.
+* **Largest sparsity within 1 point of dense**: per seed, the largest grid sparsity whose accuracy
+  is at least ``acc_dense - 0.01`` (0 if none); reported as mean over seeds, the per-seed values,
+  and the value for the mean curves.
+* **Overhead**: per run, ``cpu(fit with pruning) / cpu(dense fine-tune of the same seed) - 1``
+  (process CPU time, which other work on a shared machine disturbs far less than wall time); the
+  median over seeds and sparsities. The same ratio of wall times is kept as ``overhead_wall_median``.
+  For AutoPrune and :class:`BenchmarkPruning` also the (wall) time the callback itself measured
+  (pruning events + mask enforcement) as a share of the fit's wall time.
+* **Paired comparison** of ``default`` against every other method at each sparsity, over seeds:
+  paired t-test (``scipy.stats.ttest_rel``) and Wilcoxon signed-rank test, two-sided. With 5
+  seeds the Wilcoxon test cannot go below p = 0.0625, so the verdict uses the t-test: a difference
+  is called *real* only where its p < 0.05 (no correction for the many comparisons).
+
+Results: one JSON file per run under ``<out>/<track>/<setup>/<method>/s<sparsity>_seed<seed>.json``
+(``dense/seed<seed>.json`` for the dense runs) and ``<out>/<track>/summary.json``.
+
+Usage::
+
+    python -m benchmarks.protocol                 # full protocol into benchmarks/results
+    python -m benchmarks.protocol --quick         # representative subset into results-quick/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback, ModelPruning
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+import lightning_autoprune
+from lightning_autoprune import AutoPrune, calibration, masks, selection
+from lightning_autoprune import schedule as schedules
+from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.targets import PruneTarget, resolve_targets
+
+TRACK = "unstructured"
+SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+AUTOPRUNE_METHODS: tuple[str, ...] = ("random", "magnitude", "lamp", "taylor")
+BENCHMARK_METHODS: tuple[str, ...] = ("layerwise_magnitude", "taylor2")
+MODELPRUNING_METHODS: tuple[str, ...] = ("modelpruning", "modelpruning_lth")
+METHODS: tuple[str, ...] = (*AUTOPRUNE_METHODS, *BENCHMARK_METHODS, "default", *MODELPRUNING_METHODS)
+#: Settings of the representative subset that ``make bench-quick`` runs.
+QUICK = {
+    "setups": ("digits-mlp",),
+    "seeds": (0, 1),
+    "sparsities": (0.9, 0.95, 0.98),
+    "methods": ("magnitude", "taylor", "default", "modelpruning"),
+}
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+QUICK_RESULTS = ROOT / "results-quick"
+#: Decimal places kept for floats in result files (keeps files small and diffs readable).
+DIGITS = 6
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One (dataset, model) pair.
+
+    Attributes:
+        name: identifier used in paths and tables, e.g. ``"digits-mlp"``.
+        dataset: dataset name.
+        model: model name.
+        description: one line for the report.
+    """
+
+    name: str
+    dataset: str
+    model: str
+    description: str
+
+    def datamodule(self) -> pl.LightningDataModule:
+        """A fresh datamodule with the fixed split."""
+        if self.dataset == "digits":
+            return DigitsDataModule(batch_size=64)
+        return MNIST1DDataModule(batch_size=128)
+
+    def build_model(self) -> pl.LightningModule:
+        """A fresh, untrained model (the caller seeds the global RNG first)."""
+        if self.model == "cnn":
+            return CNN1DClassifier()
+        in_features = 64 if self.dataset == "digits" else 40
+        return MLPClassifier(in_features=in_features, hidden=[256, 256], lr=1e-3)
+
+
+SETUPS: dict[str, Setup] = {
+    s.name: s
+    for s in (
+        Setup("digits-mlp", "digits", "mlp", "sklearn digits (1077/360/360, stratified), MLP 64-256-256-10, Adam 1e-3"),
+        Setup("mnist1d-mlp", "mnist1d", "mlp", "MNIST-1D (3200/800/1000), MLP 40-256-256-10, Adam 1e-3"),
+        Setup(
+            "mnist1d-cnn", "mnist1d", "cnn", "MNIST-1D (3200/800/1000), CNN1DClassifier (3x Conv1d 32 + BN), Adam 1e-3"
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget shared by every method.
+
+    Attributes:
+        dense_epochs: epochs of the shared dense training.
+        finetune_epochs: epochs every method (and the dense fine-tune) trains from the dense state.
+        start_epoch: fine-tuning epoch at whose start the first pruning event happens.
+        end_epoch: fine-tuning epoch at whose start the target is reached.
+        min_layer_density: per-tensor floor of every global selection (AutoPrune's default).
+        calibration_samples: training samples for the gradient-based scorers.
+        limit_train_batches: passed to the Trainer (``None``: whole epochs); for tests.
+        limit_val_batches: passed to the Trainer; for tests.
+        limit_test_batches: passed to the Trainer; for tests.
+    """
+
+    dense_epochs: int = 20
+    finetune_epochs: int = 12
+    start_epoch: int = 1
+    end_epoch: int = 8
+    min_layer_density: float = 0.002
+    calibration_samples: int = 512
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
+    limit_test_batches: int | None = None
+
+    def describe(self) -> str:
+        """One sentence for the report."""
+        return (
+            f"dense training {self.dense_epochs} epochs; then every method (and the dense reference) fine-tunes "
+            f"{self.finetune_epochs} epochs from that state, pruning on a cubic schedule at the starts of epochs "
+            f"{self.start_epoch}..{self.end_epoch} of fine-tuning (target reached at epoch {self.end_epoch}, then "
+            f"{self.finetune_epochs - self.end_epoch} epochs at the target)"
+        )
+
+
+@dataclass
+class Grid:
+    """What one invocation runs.
+
+    Attributes:
+        setups: names of :data:`SETUPS` entries.
+        seeds: training seeds.
+        sparsities: target sparsities.
+        methods: names from :data:`METHODS`.
+    """
+
+    setups: Sequence[str] = field(default_factory=lambda: tuple(SETUPS))
+    seeds: Sequence[int] = SEEDS
+    sparsities: Sequence[float] = SPARSITIES
+    methods: Sequence[str] = METHODS
+
+
+# ---------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class CompoundingAmount:
+    """``ModelPruning``'s ``amount`` callable that makes the cumulative sparsity follow a schedule.
+
+    ``ModelPruning`` calls ``amount(current_epoch)`` in ``on_train_epoch_end`` and passes a float to
+    ``torch.nn.utils.prune``, which prunes that fraction of the entries *still unpruned*. Going from
+    cumulative sparsity ``a`` to ``b`` therefore takes the amount ``(b - a) / (1 - a)``. The event at
+    the end of epoch ``e`` plays the role of AutoPrune's event at the start of epoch ``e + 1``.
+
+    Attributes:
+        target: final sparsity.
+        start: AutoPrune-style ``start_epoch`` of the schedule.
+        end: AutoPrune-style ``end_epoch``.
+        kind: schedule kind.
+
+    Example:
+        >>> amount = CompoundingAmount(0.9, start=1, end=4)
+        >>> [round(amount(e), 4) for e in range(5)]
+        [0.5203, 0.557, 0.4632, 0.1233, 0.0]
+        >>> remaining = 1.0
+        >>> for e in range(5):
+        ...     remaining *= 1 - amount(e)
+        >>> round(1 - remaining, 6)
+        0.9
+    """
+
+    target: float
+    start: int
+    end: int
+    kind: schedules.ScheduleKind = "cubic"
+
+    def cumulative(self, epoch: int) -> float:
+        """Sparsity AutoPrune holds during ``epoch`` (after its event at that epoch's start)."""
+        return schedules.scheduled_sparsity(epoch, self.target, start=self.start, end=self.end, kind=self.kind)
+
+    def __call__(self, epoch: int) -> float:
+        """Fraction of the remaining weights to prune at the end of ``epoch``."""
+        before, after = self.cumulative(epoch), self.cumulative(epoch + 1)
+        if after <= before:
+            return 0.0
+        return (after - before) / (1.0 - before)
+
+
+class BenchmarkPruning(Callback):
+    """Benchmark-side pruning for criteria that ``AutoPrune`` does not offer, with AutoPrune's mechanics.
+
+    Same tensors (:func:`~lightning_autoprune.targets.resolve_targets`), same schedule
+    (:func:`~lightning_autoprune.schedule.scheduled_sparsity`), events at epoch starts, masks kept by
+    re-applying them after every optimizer step and zeroing the optimizer state at pruned entries.
+
+    Args:
+        target_sparsity: final sparsity.
+        criterion: ``"layerwise_magnitude"`` (each tensor pruned to the scheduled sparsity by ``|w|``)
+            or ``"taylor2"`` (signed second-order Taylor, selected globally).
+        start_epoch: first pruning epoch.
+        end_epoch: epoch whose start reaches the target.
+        min_layer_density: per-tensor floor of the global selection (``taylor2``).
+        calibration_samples: training samples for the ``taylor2`` gradient statistics.
+        seed: seeds the calibration sampling.
+    """
+
+    def __init__(
+        self,
+        target_sparsity: float,
+        criterion: str,
+        start_epoch: int,
+        end_epoch: int,
+        min_layer_density: float = 0.002,
+        calibration_samples: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if criterion not in BENCHMARK_METHODS:
+            raise ValueError(f"`criterion` must be one of {', '.join(BENCHMARK_METHODS)}, got {criterion!r}.")
+        self.target_sparsity = target_sparsity
+        self.criterion = criterion
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.min_layer_density = min_layer_density
+        self.calibration_samples = calibration_samples
+        self.generator = torch.Generator().manual_seed(seed)
+        self.targets: list[PruneTarget] = []
+        self.masks: dict[str, Tensor] = {}
+        self.seconds_pruning = 0.0
+        self.seconds_enforcing = 0.0
+        self._keep: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve the tensors to prune."""
+        if stage == "fit":
+            self.targets = resolve_targets(pl_module)
+            self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hook mask enforcement onto every optimizer step."""
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune when the schedule asks for more sparsity than the masks hold."""
+        scheduled = schedules.scheduled_sparsity(
+            trainer.current_epoch, self.target_sparsity, start=self.start_epoch, end=self.end_epoch, kind="cubic"
+        )
+        if scheduled > masks.mask_sparsity(self.masks):
+            start = time.perf_counter()
+            self._prune(trainer, pl_module, scheduled)
+            self.seconds_pruning += time.perf_counter() - start
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remove the optimizer hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
+        weights = {t.name: t.param.detach() for t in self.targets}
+        if self.criterion == "layerwise_magnitude":
+            new_masks: dict[str, Tensor] = {}
+            for name, weight in weights.items():
+                new_masks.update(selection.select_masks({name: weight.abs()}, {name: self.masks[name]}, target))
+        else:
+            scores = self._taylor2_scores(trainer, pl_module, weights)
+            new_masks = selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
+        self.masks = new_masks
+        self._keep = {t.name: new_masks[t.name].to(t.param.dtype) for t in self.targets}
+        for target_ref in self.targets:
+            masks.apply_mask_(target_ref.param.data, new_masks[target_ref.name])
+            for optimizer in trainer.optimizers:
+                masks.zero_optimizer_state_(optimizer, target_ref.param, new_masks[target_ref.name])
+
+    def _taylor2_scores(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, weights: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        loader = trainer.train_dataloader
+        assert isinstance(loader, torch.utils.data.DataLoader)
+        batches = calibration.calibration_batches(loader, self.calibration_samples, self.generator)
+        assert isinstance(batches, list)
+
+        def loss_fn(batch: Any, batch_idx: int) -> Tensor:
+            loss = pl_module.training_step(batch, batch_idx)
+            assert isinstance(loss, Tensor)
+            return loss
+
+        params = {t.name: t.param for t in self.targets}
+        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
+            grad_mean, fisher = calibration.gradient_statistics(loss_fn, batches, params)
+        return taylor2_scores(weights, grad_mean, fisher)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._keep:
+            return
+        start = time.perf_counter()
+        for target in self.targets:
+            masks.multiply_mask_(target.param.data, self._keep[target.name])
+        self.seconds_enforcing += time.perf_counter() - start
+
+
+def taylor2_scores(
+    weights: Mapping[str, Tensor], grad_mean: Mapping[str, Tensor], fisher: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Signed second-order Taylor estimate of the loss increase when a weight is set to zero.
+
+    ``L(w - w_i e_i) - L(w) ≈ -g_i w_i + 1/2 F_ii w_i**2`` with ``g`` the mean gradient and ``F`` the
+    diagonal empirical Fisher (mean squared per-batch gradient) standing in for the Hessian.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, -2.0])}
+        >>> taylor2_scores(w, {"a": torch.tensor([0.5, 0.5])}, {"a": torch.tensor([1.0, 0.0])})
+        {'a': tensor([0., 1.])}
+    """
+    return {
+        name: -grad_mean[name].float() * w.float() + 0.5 * fisher[name].float() * w.float().pow(2)
+        for name, w in weights.items()
+    }
+
+
+def autoprune_callback(importance: str | None, sparsity: float, budget: Budget, seed: int) -> AutoPrune:
+    """The AutoPrune callback of a method; ``importance=None`` leaves AutoPrune's default."""
+    kwargs: dict[str, Any] = {
+        "target_sparsity": sparsity,
+        "schedule": "cubic",
+        "start_epoch": budget.start_epoch,
+        "end_epoch": budget.end_epoch,
+        "min_layer_density": budget.min_layer_density,
+        "calibration_samples": budget.calibration_samples,
+        "seed": seed,
+        "verbose": False,
+        "report": False,
+    }
+    if importance is not None:
+        kwargs["importance"] = importance
+    return AutoPrune(**kwargs)
+
+
+def _configuration(callback: AutoPrune) -> dict[str, Any]:
+    """The primitive attributes of a callback: equal for identically configured callbacks."""
+    return {
+        k: v
+        for k, v in sorted(vars(callback).items())
+        if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None), list, tuple))
+    }
+
+
+def default_alias(methods: Sequence[str], budget: Budget) -> str | None:
+    """The named AutoPrune method that ``default`` is identical to, if any of ``methods`` is.
+
+    Example:
+        >>> default_alias(["magnitude", "lamp"], Budget()) in (None, "lamp", "magnitude")
+        True
+    """
+    default = _configuration(autoprune_callback(None, 0.5, budget, 0))
+    for method in methods:
+        if method in AUTOPRUNE_METHODS and _configuration(autoprune_callback(method, 0.5, budget, 0)) == default:
+            return method
+    return None
+
+
+def make_callbacks(
+    method: str, sparsity: float, budget: Budget, seed: int, model: pl.LightningModule
+) -> list[Callback]:
+    """The callbacks that implement ``method`` at ``sparsity`` (see the module docstring)."""
+    if method in AUTOPRUNE_METHODS:
+        return [autoprune_callback(method, sparsity, budget, seed)]
+    if method == "default":
+        return [autoprune_callback(None, sparsity, budget, seed)]
+    if method in BENCHMARK_METHODS:
+        return [
+            BenchmarkPruning(
+                sparsity,
+                method,
+                budget.start_epoch,
+                budget.end_epoch,
+                min_layer_density=budget.min_layer_density,
+                calibration_samples=budget.calibration_samples,
+                seed=seed,
+            )
+        ]
+    if method in MODELPRUNING_METHODS:
+        parameters = [(t.module, t.param_name) for t in resolve_targets(model)]
+        return [
+            ModelPruning(
+                pruning_fn="l1_unstructured",
+                parameters_to_prune=parameters,
+                amount=CompoundingAmount(sparsity, budget.start_epoch, budget.end_epoch),
+                use_global_unstructured=True,
+                use_lottery_ticket_hypothesis=method == "modelpruning_lth",
+                verbose=0,
+            )
+        ]
+    raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}.")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def effective_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The weights the forward pass uses, for AutoPrune's default tensors, in model order.
+
+    Where ModelPruning's reparametrisation is still in place, that is ``weight_orig * weight_mask``.
+    """
+    result: dict[str, Tensor] = {}
+    for target in resolve_targets(model):
+        module, name = target.module, target.param_name
+        if hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask"):
+            weight = getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+        else:
+            weight = getattr(module, name)
+        result[target.name] = weight.detach().clone()
+    return result
+
+
+def effective_sparsity(weights: Sequence[Tensor]) -> float:
+    """Sparsity counting weights that lie on no input-to-output path of nonzero weights as pruned.
+
+    ``weights`` is a chain of layers (``Linear`` ``(out, in)`` or ``Conv`` ``(out, in, *kernel)``), each
+    consuming the units (features or channels) the previous one produces. A unit is reachable from the
+    input if some nonzero weight connects it to a reachable unit of the previous layer (every input unit
+    is reachable), and reaches the output likewise backwards. A nonzero weight counts as effective only
+    if its input unit is reachable and its output unit reaches the output. Biases are ignored (a unit
+    fed only by its bias is a constant). Elementwise layers (ReLU, BatchNorm, pooling) do not break paths.
+
+    Raises:
+        ValueError: if consecutive layers do not chain.
+
+    Example:
+        >>> w1 = torch.tensor([[1.0, 0.0], [0.0, 0.0]])   # unit 1 of the hidden layer gets no input
+        >>> w2 = torch.tensor([[0.0, 3.0]])               # the output reads only hidden unit 1
+        >>> effective_sparsity([w1, w2])
+        1.0
+        >>> round(effective_sparsity([w1, torch.tensor([[2.0, 0.0]])]), 4)
+        0.6667
+    """
+    links = [(w != 0).reshape(w.shape[0], w.shape[1], -1).any(-1) for w in weights]
+    for index in range(1, len(links)):
+        if links[index].shape[1] != links[index - 1].shape[0]:
+            raise ValueError(
+                f"Layer {index} takes {links[index].shape[1]} inputs but layer {index - 1} gives "
+                f"{links[index - 1].shape[0]} outputs: not a chain."
+            )
+    forward = [torch.ones(links[0].shape[1], dtype=torch.bool)]
+    for link in links:
+        forward.append((link.float() @ forward[-1].float()) > 0)
+    backward = [torch.ones(links[-1].shape[0], dtype=torch.bool)]
+    for link in reversed(links):
+        backward.append((link.float().T @ backward[-1].float()) > 0)
+    backward.reverse()  # backward[i]: units after layer i-1 (inputs of layer i) that reach the output
+    effective = total = 0
+    for index, weight in enumerate(weights):
+        alive_in = forward[index].view(1, -1, *([1] * (weight.dim() - 2)))
+        alive_out = backward[index + 1].view(-1, 1, *([1] * (weight.dim() - 2)))
+        effective += int(((weight != 0) & alive_in & alive_out).sum())
+        total += weight.numel()
+    return 1.0 - effective / total if total else 0.0
+
+
+def normalised_auc(sparsities: Sequence[float], accuracies: Sequence[float], dense: float) -> float:
+    """Area under ``acc / dense`` against ``log2(1 / (1 - s))`` from ``s = 0``, over the largest x.
+
+    Example:
+        >>> normalised_auc([0.5, 0.75], [0.9, 0.9], 0.9)
+        1.0
+        >>> round(normalised_auc([0.5, 0.75], [0.9, 0.0], 0.9), 4)
+        0.75
+    """
+    points = sorted(zip(sparsities, accuracies, strict=True))
+    xs = [0.0] + [math.log2(1.0 / (1.0 - s)) for s, _ in points]
+    ys = [1.0] + [a / dense for _, a in points]
+    area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+    return area / xs[-1]
+
+
+def max_sparsity_within(sparsities: Sequence[float], accuracies: Sequence[float], dense: float, tol: float) -> float:
+    """Largest sparsity whose accuracy is at least ``dense - tol``; 0 if none is.
+
+    Example:
+        >>> max_sparsity_within([0.5, 0.9, 0.99], [0.95, 0.945, 0.5], 0.955, 0.01)
+        0.9
+    """
+    ok = [s for s, a in zip(sparsities, accuracies, strict=True) if a >= dense - tol - 1e-12]
+    return max(ok, default=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _trainer(budget: Budget, epochs: int, callbacks: list[Callback], root: Path) -> Trainer:
+    limits: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("limit_train_batches", budget.limit_train_batches),
+            ("limit_val_batches", budget.limit_val_batches),
+            ("limit_test_batches", budget.limit_test_batches),
+        )
+        if value is not None
+    }
+    return Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        callbacks=callbacks,
+        **limits,
+    )
+
+
+def _fit_and_test(
+    setup: Setup,
+    datamodule: pl.LightningDataModule,
+    state: Mapping[str, Tensor] | None,
+    seed: int,
+    epochs: int,
+    budget: Budget,
+    root: Path,
+    method: str | None = None,
+    sparsity: float = 0.0,
+) -> tuple[pl.LightningModule, dict[str, Any]]:
+    seed_everything(seed, verbose=False)
+    model = setup.build_model()
+    if state is not None:
+        model.load_state_dict(state)
+    callbacks = make_callbacks(method, sparsity, budget, seed, model) if method is not None else []
+    trainer = _trainer(budget, epochs, callbacks, root)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=datamodule)
+        fit_seconds, fit_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    row: dict[str, Any] = {"test_acc": float(test["test_acc"]), "fit_seconds": fit_seconds}
+    row["fit_cpu_seconds"] = fit_cpu_seconds
+    callback_seconds = [
+        getattr(c, "seconds_pruning", 0.0) + getattr(c, "seconds_enforcing", 0.0)
+        for c in callbacks
+        if hasattr(c, "seconds_pruning")
+    ]
+    row["callback_seconds"] = sum(callback_seconds) if callback_seconds else None
+    weights = effective_weights(model)
+    zeros, total = masks.count_zeros(weights.values())
+    row["sparsity"] = zeros / total
+    row["effective_sparsity"] = effective_sparsity(list(weights.values()))
+    row["layer_density"] = {name: float((w != 0).float().mean()) for name, w in weights.items()}
+    return model, row
+
+
+def environment() -> dict[str, Any]:
+    """Versions and threads, stored in every result file."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "lightning_autoprune": lightning_autoprune.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "package_modified": bool(_git("status", "--porcelain", "lightning_autoprune")),
+    }
+
+
+def _git(*args: str) -> str:
+    """Output of a git command in the repository, or ``""`` where git is unavailable."""
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, DIGITS)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def run_path(out: Path, setup: str, method: str, sparsity: float | None, seed: int) -> Path:
+    """Where one run's JSON goes.
+
+    Example:
+        >>> run_path(Path("r"), "digits-mlp", "lamp", 0.9, 3).as_posix()
+        'r/unstructured/digits-mlp/lamp/s0.90_seed3.json'
+    """
+    base = out / TRACK / setup / method
+    return base / (f"seed{seed}.json" if sparsity is None else f"s{sparsity:.2f}_seed{seed}.json")
+
+
+def _write(path: Path, record: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_rounded(dict(record)), indent=1, sort_keys=True) + "\n")
+
+
+def run_protocol(
+    out: Path,
+    grid: Grid | None = None,
+    budget: Budget | None = None,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the grid, write one JSON per run and the summary; return the summary.
+
+    Args:
+        out: results root; files go under ``out/<track>/``.
+        grid: setups, seeds, sparsities and methods (default: the full protocol).
+        budget: training budget (default: :class:`Budget`).
+        resume: keep existing run files of a setup and seed instead of rerunning them (the dense
+            model is retrained, deterministically, when any run of that seed is missing).
+        log: where progress lines go.
+    """
+    grid = grid or Grid()
+    budget = budget or Budget()
+    env = environment()
+    alias = default_alias(grid.methods, budget) if "default" in grid.methods else None
+    scratch = out / TRACK / ".scratch"
+    for setup_name in grid.setups:
+        setup = SETUPS[setup_name]
+        datamodule = setup.datamodule()
+        datamodule.setup("fit")
+        for seed in grid.seeds:
+            pending = [
+                (m, s)
+                for s in grid.sparsities
+                for m in grid.methods
+                if not (resume and run_path(out, setup_name, m, s, seed).exists())
+            ]
+            dense_path = run_path(out, setup_name, "dense", None, seed)
+            if not pending and dense_path.exists():
+                continue
+            base = {"track": TRACK, "setup": setup_name, "dataset": setup.dataset, "model": setup.model, "seed": seed}
+            base |= {"budget": asdict(budget), "environment": env}
+            dense_model, dense = _fit_and_test(setup, datamodule, None, seed, budget.dense_epochs, budget, scratch)
+            state = {k: v.detach().clone() for k, v in dense_model.state_dict().items()}
+            _, tuned = _fit_and_test(setup, datamodule, state, seed, budget.finetune_epochs, budget, scratch)
+            dense_record = base | {"method": "dense", "sparsity_target": 0.0, "pretrained_acc": dense["test_acc"]}
+            dense_record |= {"pretrain_seconds": dense["fit_seconds"], "pretrain_cpu_seconds": dense["fit_cpu_seconds"]}
+            dense_record |= tuned
+            _write(dense_path, dense_record)
+            log(f"{setup_name} seed {seed}: dense {dense['test_acc']:.4f}, fine-tuned dense {tuned['test_acc']:.4f}")
+            for method, sparsity in pending:
+                if method == "default" and alias is not None:
+                    continue
+                _, row = _fit_and_test(
+                    setup, datamodule, state, seed, budget.finetune_epochs, budget, scratch, method, sparsity
+                )
+                record = base | {
+                    "method": method,
+                    "sparsity_target": sparsity,
+                    "dense_fit_seconds": tuned["fit_seconds"],
+                }
+                _write(run_path(out, setup_name, method, sparsity, seed), record | row)
+                log(
+                    f"{setup_name} seed {seed} {method:>20} s={sparsity:.2f}: acc {row['test_acc']:.4f} "
+                    f"sparsity {row['sparsity']:.4f} effective {row['effective_sparsity']:.4f} "
+                    f"({row['fit_seconds']:.1f}s)"
+                )
+            if alias is not None:
+                for method, sparsity in pending:
+                    if method == "default":
+                        reused = json.loads(run_path(out, setup_name, alias, sparsity, seed).read_text())
+                        reused |= {"method": "default", "reused_from": alias, "resolved_importance": alias}
+                        _write(run_path(out, setup_name, "default", sparsity, seed), reused)
+    shutil.rmtree(scratch, ignore_errors=True)
+    summary = summarise(load_records(out))
+    write_json(out / TRACK / "summary.json", summary)
+    return summary
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    """Every run record under ``out/<track>/``, in a stable order."""
+    records = []
+    for path in sorted((out / TRACK).glob("*/*/*.json")):
+        records.append(json.loads(path.read_text()))
+    return records
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as sorted, rounded, indented JSON."""
+    _write(path, data)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Two-sided paired t-test and Wilcoxon signed-rank test of ``a - b``; ``None`` p-values when undefined.
+
+    Example:
+        >>> paired_test([0.9, 0.91, 0.92], [0.9, 0.91, 0.92])["t_p"] is None
+        True
+    """
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    result: dict[str, Any] = {
+        "mean_diff": statistics.fmean(diffs),
+        "wins": sum(d > 1e-12 for d in diffs),
+        "losses": sum(d < -1e-12 for d in diffs),
+        "ties": sum(abs(d) <= 1e-12 for d in diffs),
+        "t_p": None,
+        "wilcoxon_p": None,
+    }
+    nonzero = [d for d in diffs if abs(d) > 1e-12]
+    if len(diffs) >= 2 and len(nonzero) >= 1 and statistics.pstdev(diffs) > 1e-12:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result["t_p"] = float(stats.ttest_rel(a, b).pvalue)
+            result["wilcoxon_p"] = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else None
+    elif nonzero:  # every difference identical and nonzero: the t statistic is infinite
+        result["t_p"] = 0.0
+    return result
+
+
+def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregate run records into the metrics of the module docstring (JSON-ready)."""
+    records = list(records)
+    by_setup: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        by_setup.setdefault(record["setup"], []).append(record)
+    summary: dict[str, Any] = {"track": TRACK, "setups": {}}
+    if records:
+        first = records[0]
+        summary["budget"] = first["budget"]
+        summary["environment"] = first["environment"]
+        summary["total_run_seconds"] = sum(
+            r["fit_seconds"] + r.get("pretrain_seconds", 0.0) for r in records if "reused_from" not in r
+        )
+        summary["total_run_cpu_seconds"] = sum(
+            r.get("fit_cpu_seconds", 0.0) + r.get("pretrain_cpu_seconds", 0.0)
+            for r in records
+            if "reused_from" not in r
+        )
+        summary["runs"] = len(records)
+    for name in sorted(by_setup, key=lambda n: list(SETUPS).index(n) if n in SETUPS else len(SETUPS)):
+        summary["setups"][name] = _summarise_setup(by_setup[name])
+    return summary
+
+
+def _summarise_setup(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    dense = {r["seed"]: r for r in records if r["method"] == "dense"}
+    seeds = sorted(dense)
+    runs: dict[str, dict[float, dict[int, Mapping[str, Any]]]] = {}
+    for r in records:
+        if r["method"] != "dense" and r["seed"] in dense:
+            runs.setdefault(r["method"], {}).setdefault(r["sparsity_target"], {})[r["seed"]] = r
+    methods = [m for m in METHODS if m in runs] + sorted(m for m in runs if m not in METHODS)
+    dense_acc = [dense[s]["test_acc"] for s in seeds]
+    pre_acc = [dense[s]["pretrained_acc"] for s in seeds]
+    first = records[0]
+    out: dict[str, Any] = {
+        "dataset": first["dataset"],
+        "model": first["model"],
+        "seeds": seeds,
+        "dense": {
+            "test_acc_mean": _mean_std(dense_acc)[0],
+            "test_acc_std": _mean_std(dense_acc)[1],
+            "test_acc_per_seed": dense_acc,
+            "pretrained_acc_mean": _mean_std(pre_acc)[0],
+            "pretrained_acc_std": _mean_std(pre_acc)[1],
+            "fit_seconds_median": statistics.median(dense[s]["fit_seconds"] for s in seeds),
+            "fit_cpu_seconds_median": statistics.median(dense[s].get("fit_cpu_seconds", math.nan) for s in seeds),
+        },
+        "methods": {},
+        "comparisons": {},
+    }
+    for method in methods:
+        grid = runs[method]
+        sparsities = sorted(s for s in grid if all(seed in grid[s] for seed in seeds))
+        if not sparsities:
+            continue
+        entry: dict[str, Any] = {"by_sparsity": {}}
+        if any("reused_from" in r for by_seed in grid.values() for r in by_seed.values()):
+            entry["reused_from"] = next(r["reused_from"] for by_seed in grid.values() for r in by_seed.values())
+        for s in sparsities:
+            rows = [grid[s][seed] for seed in seeds]
+            acc_mean, acc_std = _mean_std([r["test_acc"] for r in rows])
+            entry["by_sparsity"][f"{s:.2f}"] = {
+                "test_acc_mean": acc_mean,
+                "test_acc_std": acc_std,
+                "test_acc_per_seed": [r["test_acc"] for r in rows],
+                "sparsity_mean": statistics.fmean(r["sparsity"] for r in rows),
+                "effective_sparsity_mean": statistics.fmean(r["effective_sparsity"] for r in rows),
+            }
+        per_seed_auc = [
+            normalised_auc(sparsities, [grid[s][seed]["test_acc"] for s in sparsities], dense[seed]["test_acc"])
+            for seed in seeds
+        ]
+        per_seed_max = [
+            max_sparsity_within(
+                sparsities, [grid[s][seed]["test_acc"] for s in sparsities], dense[seed]["test_acc"], 0.01
+            )
+            for seed in seeds
+        ]
+        mean_curve = [entry["by_sparsity"][f"{s:.2f}"]["test_acc_mean"] for s in sparsities]
+        entry["auc_mean"], entry["auc_std"] = _mean_std(per_seed_auc)
+        entry["max_sparsity_within_1pt_mean"] = statistics.fmean(per_seed_max)
+        entry["max_sparsity_within_1pt_per_seed"] = per_seed_max
+        entry["max_sparsity_within_1pt_of_mean_curve"] = max_sparsity_within(
+            sparsities, mean_curve, statistics.fmean(dense_acc), 0.01
+        )
+        for key, clock in (("overhead_median", "fit_cpu_seconds"), ("overhead_wall_median", "fit_seconds")):
+            ratios = [
+                grid[s][seed][clock] / dense[seed][clock] - 1.0
+                for s in sparsities
+                for seed in seeds
+                if dense[seed].get(clock) and grid[s][seed].get(clock) is not None
+            ]
+            entry[key] = statistics.median(ratios) if ratios else None
+        shares = [
+            grid[s][seed]["callback_seconds"] / grid[s][seed]["fit_seconds"]
+            for s in sparsities
+            for seed in seeds
+            if grid[s][seed].get("callback_seconds") is not None and grid[s][seed]["fit_seconds"] > 0
+        ]
+        entry["callback_share_median"] = statistics.median(shares) if shares else None
+        entry["fit_cpu_seconds_median"] = statistics.median(
+            grid[s][seed].get("fit_cpu_seconds", math.nan) for s in sparsities for seed in seeds
+        )
+        entry["fit_seconds_median"] = statistics.median(
+            grid[s][seed]["fit_seconds"] for s in sparsities for seed in seeds
+        )
+        out["methods"][method] = entry
+    if "default" in out["methods"]:
+        reference = runs["default"]
+        for method in out["methods"]:
+            if method == "default":
+                continue
+            comparison: dict[str, Any] = {}
+            for key in out["methods"][method]["by_sparsity"]:
+                s = float(key)
+                if key not in out["methods"]["default"]["by_sparsity"]:
+                    continue
+                a = [reference[s][seed]["test_acc"] for seed in seeds]
+                b = [runs[method][s][seed]["test_acc"] for seed in seeds]
+                test = paired_test(a, b)
+                test["real"] = test["t_p"] is not None and test["t_p"] < 0.05
+                comparison[key] = test
+            out["comparisons"][method] = comparison
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- quick check
+def compare_quick(quick: Mapping[str, Any], full: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare a quick summary with the committed full one: table lines and ``FLAGGED`` lines.
+
+    A quick mean is flagged when it differs from the full mean over the *same seeds* by more than the
+    full run's seed spread (its sample std over all seeds, at least 0.001).
+    """
+    header = f"{'setup':<12} {'method':<20} {'sparsity':>8} {'quick':>8} {'full(same seeds)':>17}"
+    lines = [f"{header} {'full mean±std':>16} {'delta':>8}"]
+    flagged: list[str] = []
+
+    def check(
+        setup: str,
+        method: str,
+        key: str,
+        quick_vals: Sequence[float],
+        full_vals: Sequence[float],
+        quick_seeds: Sequence[int],
+        full_seeds: Sequence[int],
+    ) -> None:
+        shared = [full_vals[full_seeds.index(s)] for s in quick_seeds if s in full_seeds]
+        q = statistics.fmean(quick_vals)
+        same = statistics.fmean(shared) if shared else statistics.fmean(full_vals)
+        mean, std = _mean_std(full_vals)
+        delta = q - same
+        line = f"{setup:<12} {method:<20} {key:>8} {q:8.4f} {same:17.4f} {mean:9.4f}±{std:6.4f} {delta:+8.4f}"
+        lines.append(line)
+        if abs(delta) > max(std, 0.001):
+            flagged.append(f"FLAGGED {line.strip()}  (moved more than the seed spread {max(std, 0.001):.4f})")
+
+    for setup, entry in quick.get("setups", {}).items():
+        reference = full.get("setups", {}).get(setup)
+        if reference is None:
+            flagged.append(f"FLAGGED {setup}: no committed full results to compare with")
+            continue
+        qs, fs = entry["seeds"], reference["seeds"]
+        check(
+            setup, "dense", "0.00", entry["dense"]["test_acc_per_seed"], reference["dense"]["test_acc_per_seed"], qs, fs
+        )
+        for method, m_entry in entry["methods"].items():
+            f_entry = reference["methods"].get(method)
+            for key, cell in m_entry["by_sparsity"].items():
+                if f_entry is None or key not in f_entry["by_sparsity"]:
+                    flagged.append(f"FLAGGED {setup} {method} {key}: not in the committed full results")
+                    continue
+                full_cell = f_entry["by_sparsity"][key]
+                check(setup, method, key, cell["test_acc_per_seed"], full_cell["test_acc_per_seed"], qs, fs)
+    return lines, flagged
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the representative subset, into results-quick/")
+    parser.add_argument("--out", type=Path, default=None, help="results root (default: benchmarks/results)")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--resume", action="store_true", help="keep run files that already exist")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    preset: Mapping[str, Sequence[Any]] = (
+        QUICK if args.quick else {"setups": tuple(SETUPS), "seeds": SEEDS, "sparsities": SPARSITIES, "methods": METHODS}
+    )
+    grid = Grid(
+        setups=args.setups or preset["setups"],
+        seeds=args.seeds if args.seeds is not None else preset["seeds"],
+        sparsities=args.sparsities or preset["sparsities"],
+        methods=args.methods or preset["methods"],
+    )
+    out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    if not args.resume and (out / TRACK).exists():
+        for setup in grid.setups:
+            shutil.rmtree(out / TRACK / setup, ignore_errors=True)
+    start = time.perf_counter()
+    summary = run_protocol(out, grid, resume=args.resume, log=lambda line: print(line, flush=True))
+    print(f"protocol wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+    if args.quick:
+        full_records = load_records(RESULTS)
+        if not full_records:
+            print(f"FLAGGED no committed full results under {RESULTS / TRACK} to compare with")
+            return 0
+        print(f"Quick run vs the committed full results ({RESULTS / TRACK}):")
+        lines, flagged = compare_quick(summary, summarise(full_records))
+        print("\n".join(lines))
+        print("\n".join(flagged) if flagged else "No metric moved beyond the seed spread of the committed results.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

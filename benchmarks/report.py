@@ -1,0 +1,382 @@
+"""Regenerate ``BENCHMARKS.md`` and the plots in ``benchmarks/plots/`` from the committed results.
+
+The report is a pure function of the run files under ``benchmarks/results/<track>/``: the same
+results give a byte-identical ``BENCHMARKS.md`` (no clock, no host name; every time shown is one
+stored in the results). ``summary.json`` is rewritten from the same run files.
+
+    python -m benchmarks.report [--results benchmarks/results] [--out BENCHMARKS.md] [--plots benchmarks/plots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.protocol import (
+    METHODS,
+    RESULTS,
+    ROOT,
+    SETUPS,
+    TRACK,
+    Budget,
+    load_records,
+    summarise,
+    write_json,
+)
+
+#: One line per method for the report.
+METHOD_NOTES: dict[str, str] = {
+    "random": "`AutoPrune(importance='random')`: uniform random scores, global selection (the control).",
+    "magnitude": "`AutoPrune(importance='magnitude')`: global `|w|`.",
+    "lamp": "`AutoPrune(importance='lamp')`: layer-adaptive magnitude (Lee et al. 2021), global selection.",
+    "taylor": "`AutoPrune(importance='taylor')`: `|w| * sqrt(E[g^2])` on 512 calibration samples.",
+    "layerwise_magnitude": "benchmark-side: `|w|`, every tensor pruned to the scheduled sparsity on its own "
+    "(uniform per-layer sparsity), same schedule and mask enforcement as AutoPrune.",
+    "taylor2": "benchmark-side: signed second-order Taylor `-g*w + 1/2*F*w^2` (F = mean squared per-batch "
+    "gradient on 512 calibration samples), global selection with AutoPrune's per-layer floor. Squared *batch* "
+    "gradients (64 samples) are close to `g^2` plus a 1/64 share of the per-sample variance, so `F` is far smaller "
+    "than a per-sample Fisher or the Hessian diagonal, and near convergence the noisy signed term `-g*w` dominates.",
+    "default": "`AutoPrune(target_sparsity=s)` without `importance`: the package default.",
+    "modelpruning": "Lightning `ModelPruning(pruning_fn='l1_unstructured', use_global_unstructured=True, "
+    "use_lottery_ticket_hypothesis=False)`, same tensors, compounding amounts that follow the cubic schedule.",
+    "modelpruning_lth": "the same `ModelPruning` with its default `use_lottery_ticket_hypothesis=True`: kept weights "
+    "are reset after every event to their values at the start of fitting (here: the trained dense model).",
+}
+COMMANDS = (
+    "make bench          # python -m benchmarks.protocol && python -m benchmarks.report",
+    "make bench-quick    # python -m benchmarks.protocol --quick (results-quick/, compared with these results)",
+    "python -m benchmarks.protocol --setups mnist1d-cnn --resume   # one setup; --resume keeps finished runs",
+)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else "<0.001"
+
+
+def _methods(setup: Mapping[str, Any]) -> list[str]:
+    present = setup["methods"]
+    return [m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS)
+
+
+def _sparsity_keys(setup: Mapping[str, Any]) -> list[str]:
+    keys: set[str] = set()
+    for entry in setup["methods"].values():
+        keys.update(entry["by_sparsity"])
+    return sorted(keys, key=float)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _accuracy_table(setup: Mapping[str, Any]) -> list[str]:
+    keys = _sparsity_keys(setup)
+    methods = _methods(setup)
+    best: dict[str, float] = {}
+    for key in keys:
+        means = [
+            setup["methods"][m]["by_sparsity"][key]["test_acc_mean"]
+            for m in methods
+            if key in setup["methods"][m]["by_sparsity"]
+        ]
+        best[key] = round(max(means), 4)
+    best_auc = round(max(setup["methods"][m]["auc_mean"] for m in methods), 4)
+    rows = []
+    for method in methods:
+        entry = setup["methods"][method]
+        row = [f"`{method}`" + (f" (= `{entry['reused_from']}`)" if "reused_from" in entry else "")]
+        for key in keys:
+            cell = entry["by_sparsity"].get(key)
+            if cell is None:
+                row.append("")
+                continue
+            text = _pm(cell["test_acc_mean"], cell["test_acc_std"])
+            row.append(f"**{text}**" if round(cell["test_acc_mean"], 4) == best[key] else text)
+        auc = f"{entry['auc_mean']:.4f} ± {entry['auc_std']:.4f}"
+        row.append(f"**{auc}**" if round(entry["auc_mean"], 4) == best_auc else auc)
+        per_seed = ", ".join(f"{s:g}" for s in entry["max_sparsity_within_1pt_per_seed"])
+        curve = entry["max_sparsity_within_1pt_of_mean_curve"]
+        row.append(f"{entry['max_sparsity_within_1pt_mean']:.3f} ({per_seed}); {curve:g}")
+        rows.append(row)
+    header = ["method", *[f"s={k}" for k in keys], "AUC (norm.)", "max s within 1 pt: mean (per seed); mean curve"]
+    return _table(header, rows)
+
+
+def _effective_table(setup: Mapping[str, Any]) -> list[str]:
+    keys = _sparsity_keys(setup)
+    rows = []
+    for method in _methods(setup):
+        cells = setup["methods"][method]["by_sparsity"]
+        row = [f"`{method}`"]
+        for key in keys:
+            cell = cells.get(key)
+            row.append(
+                "" if cell is None else f"{_pct(cell['sparsity_mean'])} / {_pct(cell['effective_sparsity_mean'])}"
+            )
+        rows.append(row)
+    return _table(["method", *[f"s={k}" for k in keys]], rows)
+
+
+def _losses(setup: Mapping[str, Any]) -> list[str]:
+    comparisons = setup.get("comparisons", {})
+    if "default" not in setup["methods"]:
+        return ["No `default` runs in these results."]
+    lines = []
+    for key in _sparsity_keys(setup):
+        for method in _methods(setup):
+            test = comparisons.get(method, {}).get(key)
+            if test is None or test["mean_diff"] >= 0 or test["losses"] == 0:
+                continue
+            verdict = "**real** (p < 0.05)" if test["real"] else "not significant"
+            lines.append(
+                f"- s={key}: `default` LOSES to `{method}` by {100 * -test['mean_diff']:.2f} points "
+                f"(seeds won/lost/tied {test['wins']}/{test['losses']}/{test['ties']}; paired t p={_p(test['t_p'])}, "
+                f"Wilcoxon p={_p(test['wilcoxon_p'])}): {verdict}."
+            )
+    return lines or ["- `default` loses to no method at any sparsity (mean over seeds)."]
+
+
+def _comparison_table(setup: Mapping[str, Any]) -> list[str]:
+    comparisons = setup.get("comparisons", {})
+    keys = _sparsity_keys(setup)
+    rows = []
+    for method in _methods(setup):
+        if method not in comparisons:
+            continue
+        row = [f"`{method}`"]
+        for key in keys:
+            test = comparisons[method].get(key)
+            if test is None:
+                row.append("")
+                continue
+            text = f"{100 * test['mean_diff']:+.2f} (p={_p(test['t_p'])})"
+            row.append(f"**{text} real**" if test["real"] else text)
+        rows.append(row)
+    return _table(["default − method", *[f"s={k}" for k in keys]], rows)
+
+
+def _overhead_table(setup: Mapping[str, Any]) -> list[str]:
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:+.1f}%"
+
+    dense = setup["dense"]
+    rows = [
+        [
+            "dense fine-tune",
+            "baseline",
+            "baseline",
+            "n/a",
+            f"{dense['fit_cpu_seconds_median']:.2f} / {dense['fit_seconds_median']:.2f}",
+        ]
+    ]
+    for method in _methods(setup):
+        entry = setup["methods"][method]
+        share = entry["callback_share_median"]
+        rows.append(
+            [
+                f"`{method}`",
+                ratio(entry["overhead_median"]),
+                ratio(entry["overhead_wall_median"]),
+                "n/a" if share is None else f"{100 * share:.1f}%",
+                f"{entry['fit_cpu_seconds_median']:.2f} / {entry['fit_seconds_median']:.2f}",
+            ]
+        )
+    header = [
+        "method",
+        "CPU time vs dense (median)",
+        "wall time vs dense (median)",
+        "callback's own time / fit (median)",
+        "fit seconds, CPU / wall (median)",
+    ]
+    return _table(header, rows)
+
+
+def render_report(summary: Mapping[str, Any], plots: str = "benchmarks/plots") -> str:
+    """The text of ``BENCHMARKS.md`` for a summary (see :func:`benchmarks.protocol.summarise`)."""
+    env = summary.get("environment", {})
+    budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m benchmarks.report` from the run files in `benchmarks/results/"
+        f"{TRACK}/`; do not edit by hand. Protocol and metric definitions: `benchmarks/protocol.py` "
+        "(module docstring) and DESIGN.md §6.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        *COMMANDS,
+        "```",
+        "",
+        f"- Versions: Python {env.get('python')}, torch {env.get('torch')}, lightning {env.get('lightning')}, "
+        f"lightning_autoprune {env.get('lightning_autoprune')}, numpy {env.get('numpy')}.",
+        f"- CPU: {env.get('torch_threads')} torch thread(s) per process on {env.get('platform')} "
+        f"({env.get('processor')}), a 2-core machine shared with other work, so wall times are noisy.",
+        f"- Code: git commit `{env.get('git_commit')}`"
+        + (" with uncommitted changes in `lightning_autoprune/`." if env.get("package_modified") else "."),
+        f"- Budget: {budget.describe()}. Every method starts from the same dense model of its seed.",
+        f"- Grid: seeds {', '.join(str(s) for s in _seeds(summary))}; {summary.get('runs', 0)} run files; "
+        f"summed fit time (pretraining included, reused runs not counted) "
+        f"{summary.get('total_run_seconds', 0.0) / 60:.1f} min wall, "
+        f"{summary.get('total_run_cpu_seconds', 0.0) / 60:.1f} min CPU.",
+        "",
+        "## Methods",
+        "",
+        *[f"- `{m}`: {note}" for m, note in METHOD_NOTES.items()],
+        "",
+        "ModelPruning's `amount` compounds: `torch.nn.utils.prune` removes that fraction of the weights *still "
+        "unpruned*, so the benchmark passes `(s_k - s_{k-1}) / (1 - s_{k-1})` at each event; the final sparsity "
+        "column below counts the zeros of the effective weights (`weight_orig * weight_mask`).",
+        "",
+        "Torch-Pruning is not run here: it removes whole channels, so it belongs to the structured track.",
+        "",
+        "## Metrics",
+        "",
+        "- Accuracy: test accuracy in %, mean ± std over seeds; the best mean of each column is bold.",
+        "- AUC (norm.): area under test accuracy / dense accuracy against log2(1 / (1 - s)), trapezoids from "
+        "s = 0 (value 1) through the grid, divided by log2 of the largest compression; 1.0 = no loss anywhere.",
+        "- Max s within 1 pt: largest grid sparsity with accuracy >= dense - 1 point (0 if none); the dense "
+        "reference is the dense model fine-tuned for the same number of epochs, per seed.",
+        "- Effective sparsity: weights on no input-to-output path of nonzero weights count as pruned.",
+        "- Overhead: fit time over the dense fine-tune of the same seed, minus 1 (median over runs); process CPU "
+        "time is the headline because other jobs shared the machine, which inflates wall times unevenly.",
+        "- Paired comparison: `default` minus each method, in points, paired over seeds; two-sided paired "
+        "t-test p (Wilcoxon in the JSON; with 5 seeds it cannot go below 0.0625). *real* only where p < 0.05; "
+        "no correction for multiple comparisons.",
+        "",
+        "## Unstructured track",
+    ]
+    for name in [n for n in SETUPS if n in summary["setups"]] + sorted(n for n in summary["setups"] if n not in SETUPS):
+        setup = summary["setups"][name]
+        description = SETUPS[name].description if name in SETUPS else name
+        dense = setup["dense"]
+        lines += [
+            "",
+            f"### {name}: {description}",
+            "",
+            f"Dense: {_pm(dense['pretrained_acc_mean'], dense['pretrained_acc_std'])} after dense training, "
+            f"{_pm(dense['test_acc_mean'], dense['test_acc_std'])} after the dense fine-tune (the reference).",
+            "",
+            *_accuracy_table(setup),
+            "",
+            "Ranked by normalised AUC: "
+            + ", ".join(
+                f"`{m}` {setup['methods'][m]['auc_mean']:.4f}"
+                for m in sorted(_methods(setup), key=lambda m: (-round(setup["methods"][m]["auc_mean"], 4), m))
+            )
+            + ".",
+            "",
+            "Where the default loses (mean over seeds):",
+            "",
+            *_losses(setup),
+            "",
+            "Paired comparison, `default` minus method (points; paired t-test p):",
+            "",
+            *_comparison_table(setup),
+            "",
+            "Sparsity / effective sparsity reached (%, mean over seeds):",
+            "",
+            *_effective_table(setup),
+            "",
+            "Overhead:",
+            "",
+            *_overhead_table(setup),
+            "",
+            f"![accuracy vs sparsity, {name}]({plots}/{name}.png)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _seeds(summary: Mapping[str, Any]) -> list[int]:
+    seeds: set[int] = set()
+    for setup in summary["setups"].values():
+        seeds.update(setup["seeds"])
+    return sorted(seeds)
+
+
+def write_plots(summary: Mapping[str, Any], directory: Path) -> list[Path]:
+    """One PNG per setup: test accuracy against sparsity (log-compression axis), error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, setup in summary["setups"].items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        keys = _sparsity_keys(setup)
+        xs_all = [math.log2(1 / (1 - float(k))) for k in keys]
+        dense = setup["dense"]
+        ax.axhline(100 * dense["test_acc_mean"], color="black", linestyle="--", linewidth=1, label="dense")
+        ax.axhspan(100 * (dense["test_acc_mean"] - 0.01), 100 * dense["test_acc_mean"], color="grey", alpha=0.15)
+        for index, method in enumerate(_methods(setup)):
+            cells = setup["methods"][method]["by_sparsity"]
+            ks = [k for k in keys if k in cells]
+            offset = (index - 4) * 0.03  # spread the error bars a little
+            ax.errorbar(
+                [math.log2(1 / (1 - float(k))) + offset for k in ks],
+                [100 * cells[k]["test_acc_mean"] for k in ks],
+                yerr=[100 * cells[k]["test_acc_std"] for k in ks],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                linewidth=1.2 if method != "default" else 2.2,
+                label=method,
+            )
+        ax.set_xticks(xs_all, keys)
+        ax.set_xlabel("sparsity (axis: log2 compression)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{name}: accuracy vs sparsity (mean ± std over {len(setup['seeds'])} seeds)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="lower left")
+        fig.tight_layout()
+        path = directory / f"{name}.png"
+        fig.savefig(path, dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def build(results: Path, out: Path, plots: Path | None) -> str:
+    """Summarise the run files under ``results``, rewrite ``summary.json``, write the report (and plots)."""
+    summary = summarise(load_records(results))
+    if not summary["setups"]:
+        raise ValueError(f"No run files under {results / TRACK}. HINT: run `python -m benchmarks.protocol` first.")
+    write_json(results / TRACK / "summary.json", summary)
+    text = render_report(summary)
+    out.write_text(text)
+    if plots is not None:
+        write_plots(summary, plots)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plots", type=Path, default=ROOT / "benchmarks" / "plots")
+    args = parser.parse_args(argv)
+    build(args.results, args.out, args.plots)
+    print(f"wrote {args.out} and plots in {args.plots}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
