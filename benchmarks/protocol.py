@@ -16,9 +16,11 @@ Protocol, per (setup, seed):
 
 Methods (``METHODS``):
 
-* ``random``, ``magnitude`` (global ``|w|``), ``lamp``, ``taylor``: ``AutoPrune(importance=...)``.
+* ``random``, ``magnitude`` (global ``|w|``), ``lamp``, ``taylor``, ``learned`` (the pretrained
+  importance model refined on the run's own group ablations): ``AutoPrune(importance=...)``. The
+  learned runs also record the scorer's per-event held-out fidelity (``importance_diagnostics``).
 * ``default``: ``AutoPrune(target_sparsity=s)`` with no ``importance`` argument. If that callback is
-  configured identically to one of the named methods in the same invocation (today: ``lamp``), its
+  configured identically to one of the named methods in the same invocation (today: ``learned``), its
   runs are not repeated: the records are copied and marked ``reused_from`` (training is
   deterministic on CPU, so a rerun would give the same numbers).
 * ``layerwise_magnitude``: the same ``|w|`` scores, but every tensor is pruned to the scheduled
@@ -115,7 +117,7 @@ from lightning_autoprune.targets import PruneTarget, resolve_targets
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-AUTOPRUNE_METHODS: tuple[str, ...] = ("random", "magnitude", "lamp", "taylor")
+AUTOPRUNE_METHODS: tuple[str, ...] = ("random", "magnitude", "lamp", "taylor", "learned")
 BENCHMARK_METHODS: tuple[str, ...] = ("layerwise_magnitude", "taylor2")
 MODELPRUNING_METHODS: tuple[str, ...] = ("modelpruning", "modelpruning_lth")
 METHODS: tuple[str, ...] = (*AUTOPRUNE_METHODS, *BENCHMARK_METHODS, "default", *MODELPRUNING_METHODS)
@@ -627,6 +629,10 @@ def _fit_and_test(
         if hasattr(c, "seconds_pruning")
     ]
     row["callback_seconds"] = sum(callback_seconds) if callback_seconds else None
+    for callback in callbacks:
+        diagnostics = getattr(getattr(callback, "scorer", None), "diagnostics", None)
+        if diagnostics:
+            row["importance_diagnostics"] = _rounded(diagnostics)
     weights = effective_weights(model)
     zeros, total = masks.count_zeros(weights.values())
     row["sparsity"] = zeros / total
@@ -836,6 +842,33 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Held-out fidelity of the learned scorer over every pruning event of ``runs``, next to the formulas'.
+
+    Per scorer: the mean (and median) over events of the Spearman correlation and precision@k
+    against the held-out group ablations, and the share of events where it fell back to its prior.
+    Empty when the runs carry no ``importance_diagnostics``.
+
+    Example:
+        >>> event = {"fidelity": {"learned": {"spearman": 0.9, "precision_at_k": 0.5}}, "fell_back": False,
+        ...          "blend_weight": 1.0}
+        >>> importance_fidelity([{"importance_diagnostics": [event]}])["spearman_mean"]
+        {'learned': 0.9}
+    """
+    events = [e for r in runs for e in r.get("importance_diagnostics") or []]
+    if not events:
+        return {}
+    scorers = list(events[0]["fidelity"])
+    out: dict[str, Any] = {"events": len(events)}
+    for metric in ("spearman", "precision_at_k"):
+        values = {s: [e["fidelity"][s][metric] for e in events] for s in scorers}
+        out[f"{metric}_mean"] = {s: statistics.fmean(v) for s, v in values.items()}
+        out[f"{metric}_median"] = {s: statistics.median(v) for s, v in values.items()}
+    out["fell_back_share"] = statistics.fmean(float(e["fell_back"]) for e in events)
+    out["blend_weight_mean"] = statistics.fmean(e["blend_weight"] for e in events)
+    return out
+
+
 def _summarise_setup(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     dense = {r["seed"]: r for r in records if r["method"] == "dense"}
     seeds = sorted(dense)
@@ -919,6 +952,9 @@ def _summarise_setup(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         entry["fit_seconds_median"] = statistics.median(
             grid[s][seed]["fit_seconds"] for s in sparsities for seed in seeds
         )
+        fidelity = importance_fidelity([grid[s][seed] for s in sparsities for seed in seeds])
+        if fidelity:
+            entry["importance_fidelity"] = fidelity
         out["methods"][method] = entry
     if "default" in out["methods"]:
         reference = runs["default"]

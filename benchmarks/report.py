@@ -33,6 +33,9 @@ METHOD_NOTES: dict[str, str] = {
     "magnitude": "`AutoPrune(importance='magnitude')`: global `|w|`.",
     "lamp": "`AutoPrune(importance='lamp')`: layer-adaptive magnitude (Lee et al. 2021), global selection.",
     "taylor": "`AutoPrune(importance='taylor')`: `|w| * sqrt(E[g^2])` on 512 calibration samples.",
+    "learned": "`AutoPrune(importance='learned')`: the shipped pretrained importance model (a scikit-learn "
+    "regressor on 21 per-weight features), refined during the run on 128 group ablations per event, blended with "
+    "(or replaced by) Taylor according to held-out fidelity; see `lightning_autoprune/learned.py`.",
     "layerwise_magnitude": "benchmark-side: `|w|`, every tensor pruned to the scheduled sparsity on its own "
     "(uniform per-layer sparsity), same schedule and mask enforcement as AutoPrune.",
     "taylor2": "benchmark-side: signed second-order Taylor `-g*w + 1/2*F*w^2` (F = mean squared per-batch "
@@ -170,6 +173,33 @@ def _comparison_table(setup: Mapping[str, Any]) -> list[str]:
     return _table(["default − method", *[f"s={k}" for k in keys]], rows)
 
 
+def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
+    """Held-out fidelity of the learned scorer's runs, next to the formulas' on the same ablations."""
+    lines: list[str] = []
+    for method in _methods(setup):
+        fidelity = setup["methods"][method].get("importance_fidelity")
+        if not fidelity or setup["methods"][method].get("reused_from"):
+            continue
+        scorers = list(fidelity["spearman_mean"])
+        lines += [
+            "",
+            f"Held-out fidelity in the `{method}` runs ({fidelity['events']} pruning events; each against that "
+            "event's held-out group ablations; mean over events):",
+            "",
+            *_table(
+                ["metric", *[f"`{s}`" for s in scorers]],
+                [
+                    [metric, *[f"{fidelity[key][s]:.3f}" for s in scorers]]
+                    for metric, key in (("Spearman", "spearman_mean"), ("precision@k", "precision_at_k_mean"))
+                ],
+            ),
+            "",
+            f"It fell back to its prior at {fidelity['fell_back_share']:.0%} of events; mean blend weight of the "
+            f"learned rank {fidelity['blend_weight_mean']:.2f}.",
+        ]
+    return lines
+
+
 def _overhead_table(setup: Mapping[str, Any]) -> list[str]:
     def ratio(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:+.1f}%"
@@ -296,6 +326,7 @@ def render_report(summary: Mapping[str, Any], plots: str = "benchmarks/plots") -
             "Overhead:",
             "",
             *_overhead_table(setup),
+            *_fidelity_table(setup),
             "",
             f"![accuracy vs sparsity, {name}]({plots}/{name}.png)",
         ]

@@ -3,7 +3,16 @@
 from lightning_autoprune.callback import AutoPrune
 from lightning_autoprune.compact import compact
 from lightning_autoprune.export import load_sparse, save_sparse
+from lightning_autoprune.persistence import load_importance_model, save_importance_model
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["AutoPrune", "__version__", "compact", "load_sparse", "save_sparse"]
+__all__ = [
+    "AutoPrune",
+    "__version__",
+    "compact",
+    "load_importance_model",
+    "load_sparse",
+    "save_importance_model",
+    "save_sparse",
+]

@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 
 def calibration_batches(
-    loader: DataLoader, num_samples: int, generator: torch.Generator, *, holdout: int = 0
+    loader: DataLoader,
+    num_samples: int,
+    generator: torch.Generator,
+    *,
+    holdout: int = 0,
+    holdout_batch_size: int | None = None,
 ) -> list[Any] | tuple[list[Any], list[Any]]:
     """Draw about ``num_samples`` training samples as a list of collated batches.
 
@@ -31,6 +36,8 @@ def calibration_batches(
         generator: the caller's seeded generator.
         holdout: if positive, also draw this many *other* samples and return
             ``(batches, holdout_batches)``: disjoint sets, for features and for labels.
+        holdout_batch_size: batch size of the holdout batches (default: the loader's). Labels
+            evaluate the holdout loss once per ablation, so fewer, larger batches are faster.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -57,7 +64,8 @@ def calibration_batches(
         first = _collate(loader, dataset, order[: min(num_samples, size)].tolist(), batch_size)
         if holdout <= 0:
             return first
-        return first, _collate(loader, dataset, order[num_samples : num_samples + holdout].tolist(), batch_size)
+        second = order[num_samples : num_samples + holdout].tolist()
+        return first, _collate(loader, dataset, second, holdout_batch_size or batch_size)
     wanted = -(-num_samples // batch_size)
     extra = -(-holdout // batch_size) if holdout > 0 else 0
     batches = []

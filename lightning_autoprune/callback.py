@@ -28,10 +28,16 @@ from torch.utils.hooks import RemovableHandle
 from lightning_autoprune import calibration, masks, reporting, selection, tolerance
 from lightning_autoprune import importance as scoring
 from lightning_autoprune import schedule as schedules
+from lightning_autoprune.importance import StatefulScorer
 from lightning_autoprune.targets import PruneTarget, resolve_targets
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
+#: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
+#: ablation evaluates all of them, so few large batches cost far less than many small ones.
+LABEL_BATCH_SIZE = 512
+#: Calibration samples per set when ``calibration_samples=None`` and the training set is large enough.
+DEFAULT_CALIBRATION_SAMPLES = 512
 
 _GRANULARITIES = ("unstructured", "structured")
 _MODES = ("max", "min")
@@ -65,9 +71,20 @@ class AutoPrune(Callback):
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
             ``None`` infers it: ``"min"`` for names containing ``loss`` or ``error``, else ``"max"``.
-        importance: how weights are scored. ``"lamp"`` (layer-adaptive magnitude; the default),
-            ``"magnitude"`` (global ``|w|``), ``"taylor"`` (``|g * w|`` on calibration batches)
-            or ``"random"``.
+        importance: how weights are scored. ``"learned"`` (the default): a scikit-learn model
+            predicts each weight's loss change from its features (magnitude, gradients, movement,
+            activations, layer context), trained on group ablations measured during the run on
+            calibration batches, checked against the formulas below on held-out ablations and
+            blended with (or replaced by) the best of them. A path to a ``.skops`` file starts
+            from that importance model instead of the shipped one. Formulas: ``"lamp"``
+            (layer-adaptive magnitude), ``"magnitude"`` (global ``|w|``), ``"taylor"``
+            (``|g * w|`` on calibration batches) or ``"random"``.
+        estimator: ``importance="learned"`` only: import path of a scikit-learn regressor or
+            classifier fitted from scratch on the run's own labels (for example
+            ``sklearn.ensemble.HistGradientBoostingRegressor``). ``None``: start from the shipped
+            pretrained importance model and refine it during the run.
+        label_groups: ``importance="learned"`` only: group ablations measured per pruning event
+            (each is one forward pass over ``calibration_samples`` held-out training samples).
         granularity: ``"unstructured"`` prunes single weights. ``"structured"`` (whole neurons
             and channels) is not available yet.
         schedule: how sparsity grows between ``start_epoch`` and ``end_epoch``: ``"cubic"``
@@ -85,7 +102,10 @@ class AutoPrune(Callback):
         min_layer_density: every pruned tensor keeps at least this fraction of its weights, so
             global ranking cannot empty a layer.
         calibration_samples: training samples drawn (with ``seed``) for gradient-based scorers.
-            They are run through ``training_step`` in eval mode, with logging muted.
+            They are run through ``training_step`` in eval mode, with logging muted. The learned
+            scorer draws twice as many: one set for features, a disjoint one for its labels.
+            ``None``: 512, or as many as a small training set allows (half of it for the learned
+            scorer). An explicit number the training set cannot supply is an error.
         seed: seeds the callback's own generator (calibration sampling, the random scorer).
         verbose: print a line at each pruning event and a summary table at the end of fit.
         report: at the end of fit, write ``report.md`` (with PNG plots) and ``summary.json`` to
@@ -109,7 +129,9 @@ class AutoPrune(Callback):
         max_metric_drop: float = 0.01,
         monitor: str | None = None,
         mode: Literal["max", "min"] | None = None,
-        importance: str = "lamp",
+        importance: str = "learned",
+        estimator: str | None = None,
+        label_groups: int = 128,
         granularity: Literal["unstructured", "structured"] = "unstructured",
         schedule: Literal["cubic", "linear", "one_shot"] = "cubic",
         start_epoch: int | None = None,
@@ -118,7 +140,7 @@ class AutoPrune(Callback):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         min_layer_density: float = 0.002,
-        calibration_samples: int = 512,
+        calibration_samples: int | None = None,
         seed: int = 0,
         verbose: bool = True,
         report: bool = True,
@@ -142,6 +164,8 @@ class AutoPrune(Callback):
         self.monitor = monitor
         self.mode = mode
         self.importance = importance
+        self.estimator = estimator
+        self.label_groups = label_groups
         self.granularity = granularity
         self.schedule: schedules.ScheduleKind = schedule
         self.start_epoch = start_epoch
@@ -156,7 +180,7 @@ class AutoPrune(Callback):
         self.report = report
         self.report_dir = report_dir
 
-        self.scorer = scoring.make_scorer(importance)
+        self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
         self.generator = torch.Generator().manual_seed(seed)
         self.targets: list[PruneTarget] = []
         self.masks: dict[str, Tensor] = {}
@@ -215,6 +239,7 @@ class AutoPrune(Callback):
             "initial_weights": {name: t.detach().cpu() for name, t in self._initial_weights.items()},
             "movement": {name: t.detach().cpu() for name, t in self._movement.items()},
             "search": self.search.to_dict(),
+            "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
             # The rollback snapshot is needed after a resume only while a step awaits its decision.
             "snapshot": self._snapshot if self.search.pending is not None else None,
         }
@@ -419,9 +444,20 @@ class AutoPrune(Callback):
             "decisions": [dict(d) for d in self.search.decisions],
             "layers": layers,
             "totals": totals,
-            "importance_diagnostics": _jsonable(getattr(self.scorer, "diagnostics", None)),
+            "importance_diagnostics": self._importance_diagnostics(),
             "overhead_seconds": {"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
         }
+
+    def _importance_diagnostics(self) -> Any:
+        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)
+        if not diagnostics:
+            return None
+        entries = [dict(entry) for entry in diagnostics]
+        importances = getattr(self.scorer, "feature_importances", None)
+        if callable(importances):
+            entries[-1]["feature_importances"] = importances()
+        return _jsonable(entries)
 
     def _report_directory(self, trainer: pl.Trainer) -> Path:
         if self.report_dir is not None:
@@ -662,8 +698,14 @@ class AutoPrune(Callback):
                     outcome = ("ok", self._compute_masks(trainer, pl_module, epoch, target))
                 except Exception as err:  # re-raised on every rank below
                     outcome = ("error", f"{type(err).__name__}: {err}")
-            outcome, generator_state = trainer.strategy.broadcast((outcome, self.generator.get_state()), src=0)
+            scorer = self.scorer if isinstance(self.scorer, StatefulScorer) else None
+            scorer_state = scorer.state_dict() if scorer is not None and trainer.is_global_zero else None
+            outcome, generator_state, scorer_state = trainer.strategy.broadcast(
+                (outcome, self.generator.get_state(), scorer_state), src=0
+            )
             self.generator.set_state(generator_state)
+            if scorer is not None and not trainer.is_global_zero and scorer_state is not None:
+                scorer.load_state_dict(scorer_state)
             status, new_masks = outcome
             if status == "error":
                 raise RuntimeError(f"on global rank 0: {new_masks}")
@@ -689,6 +731,33 @@ class AutoPrune(Callback):
         self.history.append(event)
         if before is not None:
             _log(pl_module, "autoprune/metric_before", before)
+        self._log_importance(pl_module, epoch)
+
+    def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)
+        if not diagnostics or "epoch" in diagnostics[-1]:
+            return
+        entry = diagnostics[-1]
+        entry["epoch"] = epoch
+        for method, numbers in entry["fidelity"].items():
+            _log(pl_module, f"autoprune/fidelity/spearman_{method}", numbers["spearman"])
+            _log(pl_module, f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"])
+        _log(pl_module, "autoprune/importance/blend_weight", entry["blend_weight"])
+        _log(pl_module, "autoprune/importance/fell_back", float(entry["fell_back"]))
+        if self.verbose:
+            learned = entry["fidelity"]["learned"]["spearman"]
+            prior = entry["fidelity"][entry["best_prior"]]["spearman"]
+            verdict = (
+                f"fell back to {entry['best_prior']}"
+                if entry["fell_back"]
+                else f"blend {entry['blend_weight']:.2f} learned + {1 - entry['blend_weight']:.2f} "
+                f"{entry['best_prior']}"
+            )
+            rank_zero_info(
+                f"AutoPrune epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
+                f"{entry['best_prior']} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
+            )
 
     def _compute_masks(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
@@ -746,15 +815,20 @@ class AutoPrune(Callback):
             return loss
 
         params = {t.name: t.param for t in self.targets}
+        samples = self._calibration_size(loader)
         if not self.scorer.needs_context:
-            batches = calibration.calibration_batches(loader, self.calibration_samples, self.generator)
+            batches = calibration.calibration_batches(loader, samples, self.generator)
             assert isinstance(batches, list)
             with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
                 inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, batches, params)
             return
 
         drawn = calibration.calibration_batches(
-            loader, self.calibration_samples, self.generator, holdout=self.calibration_samples
+            loader,
+            samples,
+            self.generator,
+            holdout=samples,
+            holdout_batch_size=max(loader.batch_size or 1, LABEL_BATCH_SIZE),
         )
         assert isinstance(drawn, tuple)
         feature_batches, label_batches = drawn
@@ -773,6 +847,17 @@ class AutoPrune(Callback):
                 return calibration.mean_loss(loss_fn, label_batches)
 
         inputs.loss_fn = label_loss
+
+    def _calibration_size(self, loader: torch.utils.data.DataLoader) -> int:
+        """``calibration_samples``, or the default: 512, capped by what the training set can supply."""
+        if self.calibration_samples is not None:
+            return self.calibration_samples
+        try:
+            size = len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset: batches are taken from the loader
+            return DEFAULT_CALIBRATION_SAMPLES
+        sets = 2 if self.scorer.needs_context else 1
+        return max(1, min(DEFAULT_CALIBRATION_SAMPLES, size // sets))
 
     def _set_masks(self, new_masks: Mapping[str, Tensor]) -> None:
         """Install new masks, zero the pruned weights exactly, and cache the hot-path factors."""
@@ -859,6 +944,8 @@ class AutoPrune(Callback):
         devices = {t.name: t.param.device for t in self.targets}
         self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}
         self._movement = {n: v.to(devices[n]) for n, v in state.get("movement", {}).items()}
+        if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
+            self.scorer.load_state_dict(state["scorer"])
 
 
 def check_supported_strategy(strategy: object) -> None:
@@ -928,7 +1015,7 @@ def _validate_arguments(
     end_epoch: int | None,
     frequency: int,
     min_layer_density: float,
-    calibration_samples: int,
+    calibration_samples: int | None,
 ) -> None:
     if target_sparsity is not None and not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
         raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {target_sparsity!r}.")
@@ -959,8 +1046,8 @@ def _validate_arguments(
             f"`min_layer_density`={min_layer_density} keeps more weights than `target_sparsity`={target_sparsity} "
             f"allows ({1.0 - target_sparsity:.4f} of them). Lower `min_layer_density`."
         )
-    if not isinstance(calibration_samples, int) or calibration_samples < 1:
-        raise ValueError(f"`calibration_samples` must be an integer >= 1, got {calibration_samples!r}.")
+    if calibration_samples is not None and (not isinstance(calibration_samples, int) or calibration_samples < 1):
+        raise ValueError(f"`calibration_samples` must be an integer >= 1 or None, got {calibration_samples!r}.")
 
 
 def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:

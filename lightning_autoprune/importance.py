@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 #: Baseline scorer names accepted by ``AutoPrune(importance=...)``.
 BASELINE_SCORERS = ("magnitude", "lamp", "taylor", "random")
+#: Every name ``AutoPrune(importance=...)`` accepts (besides a path to a ``.skops`` model file).
+SCORERS = ("learned", *BASELINE_SCORERS)
 
 
 @dataclass
@@ -76,6 +78,19 @@ class Scorer(Protocol):
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Return one float score tensor per weight in ``inputs.weights``, higher = keep."""
+        ...
+
+
+@runtime_checkable
+class StatefulScorer(Protocol):
+    """A scorer with state that must travel in checkpoints (the learned scorer's labelled rows)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and primitives only (checkpoints are loaded with ``weights_only``)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         ...
 
 
@@ -175,8 +190,13 @@ class RandomScorer:
         }
 
 
-def make_scorer(importance: str) -> Scorer:
-    """Build the scorer named ``importance``.
+def make_scorer(importance: str, *, estimator: str | None = None, label_groups: int = 128) -> Scorer:
+    """Build the scorer named ``importance`` (or the learned scorer from a ``.skops`` model file).
+
+    Args:
+        importance: one of :data:`SCORERS`, or a path ending in ``.skops``.
+        estimator: for ``"learned"`` only: import path of a scikit-learn estimator to fit from scratch.
+        label_groups: for the learned scorer only: group ablations per pruning event.
 
     Example:
         >>> type(make_scorer("lamp")).__name__
@@ -184,7 +204,7 @@ def make_scorer(importance: str) -> Scorer:
         >>> make_scorer("l1")
         Traceback (most recent call last):
         ...
-        ValueError: `importance` must be one of 'magnitude', 'lamp', 'taylor', 'random', got 'l1'.
+        ValueError: `importance` must be one of 'learned', 'magnitude', 'lamp', 'taylor', 'random' or a path to a ...
     """
     scorers: dict[str, type[Scorer]] = {
         "magnitude": MagnitudeScorer,
@@ -192,7 +212,20 @@ def make_scorer(importance: str) -> Scorer:
         "taylor": TaylorScorer,
         "random": RandomScorer,
     }
-    if importance not in scorers:
-        allowed = ", ".join(repr(name) for name in BASELINE_SCORERS)
-        raise ValueError(f"`importance` must be one of {allowed}, got {importance!r}.")
+    learned = importance == "learned" or importance.endswith(".skops")
+    if not learned and importance not in scorers:
+        allowed = ", ".join(repr(name) for name in SCORERS)
+        raise ValueError(
+            f"`importance` must be one of {allowed} or a path to a .skops importance model, got {importance!r}."
+        )
+    if not learned and estimator is not None:
+        raise ValueError(
+            f"`estimator` only applies to importance='learned', got estimator={estimator!r} with "
+            f"importance={importance!r}."
+        )
+    if learned:
+        from lightning_autoprune.learned import LearnedScorer
+
+        model_path = None if importance == "learned" else importance
+        return LearnedScorer(estimator=estimator, model_path=model_path, label_groups=label_groups)
     return scorers[importance]()

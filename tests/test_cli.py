@@ -140,7 +140,7 @@ def test_fit_through_the_autoprune_group(tmp_path: Path) -> None:
     command = [str(script)] if script.exists() else [sys.executable, "-m", "lightning_autoprune.cli"]
     result = _run([*command, "fit", *DATA, *SHORT_RUN, *flags], cwd=tmp_path)
     assert _weight_sparsity(next(tmp_path.rglob("*.ckpt"))) == pytest.approx(0.6, abs=2e-3)
-    assert "-> 0.6000 (lamp)" in result.stderr + result.stdout
+    assert "-> 0.6000 (learned)" in result.stderr + result.stdout
     assert (tmp_path / "autoprune" / "report.md").exists()
 
 

@@ -72,6 +72,6 @@ def test_every_scorer_returns_one_tensor_per_weight(name: str) -> None:
 
 def test_unknown_scorer() -> None:
     with pytest.raises(
-        ValueError, match=r"`importance` must be one of 'magnitude', 'lamp', 'taylor', 'random', got 'x'"
+        ValueError, match=r"must be one of 'learned', 'magnitude', 'lamp', 'taylor', 'random' or a path .*got 'x'"
     ):
         make_scorer("x")

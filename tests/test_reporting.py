@@ -54,7 +54,8 @@ def _fit(tmp: Path, callback: AutoPrune, max_epochs: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fixed_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real fit to 60% sparsity over epochs 1..2; the report goes to the default folder."""
-    return _fit(tmp_path_factory.mktemp("fixed"), AutoPrune(target_sparsity=0.6, start_epoch=1, end_epoch=2), 4)
+    callback = AutoPrune(target_sparsity=0.6, start_epoch=1, end_epoch=2, importance="lamp")
+    return _fit(tmp_path_factory.mktemp("fixed"), callback, 4)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def automatic_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real fit in automatic mode (accept/rollback decisions); short, so its budget warning is expected."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*automatic search has only", category=UserWarning)
-        return _fit(tmp_path_factory.mktemp("automatic"), AutoPrune(), 10)
+        return _fit(tmp_path_factory.mktemp("automatic"), AutoPrune(importance="lamp"), 10)
 
 
 @pytest.fixture(params=["fixed_run", "automatic_run"])

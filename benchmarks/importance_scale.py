@@ -1,0 +1,144 @@
+"""Scale of one learned-importance pruning event on a model of about 25M prunable weights.
+
+A stack of five ``Linear(2240, 2240)`` layers (25.1M weights, 100 MB in float32), with trained-like
+weights (Kaiming-scaled normal), calibration gradient statistics and activation norms of
+plausible size, and a calibration loss on a batch of 512 random inputs. Three events are timed on
+2 CPU threads, each from the masks of the previous step: 0 -> 0.5 (the first, largest step),
+0.8 -> 0.9 and 0.95 -> 0.98. For each: wall time of the whole event (features + labels + fit +
+scoring + selection), the part of it spent in the label ablations' forward passes, and the peak
+extra resident memory over the process before the event (``ru_maxrss`` high-water mark; run each
+event in a fresh process so the mark is its own).
+
+Usage::
+
+    python -m benchmarks.importance_scale            # writes benchmarks/results/importance_scale.json
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_autoprune import selection
+from lightning_autoprune.importance import ScoreInputs
+from lightning_autoprune.learned import LearnedScorer
+
+RESULTS = Path(__file__).resolve().parent / "results" / "importance_scale.json"
+WIDTH = 2240
+LAYERS = 5
+EVENTS = ((0.0, 0.5), (0.8, 0.9), (0.95, 0.98))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _event(before: float, after: float, queue: Any) -> None:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    params = {f"{i}.weight": layer.weight for i, layer in enumerate(net)}
+    generator = torch.Generator().manual_seed(0)
+    masks = {}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.normal_(0.0, (2.0 / WIDTH) ** 0.5)
+            mask = (
+                p.abs() >= torch.quantile(p.abs().view(-1)[::97], before)
+                if before > 0
+                else torch.ones_like(p, dtype=torch.bool)
+            )
+            p.mul_(mask)
+            masks[name] = mask
+    x = torch.randn(512, WIDTH)
+    target = torch.randn(512, WIDTH)
+    label_seconds = [0.0]
+
+    def loss() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            value = float(nn.functional.mse_loss(net(x), target).double())
+        label_seconds[0] += time.perf_counter() - start
+        return value
+
+    grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
+    inputs = ScoreInputs(
+        weights={n: p.detach() for n, p in params.items()},
+        masks=masks,
+        grad_mean=grads,
+        grad_sq_mean={n: g.pow(2) * 4 for n, g in grads.items()},
+        generator=generator,
+        target_sparsity=after,
+        progress=0.5,
+        input_norms={n: torch.rand(WIDTH) + 0.5 for n in params},
+        output_norms={n: torch.rand(WIDTH) + 0.5 for n in params},
+        params={n: p.data for n, p in params.items()},
+        loss_fn=loss,
+    )
+    scorer = LearnedScorer()
+    weights_mb = sum(p.numel() for p in params.values()) * 4 / 2**20
+    baseline = _rss_mb()
+    start = time.perf_counter()
+    scores = scorer.score(inputs)
+    scored = time.perf_counter() - start
+    new_masks = selection.select_masks(scores, masks, after, min_density=0.002)
+    total = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kept = sum(int(m.sum()) for m in new_masks.values())
+    queue.put(
+        {
+            "sparsity_before": before,
+            "sparsity_after": after,
+            "reached": 1 - kept / sum(m.numel() for m in new_masks.values()),
+            "prunable_weights": sum(p.numel() for p in params.values()),
+            "weights_mb": weights_mb,
+            "event_seconds": total,
+            "score_seconds": scored,
+            "label_forward_seconds": label_seconds[0],
+            "event_seconds_without_labels": total - label_seconds[0],
+            "peak_extra_mb": peak - baseline,
+            "peak_extra_over_weights": (peak - baseline) / weights_mb,
+            "diagnostics": scorer.diagnostics[-1],
+        }
+    )
+
+
+def main() -> None:
+    context = mp.get_context("spawn")
+    results = []
+    for before, after in EVENTS:
+        queue = context.Queue()
+        process = context.Process(target=_event, args=(before, after, queue))
+        process.start()
+        result = queue.get()
+        process.join()
+        results.append(result)
+        print(
+            f"{before:.2f} -> {after:.2f}: event {result['event_seconds']:.1f} s "
+            f"(label forwards {result['label_forward_seconds']:.1f} s, rest {result['event_seconds_without_labels']:.1f} s), "
+            f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
+            flush=True,
+        )
+    record = {
+        "script": "benchmarks/importance_scale.py",
+        "model": f"{LAYERS} x Linear({WIDTH}, {WIDTH})",
+        "threads": 2,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "events": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

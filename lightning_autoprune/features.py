@@ -1,0 +1,303 @@
+"""Per-connection features for the learned importance model (DESIGN.md §3).
+
+Every prunable weight gets one row of :data:`FEATURE_NAMES` (float32). Rows are computed
+vectorised in torch, one tensor at a time and, for a large tensor, in chunks of rows
+(:meth:`FeatureTable.rows`), so memory stays linear in the number of connections and a model never
+has its whole feature table in memory at once.
+
+Features whose raw scale differs between models (``|w|``, gradients, activations) are divided by
+a *global* scale (the mean absolute value over every kept weight of every tensor at this event),
+so they stay comparable across layers, which is what a global ranking needs, and across models,
+which is what a pretrained importance model needs. Heavy-tailed ones are then put on a log10
+scale. The names say which: ``log_`` features are ``log10(value / scale + 1e-6)``.
+
+Example:
+    >>> import torch
+    >>> from lightning_autoprune.importance import ScoreInputs
+    >>> w = {"a": torch.tensor([[1.0, -2.0], [0.5, 0.0]])}
+    >>> m = {"a": torch.tensor([[True, True], [True, False]])}
+    >>> table = FeatureTable(ScoreInputs(w, m))
+    >>> rows = table.rows("a", torch.arange(4))
+    >>> rows.shape == (4, len(FEATURE_NAMES))
+    True
+    >>> [round(v, 3) for v in rows[:, FEATURE_NAMES.index("layer_percentile")].tolist()]
+    [0.5, 1.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_autoprune.importance import ScoreInputs, lamp_scores
+
+#: The columns of a feature row, in order. See :class:`FeatureTable` for each definition.
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_abs_weight",
+    "layer_normalised_weight",
+    "layer_percentile",
+    "log_lamp",
+    "gradient",
+    "gradient_times_weight",
+    "log_fisher",
+    "log_optimizer_fisher",
+    "taylor2",
+    "movement",
+    "log_drift",
+    "log_input_norm",
+    "log_wanda",
+    "log_output_norm",
+    "depth",
+    "log2_fan_in",
+    "log2_fan_out",
+    "layer_density",
+    "parameter_share",
+    "progress",
+    "target_sparsity",
+)
+_EPS = 1e-6
+_TINY = 1e-30
+
+
+@dataclass
+class _Layer:
+    """The whole-tensor quantities one tensor's rows are gathered from (flat views, no copies of the weights)."""
+
+    weight: Tensor
+    mask: Tensor
+    grad: Tensor
+    fisher: Tensor
+    adam: Tensor
+    movement: Tensor
+    drift: Tensor
+    percentile: Tensor
+    lamp: Tensor
+    input_norm: Tensor | None  # per input unit
+    output_norm: Tensor | None  # per output unit
+    inner: int  # entries per (output unit, input unit) pair: the kernel size
+    fan_in: int
+    fan_out: int
+    mean_abs: float
+    constants: Tensor  # depth, log2 fan-in, log2 fan-out, density, share, progress, target
+
+
+class FeatureTable:
+    """Feature rows of every prunable connection, gathered on demand.
+
+    Definitions (``w`` weight, ``g`` mean calibration gradient, ``F`` mean squared per-batch
+    calibration gradient, ``x_j`` the input unit a weight reads, ``S_q`` the global scale of ``q``):
+
+    ========================== =====================================================================
+    ``log_abs_weight``         ``log10(|w| / S_w + 1e-6)``
+    ``layer_normalised_weight`` ``|w|`` over the mean ``|w|`` of the tensor's kept weights
+    ``layer_percentile``       rank of ``|w|`` among the tensor's kept weights, in ``[0, 1]``
+                               (pruned weights: 0)
+    ``log_lamp``               ``log10(LAMP score + 1e-6)`` (:func:`~lightning_autoprune.importance.lamp_scores`)
+    ``gradient``               ``g / S_g``
+    ``gradient_times_weight``  ``g * w / S_gw``
+    ``log_fisher``             ``log10(F / S_F + 1e-6)``
+    ``log_optimizer_fisher``   the same for the optimizer's ``exp_avg_sq`` (free with Adam); ``F``
+                               where the optimizer keeps none
+    ``taylor2``                ``(-g * w + w**2 * F / 2) / S``: second-order Taylor loss change of
+                               removing the weight
+    ``movement``               ``-sum_t w_t * g_t`` since the previous event, over its global scale
+    ``log_drift``              ``log10(|w - w_init| / S_w + 1e-6)``
+    ``log_input_norm``         ``log10(||x_j|| / S_x + 1e-6)``, 0 where activations are unknown
+    ``log_wanda``              ``log10(|w| * ||x_j|| / S + 1e-6)`` (Wanda, Sun et al. 2023)
+    ``log_output_norm``        ``log10`` of the output unit's activation norm over its global scale
+    ``depth``                  tensor index / (number of tensors - 1), in the model's order
+    ``log2_fan_in``            ``log2`` of the inputs per output unit (input units x kernel)
+    ``log2_fan_out``           ``log2`` of the output units
+    ``layer_density``          the tensor's kept fraction before this event
+    ``parameter_share``        the tensor's share of all prunable weights
+    ``progress``               training progress, ``epoch / max_epochs``
+    ``target_sparsity``        the overall sparsity this event prunes to
+    ========================== =====================================================================
+
+    Missing inputs (no gradients, no optimizer state, no activations) give the neutral value of
+    their column (0 for linear columns; the column is built from ``|w|`` alone otherwise), so a
+    table can be built from weights and masks only.
+
+    Args:
+        inputs: the scorer inputs of one pruning event.
+    """
+
+    def __init__(self, inputs: ScoreInputs) -> None:
+        self.inputs = inputs
+        self.names = list(inputs.weights)
+        self._scales = _global_scales(inputs)
+        self._total = sum(w.numel() for w in inputs.weights.values())
+        self._cache: tuple[str, _Layer] | None = None
+
+    def num_rows(self, name: str) -> int:
+        """Rows of tensor ``name`` (its number of entries)."""
+        return self.inputs.weights[name].numel()
+
+    def rows(self, name: str, index: Tensor) -> Tensor:
+        """Feature rows ``(len(index), len(FEATURE_NAMES))`` of the flat entries ``index`` of tensor ``name``."""
+        layer = self._layer(name)
+        s = self._scales
+        index = index.to(layer.weight.device)
+        w = layer.weight[index]
+        absw = w.abs()
+        g = layer.grad[index]
+        fisher = layer.fisher[index]
+        in_unit = (index // layer.inner) % layer.fan_in
+        out_unit = index // (layer.inner * layer.fan_in)
+        x = layer.input_norm[in_unit] if layer.input_norm is not None else torch.full_like(absw, s["x"])
+        columns = [
+            _log(absw / s["w"]),
+            absw / layer.mean_abs,
+            layer.percentile[index],
+            _log(layer.lamp[index]),
+            g / s["g"],
+            g * w / s["gw"],
+            _log(fisher / s["F"]),
+            _log(layer.adam[index] / s["adam"]),
+            (-g * w + 0.5 * w * w * fisher) / s["t2"],
+            layer.movement[index] / s["mv"],
+            _log(layer.drift[index] / s["w"]),
+            _log(x / s["x"]),
+            _log(absw * x / s["wanda"]),
+            _log(layer.output_norm[out_unit] / s["y"]) if layer.output_norm is not None else torch.zeros_like(absw),
+        ]
+        table = torch.stack(columns, dim=1)
+        return torch.cat([table, layer.constants.expand(len(index), -1)], dim=1).float()
+
+    def _layer(self, name: str) -> _Layer:
+        # One tensor's whole-tensor quantities are cached, so chunked calls for one tensor do not
+        # recompute the sorts behind the percentile and LAMP columns; only one tensor is held.
+        if self._cache is not None and self._cache[0] == name:
+            return self._cache[1]
+        layer = self._build_layer(name)
+        self._cache = (name, layer)
+        return layer
+
+    def _build_layer(self, name: str) -> _Layer:
+        inputs = self.inputs
+        weight = inputs.weights[name].detach().float()
+        mask = inputs.masks[name].to(weight.device)
+        flat_w = weight.reshape(-1)
+        flat_m = mask.reshape(-1)
+        zeros = torch.zeros_like(flat_w)
+        grad = _flat(inputs.grad_mean, name, zeros)
+        fisher = _flat(inputs.grad_sq_mean, name, zeros)
+        adam = _flat(inputs.exp_avg_sq, name, fisher)
+        movement = _flat(inputs.movement, name, zeros)
+        initial = _flat(inputs.initial_weights, name, flat_w)
+        fan_out = weight.shape[0] if weight.ndim >= 1 else 1
+        fan_in_units = weight.shape[1] if weight.ndim >= 2 else 1
+        inner = max(1, flat_w.numel() // max(1, fan_out * fan_in_units))
+        kept = int(flat_m.sum())
+        mean_abs = float((flat_w.abs() * flat_m).sum()) / max(kept, 1) or 1.0
+        index = self.names.index(name)
+        constants = torch.tensor(
+            [
+                index / max(len(self.names) - 1, 1),
+                math.log2(fan_in_units * inner),
+                math.log2(fan_out),
+                kept / max(flat_w.numel(), 1),
+                flat_w.numel() / max(self._total, 1),
+                inputs.progress,
+                inputs.target_sparsity,
+            ],
+            dtype=torch.float32,
+            device=weight.device,
+        )
+        return _Layer(
+            weight=flat_w,
+            mask=flat_m,
+            grad=grad,
+            fisher=fisher,
+            adam=adam,
+            movement=movement,
+            drift=(flat_w - initial).abs(),
+            percentile=_percentile(flat_w.abs(), flat_m),
+            lamp=lamp_scores(flat_w, flat_m),
+            input_norm=_units(inputs.input_norms, name, fan_in_units),
+            output_norm=_units(inputs.output_norms, name, fan_out),
+            inner=inner,
+            fan_in=fan_in_units,
+            fan_out=fan_out,
+            mean_abs=mean_abs,
+            constants=constants,
+        )
+
+
+def _flat(source: Mapping[str, Tensor] | None, name: str, default: Tensor) -> Tensor:
+    if source is None or name not in source:
+        return default
+    return source[name].detach().float().reshape(-1).to(default.device)
+
+
+def _units(source: Mapping[str, Tensor] | None, name: str, count: int) -> Tensor | None:
+    """Per-unit activation norms, or ``None`` where unknown or of another size (grouped conv...)."""
+    if source is None or name not in source or source[name].numel() != count:
+        return None
+    return source[name].detach().float().reshape(-1)
+
+
+def _log(values: Tensor) -> Tensor:
+    return torch.log10(values + _EPS)
+
+
+def _percentile(values: Tensor, mask: Tensor) -> Tensor:
+    """Rank of each kept entry among the kept entries, scaled to ``[0, 1]``; pruned entries get 0."""
+    kept = int(mask.sum())
+    out = torch.zeros_like(values)
+    if kept == 0:
+        return out
+    kept_index = mask.nonzero().squeeze(1)
+    order = torch.sort(values[kept_index], stable=True).indices
+    ranks = torch.empty(kept, dtype=values.dtype, device=values.device)
+    ranks[order] = torch.arange(kept, dtype=values.dtype, device=values.device) / max(kept - 1, 1)
+    out[kept_index] = ranks
+    return out
+
+
+def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
+    """Mean absolute value over every kept weight of every tensor, per scaled quantity (see :class:`FeatureTable`)."""
+    sums = dict.fromkeys(("w", "g", "gw", "F", "adam", "t2", "mv", "wanda"), 0.0)
+    count = 0
+    x_sum, x_count, y_sum, y_count = 0.0, 0, 0.0, 0
+    for name, weight in inputs.weights.items():
+        w = weight.detach().float().reshape(-1)
+        keep = inputs.masks[name].reshape(-1).to(w.device).float()
+        zeros = torch.zeros_like(w)
+        g = _flat(inputs.grad_mean, name, zeros)
+        fisher = _flat(inputs.grad_sq_mean, name, zeros)
+        adam = _flat(inputs.exp_avg_sq, name, fisher)
+        mv = _flat(inputs.movement, name, zeros)
+        count += int(keep.sum())
+        sums["w"] += float((w.abs() * keep).sum())
+        sums["g"] += float((g.abs() * keep).sum())
+        sums["gw"] += float(((g * w).abs() * keep).sum())
+        sums["F"] += float((fisher * keep).sum())
+        sums["adam"] += float((adam * keep).sum())
+        sums["t2"] += float(((-g * w + 0.5 * w * w * fisher).abs() * keep).sum())
+        sums["mv"] += float((mv.abs() * keep).sum())
+        fan_out = weight.shape[0] if weight.ndim >= 1 else 1
+        fan_in = weight.shape[1] if weight.ndim >= 2 else 1
+        x = _units(inputs.input_norms, name, fan_in)
+        if x is not None:
+            x_sum += float(x.sum())
+            x_count += x.numel()
+            inner = max(1, w.numel() // max(1, fan_out * fan_in))
+            per_unit = (w.abs() * keep).view(fan_out, fan_in, inner).sum(dim=(0, 2))
+            sums["wanda"] += float(per_unit @ x)
+        y = _units(inputs.output_norms, name, fan_out)
+        if y is not None:
+            y_sum += float(y.sum())
+            y_count += y.numel()
+    scales = {key: (value / max(count, 1)) or 1.0 for key, value in sums.items()}
+    scales["x"] = (x_sum / x_count if x_count else 1.0) or 1.0
+    scales["y"] = (y_sum / y_count if y_count else 1.0) or 1.0
+    if scales["wanda"] == 1.0 and not x_count:
+        scales["wanda"] = scales["w"] * scales["x"]
+    for key, value in scales.items():
+        scales[key] = max(value, _TINY)
+    return scales

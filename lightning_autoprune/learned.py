@@ -1,0 +1,517 @@
+"""The learned importance scorer: features -> a scikit-learn model -> importance (DESIGN.md §3).
+
+At every pruning event :class:`LearnedScorer`:
+
+1. builds :class:`~lightning_autoprune.features.FeatureTable` for the model;
+2. measures labels: stratified group ablations at each tensor's pruning frontier
+   (:mod:`~lightning_autoprune.labels`), on calibration batches carved from the training data;
+3. fits the estimator on the rows of this event and of every earlier one (online across events),
+   keeping a quarter of this event's groups out;
+4. predicts every kept weight's loss change per weight, tensor by tensor in chunks;
+5. checks itself on the held-out groups: Spearman correlation and precision@k of the learned
+   scores against the measured labels, next to the same numbers for the formula priors
+   (magnitude, LAMP, Taylor, second-order Taylor). It then blends its rank with the best prior's
+   rank, the weight chosen on those groups, and **falls back to the prior, with a warning**, when
+   the prior predicts the held-out ablations better than it does.
+
+Selection afterwards is the same global top-k, with the per-layer floor
+(``min_layer_density``), as for every scorer.
+
+The estimator is either the pretrained default shipped in the package (trained by
+``scripts/train_importance_model.py`` on a zoo of small models; refined during the run by a
+ridge correction fitted to the run's own labels), a user's skops file, or any scikit-learn
+regressor or classifier named by import path (cloned, fitted on the run's own labels).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_autoprune import labels as labelling
+from lightning_autoprune.features import FEATURE_NAMES, FeatureTable
+from lightning_autoprune.importance import ScoreInputs, lamp_scores
+from lightning_autoprune.persistence import load_importance_model
+
+#: The pretrained default importance model shipped with the package.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "importance_default.skops"
+#: Formula priors the learned scores are checked against.
+PRIORS: tuple[str, ...] = ("magnitude", "lamp", "taylor", "taylor2")
+#: The prior the learned scores are blended with, and fall back to: first-order Taylor, the
+#: strongest formula of the benchmark protocol at high sparsity (BENCHMARKS.md). A fixed prior keeps
+#: the comparison fair; picking the best of four on the same held-out groups would favour the priors.
+BLEND_PRIOR = "taylor"
+#: Candidate weights of the learned rank in the blend with the best prior.
+BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Rows predicted at once (bounds the memory of one chunk of the feature table).
+CHUNK_ROWS = 1 << 18
+#: The estimator predicts the rows of each tensor's frontier window: its lowest-scoring kept
+#: weights under the prior, ``WINDOW`` times the share of the tensor the step removes on average.
+#: Weights above the window rank above every weight inside it, in the prior's order.
+WINDOW = 3.0
+#: At most this many rows are predicted per event (the window shrinks to fit), which bounds the
+#: time of an event on large models; the rest are ordered by the prior.
+MAX_PREDICTED_ROWS = 1_000_000
+#: Members of a group whose feature rows are averaged into the group's row.
+MAX_MEMBERS = 1024
+#: Weights sampled to map raw scores to global quantiles for the blend.
+QUANTILE_SAMPLE = 16384
+
+
+def resolve_estimator(path: str) -> Any:
+    """An unfitted scikit-learn estimator from an import path such as ``"sklearn.linear_model.Ridge"``.
+
+    A class is instantiated with its defaults; an instance is cloned (never mutated).
+
+    Example:
+        >>> type(resolve_estimator("sklearn.linear_model.Ridge")).__name__
+        'Ridge'
+        >>> resolve_estimator("collections.OrderedDict")
+        Traceback (most recent call last):
+        ...
+        ValueError: `estimator` must name a scikit-learn regressor or classifier, got 'collections.OrderedDict' ...
+    """
+    from sklearn.base import clone, is_classifier, is_regressor
+
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"`estimator` must be an import path like 'sklearn.linear_model.Ridge', got {path!r}.")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`estimator` {path!r} cannot be imported: {err}") from err
+    instance = obj() if isinstance(obj, type) else obj
+    if not (hasattr(instance, "fit") and (is_regressor(instance) or is_classifier(instance))):
+        raise ValueError(
+            f"`estimator` must name a scikit-learn regressor or classifier, got {path!r} ({type(instance).__name__})."
+        )
+    return clone(instance)
+
+
+class LearnedScorer:
+    """Importance from a scikit-learn model trained on measured group ablations; see the module docstring.
+
+    Args:
+        estimator: import path of a scikit-learn regressor or classifier to fit on the run's own
+            labels. ``None``: the pretrained default (:data:`DEFAULT_MODEL_PATH`), refined online.
+        model_path: a skops file with a fitted importance model to start from instead of the
+            shipped default (refined online like it). Exclusive with ``estimator``.
+        label_groups: group ablations measured per event (the labelling budget). Each costs one
+            forward pass over the held-out calibration batches.
+        holdout: fraction of each event's groups kept out of fitting, for fidelity and the blend.
+
+    Example:
+        >>> scorer = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
+        >>> scorer.needs_context
+        True
+    """
+
+    needs_gradients = True
+    needs_context = True
+
+    def __init__(
+        self,
+        estimator: str | None = None,
+        model_path: str | None = None,
+        label_groups: int = 128,
+        holdout: float = 0.25,
+    ) -> None:
+        if estimator is not None and model_path is not None:
+            raise ValueError(
+                f"Pass either `estimator` (fit from scratch) or a model file (start from it), not both; got "
+                f"estimator={estimator!r} and model file {model_path!r}."
+            )
+        if label_groups < 16:
+            raise ValueError(
+                f"`label_groups` must be >= 16 (a quarter is held out to check fidelity), got {label_groups}."
+            )
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"`holdout` must be in (0, 1), got {holdout}.")
+        self.label_groups = label_groups
+        self.holdout = holdout
+        self.template: Any = resolve_estimator(estimator) if estimator is not None else None
+        self.pretrained: Any = None
+        if self.template is None:
+            self.pretrained = load_importance_model(model_path or DEFAULT_MODEL_PATH)
+            check_feature_count(self.pretrained, model_path or str(DEFAULT_MODEL_PATH))
+        self.rows_x: list[np.ndarray] = []  # one block of feature rows per event, all groups
+        self.rows_y: list[np.ndarray] = []
+        self.diagnostics: list[dict[str, Any]] = []
+        self.model: Any = None
+        self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The labelled rows of every event so far (the model is refitted from them, so resume is exact)."""
+        return {
+            "rows_x": [torch.from_numpy(x) for x in self.rows_x],
+            "rows_y": [torch.from_numpy(y) for y in self.rows_y],
+            "diagnostics": copy.deepcopy(self.diagnostics),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; rows with another feature count are refused."""
+        rows_x = [x.numpy() for x in state.get("rows_x", [])]
+        for x in rows_x:
+            if x.shape[1] != len(FEATURE_NAMES):
+                raise ValueError(
+                    f"The checkpoint's learned-importance rows have {x.shape[1]} features; this version computes "
+                    f"{len(FEATURE_NAMES)}. Start the run again, or resume it with the version that wrote it."
+                )
+        self.rows_x = rows_x
+        self.rows_y = [y.numpy() for y in state.get("rows_y", [])]
+        self.diagnostics = copy.deepcopy(list(state.get("diagnostics", [])))
+
+    # ---------------------------------------------------------------------------------- scoring
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """Learned (or blended, or fallback) scores for every weight; higher = keep."""
+        priors = _Priors(inputs)
+        if (
+            inputs.params is None
+            or inputs.loss_fn is None
+            or labelling.step_size(inputs.masks, inputs.target_sparsity) == 0
+        ):
+            return priors.full("lamp")
+        table = FeatureTable(inputs)
+        groups = labelling.frontier_groups(
+            priors.full("taylor"), inputs.masks, inputs.target_sparsity, self.label_groups, inputs.generator
+        )
+        x = _group_rows(table, groups, inputs.generator)
+        y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn))
+        order = torch.randperm(len(groups), generator=inputs.generator).numpy()
+        n_hold = max(4, round(self.holdout * len(groups)))
+        hold, train = order[:n_hold], order[n_hold:]
+        fit_x = np.concatenate([*self.rows_x, x[train]])
+        fit_y = np.concatenate([*self.rows_y, y[train]])
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=inputs.generator))
+        self.model = self._fit(fit_x, fit_y, seed)
+        self.rows_x.append(x)
+        self.rows_y.append(y)
+        self._last_rows = (x, y)
+
+        windows = _frontier_windows(priors, inputs.masks, inputs.target_sparsity)
+        learned = {name: self._predict(table, name, windows[name]) for name in inputs.weights}
+        held = [groups[i] for i in hold]
+        truth = y[hold]
+        raw = {"learned": _group_scores(held, lambda name: learned[name])}
+        for prior in PRIORS:
+            raw[prior] = _group_scores(held, lambda name, p=prior: priors.layer(p, name))
+        fidelity = {method: _fidelity(scores, truth) for method, scores in raw.items()}
+        best_prior = BLEND_PRIOR
+        fell_back = fidelity["learned"]["spearman"] < fidelity[best_prior]["spearman"]
+        sample = _quantile_sample(inputs.masks, inputs.generator)
+        if fell_back:
+            alpha = 0.0
+        else:
+            q_learned = _QuantileMap(_sampled(sample, lambda name: learned[name]))
+            q_prior = _QuantileMap(_sampled(sample, lambda name: priors.layer(best_prior, name)))
+            g_learned = _group_scores(held, lambda name: q_learned(learned[name]))
+            g_prior = _group_scores(held, lambda name: q_prior(priors.layer(best_prior, name)))
+            alpha = max(
+                reversed(BLEND_WEIGHTS),
+                key=lambda a: _spearman(a * g_learned + (1 - a) * g_prior, truth),
+            )
+        self.diagnostics.append(
+            {
+                "target_sparsity": inputs.target_sparsity,
+                "groups": len(groups),
+                "held_out": len(hold),
+                "rows_fitted": len(fit_y),
+                "fidelity": fidelity,
+                "best_prior": best_prior,
+                "blend_weight": alpha,
+                "fell_back": fell_back,
+            }
+        )
+        if fell_back:
+            warnings.warn(
+                f"Learned importance fell back to the {best_prior!r} prior at sparsity {inputs.target_sparsity:.4f}: "
+                f"on {len(hold)} held-out group ablations its Spearman correlation "
+                f"({fidelity['learned']['spearman']:.3f}) is below the prior's "
+                f"({fidelity[best_prior]['spearman']:.3f}).",
+                UserWarning,
+                stacklevel=2,
+            )
+            return priors.full(best_prior)
+        if alpha == 1.0:
+            inside = {name: learned[name] for name in inputs.weights}
+        else:
+            inside = {
+                name: alpha * q_learned(learned[name]) + (1 - alpha) * q_prior(priors.layer(best_prior, name))
+                for name in inputs.weights
+            }
+        return _above_window(inside, windows, priors, best_prior, sample)
+
+    def feature_importances(self, repeats: int = 5, seed: int = 0) -> dict[str, float]:
+        """Permutation importance of each feature on the last event's rows: the drop in Spearman correlation.
+
+        Returns an empty dict before the first fitted event.
+        """
+        if self.model is None or self._last_rows is None:
+            return {}
+        x, y = self._last_rows
+        rng = np.random.default_rng(seed)
+        base = _spearman(self._predict_rows(x), y)
+        out: dict[str, float] = {}
+        for j, name in enumerate(FEATURE_NAMES):
+            drops = []
+            for _ in range(repeats):
+                shuffled = x.copy()
+                shuffled[:, j] = rng.permutation(shuffled[:, j])
+                drops.append(base - _spearman(self._predict_rows(shuffled), y))
+            out[name] = float(np.mean(drops))
+        return out
+
+    # -------------------------------------------------------------------------------- internals
+    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+        from sklearn.base import clone, is_classifier
+
+        if self.template is None:
+            return _Refined(self.pretrained, x, y)
+        model = clone(self.template)
+        if "random_state" in model.get_params():
+            model.set_params(random_state=seed)
+        if is_classifier(model):
+            return model.fit(x, (y > np.median(y)).astype(np.int64))
+        return model.fit(x, y)
+
+    def _predict_rows(self, x: np.ndarray) -> np.ndarray:
+        from sklearn.base import is_classifier
+
+        model = self.model
+        if not isinstance(model, _Refined) and is_classifier(model):
+            return np.asarray(model.predict_proba(x))[:, -1]
+        return np.asarray(model.predict(x), dtype=np.float64)
+
+    def _predict(self, table: FeatureTable, name: str, window: Tensor) -> Tensor:
+        """Predictions for the weights in ``window`` (a boolean mask); 0 elsewhere (overwritten later)."""
+        flat = window.reshape(-1)
+        inside = flat.nonzero().squeeze(1)
+        out = torch.zeros(flat.numel(), dtype=torch.float32, device=window.device)
+        for start in range(0, len(inside), CHUNK_ROWS):
+            chunk = inside[start : start + CHUNK_ROWS]
+            rows = table.rows(name, chunk).cpu().numpy()
+            out[chunk] = torch.from_numpy(self._predict_rows(rows).astype(np.float32)).to(out.device)
+        return out.view_as(window)
+
+
+def rank_labels(values: np.ndarray) -> np.ndarray:
+    """Loss changes as their rank within the event, scaled to ``[0, 1]`` (ties share their mean rank).
+
+    Raw loss changes differ in scale between events and models; their order is what pruning
+    uses, so the estimator learns the order, and rows of every event and model can be pooled.
+
+    Example:
+        >>> rank_labels(np.array([0.3, -0.1, 0.3, 2.0])).tolist()
+        [0.5, 0.0, 0.5, 1.0]
+    """
+    from scipy.stats import rankdata
+
+    if len(values) < 2:
+        return np.zeros_like(values, dtype=np.float64)
+    return (rankdata(values) - 1.0) / (len(values) - 1.0)
+
+
+def check_feature_count(model: Any, source: str) -> None:
+    """A loaded importance model must take exactly :data:`FEATURE_NAMES` as inputs."""
+    expected = len(FEATURE_NAMES)
+    got = getattr(model, "n_features_in_", None)
+    if got is None:
+        raise ValueError(f"Importance model {source!r} is not fitted (it has no `n_features_in_`).")
+    if got != expected:
+        raise ValueError(
+            f"Importance model {source!r} was fitted on {got} features, but AutoPrune computes {expected} "
+            f"({', '.join(FEATURE_NAMES)})."
+        )
+
+
+class _Refined:
+    """A pretrained model plus a ridge correction fitted to the run's own labels (its residuals).
+
+    The correction is standardised and regularised so that a handful of rows moves the
+    pretrained predictions only a little; with many rows it can correct them substantially.
+    """
+
+    def __init__(self, base: Any, x: np.ndarray, y: np.ndarray, alpha: float = 30.0) -> None:
+        from sklearn.linear_model import Ridge
+
+        self.base = base
+        self.n_features_in_ = x.shape[1]
+        self.mean = x.mean(axis=0)
+        self.std = x.std(axis=0) + 1e-6
+        residual = y - base.predict(x)
+        self.correction = Ridge(alpha=alpha).fit((x - self.mean) / self.std, residual)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.base.predict(x)) + self.correction.predict((x - self.mean) / self.std)
+
+
+class _Priors:
+    """Formula prior scores, tensor by tensor, the last tensor cached (LAMP needs a sort per tensor)."""
+
+    def __init__(self, inputs: ScoreInputs) -> None:
+        self.inputs = inputs
+        self._cache: dict[tuple[str, str], Tensor] = {}
+
+    def layer(self, prior: str, name: str) -> Tensor:
+        key = (prior, name)
+        if key not in self._cache:
+            if len(self._cache) >= 2 * len(PRIORS):
+                self._cache.clear()
+            self._cache[key] = self._compute(prior, name)
+        return self._cache[key]
+
+    def full(self, prior: str) -> dict[str, Tensor]:
+        return {name: self._compute(prior, name) for name in self.inputs.weights}
+
+    def _compute(self, prior: str, name: str) -> Tensor:
+        w = self.inputs.weights[name].detach().float()
+        fisher = self.inputs.grad_sq_mean[name].float() if self.inputs.grad_sq_mean is not None else torch.zeros_like(w)
+        grad = self.inputs.grad_mean[name].float() if self.inputs.grad_mean is not None else torch.zeros_like(w)
+        if prior == "magnitude":
+            return w.abs()
+        if prior == "lamp":
+            return lamp_scores(w, self.inputs.masks[name])
+        if prior == "taylor":
+            return w.abs() * fisher.sqrt()
+        if prior == "taylor2":
+            return -grad * w + 0.5 * fisher * w * w
+        raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
+
+
+class _QuantileMap:
+    """Maps raw scores to their approximate global quantile in ``[0, 1]`` by interpolating a sorted sample."""
+
+    def __init__(self, sample: Tensor) -> None:
+        self.sorted = torch.sort(sample.float()).values
+        self.levels = torch.linspace(0.0, 1.0, len(self.sorted))
+
+    def __call__(self, values: Tensor) -> Tensor:
+        flat = values.reshape(-1).float()
+        knots = self.sorted.to(flat.device)
+        levels = self.levels.to(flat.device)
+        if len(knots) < 2:
+            return torch.full_like(values, 0.5, dtype=torch.float32)
+        hi = torch.searchsorted(knots, flat).clamp(1, len(knots) - 1)
+        lo = hi - 1
+        span = (knots[hi] - knots[lo]).clamp_min(1e-30)
+        t = ((flat - knots[lo]) / span).clamp(0.0, 1.0)
+        return (levels[lo] + t * (levels[hi] - levels[lo])).view_as(values)
+
+
+def _frontier_windows(priors: _Priors, masks: Mapping[str, Tensor], target_sparsity: float) -> dict[str, Tensor]:
+    """Per tensor, the kept weights whose prior rank is in the frontier window (see :data:`WINDOW`)."""
+    kept = {name: int(m.sum()) for name, m in masks.items()}
+    total = sum(kept.values())
+    share = labelling.step_size(masks, target_sparsity) / max(total, 1)
+    fraction = min(1.0, WINDOW * share)
+    if fraction * total > MAX_PREDICTED_ROWS:
+        fraction = MAX_PREDICTED_ROWS / total
+    windows = {}
+    for name, mask in masks.items():
+        flat_mask = mask.reshape(-1)
+        count = min(kept[name], math.ceil(fraction * kept[name]))
+        window = torch.zeros_like(flat_mask)
+        if count:
+            prior = priors.layer(BLEND_PRIOR, name).reshape(-1).float()
+            ranked = torch.where(flat_mask, prior, torch.tensor(math.inf, device=prior.device))
+            window[torch.topk(ranked, count, largest=False, sorted=False).indices] = True
+        windows[name] = window.view_as(mask)
+    return windows
+
+
+def _above_window(
+    inside: Mapping[str, Tensor],
+    windows: Mapping[str, Tensor],
+    priors: _Priors,
+    prior: str,
+    sample: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    """Scores inside the windows as given; every weight outside ranks above them all, in the prior's order."""
+    top = max((float(inside[n][w].max()) for n, w in windows.items() if bool(w.any())), default=0.0)
+    q_prior = _QuantileMap(_sampled(sample, lambda name: priors.layer(prior, name)))
+    out = {}
+    for name, window in windows.items():
+        above = top + 1.0 + q_prior(priors.layer(prior, name))
+        out[name] = torch.where(window, inside[name], above)
+    return out
+
+
+def _quantile_sample(masks: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """Flat indices of about :data:`QUANTILE_SAMPLE` kept weights, spread over tensors by their kept counts."""
+    kept = {name: m.reshape(-1).nonzero().squeeze(1) for name, m in masks.items()}
+    total = sum(len(k) for k in kept.values())
+    sample: dict[str, Tensor] = {}
+    for name, index in kept.items():
+        count = min(len(index), max(1, math.ceil(QUANTILE_SAMPLE * len(index) / max(total, 1))))
+        if count and len(index):
+            sample[name] = index[torch.randperm(len(index), generator=generator)[:count].to(index.device)]
+    return sample
+
+
+def _sampled(sample: Mapping[str, Tensor], scores_of: Any) -> Tensor:
+    return torch.cat([scores_of(name).reshape(-1)[index].float().cpu() for name, index in sample.items()])
+
+
+def _group_rows(table: FeatureTable, groups: list[labelling.Group], generator: torch.Generator) -> np.ndarray:
+    """One row per group: the mean feature row of (at most :data:`MAX_MEMBERS` sampled) members.
+
+    The rows of all groups of one tensor are gathered in one call, so each tensor is prepared once.
+    """
+    members = []
+    for group in groups:
+        index = group.index
+        if len(index) > MAX_MEMBERS:
+            index = index[torch.randperm(len(index), generator=generator)[:MAX_MEMBERS].to(index.device)]
+        members.append(index)
+    out = np.empty((len(groups), len(FEATURE_NAMES)), dtype=np.float32)
+    for name, positions in _by_tensor(groups).items():
+        index = torch.cat([members[i] for i in positions])
+        rows = table.rows(name, index)
+        sizes = [len(members[i]) for i in positions]
+        means = torch.stack([chunk.mean(dim=0) for chunk in rows.split(sizes)])
+        out[positions] = means.cpu().numpy()
+    return out
+
+
+def _by_tensor(groups: list[labelling.Group]) -> dict[str, list[int]]:
+    positions: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        positions.setdefault(group.name, []).append(i)
+    return positions
+
+
+def _group_scores(groups: list[labelling.Group], scores_of: Any) -> np.ndarray:
+    """Mean score of each group's members; ``scores_of(name)`` is called once per tensor."""
+    out = np.empty(len(groups), dtype=np.float64)
+    for name, positions in _by_tensor(groups).items():
+        flat = scores_of(name).reshape(-1).float()
+        for i in positions:
+            out[i] = float(flat[groups[i].index].mean())
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    value = float(spearmanr(a, b).statistic)
+    return 0.0 if math.isnan(value) else value
+
+
+def _fidelity(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Spearman correlation with the measured labels, and precision@k of finding the least harmful quarter."""
+    k = max(1, len(truth) // 4)
+    true_low = set(np.argsort(truth, kind="stable")[:k].tolist())
+    predicted_low = set(np.argsort(scores, kind="stable")[:k].tolist())
+    return {"spearman": _spearman(scores, truth), "precision_at_k": len(true_low & predicted_low) / k}

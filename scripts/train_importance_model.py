@@ -1,0 +1,246 @@
+"""Train the pretrained importance model that ``AutoPrune(importance="learned")`` starts from.
+
+The zoo: MLPs and 1D CNNs on sklearn digits and MNIST-1D, at several widths and depths (not the
+``256-256`` MLPs of the benchmark protocol, and with other seeds, so the benchmark never scores a
+model the importance model was trained on). Each zoo member trains from scratch with
+``AutoPrune(target_sparsity=0.98, importance="learned", estimator=<collector>)`` on a cubic
+schedule, so its pruning events cover many points of training and sparsities from about 0.2 to
+0.98. Every event's labelled rows (group-ablation features and rank labels, see
+:mod:`lightning_autoprune.learned`) are collected.
+
+Candidate estimators are then compared by leave-one-zoo-member-out cross-validation: the mean,
+over held-out events, of the Spearman correlation between predictions and labels (the labels are
+ranks within an event, so this is the held-out fidelity), next to the same number for the Taylor
+prior's formula ``log|w| + log(F)/2`` computed from the feature columns. Among the candidates fast enough
+to predict ``MIN_PREDICT_RATE`` rows per second, the best by that score is refitted on every row and written to
+``lightning_autoprune/data/importance_default.skops``; the comparison goes to
+``benchmarks/results/importance_model.json``.
+
+Usage::
+
+    python scripts/train_importance_model.py            # about 10 minutes on 2 CPU cores
+    python scripts/train_importance_model.py --quick    # 2 zoo members, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lightning_autoprune import AutoPrune  # noqa: E402
+from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule  # noqa: E402
+from lightning_autoprune.features import FEATURE_NAMES  # noqa: E402
+from lightning_autoprune.learned import DEFAULT_MODEL_PATH  # noqa: E402
+from lightning_autoprune.persistence import save_importance_model  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "importance_model.json"
+#: (name, dataset, model kind, widths, epochs, seed)
+ZOO: tuple[tuple[str, str, str, list[int], int, int], ...] = (
+    ("digits-mlp-64", "digits", "mlp", [64], 20, 101),
+    ("digits-mlp-128x2", "digits", "mlp", [128, 128], 20, 102),
+    ("digits-mlp-512", "digits", "mlp", [512], 20, 103),
+    ("digits-mlp-96x3", "digits", "mlp", [96, 96, 96], 20, 104),
+    ("mnist1d-mlp-128", "mnist1d", "mlp", [128], 24, 105),
+    ("mnist1d-mlp-128x2", "mnist1d", "mlp", [128, 128], 24, 106),
+    ("mnist1d-mlp-512x2", "mnist1d", "mlp", [512, 512], 24, 107),
+    ("mnist1d-cnn-16x3", "mnist1d", "cnn", [16, 16, 16], 24, 108),
+    ("mnist1d-cnn-32x2", "mnist1d", "cnn", [32, 32], 24, 109),
+)
+#: The default must predict at least this many rows per second on 2 cores: an event predicts up to
+#: ``MAX_PREDICTED_ROWS`` (1M) rows, which must fit (in about 4 s) in the 10 s budget of a 25M-weight event.
+MIN_PREDICT_RATE = 250_000
+#: Candidate estimators: import path and constructor arguments.
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ridge": ("sklearn.linear_model.Ridge", {"alpha": 1.0}),
+    "hgb_small": (
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        {"max_iter": 60, "max_leaf_nodes": 8, "learning_rate": 0.1, "early_stopping": False, "random_state": 0},
+    ),
+    "hgb": (
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        {"max_iter": 200, "max_leaf_nodes": 15, "learning_rate": 0.05, "early_stopping": False, "random_state": 0},
+    ),
+    "random_forest": (
+        "sklearn.ensemble.RandomForestRegressor",
+        {"n_estimators": 60, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 1, "random_state": 0},
+    ),
+}
+
+
+def collect(name: str, dataset: str, kind: str, widths: list[int], epochs: int, seed: int) -> dict[str, Any]:
+    """Train one zoo member with the learned scorer and return its labelled rows, one block per event."""
+    pl.seed_everything(seed, workers=True)
+    if dataset == "digits":
+        dm: pl.LightningDataModule = DigitsDataModule(batch_size=64)
+        in_features = 64
+    else:
+        dm = MNIST1DDataModule(batch_size=128)
+        in_features = 40
+    model: pl.LightningModule
+    if kind == "mlp":
+        model = MLPClassifier(in_features=in_features, hidden=widths, lr=1e-3)
+    else:
+        model = CNN1DClassifier(channels=widths)
+    callback = AutoPrune(
+        target_sparsity=0.98,
+        importance="learned",
+        estimator="sklearn.linear_model.Ridge",
+        start_epoch=2,
+        end_epoch=epochs - 4,
+        seed=seed,
+        verbose=False,
+        report=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, dm)
+        test = trainer.test(model, dm, verbose=False)[0]
+    scorer: Any = callback.scorer
+    return {
+        "name": name,
+        "x": scorer.rows_x,
+        "y": scorer.rows_y,
+        "events": len(scorer.rows_x),
+        "rows": int(sum(len(y) for y in scorer.rows_y)),
+        "test_acc": float(test["test_acc"]),
+        "sparsity": callback.sparsity(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def make(candidate: str) -> Any:
+    """A fresh estimator of a candidate."""
+    import importlib
+
+    path, kwargs = CANDIDATES[candidate]
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)(**kwargs)
+
+
+def taylor_formula(x: np.ndarray) -> np.ndarray:
+    """First-order Taylor, ``|w| sqrt(F)``, on the log scale from the feature columns."""
+    return x[:, FEATURE_NAMES.index("log_abs_weight")] + 0.5 * x[:, FEATURE_NAMES.index("log_fisher")]
+
+
+def event_spearman(predictions: np.ndarray, y: np.ndarray) -> float:
+    """Spearman correlation within one event; 0 where it is undefined."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(predictions) == 0 or np.ptp(y) == 0:
+        return 0.0
+    value = float(spearmanr(predictions, y).statistic)
+    return 0.0 if np.isnan(value) else value
+
+
+def cross_validate(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Leave-one-member-out fidelity of every candidate and of the Taylor formula."""
+    scores: dict[str, list[float]] = {c: [] for c in [*CANDIDATES, "taylor_formula"]}
+    fit_seconds: dict[str, list[float]] = {c: [] for c in CANDIDATES}
+    for held in members:
+        train_x = np.concatenate([x for m in members if m is not held for x in m["x"]])
+        train_y = np.concatenate([y for m in members if m is not held for y in m["y"]])
+        for candidate in CANDIDATES:
+            start = time.perf_counter()
+            estimator = make(candidate).fit(train_x, train_y)
+            fit_seconds[candidate].append(time.perf_counter() - start)
+            for x, y in zip(held["x"], held["y"], strict=True):
+                scores[candidate].append(event_spearman(estimator.predict(x), y))
+        for x, y in zip(held["x"], held["y"], strict=True):
+            scores["taylor_formula"].append(event_spearman(taylor_formula(x), y))
+    return {
+        name: {
+            "mean_spearman": float(np.mean(values)),
+            "median_spearman": float(np.median(values)),
+            "events": len(values),
+            **({"fit_seconds_median": float(np.median(fit_seconds[name]))} if name in fit_seconds else {}),
+        }
+        for name, values in scores.items()
+    }
+
+
+def predict_rate(estimator: Any, rows: int = 200_000) -> float:
+    """Rows per second the estimator predicts (median of 3), on random feature rows."""
+    x = np.random.default_rng(0).normal(size=(rows, len(FEATURE_NAMES))).astype(np.float32)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        estimator.predict(x)
+        times.append(time.perf_counter() - start)
+    return rows / float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="two zoo members, nothing written to the package")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    zoo = ZOO[:2] if args.quick else ZOO
+    members = []
+    for entry in zoo:
+        member = collect(*entry)
+        print(
+            f"{member['name']}: {member['events']} events, {member['rows']} rows, test acc {member['test_acc']:.4f} "
+            f"at sparsity {member['sparsity']:.3f}, {member['seconds']:.0f} s",
+            flush=True,
+        )
+        members.append(member)
+    cv = cross_validate(members)
+    for name, numbers in cv.items():
+        print(f"{name}: held-out mean Spearman {numbers['mean_spearman']:.4f}", flush=True)
+    all_x = np.concatenate([x for m in members for x in m["x"]])
+    all_y = np.concatenate([y for m in members for y in m["y"]])
+    rates = {c: predict_rate(make(c).fit(all_x, all_y)) for c in CANDIDATES}
+    fast = [c for c in CANDIDATES if rates[c] >= MIN_PREDICT_RATE] or list(CANDIDATES)
+    chosen = max(fast, key=lambda c: cv[c]["mean_spearman"])
+    final = make(chosen).fit(all_x, all_y)
+    print(f"chosen: {chosen}; predict rows/s: " + ", ".join(f"{c} {r:,.0f}" for c, r in rates.items()), flush=True)
+    if args.quick:
+        return
+    save_importance_model(final, DEFAULT_MODEL_PATH)
+    record = {
+        "script": "scripts/train_importance_model.py",
+        "chosen": chosen,
+        "choice_rule": f"best held-out mean Spearman among candidates predicting >= {MIN_PREDICT_RATE} rows/s",
+        "chosen_estimator": {"path": CANDIDATES[chosen][0], "params": CANDIDATES[chosen][1]},
+        "feature_names": list(FEATURE_NAMES),
+        "rows": int(len(all_y)),
+        "zoo": [{k: v for k, v in m.items() if k not in ("x", "y")} for m in members],
+        "cross_validation": cv,
+        "predict_rows_per_second": rates,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sklearn": __import__("sklearn").__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {DEFAULT_MODEL_PATH} and {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_autoprune.labels import Group, ablation_labels, frontier_groups, step_size
+
+
+def test_step_size_counts_only_weights_still_kept() -> None:
+    masks = {"a": torch.tensor([True, False, True, True]), "b": torch.ones(4, dtype=torch.bool)}
+    assert step_size(masks, 0.5) == 3  # 4 of 8 to prune, 1 already pruned
+    assert step_size(masks, 0.1) == 0
+
+
+def test_frontier_groups_are_stratified_kept_and_near_the_frontier() -> None:
+    prior = {"a": torch.arange(100.0), "b": torch.arange(50.0)}
+    masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in prior.items()}
+    masks["a"][:10] = False  # already pruned: never drawn
+    groups = frontier_groups(prior, masks, 0.3, 16, torch.Generator().manual_seed(0), bins=4)
+    assert len(groups) == 16
+    assert {g.name for g in groups} == {"a", "b"}
+    assert sorted({g.stratum for g in groups}) == [0, 1, 2, 3]
+    step = step_size(masks, 0.3)  # 45 - 10 = 35 of 140 kept: p = 0.25, window = 0.5 of each tensor
+    for g in groups:
+        assert bool(masks[g.name][g.index].all())
+        assert len(g.index) <= max(1, round(step / 2))
+        kept_sorted = prior[g.name][masks[g.name]]
+        limit = kept_sorted[int(0.5 * len(kept_sorted))]
+        assert bool((prior[g.name][g.index] <= limit).all())
+    # Higher strata hold higher prior scores.
+    lowest = max(float(prior["a"][g.index].max()) for g in groups if g.name == "a" and g.stratum == 0)
+    highest = min(float(prior["a"][g.index].min()) for g in groups if g.name == "a" and g.stratum == 3)
+    assert lowest < highest
+
+
+def test_frontier_groups_are_reproducible_from_the_generator() -> None:
+    prior = {"a": torch.rand(200, generator=torch.Generator().manual_seed(1))}
+    masks = {"a": torch.ones(200, dtype=torch.bool)}
+    first = frontier_groups(prior, masks, 0.5, 8, torch.Generator().manual_seed(3))
+    second = frontier_groups(prior, masks, 0.5, 8, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a.index, b.index) for a, b in zip(first, second, strict=True))
+    assert frontier_groups(prior, masks, 0.0, 8, torch.Generator()) == []
+    with pytest.raises(ValueError, match="`label_groups` must be >= 1, got 0"):
+        frontier_groups(prior, masks, 0.5, 0, torch.Generator())
+
+
+def test_labels_reproduce_a_direct_ablation() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(net(x).double(), y))
+
+    params = {"first": net[0].weight, "second": net[2].weight}
+    before = {k: p.detach().clone() for k, p in params.items()}
+    groups = [Group("first", torch.tensor([0, 5, 17, 40]), 0), Group("second", torch.tensor([3, 9]), 1)]
+    labels = ablation_labels(groups, params, loss)
+    assert labels.dtype.name == "float64"
+    # The same ablations, done by hand on copies of the network.
+    base = loss()
+    for group, label in zip(groups, labels, strict=True):
+        with torch.no_grad():
+            params[group.name].view(-1)[group.index] = 0
+        expected = (loss() - base) / len(group.index)
+        with torch.no_grad():
+            params[group.name].copy_(before[group.name])
+        assert label == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert all(torch.equal(p, before[k]) for k, p in params.items())

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from sklearn.linear_model import Ridge
+from torch import nn
+
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.features import FEATURE_NAMES
+from lightning_autoprune.importance import ScoreInputs, TaylorScorer, make_scorer
+from lightning_autoprune.learned import DEFAULT_MODEL_PATH, LearnedScorer, rank_labels, resolve_estimator
+from lightning_autoprune.persistence import load_importance_model, save_importance_model
+
+
+def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
+    """Scorer inputs from a real (briefly trained) network on real digits, with a held-out calibration loss."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    digits = load_digits()
+    x = torch.tensor(digits.data[:600], dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target[:600])
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x[:400]), y[:400]).backward()
+        optimizer.step()
+    params = {"net.0.weight": net[0].weight, "net.2.weight": net[2].weight}
+    grads, squares = {}, {}
+    for name, p in params.items():
+        grads[name], squares[name] = torch.zeros_like(p), torch.zeros_like(p)
+    for batch in range(4):
+        net.zero_grad()
+        nn.functional.cross_entropy(
+            net(x[batch * 100 : (batch + 1) * 100]), y[batch * 100 : (batch + 1) * 100]
+        ).backward()
+        for name, p in params.items():
+            grads[name] += p.grad / 4
+            squares[name] += p.grad**2 / 4
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(net(x[400:]), y[400:]).double())
+
+    return ScoreInputs(
+        weights={n: p.detach() for n, p in params.items()},
+        masks={n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()},
+        grad_mean=grads,
+        grad_sq_mean=squares,
+        generator=torch.Generator().manual_seed(seed),
+        target_sparsity=sparsity,
+        progress=0.5,
+        params={n: p.data for n, p in params.items()},
+        loss_fn=loss,
+    )
+
+
+def test_estimator_paths_resolve_and_bad_ones_are_clear_errors() -> None:
+    assert type(resolve_estimator("sklearn.ensemble.HistGradientBoostingRegressor")).__name__ == (
+        "HistGradientBoostingRegressor"
+    )
+    with pytest.raises(ValueError, match=r"`estimator` 'sklearn\.nope\.Model' cannot be imported"):
+        resolve_estimator("sklearn.nope.Model")
+    with pytest.raises(ValueError, match="must be an import path like"):
+        resolve_estimator("Ridge")
+    with pytest.raises(
+        ValueError, match=r"must name a scikit-learn regressor or classifier, got 'collections\.OrderedDict'"
+    ):
+        resolve_estimator("collections.OrderedDict")
+
+
+def test_a_named_estimator_instance_is_cloned_never_mutated() -> None:
+    module = types.ModuleType("user_estimators")
+    module.tuned = Ridge(alpha=3.0)  # type: ignore[attr-defined]
+    sys.modules["user_estimators"] = module
+    try:
+        scorer = LearnedScorer(estimator="user_estimators.tuned", label_groups=32)
+        scorer.score(real_inputs())
+    finally:
+        del sys.modules["user_estimators"]
+    assert not hasattr(module.tuned, "coef_")  # the user's object was never fitted
+    assert scorer.model is not module.tuned
+    assert scorer.model.alpha == 3.0
+    assert hasattr(scorer.model, "coef_")
+
+
+def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
+    scorer = LearnedScorer(label_groups=32)
+    inputs = real_inputs()
+    scores = scorer.score(inputs)
+    assert set(scores) == set(inputs.weights)
+    assert all(s.shape == inputs.weights[n].shape and torch.isfinite(s).all() for n, s in scores.items())
+    entry = scorer.diagnostics[-1]
+    assert set(entry["fidelity"]) == {"learned", "magnitude", "lamp", "taylor", "taylor2"}
+    assert entry["held_out"] >= 4
+    assert entry["groups"] >= 16
+    assert all(-1.0 <= f["spearman"] <= 1.0 and 0.0 <= f["precision_at_k"] <= 1.0 for f in entry["fidelity"].values())
+    assert len(scorer.rows_x) == 1
+    assert scorer.rows_x[0].shape == (entry["groups"], len(FEATURE_NAMES))
+    importances = scorer.feature_importances(repeats=2)
+    assert set(importances) == set(FEATURE_NAMES)
+
+
+def test_useless_estimator_falls_back_to_the_prior_loudly() -> None:
+    scorer = LearnedScorer(estimator="sklearn.dummy.DummyRegressor", label_groups=32)
+    inputs = real_inputs()
+    with pytest.warns(UserWarning, match="Learned importance fell back to the 'taylor' prior"):
+        scores = scorer.score(inputs)
+    taylor = TaylorScorer().score(inputs)
+    assert all(torch.equal(scores[n], taylor[n]) for n in taylor)
+    assert scorer.diagnostics[-1]["fell_back"] is True
+    assert scorer.diagnostics[-1]["blend_weight"] == 0.0
+
+
+def test_classifier_estimators_work() -> None:
+    scorer = LearnedScorer(estimator="sklearn.linear_model.LogisticRegression", label_groups=32)
+    scores = scorer.score(real_inputs())
+    assert all(torch.isfinite(s).all() for s in scores.values())
+
+
+def test_feature_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "three.skops"
+    save_importance_model(Ridge().fit(np.zeros((4, 3)), np.arange(4.0)), path)
+    with pytest.raises(ValueError, match=f"was fitted on 3 features, but AutoPrune computes {len(FEATURE_NAMES)}"):
+        make_scorer(str(path))
+    with pytest.raises(ValueError, match="either `estimator`"):
+        LearnedScorer(estimator="sklearn.linear_model.Ridge", model_path=str(path))
+    with pytest.raises(ValueError, match="`label_groups` must be >= 16"):
+        LearnedScorer(label_groups=4)
+    with pytest.raises(ValueError, match="`estimator` only applies to importance='learned'"):
+        AutoPrune(importance="lamp", estimator="sklearn.linear_model.Ridge")
+
+
+def test_a_users_skops_model_is_used(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.skops"
+    save_importance_model(Ridge().fit(rng.normal(size=(50, len(FEATURE_NAMES))), rng.normal(size=50)), path)
+    scorer = make_scorer(str(path))
+    assert isinstance(scorer, LearnedScorer)
+    assert type(scorer.pretrained).__name__ == "Ridge"
+
+
+def test_state_round_trip_refuses_other_feature_counts() -> None:
+    scorer = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
+    scorer.score(real_inputs())
+    state = scorer.state_dict()
+    assert all(isinstance(t, torch.Tensor) for t in state["rows_x"] + state["rows_y"])
+    other = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
+    other.load_state_dict(state)
+    assert np.array_equal(other.rows_x[0], scorer.rows_x[0])
+    with pytest.raises(ValueError, match="rows have 5 features; this version computes"):
+        other.load_state_dict({"rows_x": [torch.zeros(3, 5)], "rows_y": [torch.zeros(3)]})
+
+
+def test_rank_labels() -> None:
+    assert rank_labels(np.array([2.0, 1.0, 3.0])).tolist() == [0.5, 0.0, 1.0]
+    assert rank_labels(np.array([1.0])).tolist() == [0.0]
+
+
+def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: dict, tmp_path: Path) -> None:
+    model = load_importance_model(DEFAULT_MODEL_PATH)
+    assert model.n_features_in_ == len(FEATURE_NAMES)
+    seed_everything(0)
+    datamodule = DigitsDataModule(batch_size=32)
+    callback = AutoPrune(target_sparsity=0.9, start_epoch=1, end_epoch=3, report_dir=str(tmp_path / "report"))
+    assert callback.importance == "learned"
+    assert isinstance(callback.scorer, LearnedScorer)
+    trainer = Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=2, callbacks=[callback], **trainer_kwargs)
+    trainer.fit(MLPClassifier(hidden=[48, 24, 16]), datamodule=datamodule)  # not in the pretraining zoo
+    assert callback.sparsity() == pytest.approx(0.9, abs=1e-3)
+    diagnostics = callback.report_record()["importance_diagnostics"]
+    assert [d["epoch"] for d in diagnostics] == [1, 2, 3]
+    assert "feature_importances" in diagnostics[-1]
+    logged = trainer.callback_metrics
+    assert "autoprune/fidelity/spearman_learned" in logged
+    assert "autoprune/fidelity/spearman_taylor" in logged
+    # The report shows the importance model: its plot, and the fidelity table with every scorer.
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "](importance_model.png)" in report
+    assert "| metric | learned | magnitude | lamp | taylor | taylor2 |" in report
+    assert (tmp_path / "report" / "importance_model.png").stat().st_size > 10_000
