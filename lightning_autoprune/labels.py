@@ -8,8 +8,10 @@ measure exactly that (DESIGN.md §3):
 1. :func:`frontier_groups` draws stratified groups of kept weights. For every tensor it takes its
    lowest-ranked kept weights under a prior score (the frontier window: about twice the share of
    the tensor that the next step removes on average), splits them into equal-count score bins, and
-   draws groups from each bin. A group is one tensor's share of the next step (the step size over
-   the number of tensors), so an ablation perturbs the model about as much as the step will.
+   draws groups from each bin. A group is the tensor's proportional share of the next step (the
+   fraction ``p`` of all kept weights that the step removes, times the tensor's kept weights), so
+   the loss change per removed weight is measured at the same relative depth in every tensor and
+   is comparable across tensors of very different sizes.
 2. :func:`ablation_labels` zeroes each group on top of the current masks, measures the mean loss
    on held-out calibration batches (training data, never validation or test) in float64, restores
    the weights, and returns the loss change *per removed weight*.
@@ -95,13 +97,14 @@ def frontier_groups(
     kept_total = sum(int(m.sum()) for m in masks.values())
     if step == 0 or kept_total == 0:
         return []
-    fraction = min(1.0, window * step / kept_total)
+    share = step / kept_total
+    fraction = min(1.0, window * share)
     names = [n for n in prior if int(masks[n].sum()) > 0]
-    group_size = max(1, round(step / len(names)))
     per_tensor = _spread(budget, len(names))
     groups: list[Group] = []
     for name, count in zip(names, per_tensor, strict=True):
         kept_index = masks[name].reshape(-1).nonzero().squeeze(1)
+        group_size = max(1, round(share * len(kept_index)))
         scores = prior[name].reshape(-1)[kept_index].float()
         order = kept_index[torch.sort(scores, stable=True).indices]
         frontier = order[: max(1, math.ceil(fraction * len(order)))]

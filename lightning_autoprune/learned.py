@@ -50,6 +50,10 @@ PRIORS: tuple[str, ...] = ("magnitude", "lamp", "taylor", "taylor2")
 #: strongest formula of the benchmark protocol at high sparsity (BENCHMARKS.md). A fixed prior keeps
 #: the comparison fair; picking the best of four on the same held-out groups would favour the priors.
 BLEND_PRIOR = "taylor"
+#: How many weights each tensor loses: ``"prior"`` keeps the prior's per-tensor allocation (the
+#: learned scores only choose *which* weights of a tensor go), ``"learned"`` lets the learned
+#: scores decide across tensors too.
+ALLOCATION = "prior"
 #: Candidate weights of the learned rank in the blend with the best prior.
 BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Rows predicted at once (bounds the memory of one chunk of the feature table).
@@ -61,8 +65,8 @@ WINDOW = 3.0
 #: At most this many rows are predicted per event (the window shrinks to fit), which bounds the
 #: time of an event on large models; the rest are ordered by the prior.
 MAX_PREDICTED_ROWS = 1_000_000
-#: Members of a group whose feature rows are averaged into the group's row.
-MAX_MEMBERS = 1024
+#: Members of each group whose feature rows (with the group's label) are used for fitting.
+MEMBER_ROWS = 8
 #: Weights sampled to map raw scores to global quantiles for the blend.
 QUANTILE_SAMPLE = 16384
 
@@ -185,18 +189,19 @@ class LearnedScorer:
         groups = labelling.frontier_groups(
             priors.full("taylor"), inputs.masks, inputs.target_sparsity, self.label_groups, inputs.generator
         )
-        x = _group_rows(table, groups, inputs.generator)
+        x, owner = _member_rows(table, groups, inputs.generator)
         y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn))
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
         n_hold = max(4, round(self.holdout * len(groups)))
-        hold, train = order[:n_hold], order[n_hold:]
-        fit_x = np.concatenate([*self.rows_x, x[train]])
-        fit_y = np.concatenate([*self.rows_y, y[train]])
+        hold = order[:n_hold]
+        train_rows = ~np.isin(owner, hold)
+        fit_x = np.concatenate([*self.rows_x, x[train_rows]])
+        fit_y = np.concatenate([*self.rows_y, y[owner][train_rows]])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=inputs.generator))
         self.model = self._fit(fit_x, fit_y, seed)
         self.rows_x.append(x)
-        self.rows_y.append(y)
-        self._last_rows = (x, y)
+        self.rows_y.append(y[owner])
+        self._last_rows = (x, y[owner])
 
         windows = _frontier_windows(priors, inputs.masks, inputs.target_sparsity)
         learned = {name: self._predict(table, name, windows[name]) for name in inputs.weights}
@@ -249,7 +254,13 @@ class LearnedScorer:
                 name: alpha * q_learned(learned[name]) + (1 - alpha) * q_prior(priors.layer(best_prior, name))
                 for name in inputs.weights
             }
-        return _above_window(inside, windows, priors, best_prior, sample)
+        scores = _above_window(inside, windows, priors, best_prior, sample)
+        if ALLOCATION == "prior":
+            return {
+                name: prior_allocation(scores[name], priors.layer(best_prior, name), inputs.masks[name])
+                for name in inputs.weights
+            }
+        return scores
 
     def feature_importances(self, repeats: int = 5, seed: int = 0) -> dict[str, float]:
         """Permutation importance of each feature on the last event's rows: the drop in Spearman correlation.
@@ -302,6 +313,27 @@ class LearnedScorer:
             rows = table.rows(name, chunk).cpu().numpy()
             out[chunk] = torch.from_numpy(self._predict_rows(rows).astype(np.float32)).to(out.device)
         return out.view_as(window)
+
+
+def prior_allocation(scores: Tensor, prior: Tensor, mask: Tensor) -> Tensor:
+    """Scores with the order of ``scores`` but the values of ``prior``, within one tensor's kept weights.
+
+    The kept weight with the j-th highest score gets the tensor's j-th highest prior value, so a
+    global selection over every tensor removes exactly as many weights from each tensor as the
+    prior would, choosing them by ``scores``.
+
+    Example:
+        >>> keep = torch.ones(3, dtype=torch.bool)
+        >>> prior_allocation(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([10.0, 20.0, 30.0]), keep)
+        tensor([30., 10., 20.])
+    """
+    flat_scores, flat_prior, flat_mask = scores.reshape(-1), prior.reshape(-1).float(), mask.reshape(-1)
+    out = flat_prior.clone()
+    kept = flat_mask.nonzero().squeeze(1)
+    if len(kept):
+        by_score = kept[torch.sort(flat_scores[kept].float(), stable=True).indices]
+        out[by_score] = torch.sort(flat_prior[kept], stable=True).values
+    return out.view_as(scores)
 
 
 def rank_labels(values: np.ndarray) -> np.ndarray:
@@ -462,25 +494,28 @@ def _sampled(sample: Mapping[str, Tensor], scores_of: Any) -> Tensor:
     return torch.cat([scores_of(name).reshape(-1)[index].float().cpu() for name, index in sample.items()])
 
 
-def _group_rows(table: FeatureTable, groups: list[labelling.Group], generator: torch.Generator) -> np.ndarray:
-    """One row per group: the mean feature row of (at most :data:`MAX_MEMBERS` sampled) members.
+def _member_rows(
+    table: FeatureTable, groups: list[labelling.Group], generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of up to :data:`MEMBER_ROWS` sampled members of each group, and each row's group.
 
-    The rows of all groups of one tensor are gathered in one call, so each tensor is prepared once.
+    Every member row carries its group's label. The estimator is trained on single weights'
+    features, exactly what it is applied to, and learns the expected loss change of a weight given
+    its features from the group ablations it took part in (no group-averaged features, whose
+    distribution single weights do not share). The rows of one tensor are gathered in one call.
     """
     members = []
     for group in groups:
         index = group.index
-        if len(index) > MAX_MEMBERS:
-            index = index[torch.randperm(len(index), generator=generator)[:MAX_MEMBERS].to(index.device)]
+        if len(index) > MEMBER_ROWS:
+            index = index[torch.randperm(len(index), generator=generator)[:MEMBER_ROWS].to(index.device)]
         members.append(index)
-    out = np.empty((len(groups), len(FEATURE_NAMES)), dtype=np.float32)
+    blocks: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
     for name, positions in _by_tensor(groups).items():
-        index = torch.cat([members[i] for i in positions])
-        rows = table.rows(name, index)
-        sizes = [len(members[i]) for i in positions]
-        means = torch.stack([chunk.mean(dim=0) for chunk in rows.split(sizes)])
-        out[positions] = means.cpu().numpy()
-    return out
+        blocks.append(table.rows(name, torch.cat([members[i] for i in positions])).cpu().numpy())
+        owners.append(np.repeat(positions, [len(members[i]) for i in positions]))
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
 
 
 def _by_tensor(groups: list[labelling.Group]) -> dict[str, list[int]]:

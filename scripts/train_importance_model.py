@@ -75,7 +75,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "random_forest": (
         "sklearn.ensemble.RandomForestRegressor",
-        {"n_estimators": 60, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 1, "random_state": 0},
+        {
+            "n_estimators": 30,
+            "max_depth": 8,
+            "min_samples_leaf": 20,
+            "max_samples": 0.2,
+            "n_jobs": 2,
+            "random_state": 0,
+        },
     ),
 }
 

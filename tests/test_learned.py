@@ -104,7 +104,8 @@ def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
     assert entry["groups"] >= 16
     assert all(-1.0 <= f["spearman"] <= 1.0 and 0.0 <= f["precision_at_k"] <= 1.0 for f in entry["fidelity"].values())
     assert len(scorer.rows_x) == 1
-    assert scorer.rows_x[0].shape == (entry["groups"], len(FEATURE_NAMES))
+    assert scorer.rows_x[0].shape[1] == len(FEATURE_NAMES)
+    assert entry["groups"] <= len(scorer.rows_x[0]) <= 8 * entry["groups"]
     importances = scorer.feature_importances(repeats=2)
     assert set(importances) == set(FEATURE_NAMES)
 
