@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_autoprune import calibration, masks, reporting, selection, tolerance
@@ -201,6 +201,8 @@ class AutoPrune(Callback):
         self._snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self._best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
         self._last_value: float | None = None
+        self._positions: dict[str, int] = {}  # output positions per sample of Linear/Conv targets (FLOPs)
+        self._position_hooks: list[RemovableHandle] = []
         self._logged_decisions = 0
 
     # ------------------------------------------------------------------ identity and state
@@ -282,6 +284,7 @@ class AutoPrune(Callback):
             self._initial_weights = {t.name: t.param.detach().clone() for t in self.targets}
             self._movement = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in self.targets}
         self._enforce()
+        self._watch_output_positions()
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
             for target in self.targets:
@@ -379,9 +382,10 @@ class AutoPrune(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer hooks."""
-        for handle in self._handles:
+        for handle in [*self._handles, *self._position_hooks]:
             handle.remove()
         self._handles.clear()
+        self._position_hooks.clear()
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -416,6 +420,14 @@ class AutoPrune(Callback):
         prunable = sum(layer["numel"] for layer in layers)
         kept_total = sum(layer["kept"] for layer in layers)
         totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
+        flops = [
+            (2 * layer["numel"] * self._positions[layer["name"]], 2 * layer["kept"] * self._positions[layer["name"]])
+            for layer in layers
+            if layer["name"] in self._positions
+        ]
+        if flops and len(flops) == len(layers):
+            totals["flops_before"] = sum(before for before, _ in flops)
+            totals["flops_after"] = sum(after for _, after in flops)
         if pl_module is not None:
             model_params = sum(p.numel() for p in pl_module.parameters())
             totals["params_model"] = model_params
@@ -458,6 +470,31 @@ class AutoPrune(Callback):
         if callable(importances):
             entries[-1]["feature_importances"] = importances()
         return _jsonable(entries)
+
+    def _watch_output_positions(self) -> None:
+        """Record, on the first forward pass, how many output positions each Linear/Conv target computes.
+
+        FLOPs of a pruned tensor per sample are then ``2 * kept weights * positions`` (a multiply and
+        an add per weight and position); ``report_record`` totals them when every target is
+        Linear or Conv.
+        """
+        for target in self.targets:
+            module = target.module
+            if target.param_name != "weight" or not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                continue
+            if target.name in self._positions:
+                continue
+
+            def hook(mod: nn.Module, args: Any, output: Any, name: str = target.name) -> None:
+                if name in self._positions or not isinstance(output, Tensor) or output.ndim == 0:
+                    return
+                if output.ndim == 1:  # an unbatched Linear call
+                    self._positions[name] = 1
+                    return
+                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                self._positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
+
+            self._position_hooks.append(module.register_forward_hook(hook))
 
     def _report_directory(self, trainer: pl.Trainer) -> Path:
         if self.report_dir is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_autoprune.importance import ScoreInputs, lamp_scores
+from lightning_autoprune.importance import ScoreInputs
 
 #: The columns of a feature row, in order. See :class:`FeatureTable` for each definition.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -208,6 +208,7 @@ class FeatureTable:
             dtype=torch.float32,
             device=weight.device,
         )
+        percentile, lamp = _percentile_and_lamp(flat_w, flat_m)
         return _Layer(
             weight=flat_w,
             mask=flat_m,
@@ -216,8 +217,8 @@ class FeatureTable:
             adam=adam,
             movement=movement,
             drift=(flat_w - initial).abs(),
-            percentile=_percentile(flat_w.abs(), flat_m),
-            lamp=lamp_scores(flat_w, flat_m),
+            percentile=percentile,
+            lamp=lamp,
             input_norm=_units(inputs.input_norms, name, fan_in_units),
             output_norm=_units(inputs.output_norms, name, fan_out),
             inner=inner,
@@ -245,18 +246,25 @@ def _log(values: Tensor) -> Tensor:
     return torch.log10(values + _EPS)
 
 
-def _percentile(values: Tensor, mask: Tensor) -> Tensor:
-    """Rank of each kept entry among the kept entries, scaled to ``[0, 1]``; pruned entries get 0."""
-    kept = int(mask.sum())
-    out = torch.zeros_like(values)
-    if kept == 0:
-        return out
-    kept_index = mask.nonzero().squeeze(1)
-    order = torch.sort(values[kept_index], stable=True).indices
-    ranks = torch.empty(kept, dtype=values.dtype, device=values.device)
-    ranks[order] = torch.arange(kept, dtype=values.dtype, device=values.device) / max(kept - 1, 1)
-    out[kept_index] = ranks
-    return out
+def _percentile_and_lamp(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Within-tensor percentile of ``|w|`` among kept weights, and the LAMP score, from one sort.
+
+    Both follow the stable ascending order of ``w**2`` (pruned entries count as 0): the same order
+    as :func:`~lightning_autoprune.importance.lamp_scores`; kept weights are ranked by it, ties by index.
+    """
+    keep = mask.reshape(-1)
+    sq = weight.reshape(-1).pow(2) * keep
+    order = torch.sort(sq, stable=True).indices
+    sorted_sq = sq[order]
+    suffix = sorted_sq.flip(0).cumsum(0).flip(0)
+    lamp = torch.empty_like(sq)
+    lamp[order] = torch.where(suffix > 0, sorted_sq / suffix.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
+    kept_sorted = keep[order]
+    kept = int(kept_sorted.sum())
+    ranks = (kept_sorted.cumsum(0) - 1).to(sq.dtype) / max(kept - 1, 1)
+    percentile = torch.empty_like(sq)
+    percentile[order] = torch.where(kept_sorted, ranks, 0.0)
+    return percentile, lamp
 
 
 def _global_scales(inputs: ScoreInputs) -> dict[str, float]:

@@ -31,6 +31,9 @@ from torch import Tensor
 
 from lightning_autoprune.selection import pruned_count
 
+#: The largest group an ablation zeroes (see :func:`frontier_groups`).
+MAX_GROUP_SIZE = 65536
+
 
 @dataclass(frozen=True)
 class Group:
@@ -100,11 +103,16 @@ def frontier_groups(
     share = step / kept_total
     fraction = min(1.0, window * share)
     names = [n for n in prior if int(masks[n].sum()) > 0]
+    # Group sizes are the same fraction of every tensor; on large models that fraction shrinks so
+    # that no group exceeds MAX_GROUP_SIZE weights (memory and time stay bounded, and groups of
+    # different tensors stay proportional, so their per-weight loss changes stay comparable).
+    largest = max(int(masks[n].sum()) for n in names)
+    group_fraction = min(share, MAX_GROUP_SIZE / largest)
     per_tensor = _spread(budget, len(names))
     groups: list[Group] = []
     for name, count in zip(names, per_tensor, strict=True):
         kept_index = masks[name].reshape(-1).nonzero().squeeze(1)
-        group_size = max(1, round(share * len(kept_index)))
+        group_size = max(1, round(group_fraction * len(kept_index)))
         scores = prior[name].reshape(-1)[kept_index].float()
         order = kept_index[torch.sort(scores, stable=True).indices]
         frontier = order[: max(1, math.ceil(fraction * len(order)))]

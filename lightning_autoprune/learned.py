@@ -65,6 +65,9 @@ WINDOW = 3.0
 #: At most this many rows are predicted per event (the window shrinks to fit), which bounds the
 #: time of an event on large models; the rest are ordered by the prior.
 MAX_PREDICTED_ROWS = 1_000_000
+#: Fewer groups than this at an event (a nearly empty model) leave too little to fit and check;
+#: the event then uses the prior.
+MIN_GROUPS = 8
 #: Members of each group whose feature rows (with the group's label) are used for fitting.
 MEMBER_ROWS = 8
 #: Weights sampled to map raw scores to global quantiles for the blend.
@@ -189,6 +192,8 @@ class LearnedScorer:
         groups = labelling.frontier_groups(
             priors.full("taylor"), inputs.masks, inputs.target_sparsity, self.label_groups, inputs.generator
         )
+        if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
+            return priors.full(BLEND_PRIOR)
         x, owner = _member_rows(table, groups, inputs.generator)
         y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn))
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
@@ -213,7 +218,7 @@ class LearnedScorer:
         fidelity = {method: _fidelity(scores, truth) for method, scores in raw.items()}
         best_prior = BLEND_PRIOR
         fell_back = fidelity["learned"]["spearman"] < fidelity[best_prior]["spearman"]
-        sample = _quantile_sample(inputs.masks, inputs.generator)
+        sample = _quantile_sample(windows, inputs.generator)  # the blend happens inside the windows
         if fell_back:
             alpha = 0.0
         else:
@@ -247,14 +252,15 @@ class LearnedScorer:
                 stacklevel=2,
             )
             return priors.full(best_prior)
-        if alpha == 1.0:
-            inside = {name: learned[name] for name in inputs.weights}
-        else:
-            inside = {
-                name: alpha * q_learned(learned[name]) + (1 - alpha) * q_prior(priors.layer(best_prior, name))
-                for name in inputs.weights
-            }
-        scores = _above_window(inside, windows, priors, best_prior, sample)
+        inside: dict[str, Tensor] = {}
+        for name in inputs.weights:
+            index = windows[name].reshape(-1).nonzero().squeeze(1)
+            values = learned[name].reshape(-1)[index]
+            if alpha < 1.0:  # quantile maps only on the window's weights
+                prior_values = priors.layer(best_prior, name).reshape(-1)[index]
+                values = alpha * q_learned(values) + (1 - alpha) * q_prior(prior_values)
+            inside[name] = values
+        scores = _above_window(inside, windows, priors, best_prior)
         if ALLOCATION == "prior":
             return {
                 name: prior_allocation(scores[name], priors.layer(best_prior, name), inputs.masks[name])
@@ -462,19 +468,20 @@ def _frontier_windows(priors: _Priors, masks: Mapping[str, Tensor], target_spars
 
 
 def _above_window(
-    inside: Mapping[str, Tensor],
-    windows: Mapping[str, Tensor],
-    priors: _Priors,
-    prior: str,
-    sample: Mapping[str, Tensor],
+    inside: Mapping[str, Tensor], windows: Mapping[str, Tensor], priors: _Priors, prior: str
 ) -> dict[str, Tensor]:
-    """Scores inside the windows as given; every weight outside ranks above them all, in the prior's order."""
-    top = max((float(inside[n][w].max()) for n, w in windows.items() if bool(w.any())), default=0.0)
-    q_prior = _QuantileMap(_sampled(sample, lambda name: priors.layer(prior, name)))
+    """Full score tensors: the window's values inside each window, and above them, in the prior's order, elsewhere.
+
+    ``inside[name]`` holds the values of the window's weights in flat index order.
+
+    The prior (Taylor) is non-negative, so ``top + 1 + prior`` ranks above the window in every tensor.
+    """
+    top = max((float(values.max()) for values in inside.values() if len(values)), default=0.0)
     out = {}
     for name, window in windows.items():
-        above = top + 1.0 + q_prior(priors.layer(prior, name))
-        out[name] = torch.where(window, inside[name], above)
+        flat = (top + 1.0 + priors.layer(prior, name).reshape(-1).float().clamp_min(0.0)).clone()
+        flat[window.reshape(-1).nonzero().squeeze(1)] = inside[name].float()
+        out[name] = flat.view_as(window)
     return out
 
 

@@ -19,8 +19,20 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "importance", "auto"),
-    [("ddp", "taylor", False), ("ddp_spawn", "lamp", False), ("ddp", "lamp", True)],
-    ids=["ddp-taylor-fixed", "ddp_spawn-lamp-fixed", "ddp-lamp-automatic"],
+    [
+        ("ddp", "taylor", False),
+        ("ddp_spawn", "lamp", False),
+        ("ddp", "lamp", True),
+        ("ddp_spawn", "learned", False),
+        ("ddp", "learned", True),
+    ],
+    ids=[
+        "ddp-taylor-fixed",
+        "ddp_spawn-lamp-fixed",
+        "ddp-lamp-automatic",
+        "ddp_spawn-learned-fixed",
+        "ddp-learned-automatic",
+    ],
 )
 def test_every_rank_holds_identical_masks(strategy: str, importance: str, auto: bool, tmp_path: Path) -> None:
     flags = ["--strategy", strategy, "--importance", importance, *(["--auto", "--epochs", "6"] if auto else [])]
@@ -36,7 +48,9 @@ def test_every_rank_holds_identical_masks(strategy: str, importance: str, auto: 
             assert torch.equal(mask, rank1["masks"][name]), (epoch, name)
         assert rank0["sparsity"] == rank1["sparsity"]
         assert rank0["search"] == rank1["search"]
+        assert rank0["scorer_rows"] == rank1["scorer_rows"]  # the learned scorer's state is broadcast too
     final = torch.load(tmp_path / f"rank0_epoch{epochs[-1]}.pt", weights_only=True)
+    assert bool(final["scorer_rows"]) == (importance == "learned")
     if auto:
         assert final["search"]["decisions"], "the automatic search made no decision"
         assert final["sparsity"] > 0

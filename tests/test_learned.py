@@ -188,3 +188,18 @@ def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: d
     assert "](importance_model.png)" in report
     assert "| metric | learned | magnitude | lamp | taylor | taylor2 |" in report
     assert (tmp_path / "report" / "importance_model.png").stat().st_size > 10_000
+
+
+def test_calibration_set_too_small_for_the_labels_is_a_clear_error(trainer_kwargs: dict) -> None:
+    seed_everything(0)
+    datamodule = DigitsDataModule(batch_size=64)  # 1077 training samples
+    callback = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=1, calibration_samples=800, report=False)
+    model = MLPClassifier()
+    trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
+    with pytest.raises(
+        RuntimeError, match=r"Calibration needs 800 \+ 800 distinct training samples, but the training set has 1077"
+    ):
+        trainer.fit(model, datamodule=datamodule)
+    assert all(bool(mask.all()) for mask in callback.masks.values())  # nothing was pruned
+    assert callback.history == []
+    assert all(int((p == 0).sum()) == 0 for p in model.parameters())  # no weight was zeroed

@@ -99,6 +99,42 @@ def test_summary_json_matches_the_models_sparsity(run: dict[str, Any]) -> None:
     assert {layer["name"] for layer in record["layers"]} == {t.name for t in run["callback"].targets}
 
 
+def test_flops_totals_count_the_kept_weights_of_every_layer(fixed_run: dict[str, Any]) -> None:
+    totals = _record(fixed_run)["totals"]
+    # MLP 64-64-64-10: each weight is one multiply-add (2 FLOPs) per sample.
+    assert totals["flops_before"] == 2 * (64 * 64 + 64 * 64 + 64 * 10)
+    params = dict(fixed_run["model"].named_parameters())
+    kept = sum(int((params[t.name] != 0).sum()) for t in fixed_run["callback"].targets)
+    assert totals["flops_after"] == 2 * kept
+    assert "FLOPs" in (fixed_run["folder"] / "report.md").read_text()
+
+
+def test_conv_flops_count_output_positions(tmp_path: Path) -> None:
+    from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule
+
+    seed_everything(0, verbose=False)
+    callback = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=1, importance="lamp", report=False)
+    model = CNN1DClassifier(channels=[8, 8])
+    trainer = Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[callback],
+    )
+    trainer.fit(model, datamodule=MNIST1DDataModule(batch_size=64, num_samples=600))
+    totals = callback.report_record()["totals"]
+    # Length 40: the first conv keeps 40 positions, the second (stride 2) 20, the head 1.
+    conv1, conv2, head = (t.param for t in callback.targets)
+    assert totals["flops_before"] == 2 * (conv1.numel() * 40 + conv2.numel() * 20 + head.numel())
+    assert totals["flops_after"] < totals["flops_before"]
+
+
 def test_fixed_run_reaches_its_target(fixed_run: dict[str, Any]) -> None:
     assert _record(fixed_run)["sparsity"] == pytest.approx(0.6, abs=2e-3)
 

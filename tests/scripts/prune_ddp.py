@@ -27,9 +27,9 @@ class SaveMasks(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         masks = {name: mask.cpu() for name, mask in self.autoprune.masks.items()}
         path = self.out / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
-        torch.save(
-            {"masks": masks, "sparsity": self.autoprune.sparsity(), "search": self.autoprune.search.to_dict()}, path
-        )
+        scorer_rows = [len(y) for y in getattr(self.autoprune.scorer, "rows_y", [])]
+        state = {"masks": masks, "sparsity": self.autoprune.sparsity(), "search": self.autoprune.search.to_dict()}
+        torch.save({**state, "scorer_rows": scorer_rows}, path)
 
 
 def main() -> None:
