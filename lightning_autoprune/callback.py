@@ -181,6 +181,8 @@ class AutoPrune(Callback):
         self.report_dir = report_dir
 
         self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
+        if verbose and hasattr(self.scorer, "progress"):
+            self.scorer.progress = rank_zero_info
         self.generator = torch.Generator().manual_seed(seed)
         self.targets: list[PruneTarget] = []
         self.masks: dict[str, Tensor] = {}

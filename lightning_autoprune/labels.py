@@ -22,6 +22,7 @@ Everything random comes from the caller's generator, so a resumed run draws the 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -135,7 +136,13 @@ def _spread(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def ablation_labels(groups: list[Group], params: Mapping[str, Tensor], loss_fn: Callable[[], float]) -> np.ndarray:
+def ablation_labels(
+    groups: list[Group],
+    params: Mapping[str, Tensor],
+    loss_fn: Callable[[], float],
+    progress: Callable[[int, int, float], None] | None = None,
+    every: float = 5.0,
+) -> np.ndarray:
     """Loss change per removed weight of zeroing each group, measured in float64.
 
     Each group is zeroed in place on top of the current (already masked) parameters, the
@@ -145,6 +152,10 @@ def ablation_labels(groups: list[Group], params: Mapping[str, Tensor], loss_fn: 
         groups: from :func:`frontier_groups`.
         params: the live parameters, by name (modified in place and restored).
         loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
+        progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
+            while the ablations run, and once at the end if it was called before (long events
+            show progress; short ones stay quiet).
+        every: seconds between progress calls.
 
     Returns:
         ``(len(groups),)`` float64: ``(loss(with the group zeroed) - loss(now)) / group size``.
@@ -157,10 +168,16 @@ def ablation_labels(groups: list[Group], params: Mapping[str, Tensor], loss_fn: 
         >>> p["w"].tolist()
         [1.0, 2.0, 3.0]
     """
+    start = last = time.perf_counter()
     base = float(loss_fn())
     labels = np.empty(len(groups), dtype=np.float64)
+    reported = False
     with torch.no_grad():
         for i, group in enumerate(groups):
+            now = time.perf_counter()
+            if progress is not None and now - last >= every:
+                progress(i, len(groups), now - start)
+                last, reported = now, True
             flat = params[group.name].data.view(-1)
             index = group.index.to(flat.device)
             saved = flat[index].clone()
@@ -169,4 +186,6 @@ def ablation_labels(groups: list[Group], params: Mapping[str, Tensor], loss_fn: 
                 labels[i] = (float(loss_fn()) - base) / len(index)
             finally:
                 flat[index] = saved
+    if progress is not None and reported:
+        progress(len(groups), len(groups), time.perf_counter() - start)
     return labels

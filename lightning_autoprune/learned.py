@@ -155,6 +155,8 @@ class LearnedScorer:
         self.diagnostics: list[dict[str, Any]] = []
         self.model: Any = None
         self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
+        #: Receives a progress line during long label measurements (the callback sets it when verbose).
+        self.progress: Any = None
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -195,7 +197,7 @@ class LearnedScorer:
         if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
             return priors.full(BLEND_PRIOR)
         x, owner = _member_rows(table, groups, inputs.generator)
-        y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn))
+        y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress))
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
         n_hold = max(4, round(self.holdout * len(groups)))
         hold = order[:n_hold]
@@ -267,6 +269,12 @@ class LearnedScorer:
                 for name in inputs.weights
             }
         return scores
+
+    def _report_progress(self, done: int, total: int, seconds: float) -> None:
+        if self.progress is not None:
+            self.progress(
+                f"AutoPrune: measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)"
+            )
 
     def feature_importances(self, repeats: int = 5, seed: int = 0) -> dict[str, float]:
         """Permutation importance of each feature on the last event's rows: the drop in Spearman correlation.

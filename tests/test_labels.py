@@ -69,3 +69,23 @@ def test_labels_reproduce_a_direct_ablation() -> None:
             params[group.name].copy_(before[group.name])
         assert label == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert all(torch.equal(p, before[k]) for k, p in params.items())
+
+
+def test_long_ablations_report_progress_and_short_ones_stay_quiet() -> None:
+    import time
+
+    params = {"w": torch.ones(8)}
+    groups = [Group("w", torch.tensor([i]), 0) for i in range(6)]
+
+    def slow_loss() -> float:
+        time.sleep(0.02)
+        return float(params["w"].sum())
+
+    calls: list[tuple[int, int]] = []
+    ablation_labels(groups, params, slow_loss, progress=lambda done, total, s: calls.append((done, total)), every=0.03)
+    assert calls, "no progress reported"
+    assert calls[-1] == (6, 6)
+    assert all(total == 6 for _, total in calls)
+    quiet: list[tuple[int, int]] = []
+    ablation_labels(groups, params, slow_loss, progress=lambda done, total, s: quiet.append((done, total)), every=60)
+    assert quiet == []
