@@ -5,7 +5,7 @@ callback: ``AutoPrune()`` (prune as far as validation accuracy allows, within 1 
 ``AutoPrune(target_sparsity=0.9)``. Prints test accuracy, the sparsity reached and the callback's
 own share of the training time.
 
-    python examples/digits_demo.py [--target 0.9] [--importance lamp] [--epochs 30]
+    python examples/digits_demo.py [--target 0.9] [--importance learned] [--epochs 30]
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> list[tuple[Any, ...]]:
     """Run dense, ``AutoPrune()`` and a fixed target; print the table and return its rows."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.9, help="target sparsity (default 0.9)")
-    parser.add_argument("--importance", default="lamp", help="scorer: lamp, magnitude, taylor, random")
+    parser.add_argument(
+        "--importance", default="learned", help="scorer: learned (the default), lamp, magnitude, taylor, random"
+    )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
