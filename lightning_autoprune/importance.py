@@ -174,7 +174,17 @@ class TaylorScorer:
         if inputs.grad_sq_mean is None:
             raise ValueError("The `taylor` scorer needs calibration gradients (`grad_sq_mean`), got None.")
         fisher = inputs.grad_sq_mean
-        return {name: w.detach().abs().float() * fisher[name].float().sqrt() for name, w in inputs.weights.items()}
+        return {name: taylor_scores(w.detach().float(), fisher[name].float()) for name, w in inputs.weights.items()}
+
+
+def taylor_scores(weight: Tensor, fisher: Tensor) -> Tensor:
+    """First-order Taylor score of one tensor, ``|w| * sqrt(F)``; see :class:`TaylorScorer`.
+
+    Example:
+        >>> taylor_scores(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.25]))
+        tensor([2., 1.])
+    """
+    return weight.abs() * fisher.sqrt()
 
 
 class RandomScorer:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from lightning_autoprune import labels as labelling
 from lightning_autoprune.features import FEATURE_NAMES, FeatureTable
-from lightning_autoprune.importance import ScoreInputs, lamp_scores
+from lightning_autoprune.importance import ScoreInputs, lamp_scores, taylor_scores
 from lightning_autoprune.persistence import load_importance_model
 
 #: The pretrained default importance model shipped with the package.
@@ -50,10 +50,6 @@ PRIORS: tuple[str, ...] = ("magnitude", "lamp", "taylor", "taylor2")
 #: strongest formula of the benchmark protocol at high sparsity (BENCHMARKS.md). A fixed prior keeps
 #: the comparison fair; picking the best of four on the same held-out groups would favour the priors.
 BLEND_PRIOR = "taylor"
-#: How many weights each tensor loses: ``"prior"`` keeps the prior's per-tensor allocation (the
-#: learned scores only choose *which* weights of a tensor go), ``"learned"`` lets the learned
-#: scores decide across tensors too.
-ALLOCATION = "prior"
 #: Candidate weights of the learned rank in the blend with the best prior.
 BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Rows predicted at once (bounds the memory of one chunk of the feature table).
@@ -262,13 +258,13 @@ class LearnedScorer:
                 prior_values = priors.layer(best_prior, name).reshape(-1)[index]
                 values = alpha * q_learned(values) + (1 - alpha) * q_prior(prior_values)
             inside[name] = values
+        # Each tensor loses as many weights as the prior would take from it; the learned scores
+        # choose which ones (see prior_allocation).
         scores = _above_window(inside, windows, priors, best_prior)
-        if ALLOCATION == "prior":
-            return {
-                name: prior_allocation(scores[name], priors.layer(best_prior, name), inputs.masks[name])
-                for name in inputs.weights
-            }
-        return scores
+        return {
+            name: prior_allocation(scores[name], priors.layer(best_prior, name), inputs.masks[name])
+            for name in inputs.weights
+        }
 
     def _report_progress(self, done: int, total: int, seconds: float) -> None:
         if self.progress is not None:
@@ -428,7 +424,7 @@ class _Priors:
         if prior == "lamp":
             return lamp_scores(w, self.inputs.masks[name])
         if prior == "taylor":
-            return w.abs() * fisher.sqrt()
+            return taylor_scores(w, fisher)
         if prior == "taylor2":
             return -grad * w + 0.5 * fisher * w * w
         raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")

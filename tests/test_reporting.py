@@ -10,7 +10,7 @@ from typing import Any
 
 import matplotlib.image
 import pytest
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
 from rich.console import Console
 
 from lightning_autoprune import AutoPrune, reporting
@@ -32,9 +32,16 @@ DIAGNOSTICS = [
 ]
 
 
-def _fit(tmp: Path, callback: AutoPrune, max_epochs: int) -> dict[str, Any]:
+def _fit(
+    tmp: Path,
+    callback: AutoPrune,
+    max_epochs: int,
+    model: LightningModule | None = None,
+    datamodule: LightningDataModule | None = None,
+    **trainer_extra: Any,
+) -> dict[str, Any]:
     seed_everything(0, verbose=False)
-    model = MLPClassifier(hidden=[64, 64], lr=1e-2)
+    model = model or MLPClassifier(hidden=[64, 64], lr=1e-2)
     trainer = Trainer(
         max_epochs=max_epochs,
         limit_train_batches=4,
@@ -46,8 +53,9 @@ def _fit(tmp: Path, callback: AutoPrune, max_epochs: int) -> dict[str, Any]:
         num_sanity_val_steps=0,
         default_root_dir=str(tmp),
         callbacks=[callback],
+        **trainer_extra,
     )
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+    trainer.fit(model, datamodule=datamodule or DigitsDataModule(batch_size=64))
     return {"model": model, "callback": callback, "folder": tmp / "autoprune"}
 
 
@@ -112,22 +120,9 @@ def test_flops_totals_count_the_kept_weights_of_every_layer(fixed_run: dict[str,
 def test_conv_flops_count_output_positions(tmp_path: Path) -> None:
     from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule
 
-    seed_everything(0, verbose=False)
     callback = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=1, importance="lamp", report=False)
     model = CNN1DClassifier(channels=[8, 8])
-    trainer = Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[callback],
-    )
-    trainer.fit(model, datamodule=MNIST1DDataModule(batch_size=64, num_samples=600))
+    _fit(tmp_path, callback, 2, model, MNIST1DDataModule(batch_size=64, num_samples=600), limit_val_batches=1)
     totals = callback.report_record()["totals"]
     # Length 40: the first conv keeps 40 positions, the second (stride 2) 20, the head 1.
     conv1, conv2, head = (t.param for t in callback.targets)
