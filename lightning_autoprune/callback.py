@@ -25,11 +25,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import calibration, masks, reporting, selection, tolerance
+from lightning_autoprune import calibration, masks, reporting, selection, structured, tolerance, unit_importance
 from lightning_autoprune import importance as scoring
 from lightning_autoprune import schedule as schedules
 from lightning_autoprune.importance import StatefulScorer
-from lightning_autoprune.targets import PruneTarget, resolve_targets
+from lightning_autoprune.targets import PruneTarget, resolve_targets, structured_targets
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
@@ -85,8 +85,18 @@ class AutoPrune(Callback):
             pretrained importance model and refine it during the run.
         label_groups: ``importance="learned"`` only: group ablations measured per pruning event
             (each is one forward pass over ``calibration_samples`` held-out training samples).
-        granularity: ``"unstructured"`` prunes single weights. ``"structured"`` (whole neurons
-            and channels) is not available yet.
+        granularity: ``"unstructured"`` prunes single weights. ``"structured"`` prunes whole
+            neurons (Linear outputs) and channels (Conv outputs), with every coupled slice
+            (bias, BatchNorm ``gamma``/``beta``, the next layer's input columns, branches joined
+            by a residual addition) pruned together, traced with Torch-Pruning on the first
+            training batch (or ``example_input_array``). Sparsity then counts the parameters of
+            those tensors; ``importance`` must be ``"learned"`` (single-unit ablations near the
+            frontier teach a scikit-learn model, checked against Taylor on held-out units),
+            ``"taylor"``, ``"magnitude"`` or ``"random"``.
+        compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
+            remove the pruned units (:func:`lightning_autoprune.compact`), keep the smaller model
+            as ``callback.compacted_model`` and save it (``torch.save`` of the module, in eval
+            mode) as ``compacted_model.pt`` in ``report_dir``.
         schedule: how sparsity grows between ``start_epoch`` and ``end_epoch``: ``"cubic"``
             (Zhu & Gupta 2017, fast early and gentle late), ``"linear"``, or ``"one_shot"`` (all
             at ``end_epoch``).
@@ -133,6 +143,7 @@ class AutoPrune(Callback):
         estimator: str | None = None,
         label_groups: int = 128,
         granularity: Literal["unstructured", "structured"] = "unstructured",
+        compact_on_fit_end: bool = False,
         schedule: Literal["cubic", "linear", "one_shot"] = "cubic",
         start_epoch: int | None = None,
         end_epoch: int | None = None,
@@ -152,6 +163,8 @@ class AutoPrune(Callback):
             max_metric_drop=max_metric_drop,
             mode=mode,
             granularity=granularity,
+            importance=importance,
+            compact_on_fit_end=compact_on_fit_end,
             schedule=schedule,
             start_epoch=start_epoch,
             end_epoch=end_epoch,
@@ -167,6 +180,7 @@ class AutoPrune(Callback):
         self.estimator = estimator
         self.label_groups = label_groups
         self.granularity = granularity
+        self.compact_on_fit_end = compact_on_fit_end
         self.schedule: schedules.ScheduleKind = schedule
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
@@ -180,7 +194,11 @@ class AutoPrune(Callback):
         self.report = report
         self.report_dir = report_dir
 
-        self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
+        self.scorer: Any
+        if granularity == "structured":
+            self.scorer = unit_importance.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
+        else:
+            self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
         if verbose and hasattr(self.scorer, "progress"):
             self.scorer.progress = rank_zero_info
         self.generator = torch.Generator().manual_seed(seed)
@@ -206,6 +224,10 @@ class AutoPrune(Callback):
         self._positions: dict[str, int] = {}  # output positions per sample of Linear/Conv targets (FLOPs)
         self._position_hooks: list[RemovableHandle] = []
         self._logged_decisions = 0
+        self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
+        self._example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._example_hook: RemovableHandle | None = None
+        self.compacted_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ identity and state
     def __getstate__(self) -> dict[str, Any]:
@@ -213,6 +235,8 @@ class AutoPrune(Callback):
         state = self.__dict__.copy()
         state["generator"] = self.generator.get_state().numpy().tobytes()
         state["_handles"] = []
+        state["_position_hooks"] = []
+        state["_example_hook"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -271,6 +295,15 @@ class AutoPrune(Callback):
             return
         check_supported_strategy(trainer.strategy)
         self.targets = resolve_targets(pl_module, self.include, self.exclude)
+        if self.granularity == "structured":
+            self.targets, skipped = structured_targets(pl_module, self.targets)
+            if skipped:
+                warnings.warn(
+                    "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
+                    f"pruning handles Linear and ordinary Conv layers only: {', '.join(skipped)}.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         _check_no_overlap(self, trainer)
         self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
         self.window = self._resolve_window(trainer)
@@ -282,11 +315,13 @@ class AutoPrune(Callback):
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
-        if self.scorer.needs_context and not self._initial_weights:
+        if self.scorer.needs_context and self.granularity == "unstructured" and not self._initial_weights:
             self._initial_weights = {t.name: t.param.detach().clone() for t in self.targets}
             self._movement = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in self.targets}
         self._enforce()
         self._watch_output_positions()
+        if self.granularity == "structured" and self._example is None:
+            self._capture_example_inputs(pl_module)
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
             for target in self.targets:
@@ -372,12 +407,18 @@ class AutoPrune(Callback):
             return
         if self.automatic:
             self._finish_search(trainer, pl_module)
+        # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
+        directory = self._report_directory(trainer) if self.report or self.compact_on_fit_end else None
+        compaction = None
+        if self.compact_on_fit_end and trainer.is_global_zero:
+            assert directory is not None
+            compaction = self._compact(pl_module, directory)
         record = self.report_record(pl_module)
+        if compaction is not None:
+            record["compaction"] = compaction
         if self.verbose and trainer.is_global_zero:
             reporting.print_summary(record)
-        # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
-        directory = self._report_directory(trainer) if self.report else None
-        if directory is not None and trainer.is_global_zero:
+        if self.report and directory is not None and trainer.is_global_zero:
             reporting.write_report(record, directory)
             if self.verbose:
                 rank_zero_info(f"[AutoPrune] report written to {directory / 'report.md'}")
@@ -388,6 +429,40 @@ class AutoPrune(Callback):
             handle.remove()
         self._handles.clear()
         self._position_hooks.clear()
+        if self._example_hook is not None:
+            self._example_hook.remove()
+            self._example_hook = None
+
+    def _compact(self, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
+        """Remove the pruned units physically; keep the result and save it atomically."""
+        from lightning_autoprune.compact import compact, count_parameters
+
+        if self._example is None:
+            raise ValueError(
+                "compact_on_fit_end needs example inputs, but the model was never called. "
+                "HINT: set `self.example_input_array` in your LightningModule."
+            )
+        args, kwargs = self._example
+        if kwargs:
+            raise ValueError(
+                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
+                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
+            )
+        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
+        small = compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
+        self.compacted_model = small
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "compacted_model.pt"
+        partial = path.with_name(path.name + ".partial")
+        torch.save(small, partial)
+        partial.replace(path)
+        before, after = count_parameters(pl_module), count_parameters(small)
+        if self.verbose:
+            rank_zero_info(
+                f"[AutoPrune] compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
+                f"{path} (load with torch.load(path, weights_only=False))"
+            )
+        return {"params_before": before, "params_after": after, "path": str(path)}
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -427,7 +502,14 @@ class AutoPrune(Callback):
             for layer in layers
             if layer["name"] in self._positions
         ]
-        if flops and len(flops) == len(layers):
+        # Structured runs also mask biases and BatchNorm affines: only the weights count towards FLOPs.
+        convs = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        weights = [
+            t
+            for t in self.targets
+            if self.granularity == "unstructured" or (t.param_name == "weight" and isinstance(t.module, convs))
+        ]
+        if flops and len(flops) == len(weights):
             totals["flops_before"] = sum(before for before, _ in flops)
             totals["flops_after"] = sum(after for _, after in flops)
         if pl_module is not None:
@@ -830,8 +912,71 @@ class AutoPrune(Callback):
                     stacklevel=2,
                 )
                 return None
+        if self.granularity == "structured":
+            groups = self._traced_groups(trainer, pl_module)
+            keys = self.scorer.score_units(groups, inputs)
+            keep = structured.select_units(groups, keys, self.masks, target, min_density=self.min_layer_density)
+            return structured.unit_masks(groups, keep, self.masks)
         scores = self.scorer.score(inputs)
         return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
+
+    def _capture_example_inputs(self, pl_module: pl.LightningModule) -> None:
+        """Structured mode traces the model: use ``example_input_array``, else keep the first forward call's inputs."""
+        example = pl_module.example_input_array
+        if example is not None:
+            if isinstance(example, Mapping):
+                self._example = ((), dict(example))
+            else:
+                self._example = (tuple(example) if isinstance(example, tuple) else (example,), {})
+            return
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self._example is None:
+                self._example = (_detached(args), _detached(kwargs))
+            if self._example_hook is not None:
+                self._example_hook.remove()
+                self._example_hook = None
+
+        self._example_hook = pl_module.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _traced_groups(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[structured.UnitGroup]:
+        """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
+        if self.unit_groups is not None:
+            return self.unit_groups
+        if self._example is None and isinstance(trainer.train_dataloader, torch.utils.data.DataLoader):
+            # No forward call yet (pruning at the very start): run one training batch through
+            # `training_step` to see what the model is called with. A generator of its own keeps
+            # the callback's generator, and so resumed runs, unaffected.
+            batches = calibration.calibration_batches(
+                trainer.train_dataloader, 1, torch.Generator().manual_seed(self.seed)
+            )
+            assert isinstance(batches, list)
+            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), torch.no_grad():
+                pl_module.training_step(trainer.strategy.batch_to_device(batches[0]), 0)
+        if self._example is None:
+            raise ValueError(
+                "granularity='structured' traces the model to find coupled layers, but it never saw the model "
+                "called. HINT: set `self.example_input_array` in your LightningModule, or call `self(x)` in "
+                "`training_step`."
+            )
+        args, kwargs = self._example
+        prunable = {t.name for t in self.targets if t.param_name == "weight"}
+        groups, kept = structured.find_unit_groups(
+            pl_module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
+        )
+        if kept:
+            warnings.warn(
+                f"AutoPrune (granularity='structured') keeps every unit of: {', '.join(kept)}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if not groups:
+            raise ValueError(
+                "granularity='structured' found no unit it can prune: every selected layer produces the model's "
+                "output or is coupled to a layer it cannot handle. HINT: use granularity='unstructured'."
+            )
+        self.unit_groups = groups
+        return groups
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: scoring.ScoreInputs) -> None:
         """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
@@ -1049,6 +1194,8 @@ def _validate_arguments(
     max_metric_drop: float,
     mode: str | None,
     granularity: str,
+    importance: str,
+    compact_on_fit_end: bool,
     schedule: str,
     start_epoch: int | None,
     end_epoch: int | None,
@@ -1064,8 +1211,16 @@ def _validate_arguments(
         raise ValueError(f"`mode` must be one of 'max', 'min' or None, got {mode!r}.")
     if granularity not in _GRANULARITIES:
         raise ValueError(f"`granularity` must be one of 'unstructured', 'structured', got {granularity!r}.")
-    if granularity == "structured":
-        raise ValueError("`granularity`='structured' is not available yet in this version; use 'unstructured'.")
+    if granularity == "structured" and importance not in unit_importance.UNIT_SCORERS:
+        allowed = ", ".join(repr(s) for s in unit_importance.UNIT_SCORERS)
+        raise ValueError(f"With granularity='structured', `importance` must be one of {allowed}, got {importance!r}.")
+    if not isinstance(compact_on_fit_end, bool):
+        raise ValueError(f"`compact_on_fit_end` must be True or False, got {compact_on_fit_end!r}.")
+    if compact_on_fit_end and granularity != "structured":
+        raise ValueError(
+            "`compact_on_fit_end`=True needs granularity='structured' (unstructured sparsity removes no whole "
+            f"unit; save it with lightning_autoprune.save_sparse instead), got granularity={granularity!r}."
+        )
     if schedule not in schedules.SCHEDULES:
         allowed = ", ".join(repr(s) for s in schedules.SCHEDULES)
         raise ValueError(f"`schedule` must be one of {allowed}, got {schedule!r}.")
@@ -1167,6 +1322,19 @@ def _describe_decision(record: Mapping[str, Any], monitor: str) -> str:
         f"[AutoPrune] epoch {record['epoch']}: sparsity {record['proposed']:.4f} {verdict} "
         f"({monitor} {value} vs reference {record['reference']:.4f}, step {record['step']:.3f})"
     )
+
+
+def _detached(obj: Any) -> Any:
+    """A detached copy of the tensors in ``obj`` (nested tuples, lists, dicts); other values as they are."""
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple):
+        return tuple(_detached(v) for v in obj)
+    if isinstance(obj, list):
+        return [_detached(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    return obj
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -146,3 +146,42 @@ def resolve_targets(
             "HINT: name the tensors to prune with `include`, e.g. include=['encoder.*.weight']."
         )
     return selected
+
+
+def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tuple[list[PruneTarget], list[str]]:
+    """The tensors structured pruning masks: the selected Linear/Conv weights, their biases, BatchNorm affines.
+
+    Structured pruning zeroes whole units, so besides the selected weights it masks the bias of
+    each selected layer and the ``weight``/``bias`` of every affine BatchNorm (a pruned channel's
+    ``gamma`` and ``beta``). Which slices go together is decided later, by tracing
+    (:func:`lightning_autoprune.structured.find_unit_groups`).
+
+    Returns:
+        The targets, in ``named_parameters`` order, and the names of selected weights that
+        structured pruning cannot prune (Embedding, RNN, attention, transposed or grouped
+        convolutions).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        >>> found, skipped = structured_targets(model, default_targets(model))
+        >>> [t.name for t in found], skipped
+        (['0.weight', '0.bias', '1.weight', '1.bias', '2.weight', '2.bias'], [])
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.conv import _ConvNd
+
+    def plain(module: nn.Module) -> bool:
+        if isinstance(module, nn.Linear):
+            return True
+        return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
+
+    chosen = {t.module_name for t in weights if t.param_name == "weight" and plain(t.module)}
+    skipped = [t.name for t in weights if not (t.param_name == "weight" and plain(t.module))]
+    found: list[PruneTarget] = []
+    for target in all_parameter_targets(model):
+        module = target.module
+        if (target.module_name in chosen and target.param_name in ("weight", "bias")) or (
+            isinstance(module, _BatchNorm) and module.affine and target.param_name in ("weight", "bias")
+        ):
+            found.append(target)
+    return found, skipped

@@ -1,0 +1,163 @@
+"""AutoPrune with granularity='structured': real Trainers on digits, coupled masks, compaction, exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _cnn() -> CNN1DClassifier:
+    return CNN1DClassifier(length=64, channels=[12, 12], lr=1e-2)
+
+
+def _channel_is_dead(model: CNN1DClassifier, conv: int, channel: int) -> bool:
+    net = model.net
+    return bool((net[conv].weight[channel] == 0).all() and net[conv + 1].weight[channel] == 0)
+
+
+def test_structured_cnn_prunes_coupled_channels_and_compacts(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(
+        target_sparsity=0.6,
+        granularity="structured",
+        importance="learned",
+        label_groups=16,
+        start_epoch=1,
+        end_epoch=3,
+        compact_on_fit_end=True,
+        report_dir=str(tmp_path / "report"),
+        verbose=False,
+    )
+    model = _cnn()
+    trainer = Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=2, callbacks=[autoprune], **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+
+    assert 0.5 <= autoprune.sparsity() <= 0.6  # structured steps undershoot, never overshoot
+    assert autoprune.scorer.diagnostics, "the learned unit scorer checked itself at every event"
+    net = model.net
+    for conv, consumer in ((0, 3), (3, None)):  # a dead channel is dead in its conv, its BN and its consumer
+        for channel in range(net[conv].out_channels):
+            dead = _channel_is_dead(model, conv, channel)
+            beta_zero = bool(net[conv + 1].bias[channel] == 0)
+            assert dead == beta_zero
+            if consumer is not None and dead:
+                assert (net[consumer].weight[:, channel] == 0).all()
+            if consumer is None and dead:
+                assert (net[-1].weight[:, channel] == 0).all()
+    assert (net[-1].weight != 0).any(dim=1).all(), "the classifier's outputs are never pruned"
+
+    small = autoprune.compacted_model
+    assert small is not None
+    widths = [m.out_channels for m in small.net if isinstance(m, torch.nn.Conv1d)]
+    expected = [sum(not _channel_is_dead(model, c, k) for k in range(12)) for c in (0, 3)]
+    assert widths == expected
+    assert sum(widths) < 24
+    x = digits.val_dataloader().dataset.tensors[0][:32]
+    model.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+    loaded = torch.load(tmp_path / "report" / "compacted_model.pt", weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert (tmp_path / "report" / "report.md").exists()
+
+
+@pytest.mark.parametrize("importance", ["taylor", "learned"])
+def test_structured_resume_gives_identical_masks(
+    importance: str, digits: DigitsDataModule, trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    def make_callback() -> AutoPrune:
+        return AutoPrune(
+            target_sparsity=0.7,
+            granularity="structured",
+            importance=importance,
+            label_groups=16,
+            start_epoch=1,
+            end_epoch=4,
+            report=False,
+            verbose=False,
+        )
+
+    common = {**trainer_kwargs, "max_epochs": 6, "limit_train_batches": 4, "limit_val_batches": 1}
+    seed_everything(0)
+    uninterrupted = make_callback()
+    model_a = MLPClassifier(lr=1e-2)
+    Trainer(callbacks=[uninterrupted], **common).fit(model_a, datamodule=digits)
+
+    seed_everything(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    interrupted = Trainer(
+        callbacks=[make_callback(), checkpoint, StopAfter(epoch=2)], **{**common, "enable_checkpointing": True}
+    )
+    interrupted.fit(MLPClassifier(lr=1e-2), datamodule=digits)
+
+    seed_everything(1234)
+    resumed = make_callback()
+    model_b = MLPClassifier(lr=1e-2)
+    Trainer(callbacks=[resumed], **common).fit(model_b, datamodule=digits, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+    assert set(resumed.masks) == set(uninterrupted.masks)
+    for name, mask in uninterrupted.masks.items():
+        assert torch.equal(resumed.masks[name], mask), name
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    hidden = next(m for m in model_a.net if isinstance(m, torch.nn.Linear)).weight
+    assert 0 < int((hidden == 0).all(dim=1).sum()) < hidden.shape[0], "whole neurons were pruned"
+
+
+def test_structured_automatic_mode_stays_within_tolerance(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(granularity="structured", importance="taylor", verbose=False, report=False)
+    trainer = Trainer(max_epochs=12, limit_train_batches=8, callbacks=[autoprune], **trainer_kwargs)
+    trainer.fit(MLPClassifier(lr=1e-2), datamodule=digits)
+    record = autoprune.report_record()
+    assert record["mode"] == "automatic"
+    assert autoprune.search.stop_reason
+    final = trainer.callback_metrics["val_acc"].item()
+    assert autoprune.search.reference is not None
+    assert final >= autoprune.search.reference - 0.01 - 1e-6
+    assert record["totals"]["flops_after"] <= record["totals"]["flops_before"]
+
+
+def test_structured_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"granularity='structured', `importance` must be one of .* got 'lamp'"):
+        AutoPrune(granularity="structured", importance="lamp")
+    with pytest.raises(ValueError, match="`compact_on_fit_end`=True needs granularity='structured'"):
+        AutoPrune(compact_on_fit_end=True)
+    with pytest.raises(ValueError, match="`compact_on_fit_end` must be True or False, got 'yes'"):
+        AutoPrune(granularity="structured", compact_on_fit_end="yes")  # type: ignore[arg-type]
+
+
+def test_structured_model_without_prunable_units_fails_clearly(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+) -> None:
+    autoprune = AutoPrune(target_sparsity=0.5, granularity="structured", importance="magnitude", verbose=False)
+    model = MLPClassifier(hidden=[])  # a single Linear: all its units are the model's outputs
+    trainer = Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
+    with (
+        pytest.raises(RuntimeError, match="found no unit it can prune"),
+        pytest.warns(UserWarning, match="keeps every"),
+    ):
+        trainer.fit(model, datamodule=digits)
