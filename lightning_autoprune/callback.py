@@ -8,6 +8,7 @@ scores), :mod:`~lightning_autoprune.schedule` (when and how much) and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -912,12 +913,24 @@ class AutoPrune(Callback):
                     stacklevel=2,
                 )
                 return None
-        if self.granularity == "structured":
-            groups = self._traced_groups(trainer, pl_module)
-            keys = self.scorer.score_units(groups, inputs)
-            keep = structured.select_units(groups, keys, self.masks, target, min_density=self.min_layer_density)
-            return structured.unit_masks(groups, keep, self.masks)
-        scores = self.scorer.score(inputs)
+        # Scorers that measure ablations call `inputs.loss_fn` many times: enter eval mode and mute
+        # logging once around the whole scoring, not around every call. Their scikit-learn fits
+        # run on one BLAS thread: small matrix products gain nothing from more, and BLAS threads
+        # spinning against torch's own thread pool made a 10 ms ridge fit take 0.5 s.
+        scoring_context = contextlib.ExitStack()
+        if self.scorer.needs_context:
+            from threadpoolctl import threadpool_limits
+
+            scoring_context.enter_context(calibration.evaluation_mode(pl_module))
+            scoring_context.enter_context(calibration.muted_logging(pl_module))
+            scoring_context.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        with scoring_context:
+            if self.granularity == "structured":
+                groups = self._traced_groups(trainer, pl_module)
+                keys = self.scorer.score_units(groups, inputs)
+                keep = structured.select_units(groups, keys, self.masks, target, min_density=self.min_layer_density)
+                return structured.unit_masks(groups, keep, self.masks)
+            scores = self.scorer.score(inputs)
         return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
 
     def _capture_example_inputs(self, pl_module: pl.LightningModule) -> None:
@@ -1026,9 +1039,8 @@ class AutoPrune(Callback):
         inputs.params = {name: p.data for name, p in params.items()}
         inputs.exp_avg_sq = _optimizer_second_moments(trainer, params)
 
-        def label_loss() -> float:
-            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
-                return calibration.mean_loss(loss_fn, label_batches)
+        def label_loss() -> float:  # called inside the eval-mode, muted context of `_compute_masks`
+            return calibration.mean_loss(loss_fn, label_batches)
 
         inputs.loss_fn = label_loss
 

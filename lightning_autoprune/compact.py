@@ -180,6 +180,10 @@ def compact(
     with torch.inference_mode(False):
         inputs = tuple(x.clone() for x in inputs)
         work = copy.deepcopy(model)
+        if getattr(work, "_metric_attributes", None) is not None:
+            # A LightningModule caches which attribute holds each torchmetrics object, by object id;
+            # the copy's metrics are new objects, so the cache must be rebuilt for `self.log`.
+            work.__dict__["_metric_attributes"] = None
         training = {name: m.training for name, m in work.named_modules()}
         grad_flags = {name: p.requires_grad for name, p in work.named_parameters()}
 

@@ -147,6 +147,7 @@ class LearnedScorer:
             self.pretrained = load_importance_model(model_path or DEFAULT_MODEL_PATH)
             check_feature_count(self.pretrained, model_path or str(DEFAULT_MODEL_PATH))
         self.rows_x: list[np.ndarray] = []  # one block of feature rows per event, all groups
+        self._base_predictions: list[np.ndarray] = []  # the pretrained model on each block (rows never change)
         self.rows_y: list[np.ndarray] = []
         self.diagnostics: list[dict[str, Any]] = []
         self.model: Any = None
@@ -173,6 +174,7 @@ class LearnedScorer:
                     f"{len(FEATURE_NAMES)}. Start the run again, or resume it with the version that wrote it."
                 )
         self.rows_x = rows_x
+        self._base_predictions = []
         self.rows_y = [y.numpy() for y in state.get("rows_y", [])]
         self.diagnostics = copy.deepcopy(list(state.get("diagnostics", [])))
 
@@ -201,7 +203,14 @@ class LearnedScorer:
         fit_x = np.concatenate([*self.rows_x, x[train_rows]])
         fit_y = np.concatenate([*self.rows_y, y[owner][train_rows]])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=inputs.generator))
-        self.model = self._fit(fit_x, fit_y, seed)
+        base = None
+        if self.pretrained is not None:  # predict each block once, not again at every later event
+            while len(self._base_predictions) < len(self.rows_x):
+                self._base_predictions.append(self.pretrained.predict(self.rows_x[len(self._base_predictions)]))
+            current = np.asarray(self.pretrained.predict(x))
+            base = np.concatenate([*self._base_predictions, current[train_rows]])
+            self._base_predictions.append(current)
+        self.model = self._fit(fit_x, fit_y, seed, base)
         self.rows_x.append(x)
         self.rows_y.append(y[owner])
         self._last_rows = (x, y[owner])
@@ -272,15 +281,19 @@ class LearnedScorer:
                 f"AutoPrune: measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)"
             )
 
-    def feature_importances(self, repeats: int = 5, seed: int = 0) -> dict[str, float]:
+    def feature_importances(self, repeats: int = 3, seed: int = 0, max_rows: int = 2048) -> dict[str, float]:
         """Permutation importance of each feature on the last event's rows: the drop in Spearman correlation.
 
+        Uses at most ``max_rows`` of those rows (drawn with ``seed``), so the report stays cheap.
         Returns an empty dict before the first fitted event.
         """
         if self.model is None or self._last_rows is None:
             return {}
         x, y = self._last_rows
         rng = np.random.default_rng(seed)
+        if len(y) > max_rows:
+            keep = rng.choice(len(y), size=max_rows, replace=False)
+            x, y = x[keep], y[keep]
         base = _spearman(self._predict_rows(x), y)
         out: dict[str, float] = {}
         for j, name in enumerate(FEATURE_NAMES):
@@ -293,11 +306,11 @@ class LearnedScorer:
         return out
 
     # -------------------------------------------------------------------------------- internals
-    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, base: np.ndarray | None = None) -> Any:
         from sklearn.base import clone, is_classifier
 
         if self.template is None:
-            return _Refined(self.pretrained, x, y)
+            return _Refined(self.pretrained, x, y, base_predictions=base)
         model = clone(self.template)
         if "random_state" in model.get_params():
             model.set_params(random_state=seed)
@@ -383,14 +396,16 @@ class _Refined:
     pretrained predictions only a little; with many rows it can correct them substantially.
     """
 
-    def __init__(self, base: Any, x: np.ndarray, y: np.ndarray, alpha: float = 30.0) -> None:
+    def __init__(
+        self, base: Any, x: np.ndarray, y: np.ndarray, alpha: float = 30.0, base_predictions: np.ndarray | None = None
+    ) -> None:
         from sklearn.linear_model import Ridge
 
         self.base = base
         self.n_features_in_ = x.shape[1]
         self.mean = x.mean(axis=0)
         self.std = x.std(axis=0) + 1e-6
-        residual = y - base.predict(x)
+        residual = y - (base.predict(x) if base_predictions is None else base_predictions)
         self.correction = Ridge(alpha=alpha).fit((x - self.mean) / self.std, residual)
 
     def predict(self, x: np.ndarray) -> np.ndarray:

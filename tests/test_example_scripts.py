@@ -55,3 +55,13 @@ def test_finetune_from_checkpoint(tmp_path: Path) -> None:
     assert result["reloaded"] == pytest.approx(result["sparsity"], abs=0.01)  # biases are never pruned
     state = torch.load(tmp_path / "dense_pruned.ckpt", weights_only=True)
     assert "state_dict" in state
+
+
+@pytest.mark.filterwarnings("ignore:AutoPrune:UserWarning")
+def test_structured_cnn_compacts_and_times_both_models(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--epochs", "3", "--target", "0.5", "--importance", "taylor", "--limit_batches", "4", "--repeats", "10"]
+    results = _load("structured_cnn").main(argv)
+    assert results["compacted"]["params"] < results["dense"]["params"]
+    assert results["compacted"]["flops"] < results["dense"]["flops"]
+    assert all(row["latency_ms_b256"] > 0 for row in results.values())
+    assert "compacted channel widths" in capsys.readouterr().out
