@@ -89,8 +89,9 @@ class AutoPrune(Callback):
         granularity: ``"unstructured"`` prunes single weights. ``"structured"`` prunes whole
             neurons (Linear outputs) and channels (Conv outputs), with every coupled slice
             (bias, BatchNorm ``gamma``/``beta``, the next layer's input columns, branches joined
-            by a residual addition) pruned together, traced with Torch-Pruning on the first
-            training batch (or ``example_input_array``). Sparsity then counts the parameters of
+            by a residual addition) pruned together, traced with Torch-Pruning on what
+            ``training_step`` passes the model for one training batch (or
+            ``example_input_array``). Sparsity then counts the parameters of
             those tensors; ``importance`` must be ``"learned"`` (single-unit ablations near the
             frontier teach a scikit-learn model, checked against Taylor on held-out units),
             ``"taylor"``, ``"magnitude"`` or ``"random"``.
@@ -227,7 +228,6 @@ class AutoPrune(Callback):
         self._logged_decisions = 0
         self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
         self._example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-        self._example_hook: RemovableHandle | None = None
         self.compacted_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ identity and state
@@ -237,7 +237,6 @@ class AutoPrune(Callback):
         state["generator"] = self.generator.get_state().numpy().tobytes()
         state["_handles"] = []
         state["_position_hooks"] = []
-        state["_example_hook"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -321,8 +320,6 @@ class AutoPrune(Callback):
             self._movement = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in self.targets}
         self._enforce()
         self._watch_output_positions()
-        if self.granularity == "structured" and self._example is None:
-            self._capture_example_inputs(pl_module)
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
             for target in self.targets:
@@ -413,7 +410,7 @@ class AutoPrune(Callback):
         compaction = None
         if self.compact_on_fit_end and trainer.is_global_zero:
             assert directory is not None
-            compaction = self._compact(pl_module, directory)
+            compaction = self._compact(trainer, pl_module, directory)
         record = self.report_record(pl_module)
         if compaction is not None:
             record["compaction"] = compaction
@@ -430,19 +427,13 @@ class AutoPrune(Callback):
             handle.remove()
         self._handles.clear()
         self._position_hooks.clear()
-        if self._example_hook is not None:
-            self._example_hook.remove()
-            self._example_hook = None
 
-    def _compact(self, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
+    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
         """Remove the pruned units physically; keep the result and save it atomically."""
         from lightning_autoprune.compact import compact, count_parameters
 
-        if self._example is None:
-            raise ValueError(
-                "compact_on_fit_end needs example inputs, but the model was never called. "
-                "HINT: set `self.example_input_array` in your LightningModule."
-            )
+        self._ensure_example_inputs(trainer, pl_module)
+        assert self._example is not None
         args, kwargs = self._example
         if kwargs:
             raise ValueError(
@@ -933,8 +924,17 @@ class AutoPrune(Callback):
             scores = self.scorer.score(inputs)
         return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
 
-    def _capture_example_inputs(self, pl_module: pl.LightningModule) -> None:
-        """Structured mode traces the model: use ``example_input_array``, else keep the first forward call's inputs."""
+    def _ensure_example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Find what the model is called with: ``example_input_array``, else the inputs ``training_step`` passes.
+
+        One training batch, drawn with a generator of its own (the callback's generator, and so a
+        resumed run, stay unaffected), goes through ``training_step`` in eval mode without
+        gradients or logging, and the first call of the module's ``forward`` is recorded. Called
+        directly, not through the Trainer: under DDP, Lightning redirects ``forward`` to
+        ``training_step`` while its wrapper runs.
+        """
+        if self._example is not None:
+            return
         example = pl_module.example_input_array
         if example is not None:
             if isinstance(example, Mapping):
@@ -942,36 +942,39 @@ class AutoPrune(Callback):
             else:
                 self._example = (tuple(example) if isinstance(example, tuple) else (example,), {})
             return
+        loader = trainer.train_dataloader
+        if not isinstance(loader, torch.utils.data.DataLoader):
+            raise ValueError(
+                "granularity='structured' traces the model on one training batch, but the training loader is "
+                f"{type(loader).__name__}, not a DataLoader. HINT: set `self.example_input_array` in your "
+                "LightningModule."
+            )
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self._example is None:
                 self._example = (_detached(args), _detached(kwargs))
-            if self._example_hook is not None:
-                self._example_hook.remove()
-                self._example_hook = None
 
-        self._example_hook = pl_module.register_forward_pre_hook(hook, with_kwargs=True)
+        batches = calibration.calibration_batches(loader, 1, torch.Generator().manual_seed(self.seed))
+        assert isinstance(batches, list)
+        handle = pl_module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), torch.no_grad():
+                pl_module.training_step(trainer.strategy.batch_to_device(batches[0]), 0)
+        finally:
+            handle.remove()
+        if self._example is None:
+            raise ValueError(
+                "granularity='structured' traces the model to find coupled layers, but `training_step` never "
+                "called the module itself. HINT: set `self.example_input_array` in your LightningModule, or "
+                "call `self(x)` in `training_step`."
+            )
 
     def _traced_groups(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[structured.UnitGroup]:
         """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
         if self.unit_groups is not None:
             return self.unit_groups
-        if self._example is None and isinstance(trainer.train_dataloader, torch.utils.data.DataLoader):
-            # No forward call yet (pruning at the very start): run one training batch through
-            # `training_step` to see what the model is called with. A generator of its own keeps
-            # the callback's generator, and so resumed runs, unaffected.
-            batches = calibration.calibration_batches(
-                trainer.train_dataloader, 1, torch.Generator().manual_seed(self.seed)
-            )
-            assert isinstance(batches, list)
-            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), torch.no_grad():
-                pl_module.training_step(trainer.strategy.batch_to_device(batches[0]), 0)
-        if self._example is None:
-            raise ValueError(
-                "granularity='structured' traces the model to find coupled layers, but it never saw the model "
-                "called. HINT: set `self.example_input_array` in your LightningModule, or call `self(x)` in "
-                "`training_step`."
-            )
+        self._ensure_example_inputs(trainer, pl_module)
+        assert self._example is not None
         args, kwargs = self._example
         prunable = {t.name for t in self.targets if t.param_name == "weight"}
         groups, kept = structured.find_unit_groups(

@@ -27,7 +27,8 @@ class SaveMasks(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         masks = {name: mask.cpu() for name, mask in self.autoprune.masks.items()}
         path = self.out / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
-        scorer_rows = [len(y) for y in getattr(self.autoprune.scorer, "rows_y", [])]
+        scorer = self.autoprune.scorer
+        scorer_rows = [len(y) for y in getattr(scorer, "rows_y", getattr(scorer, "labels", []))]
         state = {"masks": masks, "sparsity": self.autoprune.sparsity(), "search": self.autoprune.search.to_dict()}
         torch.save({**state, "scorer_rows": scorer_rows}, path)
 
@@ -38,16 +39,29 @@ def main() -> None:
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--importance", default="lamp")
     parser.add_argument("--auto", action="store_true")
+    parser.add_argument("--granularity", default="unstructured")
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     seed_everything(0)
     if args.auto:
-        autoprune = AutoPrune(importance=args.importance, start_epoch=1, end_epoch=args.epochs - 1, verbose=False)
+        autoprune = AutoPrune(
+            importance=args.importance,
+            granularity=args.granularity,
+            start_epoch=1,
+            end_epoch=args.epochs - 1,
+            verbose=False,
+        )
     else:
         autoprune = AutoPrune(
-            target_sparsity=0.8, importance=args.importance, start_epoch=1, end_epoch=args.epochs - 2, verbose=False
+            target_sparsity=0.8,
+            importance=args.importance,
+            granularity=args.granularity,
+            label_groups=32,
+            start_epoch=1,
+            end_epoch=args.epochs - 2,
+            verbose=False,
         )
     trainer = Trainer(
         accelerator="cpu",
