@@ -334,7 +334,10 @@ class AutoPrune(Callback):
             scheduled = self._search_step(trainer, pl_module, epoch)
         else:
             scheduled = self._scheduled(epoch)
-            if scheduled > masks.mask_sparsity(self.masks):
+            # Whole units rarely sum to the target exactly, so structured masks stop just below it;
+            # they are pruned again only when the schedule moves on, not at every later epoch.
+            last_target = self.history[-1]["target"] if self.history and self.granularity == "structured" else 0.0
+            if scheduled > masks.mask_sparsity(self.masks) and scheduled > last_target:
                 self._prune_with_context(trainer, pl_module, epoch, scheduled)
         self._log_sparsity(pl_module, scheduled)
 

@@ -161,3 +161,22 @@ def test_structured_model_without_prunable_units_fails_clearly(
         pytest.warns(UserWarning, match="keeps every"),
     ):
         trainer.fit(model, datamodule=digits)
+
+
+def test_structured_prunes_only_when_the_schedule_moves(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(
+        target_sparsity=0.5,
+        granularity="structured",
+        importance="taylor",
+        start_epoch=1,
+        end_epoch=3,
+        report=False,
+        verbose=False,
+    )
+    trainer = Trainer(max_epochs=7, limit_train_batches=4, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
+    trainer.fit(_cnn(), datamodule=digits)
+    assert autoprune.sparsity() < 0.5  # whole channels stop just below the target ...
+    assert [event["epoch"] for event in autoprune.history] == [1, 2, 3]  # ... and no event follows end_epoch
