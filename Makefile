@@ -20,13 +20,13 @@ demo: $(STAMP)
 	$(PY) examples/digits_demo.py
 
 test: $(STAMP)
-	$(PY) -m ruff check lightning_autoprune tests examples
+	$(PY) -m ruff check lightning_autoprune tests examples benchmarks scripts
 	$(PY) -m mypy lightning_autoprune
 	$(PY) -m pytest -n 2
 
 lint: $(STAMP)
-	$(PY) -m ruff check lightning_autoprune tests examples
-	$(PY) -m ruff format --check lightning_autoprune tests examples
+	$(PY) -m ruff check lightning_autoprune tests examples benchmarks scripts
+	$(PY) -m ruff format --check lightning_autoprune tests examples benchmarks scripts
 
 typecheck: $(STAMP)
 	$(PY) -m mypy lightning_autoprune
@@ -34,11 +34,14 @@ typecheck: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-# Benchmarks (DESIGN.md §6): the full protocol, then BENCHMARKS.md and benchmarks/plots/ from its results.
+# Benchmarks (DESIGN.md §6): the full protocol, the structured track (training, then latency), then BENCHMARKS.md
+# and benchmarks/plots/ from their results.
 .PHONY: bench bench-quick
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.protocol
+	$(PY) -m benchmarks.structured
+	$(PY) -m benchmarks.structured --latency
 	$(PY) -m benchmarks.report
 
 # A representative subset (digits MLP, 2 seeds, 3 sparsities, 4 methods) into results-quick/, compared

@@ -8,7 +8,7 @@ For each dataset and seed, in one process and on the same data and epochs:
   ``use_lottery_ticket_hypothesis=False``, pruning at each epoch end from epoch ``start`` to
   ``end`` with per-event amounts computed so the *cumulative* sparsity follows the same cubic
   schedule as AutoPrune's fixed mode (ModelPruning's amounts apply to the weights still left);
-- ``AutoPrune(target_sparsity=s)`` (LAMP, cubic) swept over the same sparsities.
+- ``AutoPrune(target_sparsity=s)`` (default importance, cubic) swept over the same sparsities.
 
 Reports the sparsity reached, validation and test drops versus dense, how often the automatic
 run's test drop exceeds the tolerance, and wall time versus one dense run and versus the sweep.
@@ -101,30 +101,49 @@ def best_within(rows: dict[str, dict[str, float]], dense: dict[str, float], key:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first_seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no_fixed",
+        action="store_true",
+        help="skip the AutoPrune fixed-target sweep (the ModelPruning sweep still runs)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine the results of these files (one dataset each) into --out and exit",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     fit("digits", 0, None)  # warm-up
     results: dict[str, Any] = {}
     for dataset in args.datasets:
         per_seed = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             dense = fit(dataset, seed, None)
             auto_cb = AutoPrune(verbose=False, report=False)
             auto = fit(dataset, seed, auto_cb)
             auto["decisions"] = [dict(d) for d in auto_cb.search.decisions]  # type: ignore[assignment]
             auto["reference"] = auto_cb.search.reference  # type: ignore[assignment]
             peer = {str(s): fit(dataset, seed, model_pruning(s, DATASETS[dataset]["epochs"])) for s in SWEEP}
-            fixed = {
-                str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP
-            }
+            fixed = (
+                {}
+                if args.no_fixed
+                else {
+                    str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP
+                }
+            )
             row = {"seed": seed, "dense": dense, "auto": auto, "model_pruning": peer, "autoprune_fixed": fixed}
             row["auto_val_drop"] = dense["val_acc"] - auto["val_acc"]
             row["auto_test_drop"] = dense["test_acc"] - auto["test_acc"]
             row["sweep_best_within_val"] = best_within(peer, dense, "val_acc")
             row["sweep_best_within_test"] = best_within(peer, dense, "test_acc")
-            row["fixed_best_within_test"] = best_within(fixed, dense, "test_acc")
+            row["fixed_best_within_test"] = best_within(fixed, dense, "test_acc") if fixed else None
             row["time_vs_dense"] = auto["seconds"] / dense["seconds"]
             row["time_vs_sweep"] = auto["seconds"] / sum(r["seconds"] for r in peer.values())
             per_seed.append(row)
@@ -136,6 +155,7 @@ def main() -> None:
             )
         results[dataset] = {
             "epochs": DATASETS[dataset]["epochs"],
+            "fixed_sweep": not args.no_fixed,
             "seeds": per_seed,
             "summary": summarize(per_seed),
         }
@@ -147,7 +167,10 @@ def main() -> None:
             "sweep": list(SWEEP),
             "model_pruning_settings": "l1_unstructured, use_global_unstructured=True, "
             "use_lottery_ticket_hypothesis=False, parameter_names=['weight'], cumulative cubic schedule",
-            "autoprune_fixed_settings": "importance='lamp', schedule='cubic', default window",
+            "autoprune_fixed_settings": (
+                f"AutoPrune(target_sparsity=s), otherwise defaults: importance={AutoPrune().importance!r}, "
+                "schedule='cubic', default window"
+            ),
             "automatic_settings": "AutoPrune() defaults",
         },
         "versions": {
@@ -167,7 +190,24 @@ def main() -> None:
         print(dataset, json.dumps(entry["summary"], indent=1))
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+def merge(paths: list[Path], out: Path) -> None:
+    """Write one results file holding the datasets of ``paths`` (runs of this script with ``--datasets``)."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    merged = dict(payloads[0])
+    merged["results"] = {}
+    for payload in payloads:  # files of one dataset and different seeds are joined seed by seed
+        for name, entry in payload["results"].items():
+            if name in merged["results"]:
+                seeds = sorted([*merged["results"][name]["seeds"], *entry["seeds"]], key=lambda row: row["seed"])
+                merged["results"][name] = {**entry, "seeds": seeds, "summary": summarize(seeds)}
+            else:
+                merged["results"][name] = entry
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(out)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     sparsity = [r["auto"]["sparsity"] for r in rows]
     return {
         "auto_sparsity_mean": statistics.mean(sparsity),
@@ -178,7 +218,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         "seeds": len(rows),
         "sweep_best_within_test_median": statistics.median(r["sweep_best_within_test"] for r in rows),
         "sweep_best_within_val_median": statistics.median(r["sweep_best_within_val"] for r in rows),
-        "fixed_best_within_test_median": statistics.median(r["fixed_best_within_test"] for r in rows),
+        "fixed_best_within_test_median": (
+            statistics.median(r["fixed_best_within_test"] for r in rows)
+            if all(r["fixed_best_within_test"] is not None for r in rows)
+            else None
+        ),
         "time_vs_dense_median": statistics.median(r["time_vs_dense"] for r in rows),
         "time_vs_sweep_median": statistics.median(r["time_vs_sweep"] for r in rows),
     }

@@ -124,7 +124,8 @@ def main() -> None:
         results.append(result)
         print(
             f"{before:.2f} -> {after:.2f}: event {result['event_seconds']:.1f} s "
-            f"(label forwards {result['label_forward_seconds']:.1f} s, rest {result['event_seconds_without_labels']:.1f} s), "
+            f"(label forwards {result['label_forward_seconds']:.1f} s, "
+            f"rest {result['event_seconds_without_labels']:.1f} s), "
             f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
             flush=True,
         )

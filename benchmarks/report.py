@@ -2,7 +2,8 @@
 
 The report is a pure function of the run files under ``benchmarks/results/<track>/``: the same
 results give a byte-identical ``BENCHMARKS.md`` (no clock, no host name; every time shown is one
-stored in the results). ``summary.json`` is rewritten from the same run files.
+stored in the results). ``summary.json`` is rewritten from the same run files. The structured
+track (:mod:`benchmarks.structured`) gets its own section when its run files exist.
 
     python -m benchmarks.report [--results benchmarks/results] [--out BENCHMARKS.md] [--plots benchmarks/plots]
 """
@@ -10,11 +11,13 @@ stored in the results). ``summary.json`` is rewritten from the same run files.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import structured as structured_track
 from benchmarks.protocol import (
     METHODS,
     RESULTS,
@@ -236,8 +239,84 @@ def _overhead_table(setup: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
-def render_report(summary: Mapping[str, Any], plots: str = "benchmarks/plots") -> str:
-    """The text of ``BENCHMARKS.md`` for a summary (see :func:`benchmarks.protocol.summarise`)."""
+def render_automatic(payload: Mapping[str, Any]) -> list[str]:
+    """The automatic-mode section from ``benchmarks/results/auto_target.json`` (``benchmarks/auto_target.py``)."""
+    protocol = payload["protocol"]
+    tolerance = 100 * protocol["tolerance"]
+    sweep = ", ".join(f"{s:g}" for s in protocol["sweep"])
+    lines = [
+        "## Automatic mode",
+        "",
+        f"`AutoPrune()` with no arguments (tolerance {tolerance:g} point of validation accuracy), one run per seed, "
+        f"against sweeps over fixed sparsities {{{sweep}}} with the same epochs: Lightning `ModelPruning` "
+        f"({protocol['model_pruning_settings']}) and `{protocol['autoprune_fixed_settings']}`. "
+        f"{protocol['model']}. Produced by `python benchmarks/auto_target.py`; drops are dense minus pruned, in "
+        "points; a violation is a test drop above the tolerance; times are fit wall times (median over seeds).",
+        "",
+    ]
+    header = [
+        "setup",
+        "epochs",
+        "sparsity reached (mean, min)",
+        "val drop",
+        "test drop",
+        "test violations",
+        "ModelPruning sweep: best s within 1 pt (test, median)",
+        "AutoPrune fixed sweep: best s within 1 pt (test, median)",
+        "time / dense run",
+        "time / ModelPruning sweep",
+    ]
+    rows = []
+    verdicts = []
+    for name, entry in payload["results"].items():
+        summary = entry["summary"]
+        rows.append(
+            [
+                name,
+                str(entry["epochs"]),
+                f"{summary['auto_sparsity_mean']:.3f}, {summary['auto_sparsity_min']:.3f}",
+                f"{100 * summary['auto_val_drop_mean']:+.2f}",
+                f"{100 * summary['auto_test_drop_mean']:+.2f}",
+                f"{summary['test_violations']} of {summary['seeds']}",
+                f"{summary['sweep_best_within_test_median']:g}",
+                "not run"
+                if summary["fixed_best_within_test_median"] is None
+                else f"{summary['fixed_best_within_test_median']:g}",
+                f"{summary['time_vs_dense_median']:.2f}x",
+                f"{summary['time_vs_sweep_median']:.2f}x",
+            ]
+        )
+        best = max(summary["sweep_best_within_test_median"], summary["fixed_best_within_test_median"] or 0.0)
+        checks = [
+            (
+                summary["auto_sparsity_mean"] >= best,
+                f"sparsity >= best swept ({summary['auto_sparsity_mean']:.3f} vs {best:g})",
+            ),
+            (summary["test_violations"] <= 1, f"violations <= 1 of 5 ({summary['test_violations']})"),
+            (summary["time_vs_dense_median"] <= 1.5, f"time <= 1.5x dense ({summary['time_vs_dense_median']:.2f}x)"),
+        ]
+        verdicts.append(
+            f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "."
+        )
+    return [*lines, *_table(header, rows), "", "Goals (issue: automatic target):", "", *verdicts]
+
+
+def render_report(
+    summary: Mapping[str, Any],
+    plots: str = "benchmarks/plots",
+    structured_results: Path | None = RESULTS,
+    automatic_results: Path | None = RESULTS / "auto_target.json",
+) -> str:
+    """The text of ``BENCHMARKS.md`` for a summary (see :func:`benchmarks.protocol.summarise`).
+
+    Args:
+        summary: the unstructured track's summary.
+        plots: where the plots are, relative to the repository root (for the image links).
+        structured_results: results root whose ``structured/`` run files give the structured
+            section (none, or ``None``: no section).
+        automatic_results: the results file of ``benchmarks/auto_target.py`` (the automatic-mode
+            section; a missing file, or ``None``: no section).
+    """
     env = summary.get("environment", {})
     budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
     lines = [
@@ -330,7 +409,253 @@ def render_report(summary: Mapping[str, Any], plots: str = "benchmarks/plots") -
             "",
             f"![accuracy vs sparsity, {name}]({plots}/{name}.png)",
         ]
+    if automatic_results is not None and automatic_results.exists():
+        lines += ["", *render_automatic(json.loads(automatic_results.read_text()))]
+    structured = structured_track.load_summary(structured_results) if structured_results is not None else None
+    if structured is not None:
+        lines += ["", *render_structured(structured)]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- structured track
+STRUCTURED_NOTES: dict[str, str] = {
+    "dense": "the dense model fine-tuned for the same 12 epochs without pruning (the reference).",
+    "autoprune_learned": "`AutoPrune(granularity='structured')` with its default `importance='learned'` (single-unit "
+    "ablations near the pruning frontier teach a scikit-learn model, checked against Taylor on held-out units); "
+    "then `compact()`. Its compacted FLOPs are the target the Torch-Pruning runs match and its widths are "
+    "`scratch`'s architecture.",
+    "autoprune_taylor": "the same with `importance='taylor'` (group Taylor with a curvature term, per parameter "
+    "removed); then `compact()`.",
+    "autoprune_magnitude": "the same with `importance='magnitude'` (layer-normalised L2 norm of the unit's slices); "
+    "then `compact()`.",
+    "tp_magnitude": "Torch-Pruning 1.6 `BasePruner` (= `MetaPruner`), `MagnitudeImportance(p=2)`, "
+    "`global_pruning=True`, head ignored, physical pruning at the same 8 epoch starts; per event the number of "
+    "channels is bisected so the FLOPs follow the cubic schedule to `autoprune_learned`'s final FLOPs; a fresh Adam "
+    "after each event.",
+    "tp_taylor": "the same with `TaylorImportance()` (gradients of the mean loss on 512 training samples, computed "
+    "before each event).",
+    "scratch": "`CNN1DClassifier(channels=<autoprune_learned's compacted widths>)` from random init, trained 32 epochs "
+    "(dense + fine-tune epochs).",
+}
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _below(points: float) -> str:
+    """``"0.52 points below dense"`` or ``"0.10 points above dense"``."""
+    return f"{abs(points):.2f} points {'below' if points >= 0 else 'above'} dense"
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**not met**")
+
+
+def _structured_level(summary: Mapping[str, Any], key: str) -> list[str]:
+    level = summary["levels"][key]
+    dense = summary["dense"]
+    reference = structured_track.REFERENCE
+    rows = [
+        [
+            "`dense`",
+            _pm(dense["test_acc_mean"], dense["test_acc_std"]),
+            _count(dense["params"]),
+            "1.00x",
+            _count(dense["flops"]),
+            "1.00x",
+            "",
+            _comparison_cell(level["comparisons"].get("dense")),
+        ]
+    ]
+    for method, cell in level["methods"].items():
+        vs_ref = cell.get("flops_vs_reference_mean")
+        rows.append(
+            [
+                f"`{method}`",
+                _pm(cell["test_acc_mean"], cell["test_acc_std"]),
+                _count(cell["params_mean"]),
+                f"{cell['params_vs_dense']:.2f}x",
+                _count(cell["flops_mean"]),
+                f"{cell['flops_vs_dense']:.2f}x",
+                "" if vs_ref is None or method == reference else f"{vs_ref:.3f}",
+                "reference" if method == reference else _comparison_cell(level["comparisons"].get(method)),
+            ]
+        )
+    header = [
+        "method",
+        "test acc (%)",
+        "params",
+        "dense / params",
+        "FLOPs",
+        "dense / FLOPs",
+        f"FLOPs / `{reference}`",
+        f"`{reference}` − method (points; p)",
+    ]
+    lines = [
+        f"### {level['label']}: `target_sparsity={float(key):g}`",
+        "",
+        *_table(header, rows),
+        "",
+        "Channel widths of the final models (conv stages), per seed:",
+        "",
+    ]
+    for method, cell in level["methods"].items():
+        if method in ("autoprune_learned", "autoprune_taylor", "autoprune_magnitude", "tp_magnitude", "tp_taylor"):
+            per_seed = "; ".join(str(w) for w in cell["widths_per_seed"])
+            lines.append(f"- `{method}`: {per_seed}")
+    late = [
+        f"`{method}` {cell['events_after_end_epoch']} events, removing units in {cell['runs_pruning_after_end_epoch']} "
+        f"of {len(cell['seeds'])} runs"
+        + (
+            f" (epochs {', '.join(str(e) for e in cell['epochs_pruning_after_end_epoch'])})"
+            if cell["runs_pruning_after_end_epoch"]
+            else ""
+        )
+        for method, cell in level["methods"].items()
+        if cell.get("events_after_end_epoch")
+    ]
+    if late:
+        lines += ["", "AutoPrune events after `end_epoch` (there should be none): " + "; ".join(late) + "."]
+    fidelity = level["methods"].get(reference, {}).get("importance_fidelity")
+    if fidelity:
+        lines += [
+            "",
+            f"`{reference}` scorer, held-out fidelity over its {fidelity['events']} pruning events (mean Spearman "
+            "with the measured single-unit ablations): "
+            + ", ".join(f"{name} {value:.3f}" for name, value in fidelity["spearman_mean"].items())
+            + f"; it fell back to a formula at {fidelity['fell_back_share']:.0%} of events.",
+        ]
+    latency = level.get("latency")
+    if latency:
+        latency_rows = []
+        for batch_key in sorted((k for k in latency if k.startswith("batch_")), key=lambda k: int(k.split("_")[1])):
+            cell = latency[batch_key]
+            latency_rows.append(
+                [
+                    batch_key.split("_")[1],
+                    f"{cell['dense_ms_median']:.3f}",
+                    f"{cell['compact_ms_median']:.3f}",
+                    f"{cell['ratio_median']:.2f}x",
+                    ", ".join(f"{r:.2f}" for r in cell["ratio_per_seed"]),
+                    f"{cell['ratio_min_round']:.2f} – {cell['ratio_max_round']:.2f}",
+                    f"({cell['warmup']} + {cell['runs']}) x {latency['rounds']}",
+                ]
+            )
+        lines += [
+            "",
+            f"Latency, dense vs the compacted `{reference}` model ({latency['threads']} threads; medians over seeds "
+            f"{', '.join(str(s) for s in latency['seeds'])} of each seed's median over rounds; 1-minute load average "
+            f"up to {latency['loadavg_max']:.2f} during the timing). The machine is a shared 2-core VM: the range "
+            "column shows how much single rounds moved, and separate invocations of the latency step moved the "
+            "batch-256 ratios further still, so read ratios near a threshold as undecided.",
+            "",
+            *_table(
+                [
+                    "batch",
+                    "dense (ms)",
+                    "compacted (ms)",
+                    "dense / compacted",
+                    "per seed",
+                    "range over rounds and seeds",
+                    "(warm-up + timed calls) x rounds",
+                ],
+                latency_rows,
+            ),
+        ]
+    else:
+        lines += ["", "Latency: not measured (run `python -m benchmarks.structured --latency`)."]
+    return lines
+
+
+def _p_is(value: float | None) -> str:
+    """``p=0.012``, ``p<0.001`` or ``p=n/a``."""
+    text = _p(value)
+    return f"p{text}" if text.startswith("<") else f"p={text}"
+
+
+def _comparison_cell(test: Mapping[str, Any] | None) -> str:
+    if test is None:
+        return ""
+    text = f"{100 * test['mean_diff']:+.2f} ({_p_is(test['t_p'])})"
+    return f"**{text} real**" if test["real"] else text
+
+
+def render_structured(summary: Mapping[str, Any]) -> list[str]:
+    """The structured track's section of ``BENCHMARKS.md`` (see :func:`benchmarks.structured.summarise`)."""
+    env = summary.get("environment", {})
+    budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
+    dense = summary["dense"]
+    goals = summary["goals"]
+    lines = [
+        "## Structured track",
+        "",
+        "Whole channels removed and the model physically compacted. Generated from the run files in "
+        f"`benchmarks/results/{structured_track.TRACK}/`; protocol, Torch-Pruning settings and metric definitions: "
+        "`benchmarks/structured.py` (module docstring).",
+        "",
+        "```",
+        "python -m benchmarks.structured             # training runs, then",
+        "python -m benchmarks.structured --latency   # the latency step alone, on the saved models",
+        "python -m benchmarks.structured --quick     # seed 0, level 2x, every method, into results-quick/",
+        "```",
+        "",
+        f"- Setup: {SETUPS[structured_track.SETUP].description}; dense widths {dense['widths']}, "
+        f"{_count(dense['params'])} parameters, {_count(dense['flops'])} FLOPs (multiply-accumulates per example, "
+        "counted by Torch-Pruning).",
+        f"- Budget: {budget.describe()}. Every method starts from the same dense model of its seed; "
+        "the Torch-Pruning runs prune at the same epoch starts; `scratch` trains "
+        f"{budget.dense_epochs + budget.finetune_epochs} epochs.",
+        "- Levels: AutoPrune `target_sparsity` "
+        + ", ".join(f"{float(k):g} (`{v['label']}`)" for k, v in summary["levels"].items())
+        + ": the fraction of the masked tensors' parameters (conv/linear weights and biases, BatchNorm affines) "
+        "removed; the params and FLOPs columns give what each final model really has and costs.",
+        f"- Code: git commit `{env.get('git_commit')}`"
+        + (" with uncommitted changes in `lightning_autoprune/`" if env.get("package_modified") else "")
+        + f"; torch {env.get('torch')}, Torch-Pruning 1.6; {env.get('torch_threads')} torch thread(s) for training. "
+        f"Seeds {', '.join(str(s) for s in summary['seeds'])}; {summary['runs']} run files; summed fit time "
+        f"{summary['total_run_seconds'] / 60:.1f} min wall, {summary['total_run_cpu_seconds'] / 60:.1f} min CPU.",
+        "- Accuracy: test accuracy in %, mean ± std over seeds, of the model each method ends with (for AutoPrune the "
+        "compacted model; it matches the masked one). Paired comparison: `autoprune_learned` minus the method, "
+        "points, paired t-test p over seeds; *real* only where p < 0.05.",
+        "",
+        "Methods:",
+        "",
+        *[f"- `{m}`: {note}" for m, note in STRUCTURED_NOTES.items()],
+        "",
+        f"Dense: {_pm(dense['pretrained_acc_mean'], dense['pretrained_acc_std'])} after dense training, "
+        f"{_pm(dense['test_acc_mean'], dense['test_acc_std'])} after the dense fine-tune (the reference).",
+    ]
+    for key in summary["levels"]:
+        lines += ["", *_structured_level(summary, key)]
+    lines += ["", "### Goals", ""]
+    a = goals["a"]
+    lines.append(
+        f"- (a) ≥ 2x lower latency than dense at batch 256 with ≤ 1 point lower accuracy, at some level: "
+        f"{_verdict(a['met'])}."
+    )
+    for value in a["levels"].values():
+        ratio = value["latency_ratio_batch_256"]
+        lines.append(
+            f"  - {value['label']}: dense / compacted latency at batch 256 "
+            + ("not measured" if ratio is None else f"{ratio:.2f}x (needs ≥ 2)")
+            + f"; accuracy {_below(value['accuracy_drop_points'])} (needs ≤ 1 point below): {_verdict(value['met'])}."
+        )
+    b = goals["b"]
+    lines.append(
+        "- (b) `autoprune_learned` accuracy ≥ `tp_magnitude`, `tp_taylor` and `scratch` at equal FLOPs, at every "
+        f"level (means over seeds): {_verdict(b['met'])}."
+    )
+    for value in b["levels"].values():
+        parts = [
+            f"`{name}` {r['diff_points']:+.2f} points ({_p_is(r['t_p'])}{', real' if r['real'] else ''})"
+            for name, r in value["rivals"].items()
+        ]
+        missing = "" if value["complete"] else " (not every rival was run)"
+        lines.append(
+            f"  - {value['label']}: `autoprune_learned` minus {'; '.join(parts)}: {_verdict(value['met'])}{missing}."
+        )
+    return lines
 
 
 def _seeds(summary: Mapping[str, Any]) -> list[int]:
@@ -390,7 +715,10 @@ def build(results: Path, out: Path, plots: Path | None) -> str:
     if not summary["setups"]:
         raise ValueError(f"No run files under {results / TRACK}. HINT: run `python -m benchmarks.protocol` first.")
     write_json(results / TRACK / "summary.json", summary)
-    text = render_report(summary)
+    structured = structured_track.load_summary(results)
+    if structured is not None:
+        write_json(results / structured_track.TRACK / "summary.json", structured)
+    text = render_report(summary, structured_results=results)
     out.write_text(text)
     if plots is not None:
         write_plots(summary, plots)

@@ -200,6 +200,7 @@ def predict_rate(estimator: Any, rows: int = 200_000) -> float:
 
 
 def main() -> None:
+    """Build the zoo, choose the estimator by cross-validation, and write the shipped model and results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two zoo members, nothing written to the package")
     args = parser.parse_args()
@@ -233,7 +234,7 @@ def main() -> None:
         "choice_rule": f"best held-out mean Spearman among candidates predicting >= {MIN_PREDICT_RATE} rows/s",
         "chosen_estimator": {"path": CANDIDATES[chosen][0], "params": CANDIDATES[chosen][1]},
         "feature_names": list(FEATURE_NAMES),
-        "rows": int(len(all_y)),
+        "rows": len(all_y),
         "zoo": [{k: v for k, v in m.items() if k not in ("x", "y")} for m in members],
         "cross_validation": cv,
         "predict_rows_per_second": rates,
