@@ -295,8 +295,11 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
             (summary["test_violations"] <= 1, f"violations <= 1 of 5 ({summary['test_violations']})"),
             (summary["time_vs_dense_median"] <= 1.5, f"time <= 1.5x dense ({summary['time_vs_dense_median']:.2f}x)"),
         ]
+        seeds = summary["seeds"]
+        caveat = f" Only {seeds} seed(s) measured: no verdict is final." if seeds < 5 else ""
+        checks[1] = (checks[1][0], f"violations <= 1 of 5 seeds ({summary['test_violations']} of {seeds} measured)")
         verdicts.append(
-            f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "."
+            f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "." + caveat
         )
     return [*lines, *_table(header, rows), "", "Goals (issue: automatic target):", "", *verdicts]
 
