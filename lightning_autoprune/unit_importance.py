@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lightning_autoprune.importance import ScoreInputs
-from lightning_autoprune.learned import rank_labels, resolve_estimator
+from lightning_autoprune.learned import _fidelity, _spearman, rank_labels, resolve_estimator
 from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
 
 __all__ = [
@@ -178,29 +178,6 @@ def unit_features(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> Tensor:
     return torch.cat(columns).float() if columns else torch.zeros(0, len(UNIT_FEATURE_NAMES))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    value = float(spearmanr(a, b).statistic)
-    return 0.0 if math.isnan(value) else value
-
-
-def _fidelity(keys: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Spearman with the measured labels, and precision@k of finding the least harmful quarter."""
-    k = max(1, len(truth) // 4)
-    true_low = set(np.argsort(truth, kind="stable")[:k].tolist())
-    predicted_low = set(np.argsort(keys, kind="stable")[:k].tolist())
-    return {"spearman": _spearman(keys, truth), "precision_at_k": len(true_low & predicted_low) / k}
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return (rankdata(values) - 1.0) / max(1, len(values) - 1)
-
-
 class _FormulaScorer:
     def __init__(self, keys: Callable[[Sequence[UnitGroup], ScoreInputs], dict[str, Tensor]], gradients: bool) -> None:
         self._keys = keys
@@ -287,7 +264,7 @@ class LearnedUnitScorer:
         fell_back = fidelity["learned"]["spearman"] < fidelity[best_prior]["spearman"]
         weight = 0.0
         if not fell_back:
-            learned_rank, prior_rank = _ranks(predicted_hold), _ranks(prior_keys[hold])
+            learned_rank, prior_rank = rank_labels(predicted_hold), rank_labels(prior_keys[hold])
             weight = max(
                 (0.25, 0.5, 0.75, 1.0), key=lambda a: _spearman(a * learned_rank + (1 - a) * prior_rank, hold_y)
             )
@@ -314,8 +291,8 @@ class LearnedUnitScorer:
         keys = np.zeros(len(prior))
         rows = np.flatnonzero(alive)
         if len(rows):
-            learned_rank = _ranks(self._predict(model, features[rows]))
-            keys[rows] = weight * learned_rank + (1 - weight) * _ranks(prior_keys[rows])
+            learned_rank = rank_labels(self._predict(model, features[rows]))
+            keys[rows] = weight * learned_rank + (1 - weight) * rank_labels(prior_keys[rows])
         return self._split(groups, keys)
 
     def _warn(self, prior: str, reason: str) -> None:
