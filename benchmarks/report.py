@@ -611,8 +611,14 @@ def render_structured(summary: Mapping[str, Any]) -> list[str]:
         f"{budget.dense_epochs + budget.finetune_epochs} epochs.",
         "- Levels: AutoPrune `target_sparsity` "
         + ", ".join(f"{float(k):g} (`{v['label']}`)" for k, v in summary["levels"].items())
-        + ": the fraction of the masked tensors' parameters (conv/linear weights and biases, BatchNorm affines) "
-        "removed; the params and FLOPs columns give what each final model really has and costs.",
+        + (
+            ", with `target_unit='flops'`: the fraction of the multiply-accumulates per example of the masked "
+            "Conv/Linear layers removed (BatchNorm and bias operations not counted)"
+            if summary.get("target_units") == ["flops"]
+            else ": the fraction of the masked tensors' parameters (conv/linear weights and biases, BatchNorm "
+            "affines) removed"
+        )
+        + "; the params and FLOPs columns give what each final model really has and costs.",
         f"- Code: git commit `{env.get('git_commit')}`"
         + (" with uncommitted changes in `lightning_autoprune/`" if env.get("package_modified") else "")
         + f"; torch {env.get('torch')}, Torch-Pruning 1.6; {env.get('torch_threads')} torch thread(s) for training. "

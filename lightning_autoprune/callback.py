@@ -41,6 +41,7 @@ LABEL_BATCH_SIZE = 512
 DEFAULT_CALIBRATION_SAMPLES = 512
 
 _GRANULARITIES = ("unstructured", "structured")
+_TARGET_UNITS = ("params", "flops")
 _MODES = ("max", "min")
 
 
@@ -95,6 +96,12 @@ class AutoPrune(Callback):
             those tensors; ``importance`` must be ``"learned"`` (single-unit ablations near the
             frontier teach a scikit-learn model, checked against Taylor on held-out units),
             ``"taylor"``, ``"magnitude"`` or ``"random"``.
+        target_unit: what ``target_sparsity`` (and the automatic mode's sparsity) counts:
+            ``"params"``, the prunable parameters removed, or ``"flops"`` (``granularity="structured"``
+            only), the multiply-accumulates of the pruned Linear and Conv layers removed per sample,
+            measured from their output sizes on the first forward pass. With ``"flops"`` units are
+            also ranked per FLOP they save, so the cheap-to-keep, costly-to-run early convolution
+            channels go first; ``autoprune/flops_sparsity`` is logged.
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
             remove the pruned units (:func:`lightning_autoprune.compact`), keep the smaller model
             as ``callback.compacted_model`` and save it (``torch.save`` of the module, in eval
@@ -145,6 +152,7 @@ class AutoPrune(Callback):
         estimator: str | None = None,
         label_groups: int = 128,
         granularity: Literal["unstructured", "structured"] = "unstructured",
+        target_unit: Literal["params", "flops"] = "params",
         compact_on_fit_end: bool = False,
         schedule: Literal["cubic", "linear", "one_shot"] = "cubic",
         start_epoch: int | None = None,
@@ -166,6 +174,7 @@ class AutoPrune(Callback):
             mode=mode,
             granularity=granularity,
             importance=importance,
+            target_unit=target_unit,
             compact_on_fit_end=compact_on_fit_end,
             schedule=schedule,
             start_epoch=start_epoch,
@@ -182,6 +191,7 @@ class AutoPrune(Callback):
         self.estimator = estimator
         self.label_groups = label_groups
         self.granularity = granularity
+        self.target_unit = target_unit
         self.compact_on_fit_end = compact_on_fit_end
         self.schedule: schedules.ScheduleKind = schedule
         self.start_epoch = start_epoch
@@ -267,6 +277,7 @@ class AutoPrune(Callback):
             "initial_weights": {name: t.detach().cpu() for name, t in self._initial_weights.items()},
             "movement": {name: t.detach().cpu() for name, t in self._movement.items()},
             "search": self.search.to_dict(),
+            "positions": dict(self._positions),
             "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
             # The rollback snapshot is needed after a resume only while a step awaits its decision.
             "snapshot": self._snapshot if self.search.pending is not None else None,
@@ -337,7 +348,7 @@ class AutoPrune(Callback):
             # Whole units rarely sum to the target exactly, so structured masks stop just below it;
             # they are pruned again only when the schedule moves on, not at every later epoch.
             last_target = self.history[-1]["target"] if self.history and self.granularity == "structured" else 0.0
-            if scheduled > masks.mask_sparsity(self.masks) and scheduled > last_target:
+            if scheduled > self._progress() and scheduled > last_target:
                 self._prune_with_context(trainer, pl_module, epoch, scheduled)
         self._log_sparsity(pl_module, scheduled)
 
@@ -469,6 +480,45 @@ class AutoPrune(Callback):
         """Fraction of the prunable weights that are exactly zero right now."""
         zeros, total = masks.count_zeros(t.param.detach() for t in self.targets)
         return zeros / total if total else 0.0
+
+    def flops_sparsity(self) -> float | None:
+        """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed by the masks.
+
+        ``None`` until every such layer has run once (its output size gives its FLOPs per weight).
+        """
+        weights = self._flops_per_weight()
+        return masks.mask_sparsity(self.masks, weights) if weights is not None else None
+
+    def _flops_per_weight(self) -> dict[str, float] | None:
+        """Per pruned tensor, the FLOPs one of its entries costs per sample (0 for biases and norms)."""
+        convs = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        weights: dict[str, float] = {}
+        for target in self.targets:
+            if target.param_name == "weight" and isinstance(target.module, convs):
+                if target.name not in self._positions:
+                    return None
+                weights[target.name] = 2.0 * self._positions[target.name]
+        return weights or None
+
+    def _cost_weights(self) -> dict[str, float] | None:
+        """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
+        if self.target_unit == "params":
+            return None
+        weights = self._flops_per_weight()
+        if weights is None:
+            missing = [t.name for t in self.targets if t.param_name == "weight" and t.name not in self._positions]
+            raise ValueError(
+                "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
+                f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
+                "target_unit='params', or exclude the layers the model does not call."
+            )
+        return weights
+
+    def _progress(self) -> float:
+        """The masks' sparsity in the unit of the target (parameters or FLOPs)."""
+        if not any(bool((~m).any()) for m in self.masks.values()):
+            return 0.0
+        return masks.mask_sparsity(self.masks, self._cost_weights())
 
     def summary(self) -> str:
         """A plain-text table of every pruned tensor: shape, density and weights kept, with totals."""
@@ -841,6 +891,7 @@ class AutoPrune(Callback):
             "target": target,
             "sparsity_before": previous,
             "sparsity": self.sparsity(),
+            "flops_sparsity": self.flops_sparsity(),
             "metric_before": before,
             "metric_after": None,
         }
@@ -921,8 +972,11 @@ class AutoPrune(Callback):
         with scoring_context:
             if self.granularity == "structured":
                 groups = self._traced_groups(trainer, pl_module)
+                inputs.cost_weights = self._cost_weights()
                 keys = self.scorer.score_units(groups, inputs)
-                keep = structured.select_units(groups, keys, self.masks, target, min_density=self.min_layer_density)
+                keep = structured.select_units(
+                    groups, keys, self.masks, target, min_density=self.min_layer_density, weights=inputs.cost_weights
+                )
                 return structured.unit_masks(groups, keep, self.masks)
             scores = self.scorer.score(inputs)
         return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
@@ -1088,6 +1142,9 @@ class AutoPrune(Callback):
 
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
         _log(pl_module, "autoprune/sparsity", self.sparsity(), prog_bar=True)
+        flops = self.flops_sparsity() if self.target_unit == "flops" else None
+        if flops is not None:
+            _log(pl_module, "autoprune/flops_sparsity", flops, prog_bar=True)
         _log(pl_module, "autoprune/scheduled_sparsity", scheduled)
         _log(pl_module, "autoprune/target_sparsity", self._shown_target(pl_module.current_epoch), prog_bar=True)
         for target in self.targets:
@@ -1139,6 +1196,7 @@ class AutoPrune(Callback):
         self.history = [dict(event) for event in state.get("history", [])]
         self.timeline = [dict(entry) for entry in state.get("timeline", [])]
         self.generator.set_state(state["generator"])
+        self._positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
         if "search" in state:
             self.search = tolerance.SearchState.from_dict(state["search"])
             self._snapshot = state.get("snapshot")
@@ -1213,6 +1271,7 @@ def _validate_arguments(
     mode: str | None,
     granularity: str,
     importance: str,
+    target_unit: str,
     compact_on_fit_end: bool,
     schedule: str,
     start_epoch: int | None,
@@ -1232,6 +1291,13 @@ def _validate_arguments(
     if granularity == "structured" and importance not in unit_importance.UNIT_SCORERS:
         allowed = ", ".join(repr(s) for s in unit_importance.UNIT_SCORERS)
         raise ValueError(f"With granularity='structured', `importance` must be one of {allowed}, got {importance!r}.")
+    if target_unit not in _TARGET_UNITS:
+        raise ValueError(f"`target_unit` must be one of 'params', 'flops', got {target_unit!r}.")
+    if target_unit == "flops" and granularity != "structured":
+        raise ValueError(
+            "`target_unit`='flops' needs granularity='structured' (zeroed single weights save no FLOPs in dense "
+            f"kernels), got granularity={granularity!r}."
+        )
     if not isinstance(compact_on_fit_end, bool):
         raise ValueError(f"`compact_on_fit_end` must be True or False, got {compact_on_fit_end!r}.")
     if compact_on_fit_end and granularity != "structured":

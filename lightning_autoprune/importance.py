@@ -49,6 +49,8 @@ class ScoreInputs:
             but must restore them before returning.
         loss_fn: mean loss, accumulated in float64, on held-out calibration batches (drawn from the
             training data, disjoint from the gradient batches) at the live parameters.
+        cost_weights: structured pruning towards a FLOPs target: per parameter, what one of its
+            entries costs (FLOPs per sample); ``None`` when the target counts parameters.
     """
 
     weights: Mapping[str, Tensor]
@@ -65,6 +67,7 @@ class ScoreInputs:
     output_norms: Mapping[str, Tensor] | None = None
     params: Mapping[str, Tensor] | None = None
     loss_fn: Callable[[], float] | None = None
+    cost_weights: Mapping[str, float] | None = None
 
 
 class Scorer(Protocol):

@@ -261,15 +261,22 @@ def unit_sums(
     return total
 
 
-def unit_costs(group: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
-    """Per unit: how many still-kept mask entries pruning it would remove (overlaps with other units counted).
+def unit_costs(group: UnitGroup, masks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> Tensor:
+    """Per unit: what pruning it would remove of the still-kept mask entries (overlaps with other units counted).
+
+    ``weights`` gives each parameter a cost per entry (its FLOPs per weight and sample, for a
+    FLOPs target); parameters it does not name cost nothing. ``None`` counts every entry once.
 
     Example:
         >>> g = UnitGroup("a", 2, (Slice("w", 1, torch.tensor([0, 1]), torch.tensor([0, 1]), "consumer"),), 0.0)
         >>> unit_costs(g, {"w": torch.tensor([[True, True], [False, True]])})
         tensor([1., 2.], dtype=torch.float64)
+        >>> unit_costs(g, {"w": torch.tensor([[True, True], [False, True]])}, {"w": 5.0})
+        tensor([ 5., 10.], dtype=torch.float64)
     """
-    return unit_sums(group, {name: mask.double() for name, mask in masks.items()})
+    if weights is None:
+        return unit_sums(group, {name: mask.double() for name, mask in masks.items()})
+    return unit_sums(group, {name: mask.double() * weights[name] for name, mask in masks.items() if name in weights})
 
 
 def kept_units(group: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
@@ -309,8 +316,12 @@ def select_units(
     target: float,
     *,
     min_density: float,
+    weights: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
-    """Choose the units to keep so that the element sparsity of ``masks`` approaches ``target`` from below.
+    """Choose the units to keep so that the sparsity of ``masks`` approaches ``target`` from below.
+
+    Sparsity counts mask entries, or with ``weights`` their cost (see :func:`unit_costs`), for
+    example FLOPs.
 
     Units are pruned in ascending order of ``keys`` (lower = prune first; ties by group order, then
     unit index) while the entries they remove fit into what the target still allows, so the target
@@ -321,8 +332,9 @@ def select_units(
         groups: the unit groups.
         keys: per group name, one float per unit; lower means less important per entry removed.
         masks: the current element masks of every parameter the groups touch (``True`` = kept).
-        target: the element sparsity to reach over all of ``masks``.
+        target: the sparsity to reach over all of ``masks`` (of entries, or of their cost).
         min_density: the fraction of each group's units that is never pruned.
+        weights: cost per entry of each parameter (``None``: 1 each).
 
     Returns:
         Per group name, a boolean vector: ``True`` for units that stay.
@@ -333,8 +345,16 @@ def select_units(
         >>> select_units([g], {"a": torch.tensor([0.3, 0.1, 0.4, 0.2])}, m, 0.5, min_density=0.0)["a"]
         tensor([ True, False,  True, False])
     """
-    total = sum(m.numel() for m in masks.values())
-    goal = pruned_count(target, total)
+
+    def spent(current: Mapping[str, Tensor]) -> float:
+        if weights is None:
+            return float(sum(int((~m).sum()) for m in current.values()))
+        return sum(weights.get(n, 0.0) * int((~m).sum()) for n, m in current.items())
+
+    if weights is None:
+        goal = float(pruned_count(target, sum(m.numel() for m in masks.values())))
+    else:
+        goal = target * sum(weights.get(n, 0.0) * m.numel() for n, m in masks.items()) * (1.0 + 1e-9)
     keep = {g.name: kept_units(g, masks) for g in groups}
     order: list[tuple[float, int, int]] = []  # (key, group position, unit)
     for position, group in enumerate(groups):
@@ -350,15 +370,14 @@ def select_units(
     order.sort()
     current = dict(masks)
     for _ in range(8):  # overlaps between units pruned in one pass make a pass undershoot; refill
-        pruned = sum(int((~m).sum()) for m in current.values())
-        budget = goal - pruned
+        budget = goal - spent(current)
         if budget <= 0 or not order:
             break
-        costs = {g.name: unit_costs(g, current) for g in groups}
+        costs = {g.name: unit_costs(g, current, weights) for g in groups}
         taken: list[tuple[float, int, int]] = []
         for entry in order:
             _, position, unit = entry
-            cost = int(costs[groups[position].name][unit])
+            cost = float(costs[groups[position].name][unit])
             if cost > budget:
                 break
             budget -= cost

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from lightning_autoprune.importance import ScoreInputs
 from lightning_autoprune.learned import _fidelity, _spearman, rank_labels, resolve_estimator
+from lightning_autoprune.masks import mask_sparsity
 from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
 
 __all__ = [
@@ -115,11 +116,11 @@ def magnitude_keys(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> dict[str
 
 
 def taylor_keys(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> dict[str, Tensor]:
-    """Estimated loss increase per removed parameter, ``(|sum g*w| + 1/2 sum w^2 F) / cost``."""
+    """Estimated loss increase per removed parameter (or FLOP), ``(|sum g*w| + 1/2 sum w^2 F) / cost``."""
     out = {}
     for group in groups:
         first, second = _taylor_parts(group, inputs)
-        out[group.name] = (first + second) / unit_costs(group, inputs.masks).clamp_min(1.0)
+        out[group.name] = (first + second) / unit_costs(group, inputs.masks, inputs.cost_weights).clamp_min(1.0)
     return out
 
 
@@ -143,7 +144,7 @@ def unit_features(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> Tensor:
         mean_rms = rms[alive].mean() if bool(alive.any()) else torch.tensor(1.0, dtype=torch.float64)
         affine = unit_sums(group, {n: w.double().abs() for n, w in inputs.weights.items()}, roles=("norm",))
         first, second = _taylor_parts(group, inputs)
-        cost = unit_costs(group, inputs.masks).clamp_min(1.0)
+        cost = unit_costs(group, inputs.masks, inputs.cost_weights).clamp_min(1.0)
         per_param = (first + second) / cost
         percentile = torch.zeros(units, dtype=torch.float64)
         percentile[per_param.argsort(stable=True)] = torch.arange(units, dtype=torch.float64) / max(1, units - 1)
@@ -343,12 +344,13 @@ class LearnedUnitScorer:
         """Ablate units near the frontier one at a time: their flat indices and loss change per parameter."""
         assert inputs.loss_fn is not None
         assert inputs.params is not None
-        costs = torch.cat([unit_costs(g, inputs.masks) for g in groups]).numpy()
+        costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
         candidates = np.flatnonzero(alive)
         if not len(candidates):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        total = sum(m.numel() for m in inputs.masks.values())
-        pruned = sum(int((~m).sum()) for m in inputs.masks.values())
+        weights = inputs.cost_weights
+        total = sum((1.0 if weights is None else weights.get(n, 0.0)) * m.numel() for n, m in inputs.masks.items())
+        pruned = total * mask_sparsity(inputs.masks, weights)
         step_units = (inputs.target_sparsity * total - pruned) / max(1.0, float(costs[candidates].mean()))
         window = max(self.label_units, math.ceil(WINDOW * max(1.0, step_units)))
         frontier = candidates[np.argsort(prior[candidates], kind="stable")[:window]]

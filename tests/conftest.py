@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_autoprune.examples import DigitsDataModule
 
@@ -33,3 +35,20 @@ def digits() -> DigitsDataModule:
     datamodule = DigitsDataModule(batch_size=64)
     datamodule.setup("fit")
     return datamodule
+
+
+class StopAfter(Callback):
+    """Stops training after a given epoch, as an interrupted job would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+@pytest.fixture
+def stop_after() -> Callable[[int], Callback]:
+    """``stop_after(epoch)``: a callback that ends fit after that epoch (resume tests interrupt with it)."""
+    return StopAfter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,6 @@ class ZeroChecker(Callback):
             pruned = target.param.detach()[~self.autoprune.masks[target.name]]
             assert torch.count_nonzero(pruned) == 0, f"{target.name} regrew {torch.count_nonzero(pruned)} weights"
         self.checks += 1
-
-
-class StopAfter(Callback):
-    """Stops training after a given epoch, as an interrupted job would."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            trainer.should_stop = True
 
 
 @pytest.mark.parametrize("schedule", ["cubic", "linear", "one_shot"])
@@ -136,7 +126,11 @@ def test_pruned_weights_stay_zero_accumulation_and_mixed_precision(
 
 @pytest.mark.parametrize("importance", ["lamp", "taylor", "random", "learned"])
 def test_resume_gives_identical_masks(
-    importance: str, digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
+    importance: str,
+    digits: DigitsDataModule,
+    trainer_kwargs: dict,
+    tmp_path: Path,
+    stop_after: Callable[[int], Callback],
 ) -> None:
     def make_callback() -> AutoPrune:
         return AutoPrune(
@@ -153,7 +147,7 @@ def test_resume_gives_identical_masks(
     seed_everything(0)
     first = make_callback()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    interrupted = Trainer(callbacks=[first, checkpoint, StopAfter(epoch=2)], **{**common, "enable_checkpointing": True})
+    interrupted = Trainer(callbacks=[first, checkpoint, stop_after(2)], **{**common, "enable_checkpointing": True})
     interrupted.fit(MLPClassifier(lr=1e-2), datamodule=digits)
     assert interrupted.current_epoch == 3  # stopped after epochs 0..2, mid-schedule
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.compact import count_flops
 from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier
-
-
-class StopAfter(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            trainer.should_stop = True
 
 
 def _cnn() -> CNN1DClassifier:
@@ -84,7 +77,11 @@ def test_structured_cnn_prunes_coupled_channels_and_compacts(
 
 @pytest.mark.parametrize("importance", ["taylor", "learned"])
 def test_structured_resume_gives_identical_masks(
-    importance: str, digits: DigitsDataModule, trainer_kwargs: dict[str, Any], tmp_path: Path
+    importance: str,
+    digits: DigitsDataModule,
+    trainer_kwargs: dict[str, Any],
+    tmp_path: Path,
+    stop_after: Callable[[int], Callback],
 ) -> None:
     def make_callback() -> AutoPrune:
         return AutoPrune(
@@ -107,7 +104,7 @@ def test_structured_resume_gives_identical_masks(
     seed_everything(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     interrupted = Trainer(
-        callbacks=[make_callback(), checkpoint, StopAfter(epoch=2)], **{**common, "enable_checkpointing": True}
+        callbacks=[make_callback(), checkpoint, stop_after(2)], **{**common, "enable_checkpointing": True}
     )
     interrupted.fit(MLPClassifier(lr=1e-2), datamodule=digits)
 
@@ -148,6 +145,10 @@ def test_structured_arguments_are_checked() -> None:
         AutoPrune(compact_on_fit_end=True)
     with pytest.raises(ValueError, match="`compact_on_fit_end` must be True or False, got 'yes'"):
         AutoPrune(granularity="structured", compact_on_fit_end="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`target_unit` must be one of 'params', 'flops', got 'macs'"):
+        AutoPrune(granularity="structured", target_unit="macs")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`target_unit`='flops' needs granularity='structured'.*'unstructured'"):
+        AutoPrune(target_unit="flops")
 
 
 def test_structured_model_without_prunable_units_fails_clearly(
@@ -180,3 +181,57 @@ def test_structured_prunes_only_when_the_schedule_moves(
     trainer.fit(_cnn(), datamodule=digits)
     assert autoprune.sparsity() < 0.5  # whole channels stop just below the target ...
     assert [event["epoch"] for event in autoprune.history] == [1, 2, 3]  # ... and no event follows end_epoch
+
+
+def test_flops_target_reaches_the_flops_fraction_and_resumes_exactly(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any], tmp_path: Path, stop_after: Callable[[int], Callback]
+) -> None:
+    """target_unit='flops' removes that share of the conv/linear FLOPs (the compacted model agrees), not of params."""
+
+    def make_callback() -> AutoPrune:
+        return AutoPrune(
+            target_sparsity=0.6,
+            granularity="structured",
+            target_unit="flops",
+            importance="taylor",
+            start_epoch=1,
+            end_epoch=3,
+            compact_on_fit_end=True,
+            report_dir=str(tmp_path / "report"),
+            verbose=False,
+        )
+
+    common = {**trainer_kwargs, "max_epochs": 5, "limit_train_batches": 4, "limit_val_batches": 1}
+    seed_everything(0)
+    autoprune = make_callback()
+    model = _cnn()
+    trainer = Trainer(callbacks=[autoprune], **common)
+    trainer.fit(model, datamodule=digits)
+
+    flops = autoprune.flops_sparsity()
+    assert flops is not None
+    assert 0.5 <= flops <= 0.6  # whole channels stop just below the FLOPs target
+    assert abs(autoprune.sparsity() - flops) > 0.02, "parameters and FLOPs shares differ on a CNN"
+    assert trainer.callback_metrics["autoprune/flops_sparsity"].item() == pytest.approx(flops)
+    assert autoprune.history[-1]["flops_sparsity"] == pytest.approx(flops)
+    totals = autoprune.report_record(model)["totals"]
+    assert 1.0 - totals["flops_after"] / totals["flops_before"] == pytest.approx(flops)
+    # the physically smaller model costs that much less, counted by Torch-Pruning (which adds BN and bias ops)
+    compacted = autoprune.compacted_model
+    assert compacted is not None
+    example = torch.zeros(1, 64)
+    removed = 1.0 - count_flops(compacted, example) / count_flops(_cnn(), example)
+    assert removed == pytest.approx(flops, abs=0.03)
+
+    seed_everything(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    interrupted = Trainer(
+        callbacks=[make_callback(), checkpoint, stop_after(1)], **{**common, "enable_checkpointing": True}
+    )
+    interrupted.fit(_cnn(), datamodule=digits)
+    seed_everything(1234)
+    resumed = make_callback()
+    model_b = _cnn()
+    Trainer(callbacks=[resumed], **common).fit(model_b, datamodule=digits, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for name, mask in autoprune.masks.items():
+        assert torch.equal(resumed.masks[name], mask), name

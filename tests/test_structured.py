@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_autoprune import compact
+from lightning_autoprune.masks import mask_sparsity
 from lightning_autoprune.structured import (
     Slice,
     UnitGroup,
@@ -152,3 +153,24 @@ def test_select_units_never_revives_and_rejects_wrong_key_sizes() -> None:
     assert keep["a"].tolist() == [False, False, True, True]  # unit 0 stays pruned; unit 3 is the floor
     with pytest.raises(ValueError, match="unit group 'a' have 3 entries, expected 4"):
         select_units([a], {"a": torch.zeros(3)}, masks, 0.5, min_density=0.0)
+
+
+def test_select_units_with_cost_weights_counts_flops_not_entries() -> None:
+    a, ma = _linear_group("a", 10, 3)  # 30 entries at 1 FLOP each
+    b, mb = _linear_group("b", 4, 10)  # 40 entries at 4 FLOPs each: 160 of 190 FLOPs
+    masks = {**ma, **mb}
+    flops = {"a.w": 1.0, "b.w": 4.0}
+    assert unit_costs(b, masks, flops).tolist() == [40.0] * 4
+    keys = {"a": torch.arange(10, dtype=torch.float64), "b": torch.tensor([0.5, 100.0, 100.0, 100.0])}
+    keep = select_units([a, b], keys, masks, 0.5, min_density=0.0, weights=flops)
+    pruned = unit_masks([a, b], keep, masks)
+    removed = sum(flops[n] * int((~m).sum()) for n, m in pruned.items())
+    assert removed <= 0.5 * 190
+    # a0 (3) + b0 (40) + a1..a9 would be 70; the goal of 95 stops only at the floor a9 (a has 10 units, 1 kept)
+    assert keep["b"].tolist() == [False, True, True, True]
+    assert keep["a"].tolist() == [False] * 9 + [True]
+    assert removed == 40 + 27
+    assert mask_sparsity(pruned, flops) == pytest.approx(67 / 190)
+    # counting entries instead, the same keys stop earlier in `a` and prune the same b0
+    by_entries = select_units([a, b], keys, masks, 0.5, min_density=0.0)
+    assert int((~by_entries["a"]).sum()) == 8
