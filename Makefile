@@ -34,14 +34,18 @@ typecheck: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-# Benchmarks (DESIGN.md §6): the full protocol, the structured track (training, then latency), then BENCHMARKS.md
-# and benchmarks/plots/ from their results.
+# Benchmarks (DESIGN.md §6): the full protocol, the structured track (training, then latency), the automatic
+# mode against fixed sweeps, the sparse export and the learned scorer at scale (numbers README.md quotes),
+# then BENCHMARKS.md and benchmarks/plots/ from their results.
 .PHONY: bench bench-quick
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.protocol
 	$(PY) -m benchmarks.structured
 	$(PY) -m benchmarks.structured --latency
+	$(PY) benchmarks/auto_target.py
+	$(PY) -m benchmarks.sparse_export
+	$(PY) -m benchmarks.importance_scale
 	$(PY) -m benchmarks.report
 
 # A representative subset (digits MLP, 2 seeds, 3 sparsities, 4 methods) into results-quick/, compared

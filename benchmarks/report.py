@@ -52,7 +52,7 @@ METHOD_NOTES: dict[str, str] = {
     "are reset after every event to their values at the start of fitting (here: the trained dense model).",
 }
 COMMANDS = (
-    "make bench          # python -m benchmarks.protocol && python -m benchmarks.report",
+    "make bench          # protocol, structured (+ --latency), auto_target, sparse_export, importance_scale, report",
     "make bench-quick    # python -m benchmarks.protocol --quick (results-quick/, compared with these results)",
     "python -m benchmarks.protocol --setups mnist1d-cnn --resume   # one setup; --resume keeps finished runs",
 )
@@ -260,16 +260,18 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         "sparsity reached (mean, min)",
         "val drop",
         "test drop",
-        "test violations",
+        "test violations (test drop per seed)",
         "ModelPruning sweep: best s within 1 pt (test, median)",
         "AutoPrune fixed sweep: best s within 1 pt (test, median)",
-        "time / dense run",
+        "time / dense run: median (range over seeds)",
         "time / ModelPruning sweep",
     ]
     rows = []
     verdicts = []
     for name, entry in payload["results"].items():
         summary = entry["summary"]
+        times = [r["time_vs_dense"] for r in entry["seeds"]]
+        drops = [f"{100 * r['auto_test_drop']:+.2f}" for r in entry["seeds"]]
         rows.append(
             [
                 name,
@@ -277,12 +279,12 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
                 f"{summary['auto_sparsity_mean']:.3f}, {summary['auto_sparsity_min']:.3f}",
                 f"{100 * summary['auto_val_drop_mean']:+.2f}",
                 f"{100 * summary['auto_test_drop_mean']:+.2f}",
-                f"{summary['test_violations']} of {summary['seeds']}",
+                f"{summary['test_violations']} of {summary['seeds']} ({', '.join(drops)})",
                 f"{summary['sweep_best_within_test_median']:g}",
                 "not run"
                 if summary["fixed_best_within_test_median"] is None
                 else f"{summary['fixed_best_within_test_median']:g}",
-                f"{summary['time_vs_dense_median']:.2f}x",
+                f"{summary['time_vs_dense_median']:.2f}x ({min(times):.2f}-{max(times):.2f}x)",
                 f"{summary['time_vs_sweep_median']:.2f}x",
             ]
         )
@@ -422,22 +424,20 @@ def render_report(
 
 # ---------------------------------------------------------------------------------------------- structured track
 STRUCTURED_NOTES: dict[str, str] = {
-    "dense": "the dense model fine-tuned for the same 12 epochs without pruning (the reference).",
-    "autoprune_learned": "`AutoPrune(granularity='structured')` with its default `importance='learned'` (single-unit "
-    "ablations near the pruning frontier teach a scikit-learn model, checked against Taylor on held-out units); "
-    "then `compact()`. Its compacted FLOPs are the target the Torch-Pruning runs match and its widths are "
-    "`scratch`'s architecture.",
-    "autoprune_taylor": "the same with `importance='taylor'` (group Taylor with a curvature term, per parameter "
-    "removed); then `compact()`.",
+    "dense": "the dense model fine-tuned for the same 12 epochs without pruning (the accuracy reference).",
+    "autoprune_taylor": "`AutoPrune(granularity='structured', importance='taylor')`: group Taylor with a curvature "
+    "term, per parameter (or FLOP, with `target_unit='flops'`) removed; then `compact()`.",
+    "autoprune_learned": "the same with `importance='learned'` (single-unit ablations near the pruning frontier teach "
+    "a scikit-learn model, checked against Taylor on held-out units); then `compact()`.",
     "autoprune_magnitude": "the same with `importance='magnitude'` (layer-normalised L2 norm of the unit's slices); "
     "then `compact()`.",
     "tp_magnitude": "Torch-Pruning 1.6 `BasePruner` (= `MetaPruner`), `MagnitudeImportance(p=2)`, "
     "`global_pruning=True`, head ignored, physical pruning at the same 8 epoch starts; per event the number of "
-    "channels is bisected so the FLOPs follow the cubic schedule to `autoprune_learned`'s final FLOPs; a fresh Adam "
+    "channels is bisected so the FLOPs follow the cubic schedule to the reference's final FLOPs; a fresh Adam "
     "after each event.",
     "tp_taylor": "the same with `TaylorImportance()` (gradients of the mean loss on 512 training samples, computed "
     "before each event).",
-    "scratch": "`CNN1DClassifier(channels=<autoprune_learned's compacted widths>)` from random init, trained 32 epochs "
+    "scratch": "`CNN1DClassifier(channels=<the reference's compacted widths>)` from random init, trained 32 epochs "
     "(dense + fine-tune epochs).",
 }
 
@@ -458,7 +458,7 @@ def _verdict(met: bool | None) -> str:
 def _structured_level(summary: Mapping[str, Any], key: str) -> list[str]:
     level = summary["levels"][key]
     dense = summary["dense"]
-    reference = structured_track.REFERENCE
+    reference = summary.get("reference", structured_track.REFERENCE)
     rows = [
         [
             "`dense`",
@@ -504,7 +504,7 @@ def _structured_level(summary: Mapping[str, Any], key: str) -> list[str]:
         "",
     ]
     for method, cell in level["methods"].items():
-        if method in ("autoprune_learned", "autoprune_taylor", "autoprune_magnitude", "tp_magnitude", "tp_taylor"):
+        if method != "scratch":
             per_seed = "; ".join(str(w) for w in cell["widths_per_seed"])
             lines.append(f"- `{method}`: {per_seed}")
     late = [
@@ -520,11 +520,12 @@ def _structured_level(summary: Mapping[str, Any], key: str) -> list[str]:
     ]
     if late:
         lines += ["", "AutoPrune events after `end_epoch` (there should be none): " + "; ".join(late) + "."]
-    fidelity = level["methods"].get(reference, {}).get("importance_fidelity")
+    learned = "autoprune_learned"
+    fidelity = level["methods"].get(learned, {}).get("importance_fidelity")
     if fidelity:
         lines += [
             "",
-            f"`{reference}` scorer, held-out fidelity over its {fidelity['events']} pruning events (mean Spearman "
+            f"`{learned}` scorer, held-out fidelity over its {fidelity['events']} pruning events (mean Spearman "
             "with the measured single-unit ablations): "
             + ", ".join(f"{name} {value:.3f}" for name, value in fidelity["spearman_mean"].items())
             + f"; it fell back to a formula at {fidelity['fell_back_share']:.0%} of events.",
@@ -590,6 +591,7 @@ def render_structured(summary: Mapping[str, Any]) -> list[str]:
     budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
     dense = summary["dense"]
     goals = summary["goals"]
+    reference = summary.get("reference", structured_track.REFERENCE)
     lines = [
         "## Structured track",
         "",
@@ -625,8 +627,10 @@ def render_structured(summary: Mapping[str, Any]) -> list[str]:
         f"Seeds {', '.join(str(s) for s in summary['seeds'])}; {summary['runs']} run files; summed fit time "
         f"{summary['total_run_seconds'] / 60:.1f} min wall, {summary['total_run_cpu_seconds'] / 60:.1f} min CPU.",
         "- Accuracy: test accuracy in %, mean ± std over seeds, of the model each method ends with (for AutoPrune the "
-        "compacted model; it matches the masked one). Paired comparison: `autoprune_learned` minus the method, "
+        f"compacted model; it matches the masked one). Paired comparison: `{reference}` minus the method, "
         "points, paired t-test p over seeds; *real* only where p < 0.05.",
+        f"- Reference: `{reference}` (AutoPrune with the structured default importance of the code that ran). Its "
+        "compacted FLOPs are the target the Torch-Pruning runs match, and its widths are `scratch`'s architecture.",
         "",
         "Methods:",
         "",
@@ -652,7 +656,7 @@ def render_structured(summary: Mapping[str, Any]) -> list[str]:
         )
     b = goals["b"]
     lines.append(
-        "- (b) `autoprune_learned` accuracy ≥ `tp_magnitude`, `tp_taylor` and `scratch` at equal FLOPs, at every "
+        f"- (b) `{reference}` accuracy ≥ `tp_magnitude`, `tp_taylor` and `scratch` at equal FLOPs, at every "
         f"level (means over seeds): {_verdict(b['met'])}."
     )
     for value in b["levels"].values():
@@ -662,7 +666,7 @@ def render_structured(summary: Mapping[str, Any]) -> list[str]:
         ]
         missing = "" if value["complete"] else " (not every rival was run)"
         lines.append(
-            f"  - {value['label']}: `autoprune_learned` minus {'; '.join(parts)}: {_verdict(value['met'])}{missing}."
+            f"  - {value['label']}: `{reference}` minus {'; '.join(parts)}: {_verdict(value['met'])}{missing}."
         )
     return lines
 

@@ -25,12 +25,14 @@ epochs, 12 fine-tuning epochs, pruning events at the starts of fine-tuning epoch
 
 Methods (``METHODS``):
 
-* ``autoprune_learned``, ``autoprune_taylor``, ``autoprune_magnitude``:
+* ``autoprune_taylor``, ``autoprune_learned``, ``autoprune_magnitude``:
   ``AutoPrune(target_sparsity=level, granularity="structured", target_unit="flops", importance=...,
-  schedule="cubic", start_epoch=1, end_epoch=8, min_layer_density=0.002, calibration_samples=512, seed=seed,
-  report=False, verbose=False)`` (``"learned"`` is AutoPrune's default importance). After fit the
-  pruned channels are exact zeros; :func:`lightning_autoprune.compact` removes them (on the first
-  256 test examples as ``example_inputs``, which also checks the outputs), and the **compacted**
+  schedule="cubic", start_epoch=1, end_epoch=8, min_layer_density=0.002, calibration_samples=512,
+  seed=seed, report=False, verbose=False)``. ``"taylor"`` is AutoPrune's structured default
+  importance, so ``autoprune_taylor`` is the **reference** (:data:`REFERENCE`) that the other
+  methods are compared with and matched to. After fit the pruned channels are exact zeros;
+  :func:`lightning_autoprune.compact` removes them (on the first 256 test examples as
+  ``example_inputs``, which also checks the outputs), and the **compacted**
   model's test accuracy, parameters, FLOPs and channel widths are recorded (the accuracy of the
   masked model is kept as ``masked_test_acc``; they agree). AutoPrune never overshoots the target
   with whole units, so its masks end just below it; it prunes only when the schedule moves, so
@@ -41,7 +43,7 @@ Methods (``METHODS``):
   ``tp.importance.TaylorImportance()`` (both with Torch-Pruning's defaults otherwise: group
   reduction ``"mean"``, normaliser ``"mean"``), ``global_pruning=True``, the final ``Linear``
   in ``ignored_layers``, physical removal of channels, at the **same 8 epoch starts**. The target
-  is the FLOPs of the ``autoprune_learned`` compacted model of the same seed and level, ``F*``:
+  is the FLOPs of the reference's compacted model of the same seed and level, ``F*``:
   the event at fine-tuning epoch ``e`` prunes the model to the FLOPs closest to
   ``F0 - (F0 - F*) * c(e)``, with ``F0`` the dense FLOPs and ``c(e)`` the same cubic fraction
   AutoPrune follows (1 at epoch 8). Each event builds a fresh pruner on the current model with
@@ -53,7 +55,7 @@ Methods (``METHODS``):
   Because pruning replaces the parameter tensors, each event that removes channels is followed by a
   fresh Adam (lr 1e-3) over the new parameters (AutoPrune keeps its Adam state and zeroes it at
   pruned entries).
-* ``scratch``: ``CNN1DClassifier(channels=<the autoprune_learned compacted widths of that seed and
+* ``scratch``: ``CNN1DClassifier(channels=<the reference's compacted widths of that seed and
   level>)`` from random init (``seed_everything(seed)``), trained ``dense_epochs +
   finetune_epochs`` (32) epochs with Adam 1e-3: the same architecture and the same total epochs.
 
@@ -63,7 +65,7 @@ Metrics: test accuracy on the 1000 test examples; parameters
 example) of the model each method ends with (the compacted one for AutoPrune).
 
 Latency (``--latency``, a separate step so it can be rerun alone on a quiet machine): per seed
-and level, the saved compacted ``autoprune_learned`` model against the saved ``dense`` model of
+and level, the reference's saved compacted model against the saved ``dense`` model of
 that seed (``scratch`` has the same widths and is not timed), both rebuilt from their state dicts,
 eval mode, ``torch.inference_mode()``, ``torch.set_num_threads(2)``, the first test examples as
 input, in one process: at batch 1, 30 warm-up calls each then 300 timed calls each; at batch 256,
@@ -73,17 +75,17 @@ first alternates too). That is one round; 5 rounds run one after the other, each
 rounds of those medians, and the median over rounds of the per-round ratio dense / compacted.
 
 Summary (:func:`summarise`) per level and method: test accuracy mean ± sample std over seeds,
-mean parameters and FLOPs (and their ratios to dense and to ``autoprune_learned``), a paired
-comparison ``autoprune_learned - method`` over seeds (:func:`benchmarks.protocol.paired_test`:
+mean parameters and FLOPs (and their ratios to dense and to the reference), a paired
+comparison ``reference - method`` over seeds (:func:`benchmarks.protocol.paired_test`:
 paired t-test and Wilcoxon; *real* only where the t-test p < 0.05 over at least 2 seeds; no
 correction for the many comparisons), and the medians over seeds of
 the latency medians and ratios. Two goals with verdicts computed from these numbers:
 
-* (a) at some level, the compacted ``autoprune_learned`` model is at least 2x faster than dense
-  at batch 256 (median ratio over seeds) with at most 1 point lower mean test accuracy than the
+* (a) at some level, the reference's compacted model is at least 2x faster than dense at batch 256
+  (median ratio over seeds) with at most 1 point lower mean test accuracy than the
   ``dense`` reference;
-* (b) at every level, the mean test accuracy of ``autoprune_learned`` is at least that of
-  ``tp_magnitude``, ``tp_taylor`` and ``scratch``, which have (close to) the same FLOPs.
+* (b) at every level, the reference's mean test accuracy is at least that of ``tp_magnitude``,
+  ``tp_taylor`` and ``scratch``, which have (close to) the same FLOPs.
 
 Results: one JSON per run under ``<out>/structured/mnist1d-cnn/<method>/s<level>_seed<seed>.json``
 (``dense/seed<seed>.json``; ``latency/s<level>_seed<seed>.json``), each with the budget and
@@ -95,7 +97,7 @@ Usage::
     python -m benchmarks.structured                  # the full grid into benchmarks/results/structured
     python -m benchmarks.structured --latency        # then the latency step alone
     python -m benchmarks.structured --quick          # seed 0, level 0.5, every method, into results-quick/
-    python -m benchmarks.structured --seeds 0 1 --levels 0.5 --methods autoprune_learned scratch --resume
+    python -m benchmarks.structured --seeds 0 1 --levels 0.5 --methods autoprune_taylor scratch --resume
 """
 
 from __future__ import annotations
@@ -146,7 +148,9 @@ LEVELS: dict[float, str] = {0.5: "2x", 0.75: "4x"}
 #: What the levels count: the FLOPs of the pruned Conv/Linear layers (the issue's 2x and 4x FLOPs).
 TARGET_UNIT = "flops"
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-REFERENCE = "autoprune_learned"
+#: The method every other is compared with and matched to (its FLOPs, its widths): AutoPrune with
+#: its structured default importance.
+REFERENCE = f"autoprune_{AutoPrune(granularity='structured').importance}"
 AUTOPRUNE_METHODS: dict[str, str] = {
     "autoprune_learned": "learned",
     "autoprune_taylor": "taylor",
@@ -154,7 +158,7 @@ AUTOPRUNE_METHODS: dict[str, str] = {
 }
 TP_METHODS: dict[str, str] = {"tp_magnitude": "magnitude", "tp_taylor": "taylor"}
 METHODS: tuple[str, ...] = (*AUTOPRUNE_METHODS, *TP_METHODS, "scratch")
-#: Methods goal (b) compares ``autoprune_learned`` with.
+#: Methods goal (b) compares the reference with.
 GOAL_B_RIVALS: tuple[str, ...] = ("tp_magnitude", "tp_taylor", "scratch")
 #: Settings of ``--quick``.
 QUICK: dict[str, tuple[Any, ...]] = {"seeds": (0,), "levels": (0.5,), "methods": METHODS}
@@ -470,7 +474,7 @@ def run_method(
 ) -> tuple[dict[str, Any], nn.Module]:
     """Run one method at one level from the dense ``state``; return its record fields and final model.
 
-    ``reference`` is the ``autoprune_learned`` record of the same seed and level (its FLOPs and
+    ``reference`` is the :data:`REFERENCE` record of the same seed and level (its FLOPs and
     widths); the Torch-Pruning methods and ``scratch`` need it.
     """
     test_loader = datamodule.test_dataloader()
@@ -661,7 +665,7 @@ def run_latency(
     rounds: int = LATENCY_ROUNDS,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Time the compacted ``autoprune_learned`` models against dense (module docstring); write records and summary.
+    """Time the compacted :data:`REFERENCE` models against dense (module docstring); write records and summary.
 
     Every (seed, level) pair is timed once per round, the rounds one after the other, so a burst
     of load on the shared machine hits one round of many pairs rather than every round of one.
@@ -716,6 +720,7 @@ def run_latency(
                 "track": TRACK,
                 "setup": SETUP,
                 "method": "latency",
+                "compacted_method": REFERENCE,
                 "level": level,
                 "level_label": level_label(level),
                 "seed": seed,
@@ -756,12 +761,18 @@ def summarise(out_or_records: Path | Sequence[Mapping[str, Any]]) -> dict[str, A
     """Aggregate the records (or those under a results root) into the summary of the module docstring."""
     records = load_records(out_or_records) if isinstance(out_or_records, Path) else list(out_or_records)
     dense = {r["seed"]: r for r in records if r["method"] == "dense"}
-    latency = {(r["level"], r["seed"]): r for r in records if r["method"] == "latency"}
+    # Latency records time the reference's compacted model; older ones (without the field) timed the
+    # then-reference `autoprune_learned`, and count only while that is still the reference.
+    latency = {
+        (r["level"], r["seed"]): r
+        for r in records
+        if r["method"] == "latency" and r.get("compacted_method", "autoprune_learned") == REFERENCE
+    }
     runs: dict[float, dict[str, dict[int, Mapping[str, Any]]]] = {}
     for r in records:
         if r["method"] not in ("dense", "latency") and r["seed"] in dense:
             runs.setdefault(r["level"], {}).setdefault(r["method"], {})[r["seed"]] = r
-    summary: dict[str, Any] = {"track": TRACK, "setup": SETUP, "levels": {}}
+    summary: dict[str, Any] = {"track": TRACK, "setup": SETUP, "reference": REFERENCE, "levels": {}}
     if not dense:
         return summary
     seeds = sorted(dense)
@@ -886,7 +897,7 @@ def goals(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Verdicts of goals (a) and (b) (module docstring), computed from a summary's levels.
 
     Example:
-        >>> level = {"label": "2x", "methods": {"autoprune_learned": {"test_acc_mean": 0.95}},
+        >>> level = {"label": "2x", "methods": {REFERENCE: {"test_acc_mean": 0.95}},
         ...          "comparisons": {}, "latency": {"batch_256": {"ratio_median": 2.5}}}
         >>> goals({"dense": {"test_acc_mean": 0.955}, "levels": {"0.50": level}})["a"]["met"]
         True

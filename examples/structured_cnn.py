@@ -1,14 +1,15 @@
 """Structured pruning and compaction: a smaller, faster MNIST-1D CNN from one callback.
 
 Trains the 1D CNN (3 x 32 channels, BatchNorm) on MNIST-1D twice with the same budget: dense,
-and with ``AutoPrune(granularity="structured", target_sparsity=..., compact_on_fit_end=True)``,
+and with ``AutoPrune(granularity="structured", target_sparsity=..., target_unit=...,
+compact_on_fit_end=True)``,
 which prunes whole channels (with their BatchNorm entries and the next layer's input columns) and
 at the end of fit physically removes them. Prints test accuracy, parameters, FLOPs (per sample,
 Torch-Pruning's counter) and the median CPU latency of the dense and the compacted model at
 batch 1 and 256.
 
-    python examples/structured_cnn.py                 # 30 epochs, 75% of the parameters removed
-    python examples/structured_cnn.py --target 0.5 --importance taylor
+    python examples/structured_cnn.py                 # 30 epochs, 75% of the conv/linear FLOPs removed
+    python examples/structured_cnn.py --target 0.5 --target_unit params --importance learned
 """
 
 from __future__ import annotations
@@ -60,8 +61,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each fit (default 30)")
-    parser.add_argument("--target", type=float, default=0.75, help="fraction of parameters to remove (default 0.75)")
-    parser.add_argument("--importance", default="learned", choices=["learned", "taylor", "magnitude", "random"])
+    parser.add_argument("--target", type=float, default=0.75, help="fraction to remove (default 0.75)")
+    parser.add_argument(
+        "--target_unit", default="flops", choices=["flops", "params"], help="what --target counts (default flops)"
+    )
+    parser.add_argument(
+        "--importance",
+        default=None,
+        choices=["learned", "taylor", "magnitude", "random"],
+        help="unit importance (default: AutoPrune's structured default, taylor)",
+    )
     parser.add_argument("--limit_batches", type=float, default=1.0, help="fraction or count of batches per epoch")
     parser.add_argument("--repeats", type=int, default=200, help="timed forward passes per latency (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,7 +99,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     seed_everything(args.seed, verbose=False)
     pruned = CNN1DClassifier(channels=[32, 32, 32], lr=3e-3)
     callback = AutoPrune(
-        target_sparsity=args.target, granularity="structured", importance=args.importance, compact_on_fit_end=True
+        target_sparsity=args.target,
+        granularity="structured",
+        target_unit=args.target_unit,
+        importance=args.importance,
+        compact_on_fit_end=True,
     )
     trainer = _trainer(args, [callback])
     trainer.fit(pruned, datamodule=datamodule)

@@ -73,12 +73,15 @@ class AutoPrune(Callback):
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
             ``None`` infers it: ``"min"`` for names containing ``loss`` or ``error``, else ``"max"``.
-        importance: how weights are scored. ``"learned"`` (the default): a scikit-learn model
-            predicts each weight's loss change from its features (magnitude, gradients, movement,
-            activations, layer context), trained on group ablations measured during the run on
-            calibration batches, checked against the formulas below on held-out ablations and
-            blended with (or replaced by) the best of them. A path to a ``.skops`` file starts
-            from that importance model instead of the shipped one. Formulas: ``"lamp"``
+        importance: how weights are scored. ``None`` (the default): ``"learned"`` for
+            unstructured pruning and ``"taylor"`` for structured pruning, where the learned unit
+            scorer measured worse after fine-tuning (BENCHMARKS.md, structured track).
+            ``"learned"``: a scikit-learn model predicts each weight's loss change from its features
+            (magnitude, gradients, movement, activations, layer context), trained on group
+            ablations measured during the run on calibration batches, checked against the formulas
+            below on held-out ablations and blended with (or replaced by) the best of them. A
+            path to a ``.skops`` file starts from that importance model instead of the shipped
+            one. Formulas: ``"lamp"``
             (layer-adaptive magnitude), ``"magnitude"`` (global ``|w|``), ``"taylor"``
             (``|g * w|`` on calibration batches) or ``"random"``.
         estimator: ``importance="learned"`` only: import path of a scikit-learn regressor or
@@ -93,9 +96,10 @@ class AutoPrune(Callback):
             by a residual addition) pruned together, traced with Torch-Pruning on what
             ``training_step`` passes the model for one training batch (or
             ``example_input_array``). Sparsity then counts the parameters of
-            those tensors; ``importance`` must be ``"learned"`` (single-unit ablations near the
-            frontier teach a scikit-learn model, checked against Taylor on held-out units),
-            ``"taylor"``, ``"magnitude"`` or ``"random"``.
+            those tensors (or their FLOPs, see ``target_unit``); ``importance`` must be
+            ``"taylor"`` (the structured default: group Taylor per parameter or FLOP removed),
+            ``"learned"`` (single-unit ablations near the frontier teach a scikit-learn model,
+            checked against Taylor on held-out units), ``"magnitude"`` or ``"random"``.
         target_unit: what ``target_sparsity`` (and the automatic mode's sparsity) counts:
             ``"params"``, the prunable parameters removed, or ``"flops"`` (``granularity="structured"``
             only), the multiply-accumulates of the pruned Linear and Conv layers removed per sample,
@@ -148,7 +152,7 @@ class AutoPrune(Callback):
         max_metric_drop: float = 0.01,
         monitor: str | None = None,
         mode: Literal["max", "min"] | None = None,
-        importance: str = "learned",
+        importance: str | None = None,
         estimator: str | None = None,
         label_groups: int = 128,
         granularity: Literal["unstructured", "structured"] = "unstructured",
@@ -168,6 +172,8 @@ class AutoPrune(Callback):
         report_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if importance is None:
+            importance = "taylor" if granularity == "structured" else "learned"
         _validate_arguments(
             target_sparsity=target_sparsity,
             max_metric_drop=max_metric_drop,
@@ -425,6 +431,8 @@ class AutoPrune(Callback):
         if self.compact_on_fit_end and trainer.is_global_zero:
             assert directory is not None
             compaction = self._compact(trainer, pl_module, directory)
+        if not (self.verbose or self.report) or not trainer.is_global_zero:
+            return  # nothing shows the record; its feature importances alone cost a third of a second
         record = self.report_record(pl_module)
         if compaction is not None:
             record["compaction"] = compaction

@@ -22,7 +22,7 @@ TINY_BUDGET = Budget(
     limit_test_batches=1,
     calibration_samples=64,
 )
-METHODS = ("autoprune_learned", "tp_magnitude", "scratch")
+METHODS = (structured.REFERENCE, "tp_magnitude", "scratch")
 TINY_GRID = structured.Grid(seeds=[0], levels=[0.5], methods=METHODS)
 
 
@@ -34,13 +34,17 @@ def tiny_track(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, summary
 
 
+def test_the_reference_is_autoprune_with_its_structured_default() -> None:
+    assert structured.REFERENCE == "autoprune_taylor"
+
+
 def test_one_file_per_run_and_the_models_latency_needs(tiny_track: tuple[Path, dict]) -> None:
     out, _ = tiny_track
     base = structured.track_dir(out)
     written = {p.relative_to(base).as_posix() for p in base.glob("*/*.json")}
     assert written == {"dense/seed0.json", "latency/s0.50_seed0.json"} | {f"{m}/s0.50_seed0.json" for m in METHODS}
     assert (base / "models" / "dense_seed0.pt").exists()
-    assert (base / "models" / "autoprune_learned_s0.50_seed0.pt").exists()
+    assert (base / "models" / f"{structured.REFERENCE}_s0.50_seed0.pt").exists()
     assert (out / structured.TRACK / "summary.json").exists()
     record = json.loads((base / "tp_magnitude" / "s0.50_seed0.json").read_text())
     for key in ("method", "level", "seed", "test_acc", "params", "flops", "widths", "budget", "tp_events"):
@@ -52,26 +56,26 @@ def test_one_file_per_run_and_the_models_latency_needs(tiny_track: tuple[Path, d
 def test_compacted_model_is_smaller_and_matches_the_masked_one(tiny_track: tuple[Path, dict]) -> None:
     out, _ = tiny_track
     dense = json.loads(structured.run_path(out, "dense", None, 0).read_text())
-    learned = json.loads(structured.run_path(out, "autoprune_learned", 0.5, 0).read_text())
-    assert learned["params"] < dense["params"]
-    assert learned["flops"] < dense["flops"]
-    assert learned["widths"] != dense["widths"]
-    assert learned["test_acc"] == pytest.approx(learned["masked_test_acc"], abs=2e-3)
+    reference = json.loads(structured.run_path(out, structured.REFERENCE, 0.5, 0).read_text())
+    assert reference["params"] < dense["params"]
+    assert reference["flops"] < dense["flops"]
+    assert reference["widths"] != dense["widths"]
+    assert reference["test_acc"] == pytest.approx(reference["masked_test_acc"], abs=2e-3)
     # the level counts FLOPs of the masked conv/linear layers: whole channels stop just below it
-    assert learned["target_unit"] == "flops"
-    assert 0.4 <= learned["flops_sparsity"] <= 0.5
+    assert reference["target_unit"] == "flops"
+    assert 0.4 <= reference["flops_sparsity"] <= 0.5
 
 
 def test_rivals_match_the_reference_flops(tiny_track: tuple[Path, dict]) -> None:
     out, _ = tiny_track
-    learned = json.loads(structured.run_path(out, "autoprune_learned", 0.5, 0).read_text())
+    reference = json.loads(structured.run_path(out, structured.REFERENCE, 0.5, 0).read_text())
     tp = json.loads(structured.run_path(out, "tp_magnitude", 0.5, 0).read_text())
     scratch = json.loads(structured.run_path(out, "scratch", 0.5, 0).read_text())
-    assert tp["flops"] == pytest.approx(learned["flops"], rel=0.05)
-    assert tp["reference_flops"] == learned["flops"]
-    assert scratch["widths"] == learned["widths"]
-    assert scratch["flops"] == learned["flops"]
-    assert scratch["params"] == learned["params"]
+    assert tp["flops"] == pytest.approx(reference["flops"], rel=0.05)
+    assert tp["reference_flops"] == reference["flops"]
+    assert scratch["widths"] == reference["widths"]
+    assert scratch["flops"] == reference["flops"]
+    assert scratch["params"] == reference["params"]
 
 
 def test_summary_fields_and_goals(tiny_track: tuple[Path, dict]) -> None:
@@ -109,7 +113,7 @@ def test_resume_keeps_existing_runs(tiny_track: tuple[Path, dict]) -> None:
 
 def test_rivals_need_the_reference_run(tmp_path: Path) -> None:
     grid = structured.Grid(seeds=[0], levels=[0.5], methods=["scratch"])
-    with pytest.raises(ValueError, match="autoprune_learned"):
+    with pytest.raises(ValueError, match=structured.REFERENCE):
         structured.run_track(tmp_path, grid, TINY_BUDGET, log=lambda line: None)
 
 

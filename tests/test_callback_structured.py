@@ -138,6 +138,13 @@ def test_structured_automatic_mode_stays_within_tolerance(
     assert record["totals"]["flops_after"] <= record["totals"]["flops_before"]
 
 
+def test_structured_default_importance_is_taylor() -> None:
+    assert AutoPrune(granularity="structured").importance == "taylor"
+    assert AutoPrune(granularity="structured").scorer.needs_gradients
+    assert AutoPrune().importance == "learned"  # unstructured keeps the learned default
+    assert AutoPrune(granularity="structured", importance="learned").importance == "learned"
+
+
 def test_structured_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match=r"granularity='structured', `importance` must be one of .* got 'lamp'"):
         AutoPrune(granularity="structured", importance="lamp")
