@@ -425,12 +425,12 @@ def render_report(
 # ---------------------------------------------------------------------------------------------- structured track
 STRUCTURED_NOTES: dict[str, str] = {
     "dense": "the dense model fine-tuned for the same 12 epochs without pruning (the accuracy reference).",
-    "autoprune_taylor": "`AutoPrune(granularity='structured', importance='taylor')`: group Taylor with a curvature "
-    "term, per parameter (or FLOP, with `target_unit='flops'`) removed; then `compact()`.",
+    "autoprune_magnitude": "`AutoPrune(granularity='structured', importance='magnitude')`: the group norm (the "
+    "unit's squared L2 norm in every coupled weight slice, averaged, divided by the layer's mean); then `compact()`.",
+    "autoprune_taylor": "the same with `importance='taylor'` (group Taylor with a curvature term, per parameter, or "
+    "FLOP with `target_unit='flops'`, removed); then `compact()`.",
     "autoprune_learned": "the same with `importance='learned'` (single-unit ablations near the pruning frontier teach "
     "a scikit-learn model, checked against Taylor on held-out units); then `compact()`.",
-    "autoprune_magnitude": "the same with `importance='magnitude'` (layer-normalised L2 norm of the unit's slices); "
-    "then `compact()`.",
     "tp_magnitude": "Torch-Pruning 1.6 `BasePruner` (= `MetaPruner`), `MagnitudeImportance(p=2)`, "
     "`global_pruning=True`, head ignored, physical pruning at the same 8 epoch starts; per event the number of "
     "channels is bisected so the FLOPs follow the cubic schedule to the reference's final FLOPs; a fresh Adam "

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--importance",
         default=None,
         choices=["learned", "taylor", "magnitude", "random"],
-        help="unit importance (default: AutoPrune's structured default, taylor)",
+        help="unit importance (default: AutoPrune's structured default, magnitude)",
     )
     parser.add_argument("--limit_batches", type=float, default=1.0, help="fraction or count of batches per epoch")
     parser.add_argument("--repeats", type=int, default=200, help="timed forward passes per latency (default 200)")

@@ -74,8 +74,8 @@ class AutoPrune(Callback):
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
             ``None`` infers it: ``"min"`` for names containing ``loss`` or ``error``, else ``"max"``.
         importance: how weights are scored. ``None`` (the default): ``"learned"`` for
-            unstructured pruning and ``"taylor"`` for structured pruning, where the learned unit
-            scorer measured worse after fine-tuning (BENCHMARKS.md, structured track).
+            unstructured pruning and ``"magnitude"`` (the group norm) for structured pruning, where
+            it measured best and the learned unit scorer worst (BENCHMARKS.md, structured track).
             ``"learned"``: a scikit-learn model predicts each weight's loss change from its features
             (magnitude, gradients, movement, activations, layer context), trained on group
             ablations measured during the run on calibration batches, checked against the formulas
@@ -97,15 +97,16 @@ class AutoPrune(Callback):
             ``training_step`` passes the model for one training batch (or
             ``example_input_array``). Sparsity then counts the parameters of
             those tensors (or their FLOPs, see ``target_unit``); ``importance`` must be
-            ``"taylor"`` (the structured default: group Taylor per parameter or FLOP removed),
-            ``"learned"`` (single-unit ablations near the frontier teach a scikit-learn model,
-            checked against Taylor on held-out units), ``"magnitude"`` or ``"random"``.
+            ``"magnitude"`` (the structured default: the unit's squared L2 norm over every coupled
+            weight slice, layer-normalised), ``"taylor"`` (group Taylor per parameter or FLOP
+            removed), ``"learned"`` (single-unit ablations near the frontier teach a
+            scikit-learn model, checked against Taylor on held-out units) or ``"random"``.
         target_unit: what ``target_sparsity`` (and the automatic mode's sparsity) counts:
             ``"params"``, the prunable parameters removed, or ``"flops"`` (``granularity="structured"``
             only), the multiply-accumulates of the pruned Linear and Conv layers removed per sample,
-            measured from their output sizes on the first forward pass. With ``"flops"`` units are
-            also ranked per FLOP they save, so the cheap-to-keep, costly-to-run early convolution
-            channels go first; ``autoprune/flops_sparsity`` is logged.
+            measured from their output sizes on the first forward pass. With ``"flops"`` the
+            ``"taylor"`` and ``"learned"`` unit keys are per FLOP saved (``"magnitude"`` keys do
+            not depend on cost); ``autoprune/flops_sparsity`` is logged.
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
             remove the pruned units (:func:`lightning_autoprune.compact`), keep the smaller model
             as ``callback.compacted_model`` and save it (``torch.save`` of the module, in eval
@@ -173,7 +174,7 @@ class AutoPrune(Callback):
     ) -> None:
         super().__init__()
         if importance is None:
-            importance = "taylor" if granularity == "structured" else "learned"
+            importance = "magnitude" if granularity == "structured" else "learned"
         _validate_arguments(
             target_sparsity=target_sparsity,
             max_metric_drop=max_metric_drop,

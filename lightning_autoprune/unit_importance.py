@@ -2,9 +2,10 @@
 
 Every scorer returns, per unit group, one key per unit: higher means keep. The formulas:
 
-* ``"magnitude"``: the L2 norm of the unit's producing weights (weight rows, bias, BatchNorm
-  affine), as a root mean square, divided by the mean over the layer's kept units, so layers of
-  different scale compete fairly (Li et al. 2017, layer-normalised).
+* ``"magnitude"``: the group norm: the unit's squared L2 norm in each coupled weight slice
+  (producing weight rows, BatchNorm ``gamma``, consuming input columns), averaged over the slices
+  and divided by the mean over the layer's kept units, so layers of different scale compete
+  fairly (Fang et al. 2023; Torch-Pruning's ``MagnitudeImportance(p=2)``).
 * ``"taylor"``: the unit's estimated loss increase per parameter it removes. The loss change of
   zeroing all of a unit's slices at once is estimated to second order with the calibration
   gradient ``g`` and Fisher diagonal ``F``: ``|sum g*w| + 1/2 sum w^2 F`` (Molchanov et al. 2019's
@@ -97,21 +98,36 @@ def _rms(group: UnitGroup, weights: Mapping[str, Tensor], roles: Sequence[str]) 
 
 
 def magnitude_keys(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> dict[str, Tensor]:
-    """Layer-normalised RMS of each unit's producing parameters; see the module docstring.
+    """Group magnitude: each unit's squared L2 norm per coupled weight slice, averaged, layer-normalised.
+
+    Every weight slice that carries the unit counts (the producing layers' weight rows, BatchNorm
+    ``gamma``, the consuming layers' input columns), so a channel that the next layer ignores
+    ranks low even if its own filter is large (the group norm of Fang et al. 2023, as in
+    Torch-Pruning's ``MagnitudeImportance(p=2)`` with mean reduction and mean normaliser). Biases
+    and BatchNorm ``beta`` (parameters named ``*bias``) do not count. Divided by the mean over
+    the group's kept units, so layers of different scale compete fairly.
 
     Example:
         >>> from lightning_autoprune.structured import Slice
         >>> g = UnitGroup("a", 2, (Slice("w", 0, torch.arange(2), torch.arange(2), "producer"),), 0.0)
         >>> w = {"w": torch.tensor([[3.0, 4.0], [0.0, 1.0]])}
         >>> magnitude_keys([g], ScoreInputs(w, {"w": torch.ones(2, 2, dtype=torch.bool)}))["a"]
-        tensor([1.6667, 0.3333], dtype=torch.float64)
+        tensor([1.9231, 0.0769], dtype=torch.float64)
     """
     out = {}
     for group in groups:
-        rms = _rms(group, inputs.weights, ("producer", "norm"))
+        per_slice = [
+            unit_sums(
+                UnitGroup(group.name, group.units, (s,), group.depth),
+                {s.param: inputs.weights[s.param].double().pow(2)},
+            )
+            for s in group.slices
+            if not s.param.endswith("bias") and s.param in inputs.weights
+        ]
+        norm = torch.stack(per_slice).mean(dim=0) if per_slice else torch.zeros(group.units, dtype=torch.float64)
         alive = kept_units(group, inputs.masks)
-        scale = rms[alive].mean() if bool(alive.any()) else torch.tensor(1.0, dtype=torch.float64)
-        out[group.name] = rms / scale.clamp_min(_EPS)
+        scale = norm[alive].mean() if bool(alive.any()) else torch.tensor(1.0, dtype=torch.float64)
+        out[group.name] = norm / scale.clamp_min(_EPS)
     return out
 
 

@@ -35,7 +35,7 @@ def tiny_track(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_the_reference_is_autoprune_with_its_structured_default() -> None:
-    assert structured.REFERENCE == "autoprune_taylor"
+    assert structured.REFERENCE == "autoprune_magnitude"
 
 
 def test_one_file_per_run_and_the_models_latency_needs(tiny_track: tuple[Path, dict]) -> None:

@@ -138,9 +138,9 @@ def test_structured_automatic_mode_stays_within_tolerance(
     assert record["totals"]["flops_after"] <= record["totals"]["flops_before"]
 
 
-def test_structured_default_importance_is_taylor() -> None:
-    assert AutoPrune(granularity="structured").importance == "taylor"
-    assert AutoPrune(granularity="structured").scorer.needs_gradients
+def test_structured_default_importance_is_the_group_magnitude() -> None:
+    assert AutoPrune(granularity="structured").importance == "magnitude"
+    assert not AutoPrune(granularity="structured").scorer.needs_gradients  # no calibration passes
     assert AutoPrune().importance == "learned"  # unstructured keeps the learned default
     assert AutoPrune(granularity="structured", importance="learned").importance == "learned"
 

@@ -42,9 +42,26 @@ def test_taylor_key_is_second_order_loss_change_per_removed_entry() -> None:
     torch.testing.assert_close(keys, torch.tensor([5.8 / 3, 0.135 / 3], dtype=torch.float64))
 
 
-def test_magnitude_key_is_layer_normalised_rms_of_producers() -> None:
-    rms = torch.tensor([(5 / 2) ** 0.5, 0.5], dtype=torch.float64)  # the consumer column does not count
-    torch.testing.assert_close(magnitude_keys([_group()], _inputs())["g"], rms / rms.mean())
+def test_magnitude_key_is_the_layer_normalised_group_norm() -> None:
+    # unit 0: producer row 1 + 4 = 5, consumer column 9 -> mean 7; unit 1: 0.25 + 0.25, 1 -> 0.75
+    norm = torch.tensor([7.0, 0.75], dtype=torch.float64)
+    torch.testing.assert_close(magnitude_keys([_group()], _inputs())["g"], norm / norm.mean())
+
+
+def test_magnitude_key_ignores_biases_and_is_normalised_over_kept_units() -> None:
+    group = UnitGroup(
+        "g",
+        3,
+        (
+            Slice("fc.weight", 0, torch.arange(3), torch.arange(3), "producer"),
+            Slice("fc.bias", 0, torch.arange(3), torch.arange(3), "producer"),
+        ),
+        0.0,
+    )
+    weights = {"fc.weight": torch.tensor([[2.0], [1.0], [0.0]]), "fc.bias": torch.tensor([100.0, 0.0, 0.0])}
+    masks = {"fc.weight": torch.tensor([[True], [True], [False]]), "fc.bias": torch.tensor([True, True, False])}
+    keys = magnitude_keys([group], ScoreInputs(weights, masks))["g"]
+    torch.testing.assert_close(keys, torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64) / 2.5)
 
 
 def test_features_have_documented_columns_and_are_finite() -> None:
