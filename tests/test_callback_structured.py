@@ -138,6 +138,24 @@ def test_structured_automatic_mode_stays_within_tolerance(
     assert record["totals"]["flops_after"] <= record["totals"]["flops_before"]
 
 
+def test_automatic_mode_with_a_flops_target_stays_within_tolerance(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(granularity="structured", target_unit="flops", verbose=False, report=False)
+    trainer = Trainer(max_epochs=12, limit_train_batches=8, callbacks=[autoprune], **trainer_kwargs)
+    trainer.fit(_cnn(), datamodule=digits)
+    assert autoprune.search.stop_reason
+    assert autoprune.search.reference is not None
+    assert trainer.callback_metrics["val_acc"].item() >= autoprune.search.reference - 0.01 - 1e-6
+    flops = autoprune.flops_sparsity()
+    assert flops is not None
+    assert flops > 0.0, "the search accepted at least one step"
+    accepted = autoprune.search.accepted
+    assert flops <= accepted + 1e-9  # whole channels stop at or below the accepted FLOPs fraction
+    assert trainer.callback_metrics["autoprune/flops_sparsity"].item() == pytest.approx(flops)
+
+
 def test_structured_default_importance_is_the_group_magnitude() -> None:
     assert AutoPrune(granularity="structured").importance == "magnitude"
     assert not AutoPrune(granularity="structured").scorer.needs_gradients  # no calibration passes
