@@ -42,6 +42,8 @@ DEFAULT_CALIBRATION_SAMPLES = 512
 
 _GRANULARITIES = ("unstructured", "structured")
 _TARGET_UNITS = ("params", "flops")
+#: Layers whose weights cost FLOPs per output position (``2 * weights * positions`` per sample).
+_FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MODES = ("max", "min")
 
 
@@ -498,16 +500,16 @@ class AutoPrune(Callback):
         weights = self._flops_per_weight()
         return masks.mask_sparsity(self.masks, weights) if weights is not None else None
 
+    def _flop_targets(self) -> list[PruneTarget]:
+        """The pruned Linear/Conv weights: the tensors that cost FLOPs (biases and norms do not count)."""
+        return [t for t in self.targets if t.param_name == "weight" and isinstance(t.module, _FLOP_LAYERS)]
+
     def _flops_per_weight(self) -> dict[str, float] | None:
-        """Per pruned tensor, the FLOPs one of its entries costs per sample (0 for biases and norms)."""
-        convs = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        weights: dict[str, float] = {}
-        for target in self.targets:
-            if target.param_name == "weight" and isinstance(target.module, convs):
-                if target.name not in self._positions:
-                    return None
-                weights[target.name] = 2.0 * self._positions[target.name]
-        return weights or None
+        """Per pruned Linear/Conv weight, the FLOPs one entry costs per sample; ``None`` until all of them ran."""
+        targets = self._flop_targets()
+        if not targets or any(t.name not in self._positions for t in targets):
+            return None
+        return {t.name: 2.0 * self._positions[t.name] for t in targets}
 
     def _cost_weights(self) -> dict[str, float] | None:
         """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
@@ -515,7 +517,7 @@ class AutoPrune(Callback):
             return None
         weights = self._flops_per_weight()
         if weights is None:
-            missing = [t.name for t in self.targets if t.param_name == "weight" and t.name not in self._positions]
+            missing = [t.name for t in self._flop_targets() if t.name not in self._positions]
             raise ValueError(
                 "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
                 f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
@@ -551,21 +553,16 @@ class AutoPrune(Callback):
         prunable = sum(layer["numel"] for layer in layers)
         kept_total = sum(layer["kept"] for layer in layers)
         totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
-        flops = [
-            (2 * layer["numel"] * self._positions[layer["name"]], 2 * layer["kept"] * self._positions[layer["name"]])
-            for layer in layers
-            if layer["name"] in self._positions
-        ]
-        # Structured runs also mask biases and BatchNorm affines: only the weights count towards FLOPs.
-        convs = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        weights = [
-            t
-            for t in self.targets
-            if self.granularity == "unstructured" or (t.param_name == "weight" and isinstance(t.module, convs))
-        ]
-        if flops and len(flops) == len(weights):
-            totals["flops_before"] = sum(before for before, _ in flops)
-            totals["flops_after"] = sum(after for _, after in flops)
+        # Structured runs also mask biases and BatchNorm affines, which cost no FLOPs; unstructured runs
+        # report FLOPs only when every pruned tensor is a Linear/Conv weight.
+        per_weight = self._flops_per_weight()
+        if per_weight is not None and (self.granularity == "structured" or len(per_weight) == len(self.targets)):
+            totals["flops_before"] = int(
+                sum(per_weight[layer["name"]] * layer["numel"] for layer in layers if layer["name"] in per_weight)
+            )
+            totals["flops_after"] = int(
+                sum(per_weight[layer["name"]] * layer["kept"] for layer in layers if layer["name"] in per_weight)
+            )
         if pl_module is not None:
             model_params = sum(p.numel() for p in pl_module.parameters())
             totals["params_model"] = model_params
@@ -616,10 +613,7 @@ class AutoPrune(Callback):
         an add per weight and position); ``report_record`` totals them when every target is
         Linear or Conv.
         """
-        for target in self.targets:
-            module = target.module
-            if target.param_name != "weight" or not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                continue
+        for target in self._flop_targets():
             if target.name in self._positions:
                 continue
 
@@ -632,7 +626,7 @@ class AutoPrune(Callback):
                 channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
                 self._positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
 
-            self._position_hooks.append(module.register_forward_hook(hook))
+            self._position_hooks.append(target.module.register_forward_hook(hook))
 
     def _report_directory(self, trainer: pl.Trainer) -> Path:
         if self.report_dir is not None:

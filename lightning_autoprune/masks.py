@@ -88,11 +88,24 @@ def sparsity(param: Tensor) -> float:
     return zeros / total if total else 0.0
 
 
-def mask_sparsity(masks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> float:
-    """Fraction of entries pruned across all ``masks``; with ``weights``, of their summed cost.
+def mask_cost(masks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> tuple[float, float]:
+    """What ``masks`` prune and what they cover: ``(pruned, total)`` entries, or with ``weights`` their cost.
 
     ``weights`` gives each tensor a cost per entry (for example its FLOPs per weight and sample);
     tensors it does not name cost nothing. ``None`` counts every entry once.
+
+    Example:
+        >>> mask_cost({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}, {"a": 3.0})
+        (3.0, 6.0)
+    """
+    if weights is None:
+        return float(sum(int((~m).sum()) for m in masks.values())), float(sum(m.numel() for m in masks.values()))
+    pruned = sum(weights.get(n, 0.0) * int((~m).sum()) for n, m in masks.items())
+    return pruned, sum(weights.get(n, 0.0) * m.numel() for n, m in masks.items())
+
+
+def mask_sparsity(masks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> float:
+    """Fraction of entries pruned across all ``masks``; with ``weights``, of their summed cost (:func:`mask_cost`).
 
     Example:
         >>> mask_sparsity({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])})
@@ -100,13 +113,8 @@ def mask_sparsity(masks: Mapping[str, Tensor], weights: Mapping[str, float] | No
         >>> mask_sparsity({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}, {"a": 3.0})
         0.5
     """
-    if weights is None:
-        total = sum(m.numel() for m in masks.values())
-        pruned = sum(int((~m).sum()) for m in masks.values())
-        return pruned / total if total else 0.0
-    weighted_total = sum(weights.get(n, 0.0) * m.numel() for n, m in masks.items())
-    weighted_pruned = sum(weights.get(n, 0.0) * int((~m).sum()) for n, m in masks.items())
-    return weighted_pruned / weighted_total if weighted_total else 0.0
+    pruned, total = mask_cost(masks, weights)
+    return pruned / total if total else 0.0
 
 
 def pack_mask(mask: Tensor) -> Tensor:

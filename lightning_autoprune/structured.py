@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from lightning_autoprune.masks import mask_cost
 from lightning_autoprune.selection import pruned_count
 
 __all__ = ["Slice", "UnitGroup", "find_unit_groups", "select_units", "unit_costs", "unit_masks", "unit_sums"]
@@ -345,16 +346,8 @@ def select_units(
         >>> select_units([g], {"a": torch.tensor([0.3, 0.1, 0.4, 0.2])}, m, 0.5, min_density=0.0)["a"]
         tensor([ True, False,  True, False])
     """
-
-    def spent(current: Mapping[str, Tensor]) -> float:
-        if weights is None:
-            return float(sum(int((~m).sum()) for m in current.values()))
-        return sum(weights.get(n, 0.0) * int((~m).sum()) for n, m in current.items())
-
-    if weights is None:
-        goal = float(pruned_count(target, sum(m.numel() for m in masks.values())))
-    else:
-        goal = target * sum(weights.get(n, 0.0) * m.numel() for n, m in masks.items()) * (1.0 + 1e-9)
+    _, total = mask_cost(masks, weights)
+    goal = float(pruned_count(target, int(total))) if weights is None else target * total * (1.0 + 1e-9)
     keep = {g.name: kept_units(g, masks) for g in groups}
     order: list[tuple[float, int, int]] = []  # (key, group position, unit)
     for position, group in enumerate(groups):
@@ -370,7 +363,7 @@ def select_units(
     order.sort()
     current = dict(masks)
     for _ in range(8):  # overlaps between units pruned in one pass make a pass undershoot; refill
-        budget = goal - spent(current)
+        budget = goal - mask_cost(current, weights)[0]
         if budget <= 0 or not order:
             break
         costs = {g.name: unit_costs(g, current, weights) for g in groups}

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from lightning_autoprune.importance import ScoreInputs
 from lightning_autoprune.learned import _fidelity, _spearman, rank_labels, resolve_estimator
-from lightning_autoprune.masks import mask_sparsity
+from lightning_autoprune.masks import mask_cost
 from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
 
 __all__ = [
@@ -364,9 +364,7 @@ class LearnedUnitScorer:
         candidates = np.flatnonzero(alive)
         if not len(candidates):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        weights = inputs.cost_weights
-        total = sum((1.0 if weights is None else weights.get(n, 0.0)) * m.numel() for n, m in inputs.masks.items())
-        pruned = total * mask_sparsity(inputs.masks, weights)
+        pruned, total = mask_cost(inputs.masks, inputs.cost_weights)
         step_units = (inputs.target_sparsity * total - pruned) / max(1.0, float(costs[candidates].mean()))
         window = max(self.label_units, math.ceil(WINDOW * max(1.0, step_units)))
         frontier = candidates[np.argsort(prior[candidates], kind="stable")[:window]]
