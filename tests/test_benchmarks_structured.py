@@ -22,7 +22,7 @@ TINY_BUDGET = Budget(
     limit_test_batches=1,
     calibration_samples=64,
 )
-METHODS = (structured.REFERENCE, "tp_magnitude", "scratch")
+METHODS = (structured.REFERENCE, structured.ROUNDED, "tp_magnitude", "scratch")
 TINY_GRID = structured.Grid(seeds=[0], levels=[0.5], methods=METHODS)
 
 
@@ -30,7 +30,9 @@ TINY_GRID = structured.Grid(seeds=[0], levels=[0.5], methods=METHODS)
 def tiny_track(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("structured")
     structured.run_track(out, TINY_GRID, TINY_BUDGET, log=lambda line: None)
-    summary = structured.run_latency(out, [0], [0.5], runs={1: (1, 3), 256: (1, 2)}, rounds=2, log=lambda line: None)
+    summary = structured.run_latency(
+        out, [0], [0.5], runs={1: (1, 3), 256: (1, 2)}, rounds=2, threads=(1, 2), log=lambda line: None
+    )
     return out, summary
 
 
@@ -42,9 +44,11 @@ def test_one_file_per_run_and_the_models_latency_needs(tiny_track: tuple[Path, d
     out, _ = tiny_track
     base = structured.track_dir(out)
     written = {p.relative_to(base).as_posix() for p in base.glob("*/*.json")}
-    assert written == {"dense/seed0.json", "latency/s0.50_seed0.json"} | {f"{m}/s0.50_seed0.json" for m in METHODS}
+    timed = {f"latency/{m}_t{t}_s0.50_seed0.json" for m in structured.LATENCY_METHODS for t in (1, 2)}
+    assert written == {"dense/seed0.json"} | timed | {f"{m}/s0.50_seed0.json" for m in METHODS}
     assert (base / "models" / "dense_seed0.pt").exists()
-    assert (base / "models" / f"{structured.REFERENCE}_s0.50_seed0.pt").exists()
+    for method in structured.LATENCY_METHODS:
+        assert (base / "models" / f"{method}_s0.50_seed0.pt").exists()
     assert (out / structured.TRACK / "summary.json").exists()
     record = json.loads((base / "tp_magnitude" / "s0.50_seed0.json").read_text())
     for key in ("method", "level", "seed", "test_acc", "params", "flops", "widths", "budget", "tp_events"):
@@ -64,6 +68,10 @@ def test_compacted_model_is_smaller_and_matches_the_masked_one(tiny_track: tuple
     # the level counts FLOPs of the masked conv/linear layers: whole channels stop just below it
     assert reference["target_unit"] == "flops"
     assert 0.4 <= reference["flops_sparsity"] <= 0.5
+    rounded = json.loads(structured.run_path(out, structured.ROUNDED, 0.5, 0).read_text())
+    assert rounded["widths"] != reference["widths"]
+    assert all(w % 8 == 0 or w == d for w, d in zip(rounded["widths"], dense["widths"], strict=True))
+    assert rounded["flops_sparsity"] <= 0.5
 
 
 def test_rivals_match_the_reference_flops(tiny_track: tuple[Path, dict]) -> None:
@@ -84,21 +92,29 @@ def test_summary_fields_and_goals(tiny_track: tuple[Path, dict]) -> None:
     level = summary["levels"]["0.50"]
     assert level["label"] == "2x"
     assert set(level["methods"]) == set(METHODS)
-    for cell in level["methods"].values():
+    for method, cell in level["methods"].items():
         assert 0.0 <= cell["test_acc_mean"] <= 1.0
         assert cell["params_vs_dense"] > 1.0
-        assert cell["flops_vs_reference_mean"] == pytest.approx(1.0, rel=0.05)
-    assert set(level["comparisons"]) == {"tp_magnitude", "scratch", "dense"}
+        if method != structured.ROUNDED:  # rounded widths are not matched to the reference's FLOPs
+            assert cell["flops_vs_reference_mean"] == pytest.approx(1.0, rel=0.05)
+    assert set(level["comparisons"]) == {"tp_magnitude", structured.ROUNDED, "scratch", "dense"}
     assert not any(test["real"] for test in level["comparisons"].values())  # one seed proves nothing
-    for batch in ("batch_1", "batch_256"):
-        cell = level["latency"][batch]
-        assert cell["dense_ms_median"] > 0
-        assert cell["compact_ms_median"] > 0
-        assert cell["ratio_per_seed"] == [pytest.approx(cell["ratio_median"])]
-        assert cell["ratio_min_round"] <= cell["ratio_median"] <= cell["ratio_max_round"]
-    assert level["latency"]["rounds"] == 2
+    assert set(level["latency"]) == {f"{m}@{t}" for m in structured.LATENCY_METHODS for t in (1, 2)}
+    for timed in level["latency"].values():
+        for batch in ("batch_1", "batch_256"):
+            cell = timed[batch]
+            assert cell["dense_ms_median"] > 0
+            assert cell["compact_ms_median"] > 0
+            assert cell["ratio_per_seed"] == [pytest.approx(cell["ratio_median"])]
+            assert cell["ratio_min_round"] <= cell["ratio_median"] <= cell["ratio_max_round"]
+        assert timed["rounds"] == 2
+    assert level["latency"][f"{structured.ROUNDED}@1"]["threads"] == 1
     goals = summary["goals"]
     assert goals["a"]["met"] in (True, False)
+    candidates = goals["a"]["levels"]["0.50"]["candidates"]
+    assert {(c["method"], c["threads"]) for c in candidates} == {
+        (m, t) for m in structured.LATENCY_METHODS for t in (1, 2)
+    }
     assert goals["b"]["levels"]["0.50"]["complete"] is False  # tp_taylor was not run
     assert goals["b"]["met"] is False
 
@@ -125,6 +141,7 @@ def test_report_renders_the_structured_section(tiny_track: tuple[Path, dict]) ->
     assert "### 2x: `target_sparsity=0.5`" in text
     assert "| `tp_magnitude` |" in text
     assert "dense / compacted" in text
+    assert f"compacted `{structured.ROUNDED}` model, 1 torch thread " in text
     assert "### Goals" in text
     assert structured.load_summary(out / "nothing-here") is None
 

@@ -174,6 +174,10 @@ def test_structured_arguments_are_checked() -> None:
         AutoPrune(granularity="structured", target_unit="macs")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`target_unit`='flops' needs granularity='structured'.*'unstructured'"):
         AutoPrune(target_unit="flops")
+    with pytest.raises(ValueError, match="`round_to` must be an integer >= 1, got 0"):
+        AutoPrune(granularity="structured", round_to=0)
+    with pytest.raises(ValueError, match=r"`round_to`=8 .* needs granularity='structured', got .*'unstructured'"):
+        AutoPrune(round_to=8)
 
 
 def test_structured_model_without_prunable_units_fails_clearly(
@@ -260,3 +264,42 @@ def test_flops_target_reaches_the_flops_fraction_and_resumes_exactly(
     Trainer(callbacks=[resumed], **common).fit(model_b, datamodule=digits, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     for name, mask in autoprune.masks.items():
         assert torch.equal(resumed.masks[name], mask), name
+
+
+def test_round_to_keeps_channel_counts_multiples_through_a_real_run(
+    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+) -> None:
+    """With round_to=4 every conv keeps 4, 8 or 12 of its 12 channels at every event, and compaction agrees."""
+    seed_everything(0)
+    autoprune = AutoPrune(
+        target_sparsity=0.6,
+        granularity="structured",
+        target_unit="flops",
+        round_to=4,
+        start_epoch=1,
+        end_epoch=3,
+        compact_on_fit_end=True,
+        report=False,
+        verbose=False,
+    )
+    widths_per_event: list[list[int]] = []
+
+    class Widths(Callback):
+        def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:  # runs after AutoPrune's hook
+            widths_per_event.append(
+                [sum(not _channel_is_dead(pl_module, conv, k) for k in range(12)) for conv in (0, 3)]
+            )
+
+    model = _cnn()
+    trainer = Trainer(
+        max_epochs=5, limit_train_batches=4, limit_val_batches=1, callbacks=[autoprune, Widths()], **trainer_kwargs
+    )
+    trainer.fit(model, datamodule=digits)
+    assert all(w % 4 == 0 for widths in widths_per_event for w in widths), widths_per_event
+    flops = autoprune.flops_sparsity()
+    assert flops is not None
+    assert 0.3 < flops <= 0.6  # rounded widths: still below the target, never above
+    assert widths_per_event[-1] != [12, 12], "something was pruned"
+    compacted = autoprune.compacted_model
+    assert compacted is not None
+    assert [m.out_channels for m in compacted.net if isinstance(m, torch.nn.Conv1d)] == widths_per_event[-1]

@@ -155,6 +155,45 @@ def test_select_units_never_revives_and_rejects_wrong_key_sizes() -> None:
         select_units([a], {"a": torch.zeros(3)}, masks, 0.5, min_density=0.0)
 
 
+def test_select_units_round_to_rounds_each_pruned_group_to_a_multiple() -> None:
+    a, ma = _linear_group("a", 12, 2)
+    b, mb = _linear_group("b", 12, 2)
+    c, mc = _linear_group("c", 4, 2)  # never pruned: its keys are the highest
+    masks = {**ma, **mb, **mc}  # 56 entries
+    keys = {
+        "a": torch.arange(12, dtype=torch.float64),
+        "b": torch.arange(12, dtype=torch.float64) + 0.5,
+        "c": torch.full((4,), 100.0, dtype=torch.float64),
+    }
+    # unrounded, 24 entries go as a0, b0, a1, b1, ... a5, b5: each keeps 6. Rounded to 4, both round
+    # up to 8 (a tie); then the budget takes `a` down to 4 (its extra units a4-a7 are the less
+    # important), and `b` stays at 8 because going down too would overshoot.
+    keep = select_units([a, b, c], keys, masks, 24 / 56, min_density=0.0, round_to=4)
+    assert keep["a"].tolist() == [False] * 8 + [True] * 4
+    assert keep["b"].tolist() == [False] * 4 + [True] * 8
+    assert keep["c"].all()
+    unrounded = select_units([a, b, c], keys, masks, 24 / 56, min_density=0.0)
+    assert [int(unrounded[n].sum()) for n in "ab"] == [6, 6]
+
+    # each keeps 5 unrounded and rounds down to 4, 32 entries over the goal of 28: the group whose
+    # extra units matter more (`b`) goes back up to 8
+    over = select_units([a, b, c], keys, masks, 28 / 56, min_density=0.0, round_to=4)
+    assert [int(over[n].sum()) for n in "abc"] == [4, 8, 4]
+    assert sum(int((~m).sum()) for m in unit_masks([a, b, c], over, masks).values()) <= 28
+
+    # a width that is not a multiple rounds up to its full width at most; floors round up
+    d, md = _linear_group("d", 10, 1)
+    odd = select_units([d], {"d": torch.arange(10, dtype=torch.float64)}, md, 0.1, min_density=0.0, round_to=4)
+    assert int(odd["d"].sum()) == 10  # 9 unrounded; 8 would overshoot, so up to the full 10
+    assert int(select_units([d], {"d": torch.arange(10.0)}, md, 0.2, min_density=0.0, round_to=4)["d"].sum()) == 8
+    deep = select_units([d], {"d": torch.arange(10, dtype=torch.float64)}, md, 0.7, min_density=0.0, round_to=4)
+    assert int(deep["d"].sum()) == 4  # 3 unrounded: down would be 0, below one block, so up to 4
+    floored = select_units([d], {"d": torch.arange(10, dtype=torch.float64)}, md, 0.9, min_density=0.5, round_to=4)
+    assert int(floored["d"].sum()) == 8  # the floor of 5 units rounds up to 8
+    with pytest.raises(ValueError, match="`round_to` must be an integer >= 1, got 0"):
+        select_units([d], {"d": torch.arange(10.0)}, md, 0.5, min_density=0.0, round_to=0)
+
+
 def test_select_units_with_cost_weights_counts_flops_not_entries() -> None:
     a, ma = _linear_group("a", 10, 3)  # 30 entries at 1 FLOP each
     b, mb = _linear_group("b", 4, 10)  # 40 entries at 4 FLOPs each: 160 of 190 FLOPs
