@@ -10,6 +10,7 @@ batch 1 and 256.
 
     python examples/structured_cnn.py                 # 30 epochs, 75% of the conv/linear FLOPs removed
     python examples/structured_cnn.py --target 0.5 --target_unit params --importance learned
+    python examples/structured_cnn.py --target 0.6 --round_to 8 --threads 1   # widths in multiples of 8
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["learned", "taylor", "magnitude", "random"],
         help="unit importance (default: AutoPrune's structured default, magnitude)",
     )
+    parser.add_argument(
+        "--round_to", type=int, default=1, help="keep a multiple of this many channels per layer (default 1: any)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the latency (default 2)")
     parser.add_argument("--limit_batches", type=float, default=1.0, help="fraction or count of batches per epoch")
     parser.add_argument("--repeats", type=int, default=200, help="timed forward passes per latency (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         granularity="structured",
         target_unit=args.target_unit,
         importance=args.importance,
+        round_to=args.round_to,
         compact_on_fit_end=True,
     )
     trainer = _trainer(args, [callback])
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results["compacted"] = {"test_acc": float(trainer.test(small, datamodule=datamodule, verbose=False)[0]["test_acc"])}
     models["compacted"] = small
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     example = torch.randn(1, 40)
     for name, model in models.items():
         model.eval()

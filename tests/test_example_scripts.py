@@ -65,3 +65,14 @@ def test_structured_cnn_compacts_and_times_both_models(capsys: pytest.CaptureFix
     assert results["compacted"]["flops"] < results["dense"]["flops"]
     assert all(row["latency_ms_b256"] > 0 for row in results.values())
     assert "compacted channel widths" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:AutoPrune:UserWarning")
+def test_structured_cnn_round_to_gives_widths_in_multiples(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--epochs", "3", "--target", "0.6", "--round_to", "8", "--threads", "1", "--limit_batches", "4"]
+    results = _load("structured_cnn").main([*argv, "--repeats", "10"])
+    assert results["compacted"]["flops"] < results["dense"]["flops"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compacted channel widths"))
+    widths = [int(w) for w in line.split("[")[1].split("]")[0].split(",")]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert widths != [32, 32, 32]
