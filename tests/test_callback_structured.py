@@ -138,13 +138,17 @@ def test_structured_automatic_mode_stays_within_tolerance(
     assert record["totals"]["flops_after"] <= record["totals"]["flops_before"]
 
 
+@pytest.mark.parametrize("round_to", [1, 4])
 def test_automatic_mode_with_a_flops_target_stays_within_tolerance(
-    digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
+    round_to: int, digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
 ) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(granularity="structured", target_unit="flops", verbose=False, report=False)
+    autoprune = AutoPrune(granularity="structured", target_unit="flops", round_to=round_to, verbose=False, report=False)
     trainer = Trainer(max_epochs=12, limit_train_batches=8, callbacks=[autoprune], **trainer_kwargs)
-    trainer.fit(_cnn(), datamodule=digits)
+    model = _cnn()
+    trainer.fit(model, datamodule=digits)
+    widths = [sum(not _channel_is_dead(model, conv, k) for k in range(12)) for conv in (0, 3)]
+    assert all(w % round_to == 0 for w in widths), widths
     assert autoprune.search.stop_reason
     assert autoprune.search.reference is not None
     assert trainer.callback_metrics["val_acc"].item() >= autoprune.search.reference - 0.01 - 1e-6
