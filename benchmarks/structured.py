@@ -516,6 +516,7 @@ def run_method(
         row["mask_sparsity"] = masks.mask_sparsity(callback.masks)
         row["flops_sparsity"] = callback.flops_sparsity()
         row["target_unit"] = callback.target_unit
+        row["round_to"] = callback.round_to
         row["callback_seconds"] = callback.seconds_pruning + callback.seconds_enforcing
         row["autoprune_events"] = [
             {
@@ -647,6 +648,7 @@ def run_track(
                 _save_model(model_path(out, method, level, seed), final)
                 for threads in LATENCY_THREADS:
                     latency_path(out, method, threads, level, seed).unlink(missing_ok=True)
+                run_path(out, "latency", level, seed).unlink(missing_ok=True)  # the layout before per-method files
             log(
                 f"seed {seed} {level_label(level)} {method:>20}: acc {row['test_acc']:.4f} params {row['params']} "
                 f"FLOPs {row['flops']} widths {row['widths']} ({row['fit_seconds']:.1f}s)"
@@ -713,6 +715,8 @@ def run_latency(
             dense_record = json.loads(run_path(out, "dense", None, seed).read_text())
             dense = _load_cnn(model_path(out, "dense", None, seed), dense_record["widths"])
             for level in levels:
+                # a record of the layout before per-method files would shadow the new ones
+                run_path(out, "latency", level, seed).unlink(missing_ok=True)
                 for method in LATENCY_METHODS:
                     if not model_path(out, method, level, seed).exists():
                         continue
@@ -807,7 +811,7 @@ def summarise(out_or_records: Path | Sequence[Mapping[str, Any]]) -> dict[str, A
     # Latency records time one compacted AutoPrune model at one thread count against dense.
     latency: dict[tuple[float, str, int], dict[int, Mapping[str, Any]]] = {}
     for r in records:
-        if r["method"] == "latency" and r.get("compacted_method") in AUTOPRUNE_METHODS:
+        if r["method"] == "latency" and r.get("compacted_method") in LATENCY_METHODS and "threads" in r:
             latency.setdefault((r["level"], r["compacted_method"], r["threads"]), {})[r["seed"]] = r
     runs: dict[float, dict[str, dict[int, Mapping[str, Any]]]] = {}
     for r in records:

@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="lightning_logs", help="where the report and compacted_model.pt go")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.round_to < 1:
+        parser.error(f"--round_to must be at least 1, got {args.round_to}")
     args.limit_batches = None if args.limit_batches == 1.0 else args.limit_batches
     if args.limit_batches is not None and args.limit_batches > 1:
         args.limit_batches = int(args.limit_batches)

@@ -113,7 +113,8 @@ class AutoPrune(Callback):
             many neurons or channels (layers of at most ``round_to`` units stay whole), because
             CPU vector units and GPU tensor cores run such widths faster: on the MNIST-1D CNN at
             batch 256 and 1 thread, ``round_to=8`` models with 2.12x fewer FLOPs ran 2.53x faster
-            than dense, unrounded ones with 2.39x fewer 2.39x (BENCHMARKS.md, structured track).
+            than dense and unrounded ones with 2.39x fewer ran 2.39x faster (BENCHMARKS.md,
+            structured track).
             Each event's selection is rounded per layer to the nearest multiple that keeps the
             target from being overshot, so it is met more coarsely. 1: any width.
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically

@@ -28,7 +28,16 @@ from torch.nn.modules.conv import _ConvNd
 from lightning_autoprune.masks import mask_cost
 from lightning_autoprune.selection import pruned_count
 
-__all__ = ["Slice", "UnitGroup", "find_unit_groups", "select_units", "unit_costs", "unit_masks", "unit_sums"]
+__all__ = [
+    "Slice",
+    "UnitGroup",
+    "find_unit_groups",
+    "round_kept_units",
+    "select_units",
+    "unit_costs",
+    "unit_masks",
+    "unit_sums",
+]
 
 
 @dataclass(frozen=True)
@@ -435,12 +444,12 @@ def round_kept_units(
         alive = kept_units(group, masks)
         kept = int(keep[group.name].sum())
         available = int(alive.sum())
-        if kept >= available:
-            continue
-        key = keys[group.name].double().cpu()
-        ranked = sorted(alive.nonzero().view(-1).tolist(), key=lambda u: (-float(key[u]), u))  # best first
         floor = max(1, math.ceil(min_density * group.units - 1e-9))
         lowest = round_to * math.ceil(floor / round_to)
+        if kept >= available or (kept % round_to == 0 and kept >= lowest):
+            continue  # nothing pruned here, or already a multiple: keep the selection's own units
+        key = keys[group.name].double().cpu()
+        ranked = sorted(alive.nonzero().view(-1).tolist(), key=lambda u: (-float(key[u]), u))  # best first
         up = min(available, round_to * math.ceil(kept / round_to))
         down = round_to * (kept // round_to)
 
