@@ -439,7 +439,7 @@ def round_kept_units(
     """
     chosen = {name: value.clone() for name, value in keep.items()}
     options: dict[int, tuple[Tensor, Tensor, float]] = {}  # position -> (down, up, mean key of the extra units)
-    current: dict[int, str] = {}
+    rounded_down: set[int] = set()
     for position, group in enumerate(groups):
         alive = kept_units(group, masks)
         kept = int(keep[group.name].sum())
@@ -458,29 +458,25 @@ def round_kept_units(
             mask[ranked[:count]] = True
             return mask
 
-        if down < lowest or down == up:
+        if down < lowest:
             chosen[group.name] = top(up)
             continue
         dropped = float(key[ranked[down:up]].mean())  # the units only rounding down removes
         options[position] = (top(down), top(up), dropped)
-        current[position] = "down" if kept - down < up - kept else "up"
-        chosen[group.name] = options[position][0] if current[position] == "down" else options[position][1]
+        if kept - down < up - kept:
+            rounded_down.add(position)
+        chosen[group.name] = options[position][0] if position in rounded_down else options[position][1]
 
     def cost() -> float:
         return mask_cost(unit_masks(groups, chosen, masks), weights)[0]
 
-    while cost() > goal + 1e-9:
-        downs = [p for p, side in current.items() if side == "down"]
-        if not downs:
-            break
-        position = max(downs, key=lambda p: (options[p][2], p))
-        current[position] = "up"
+    while rounded_down and cost() > goal + 1e-9:
+        position = max(rounded_down, key=lambda p: (options[p][2], p))
+        rounded_down.remove(position)
         chosen[groups[position].name] = options[position][1]
-    for position in sorted((p for p, side in current.items() if side == "up"), key=lambda p: (options[p][2], p)):
+    for position in sorted(options.keys() - rounded_down, key=lambda p: (options[p][2], p)):
         name = groups[position].name
         chosen[name] = options[position][0]
         if cost() > goal + 1e-9:
             chosen[name] = options[position][1]
-        else:
-            current[position] = "down"
     return chosen
