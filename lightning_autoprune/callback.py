@@ -252,6 +252,10 @@ class AutoPrune(Callback):
         self.search = tolerance.SearchState()  # the automatic mode's progress (target_sparsity=None)
         self._snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self._best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
+        # Scores (or structured unit keys) of the latest automatic step, computed at the state its
+        # rollback snapshot holds; after a rollback they are reused instead of scoring that state again.
+        self._snapshot_scores: dict[str, Tensor] | None = None
+        self._reuse_scores = False
         self._last_value: float | None = None
         self._positions: dict[str, int] = {}  # output positions per sample of Linear/Conv targets (FLOPs)
         self._position_hooks: list[RemovableHandle] = []
@@ -301,6 +305,10 @@ class AutoPrune(Callback):
             "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
             # The rollback snapshot is needed after a resume only while a step awaits its decision.
             "snapshot": self._snapshot if self.search.pending is not None else None,
+            "snapshot_scores": _to_cpu(self._snapshot_scores)
+            if self.search.pending is not None or self._reuse_scores
+            else None,
+            "reuse_scores": self._reuse_scores,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -724,6 +732,10 @@ class AutoPrune(Callback):
             if rolled_back:
                 self._roll_back(trainer, pl_module)
                 self._best_final = self._snapshot
+                # The weights, masks and optimizer state are now exactly those the rolled-back step was
+                # scored at, so the next (smaller) step ranks with the same scores instead of paying
+                # for a second calibration and scoring of one state.
+                self._reuse_scores = not decided.done and self._snapshot_scores is not None
                 return
         reference = self.search.reference
         if (
@@ -953,6 +965,11 @@ class AutoPrune(Callback):
                 stacklevel=2,
             )
             return None
+        if self._reuse_scores and self._snapshot_scores is not None:
+            self._reuse_scores = False
+            return self._select(trainer, pl_module, self._snapshot_scores, target, reused=True)
+        self._reuse_scores = False
+        self._snapshot_scores = None
         inputs = scoring.ScoreInputs(
             weights=weights,
             masks=self.masks,
@@ -987,18 +1004,43 @@ class AutoPrune(Callback):
             if self.granularity == "structured":
                 groups = self._traced_groups(trainer, pl_module)
                 inputs.cost_weights = self._cost_weights()
-                keys = self.scorer.score_units(groups, inputs)
-                keep = structured.select_units(
-                    groups,
-                    keys,
-                    self.masks,
-                    target,
-                    min_density=self.min_layer_density,
-                    weights=inputs.cost_weights,
-                    round_to=self.round_to,
+                scores = self.scorer.score_units(groups, inputs)
+            else:
+                scores = self.scorer.score(inputs)
+        if self.automatic:
+            self._snapshot_scores = {name: score.detach().clone() for name, score in scores.items()}
+        return self._select(trainer, pl_module, scores, target, reused=False)
+
+    def _select(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        scores: Mapping[str, Tensor],
+        target: float,
+        *,
+        reused: bool,
+    ) -> dict[str, Tensor]:
+        """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
+        if reused:
+            if self.granularity == "unstructured":  # checkpointed scores come back on the CPU
+                scores = {name: score.to(self.masks[name].device) for name, score in scores.items()}
+            if self.verbose:
+                rank_zero_info(
+                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights "
+                    "they were computed from."
                 )
-                return structured.unit_masks(groups, keep, self.masks)
-            scores = self.scorer.score(inputs)
+        if self.granularity == "structured":
+            groups = self._traced_groups(trainer, pl_module)
+            keep = structured.select_units(
+                groups,
+                scores,
+                self.masks,
+                target,
+                min_density=self.min_layer_density,
+                weights=self._cost_weights(),
+                round_to=self.round_to,
+            )
+            return structured.unit_masks(groups, keep, self.masks)
         return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
 
     def _ensure_example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -1220,6 +1262,8 @@ class AutoPrune(Callback):
         if "search" in state:
             self.search = tolerance.SearchState.from_dict(state["search"])
             self._snapshot = state.get("snapshot")
+            self._snapshot_scores = state.get("snapshot_scores")
+            self._reuse_scores = bool(state.get("reuse_scores")) and self._snapshot_scores is not None
             self._logged_decisions = len(self.search.decisions)
         devices = {t.name: t.param.device for t in self.targets}
         self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.selection import select_masks
 
 
 class DensityScored(MLPClassifier):
@@ -72,6 +73,48 @@ def test_rollback_restores_masks_weights_and_optimizer_exactly(digits: DigitsDat
     assert checker.rollbacks == decisions.count("rollback")
     assert autoprune.sparsity() == pytest.approx(autoprune.search.accepted, abs=1e-3)
     assert autoprune.sparsity() <= 0.3 + 1e-6
+
+
+def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
+    digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
+    """A rollback restores exactly the state the broken step was scored at; scoring it again is waste."""
+
+    class CheckReuse(Callback):
+        def __init__(self, autoprune: AutoPrune) -> None:
+            self.autoprune = autoprune
+            self.checked = 0
+
+        def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            search = self.autoprune.search
+            event = self.autoprune.history[-1] if self.autoprune.history else None
+            after_rollback = len(search.decisions) > 0 and search.decisions[-1]["decision"] == "rollback"
+            if event is None or event["epoch"] != trainer.current_epoch or not after_rollback:
+                return
+            snapshot, scores = self.autoprune._snapshot, self.autoprune._snapshot_scores
+            assert snapshot is not None
+            assert scores is not None
+            expected = select_masks(scores, snapshot["masks"], event["target"], min_density=0.002)
+            for name, mask in self.autoprune.masks.items():
+                assert torch.equal(mask, expected[name]), name
+            self.checked += 1
+
+    seed_everything(0)
+    autoprune = AutoPrune(
+        report=False, monitor="val_density", max_metric_drop=0.6, start_epoch=1, end_epoch=6, verbose=False
+    )
+    scored: list[int] = []
+    score = autoprune.scorer.score
+    autoprune.scorer.score = lambda inputs: (scored.append(1), score(inputs))[1]  # count, then the real scorer
+    checker = CheckReuse(autoprune)
+    with pytest.warns(UserWarning, match="pruning epoch"):
+        _trainer(trainer_kwargs, [autoprune, checker]).fit(DensityScored(), datamodule=digits)
+    decisions = [d["decision"] for d in autoprune.search.decisions]
+    # 0.5 accepted; 0.75 and 0.625 roll back; 0.5625 is accepted: two of the four steps follow a rollback.
+    assert decisions == ["accept", "rollback", "rollback", "accept", "stop"]
+    assert len(autoprune.history) == 4
+    assert len(scored) == 2
+    assert checker.checked == 2
 
 
 def test_impossible_tolerance_ends_dense_with_a_message(
@@ -154,6 +197,8 @@ def test_resume_mid_search_continues_identically(
             DensityScored(), datamodule=digits
         )
     assert first.search.decisions  # stopped mid-search (fit end then closes its own copy of the search)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert saved["reuse_scores"]  # the checkpoint fell between a rollback and the step that reuses its scores
 
     seed_everything(99)
     resumed = make()

@@ -127,9 +127,16 @@ def test_structured_automatic_mode_stays_within_tolerance(
 ) -> None:
     seed_everything(0)
     autoprune = AutoPrune(granularity="structured", importance="taylor", verbose=False, report=False)
+    scored: list[int] = []
+    score_units = autoprune.scorer.score_units
+    autoprune.scorer.score_units = lambda groups, inputs: (scored.append(1), score_units(groups, inputs))[1]
     trainer = Trainer(max_epochs=12, limit_train_batches=8, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(MLPClassifier(lr=1e-2), datamodule=digits)
     record = autoprune.report_record()
+    # A step after a rollback selects units from the keys of the restored state instead of scoring it again.
+    rollbacks = [d for d in autoprune.search.decisions if d["decision"] == "rollback"]
+    assert rollbacks
+    assert len(scored) < len(autoprune.history)
     assert record["mode"] == "automatic"
     assert autoprune.search.stop_reason
     final = trainer.callback_metrics["val_acc"].item()
