@@ -735,7 +735,7 @@ class AutoPrune(Callback):
                 # The weights, masks and optimizer state are now exactly those the rolled-back step was
                 # scored at, so the next (smaller) step ranks with the same scores instead of paying
                 # for a second calibration and scoring of one state.
-                self._reuse_scores = not decided.done and self._snapshot_scores is not None
+                self._reuse_scores = not decided.done
                 return
         reference = self.search.reference
         if (
@@ -967,7 +967,12 @@ class AutoPrune(Callback):
             return None
         if self._reuse_scores and self._snapshot_scores is not None:
             self._reuse_scores = False
-            return self._select(trainer, pl_module, self._snapshot_scores, target, reused=True)
+            if self.verbose:
+                rank_zero_info(
+                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights "
+                    "they were computed from."
+                )
+            return self._select(trainer, pl_module, self._snapshot_scores, target)
         self._reuse_scores = False
         self._snapshot_scores = None
         inputs = scoring.ScoreInputs(
@@ -1009,7 +1014,7 @@ class AutoPrune(Callback):
                 scores = self.scorer.score(inputs)
         if self.automatic:
             self._snapshot_scores = {name: score.detach().clone() for name, score in scores.items()}
-        return self._select(trainer, pl_module, scores, target, reused=False)
+        return self._select(trainer, pl_module, scores, target)
 
     def _select(
         self,
@@ -1017,18 +1022,8 @@ class AutoPrune(Callback):
         pl_module: pl.LightningModule,
         scores: Mapping[str, Tensor],
         target: float,
-        *,
-        reused: bool,
     ) -> dict[str, Tensor]:
         """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
-        if reused:
-            if self.granularity == "unstructured":  # checkpointed scores come back on the CPU
-                scores = {name: score.to(self.masks[name].device) for name, score in scores.items()}
-            if self.verbose:
-                rank_zero_info(
-                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights "
-                    "they were computed from."
-                )
         if self.granularity == "structured":
             groups = self._traced_groups(trainer, pl_module)
             keep = structured.select_units(
@@ -1262,10 +1257,12 @@ class AutoPrune(Callback):
         if "search" in state:
             self.search = tolerance.SearchState.from_dict(state["search"])
             self._snapshot = state.get("snapshot")
-            self._snapshot_scores = state.get("snapshot_scores")
-            self._reuse_scores = bool(state.get("reuse_scores")) and self._snapshot_scores is not None
+            self._reuse_scores = bool(state.get("reuse_scores"))
             self._logged_decisions = len(self.search.decisions)
         devices = {t.name: t.param.device for t in self.targets}
+        if state.get("snapshot_scores") is not None:  # per tensor, or per structured unit group (kept on CPU)
+            scores = state["snapshot_scores"]
+            self._snapshot_scores = {n: v.to(devices[n]) if n in devices else v for n, v in scores.items()}
         self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}
         self._movement = {n: v.to(devices[n]) for n, v in state.get("movement", {}).items()}
         if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
