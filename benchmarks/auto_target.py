@@ -13,7 +13,11 @@ For each dataset and seed, in one process and on the same data and epochs:
 Reports the sparsity reached, validation and test drops versus dense, how often the automatic
 run's test drop exceeds the tolerance, and wall time versus one dense run and versus the sweep.
 
-    python benchmarks/auto_target.py [--seeds 5] [--datasets digits mnist1d]
+    python benchmarks/auto_target.py [--seeds 10] [--datasets digits mnist1d]
+
+Ten seeds, not five: the goal is a violation rate of at most 1 in 5, and with five seeds one
+violation more or less (a test drop 0.1 point either side of the tolerance) decides it. Seeds
+0-4 and 5-9 can run as two invocations (``--first_seed 5``) and be joined with ``--merge``.
 
 Writes ``benchmarks/results/auto_target.json``.
 """
@@ -100,7 +104,7 @@ def best_within(rows: dict[str, dict[str, float]], dense: dict[str, float], key:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first_seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--out", type=Path, default=RESULTS)
