@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,29 @@ def test_val_loss_is_monitored_with_mode_min_when_no_accuracy_is_logged(
         _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(LossOnly(), datamodule=digits)
     assert autoprune._resolved_monitor == ("val_loss", "min")
     assert autoprune.search.decisions
+
+
+def test_a_validation_set_too_small_for_the_tolerance_is_warned_about(
+    digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(report=False, max_metric_drop=0.01, start_epoch=1, end_epoch=2, verbose=False)
+    # Two validation batches of 64: the count is what validation really saw, not the dataset's size.
+    with pytest.warns(UserWarning, match=r"validation val_acc comes from 128 samples: .* standard error is 0\.0"):
+        _trainer(trainer_kwargs, [autoprune], max_epochs=3, limit_val_batches=2).fit(MLPClassifier(), datamodule=digits)
+    assert autoprune._validation_samples is None  # counted once, before the first step, then no more
+
+
+def test_a_tolerance_above_the_validation_noise_is_not_warned_about(
+    digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(report=False, max_metric_drop=0.1, start_epoch=1, end_epoch=2, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(MLPClassifier(), datamodule=digits)
+    assert autoprune.search.decisions  # the search ran
+    assert not [w for w in caught if "sampling standard error" in str(w.message)]
 
 
 def test_missing_monitor_lists_logged_metrics(digits: DigitsDataModule, trainer_kwargs: dict) -> None:

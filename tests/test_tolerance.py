@@ -10,13 +10,16 @@ from lightning_autoprune.tolerance import (
     CEILING,
     INITIAL_STEP,
     MAX_CONSECUTIVE_ROLLBACKS,
+    NOISE_WARNING_SHARE,
     RECOVERY_EPOCHS,
     SearchState,
+    accuracy_standard_error,
     decide,
     default_window,
     propose,
     ready_to_decide,
     stop,
+    tolerance_noise,
     update_reference,
     within_tolerance,
 )
@@ -115,3 +118,32 @@ def test_accepted_sparsity_never_decreases_and_pending_is_above_it(values: list[
 )
 def test_default_window(max_epochs: int, window: tuple[int, int]) -> None:
     assert default_window(max_epochs) == window
+
+
+def test_accuracy_standard_error_is_the_binomial_one() -> None:
+    assert accuracy_standard_error(0.5, 100) == pytest.approx(0.05)
+    assert accuracy_standard_error(1.0, 100) == 0.0
+    with pytest.raises(ValueError, match="`samples` must be >= 1, got 0"):
+        accuracy_standard_error(0.9, 0)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "reference", "samples", "max_drop", "noisy"),
+    [
+        ("val_acc", "max", 0.97, 360, 0.01, True),  # the digits MLP: 0.9 points of noise against 1 point
+        ("val_acc", "max", 0.97, 360, 0.05, False),  # a tolerance well above the noise
+        ("val_acc", "max", 0.97, 100_000, 0.01, False),  # a large validation set
+        ("val_accuracy", "max", 0.6, 800, 0.01, True),  # MNIST-1D: 1.7 points
+        ("val_acc", "max", 97.0, 360, 1.0, False),  # accuracy in percent: no known scale, no claim
+        ("val_loss", "min", 0.1, 360, 0.01, False),  # not an accuracy: no known sampling error
+        ("val_f1", "max", 0.9, 360, 0.01, False),
+    ],
+)
+def test_tolerance_noise_flags_only_accuracies_too_noisy_for_the_tolerance(
+    monitor: str, mode: str, reference: float, samples: int, max_drop: float, noisy: bool
+) -> None:
+    error = tolerance_noise(monitor, mode, reference, samples, max_drop)  # type: ignore[arg-type]
+    assert (error is not None) is noisy
+    if noisy:
+        assert error == pytest.approx(accuracy_standard_error(reference, samples))
+        assert error >= NOISE_WARNING_SHARE * max_drop
