@@ -56,6 +56,12 @@ COMMANDS = (
     "make bench-quick    # python -m benchmarks.protocol --quick (results-quick/, compared with these results)",
     "python -m benchmarks.protocol --setups mnist1d-cnn --resume   # one setup; --resume keeps finished runs",
 )
+#: How long ``make bench`` takes on the 2-core VM (measured runs, stated as such).
+DURATION = (
+    "- Duration of `make bench` on the 2-core VM: 1 h 39 min, measured end to end at e24da9c, when "
+    "`auto_target` ran 5 seeds (about 20 min). It now runs 10 seeds: seeds 5-9 alone took 25 min, so a full "
+    "`make bench` takes about 2 h 05 min (an estimate from those two runs, not a third full run)."
+)
 
 
 def _pct(value: float) -> str:
@@ -342,6 +348,7 @@ def render_report(
         *COMMANDS,
         "```",
         "",
+        DURATION,
         f"- Versions: Python {env.get('python')}, torch {env.get('torch')}, lightning {env.get('lightning')}, "
         f"lightning_autoprune {env.get('lightning_autoprune')}, numpy {env.get('numpy')}.",
         f"- CPU: {env.get('torch_threads')} torch thread(s) per process on {env.get('platform')} "
