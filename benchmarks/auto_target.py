@@ -199,6 +199,14 @@ def merge(paths: list[Path], out: Path) -> None:
     payloads = [json.loads(path.read_text()) for path in paths]
     merged = dict(payloads[0])
     merged["results"] = {}
+    # Which invocation measured which seeds, so the report can say the results were joined.
+    merged["merged_from"] = [
+        {
+            "seeds": {name: [row["seed"] for row in entry["seeds"]] for name, entry in payload["results"].items()},
+            "versions": payload["versions"],
+        }
+        for payload in payloads
+    ]
     for payload in payloads:  # files of one dataset and different seeds are joined seed by seed
         for name, entry in payload["results"].items():
             if name in merged["results"]:

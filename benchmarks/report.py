@@ -260,6 +260,17 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         "points; a violation is a test drop above the tolerance; times are fit wall times (median over seeds).",
         "",
     ]
+    sources = payload.get("merged_from") or []
+    if len(sources) > 1:
+        parts = []
+        for source in sources:
+            seeds = sorted({seed for values in source["seeds"].values() for seed in values})
+            threads = source.get("versions", {}).get("threads")
+            parts.append(f"seeds {', '.join(map(str, seeds))} ({threads} threads)")
+        lines += [
+            f"These results join {len(sources)} invocations with `--merge`: {'; '.join(parts)}.",
+            "",
+        ]
     header = [
         "setup",
         "epochs",
