@@ -247,7 +247,7 @@ class AutoPrune(Callback):
         self.seconds_enforcing = 0.0
         self._handles: list[RemovableHandle] = []
         self._pending_state: dict[str, Any] | None = None
-        self._resolved_monitor: tuple[str, str] | None = None
+        self._resolved_monitor: tuple[str, tolerance.Mode] | None = None
         self._validated_epoch = -1
         self._pruned_any = False  # skip mask enforcement until something is pruned
         self._keep: dict[str, Tensor] = {}  # masks as 0/1 factors in each parameter's dtype (hot path)
@@ -409,8 +409,9 @@ class AutoPrune(Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
-        counting = self.automatic and not trainer.sanity_checking and not self.search.decisions
-        self._validation_samples = 0 if counting and self.search.pending is None else None
+        before_first_step = not self.search.decisions and self.search.pending is None
+        counting = self.automatic and not trainer.sanity_checking and before_first_step
+        self._validation_samples = 0 if counting else None
 
     def on_validation_batch_end(
         self,
@@ -740,9 +741,7 @@ class AutoPrune(Callback):
             return
         samples *= trainer.world_size  # each rank validated its own shard
         monitor, mode = self._resolved_monitor
-        error = tolerance.tolerance_noise(
-            monitor, "min" if mode == "min" else "max", self.search.reference, samples, self.max_metric_drop
-        )
+        error = tolerance.tolerance_noise(monitor, mode, self.search.reference, samples, self.max_metric_drop)
         if error is not None:
             warnings.warn(
                 f"AutoPrune's validation {monitor} comes from {samples} samples: at the dense reference "
@@ -768,7 +767,7 @@ class AutoPrune(Callback):
         self._last_value = value
         assert self.window is not None
         assert self._resolved_monitor is not None
-        mode: tolerance.Mode = "min" if self._resolved_monitor[1] == "min" else "max"
+        mode = self._resolved_monitor[1]
         epoch = trainer.current_epoch
         state = self.search
         if not self.history and state.pending is None and epoch < self.window[0]:
@@ -851,7 +850,7 @@ class AutoPrune(Callback):
         value = self._last_value
         if state.reference is None or value is None or self._resolved_monitor is None:
             return
-        mode: tolerance.Mode = "min" if self._resolved_monitor[1] == "min" else "max"
+        mode = self._resolved_monitor[1]
         if not tolerance.within_tolerance(state.reference, value, mode, self.max_metric_drop):
             if self._best_final is not None:
                 pl_module.load_state_dict(self._best_final["model"])
