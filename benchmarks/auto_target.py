@@ -38,9 +38,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelPruning
 
 from lightning_autoprune import AutoPrune, __version__
+from lightning_autoprune.control.schedule import default_window, scheduled_sparsity
+from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule
-from lightning_autoprune.masks import count_zeros
-from lightning_autoprune.schedule import default_window, scheduled_sparsity
 
 RESULTS = Path(__file__).parent / "results" / "auto_target.json"
 SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98)

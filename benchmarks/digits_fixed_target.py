@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_autoprune import AutoPrune, __version__
+from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
-from lightning_autoprune.masks import count_zeros
 
 RESULTS = Path(__file__).parent / "results" / "digits_fixed_target.json"
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_autoprune import selection
+from lightning_autoprune.core import selection
 from lightning_autoprune.importance import ScoreInputs
 from lightning_autoprune.learned import LearnedScorer
 

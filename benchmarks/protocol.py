@@ -24,13 +24,13 @@ Methods (``METHODS``):
   runs are not repeated: the records are copied and marked ``reused_from`` (training is
   deterministic on CPU, so a rerun would give the same numbers).
 * ``layerwise_magnitude``: the same ``|w|`` scores, but every tensor is pruned to the scheduled
-  sparsity on its own (uniform per-layer sparsity), with :func:`lightning_autoprune.selection.select_masks`
+  sparsity on its own (uniform per-layer sparsity), with :func:`lightning_autoprune.core.selection.select_masks`
   called per tensor. Implemented here as :class:`BenchmarkPruning`, which copies AutoPrune's
   mechanics (same targets, schedule, event timing, mask enforcement after every optimizer step,
   optimizer state zeroed at pruned entries).
 * ``taylor2``: signed second-order Taylor, ``score = -g * w + 1/2 * w**2 * F`` with ``g`` the mean
   calibration gradient and ``F`` the mean squared per-batch gradient (a Fisher diagonal), both from
-  :func:`lightning_autoprune.calibration.gradient_statistics` on ``calibration_samples`` training
+  :func:`lightning_autoprune.core.calibration.gradient_statistics` on ``calibration_samples`` training
   samples drawn as AutoPrune draws them; selected globally with the same per-layer floor
   (``min_layer_density``) as AutoPrune. Also :class:`BenchmarkPruning`.
 * ``modelpruning``: Lightning's ``ModelPruning(pruning_fn="l1_unstructured", use_global_unstructured=True,
@@ -109,10 +109,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 import lightning_autoprune
-from lightning_autoprune import AutoPrune, calibration, masks, selection
-from lightning_autoprune import schedule as schedules
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.control import schedule as schedules
+from lightning_autoprune.core import calibration, masks, selection
+from lightning_autoprune.core.targets import PruneTarget, resolve_targets
 from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule
-from lightning_autoprune.targets import PruneTarget, resolve_targets
 
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -277,8 +278,8 @@ class CompoundingAmount:
 class BenchmarkPruning(Callback):
     """Benchmark-side pruning for criteria that ``AutoPrune`` does not offer, with AutoPrune's mechanics.
 
-    Same tensors (:func:`~lightning_autoprune.targets.resolve_targets`), same schedule
-    (:func:`~lightning_autoprune.schedule.scheduled_sparsity`), events at epoch starts, masks kept by
+    Same tensors (:func:`~lightning_autoprune.core.targets.resolve_targets`), same schedule
+    (:func:`~lightning_autoprune.control.schedule.scheduled_sparsity`), events at epoch starts, masks kept by
     re-applying them after every optimizer step and zeroing the optimizer state at pruned entries.
 
     Args:

@@ -142,9 +142,10 @@ from benchmarks.protocol import (
     paired_test,
     write_json,
 )
-from lightning_autoprune import AutoPrune, calibration, compact, masks
-from lightning_autoprune import schedule as schedules
+from lightning_autoprune import AutoPrune, compact
 from lightning_autoprune.compact import count_flops, count_parameters
+from lightning_autoprune.control import schedule as schedules
+from lightning_autoprune.core import calibration, masks
 from lightning_autoprune.examples import CNN1DClassifier
 
 TRACK = "structured"

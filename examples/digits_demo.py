@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
-from lightning_autoprune.masks import count_zeros
 
 
 def run(epochs: int, seed: int, callback: AutoPrune | None) -> tuple[float, float, float]:

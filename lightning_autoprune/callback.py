@@ -1,9 +1,9 @@
 """The ``AutoPrune`` Lightning callback: gates, delegation, state and logging calls only.
 
-All maths lives in pure modules: :mod:`~lightning_autoprune.targets` (which tensors),
-:mod:`~lightning_autoprune.importance` (scores), :mod:`~lightning_autoprune.selection` (masks from
-scores), :mod:`~lightning_autoprune.schedule` (when and how much) and
-:mod:`~lightning_autoprune.masks` (enforcement and packing).
+All maths lives in pure modules: :mod:`~lightning_autoprune.core.targets` (which tensors),
+:mod:`~lightning_autoprune.importance` (scores), :mod:`~lightning_autoprune.core.selection` (masks from
+scores), :mod:`~lightning_autoprune.control.schedule` (when and how much) and
+:mod:`~lightning_autoprune.core.masks` (enforcement and packing).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import calibration, masks, reporting, selection, structured, tolerance, unit_importance
 from lightning_autoprune import importance as scoring
-from lightning_autoprune import schedule as schedules
+from lightning_autoprune import reporting, structured, unit_importance
+from lightning_autoprune.control import schedule as schedules
+from lightning_autoprune.control import search as tolerance
+from lightning_autoprune.core import calibration, masks, selection
+from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
 from lightning_autoprune.importance import StatefulScorer
-from lightning_autoprune.targets import PruneTarget, resolve_targets, structured_targets
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1

@@ -1,7 +1,7 @@
 """Sparse export: small checkpoint files for unstructured-pruned weights.
 
 A tensor with enough exact zeros is stored as its non-zero values (row-major order) plus a bitmask
-packed eight entries per byte (:func:`lightning_autoprune.masks.pack_mask`); other tensors are
+packed eight entries per byte (:func:`lightning_autoprune.core.masks.pack_mask`); other tensors are
 stored as they are. At 95 % sparsity a float32 weight takes about a twelfth of its dense size.
 
 The file is an ordinary :func:`torch.save` archive holding only tensors, strings, numbers, lists
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_autoprune.masks import pack_mask, unpack_mask
+from lightning_autoprune.core.masks import pack_mask, unpack_mask
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SparseExportStats", "load_sparse", "save_sparse"]
 

@@ -2,7 +2,7 @@
 
 A scorer maps a :class:`ScoreInputs` (weights, current masks and, for gradient scorers, calibration
 gradient statistics) to one score tensor per target, shaped like its weight. Higher means more
-important. Scores are comparable *across* tensors, because :mod:`lightning_autoprune.selection`
+important. Scores are comparable *across* tensors, because :mod:`lightning_autoprune.core.selection`
 ranks them globally: a scorer whose raw values differ in scale between layers normalises them
 itself (LAMP does).
 """

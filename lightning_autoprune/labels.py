@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_autoprune.selection import pruned_count
+from lightning_autoprune.core.selection import pruned_count
 
 #: The largest group an ablation zeroes (see :func:`frontier_groups`).
 MAX_GROUP_SIZE = 65536

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from lightning_autoprune.masks import mask_cost
-from lightning_autoprune.selection import pruned_count
+from lightning_autoprune.core.masks import mask_cost
+from lightning_autoprune.core.selection import pruned_count
 
 __all__ = [
     "Slice",

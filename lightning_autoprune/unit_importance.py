@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_autoprune.core.masks import mask_cost
 from lightning_autoprune.importance import ScoreInputs
 from lightning_autoprune.learned import _fidelity, _spearman, rank_labels, resolve_estimator
-from lightning_autoprune.masks import mask_cost
 from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
 
 __all__ = [

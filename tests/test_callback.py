@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import (
     CNN1DClassifier,
     DigitsDataModule,
@@ -23,7 +24,6 @@ from lightning_autoprune.examples import (
     RecurrentClassifier,
     TransformerClassifier,
 )
-from lightning_autoprune.masks import count_zeros
 
 
 def _prunable_sparsity(callback: AutoPrune) -> float:

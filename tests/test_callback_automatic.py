@@ -12,8 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.core.selection import select_masks
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
-from lightning_autoprune.selection import select_masks
 
 
 class DensityScored(MLPClassifier):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lightning_autoprune.core.masks import apply_mask_
 from lightning_autoprune.export import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -16,7 +17,6 @@ from lightning_autoprune.export import (
     load_sparse,
     save_sparse,
 )
-from lightning_autoprune.masks import apply_mask_
 
 
 def pruned_mlp(sparsity: float, seed: int = 0) -> nn.Sequential:

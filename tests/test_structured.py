@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_autoprune import compact
-from lightning_autoprune.masks import mask_sparsity
+from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.structured import (
     Slice,
     UnitGroup,

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_autoprune.masks import (
+from lightning_autoprune.core.masks import (
     apply_mask_,
     count_zeros,
     mask_sparsity,

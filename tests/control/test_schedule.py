@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_autoprune.schedule import SCHEDULES, default_window, event_epochs, scheduled_sparsity
+from lightning_autoprune.control.schedule import SCHEDULES, default_window, event_epochs, scheduled_sparsity
 
 windows = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 5)).map(
     lambda t: (min(t[0], t[1]), max(t[0], t[1]), t[2])

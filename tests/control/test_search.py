@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_autoprune.tolerance import (
+from lightning_autoprune.control.search import (
     CEILING,
     INITIAL_STEP,
     MAX_CONSECUTIVE_ROLLBACKS,

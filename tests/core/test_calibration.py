@@ -7,7 +7,12 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_autoprune.calibration import calibration_batches, evaluation_mode, gradient_statistics, muted_logging
+from lightning_autoprune.core.calibration import (
+    calibration_batches,
+    evaluation_mode,
+    gradient_statistics,
+    muted_logging,
+)
 
 
 def test_map_style_sampling_is_seeded_and_leaves_global_rng_alone() -> None:

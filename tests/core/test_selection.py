@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_autoprune.selection import layer_floors, pruned_count, select_masks, top_k_mask
+from lightning_autoprune.core.selection import layer_floors, pruned_count, select_masks, top_k_mask
 
 layer_sizes = st.lists(st.integers(1, 60), min_size=1, max_size=4)
 

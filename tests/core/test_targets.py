@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from lightning_autoprune.targets import default_targets, resolve_targets
+from lightning_autoprune.core.targets import default_targets, resolve_targets
 
 
 def names(model: nn.Module, **kwargs: list[str]) -> list[str]:

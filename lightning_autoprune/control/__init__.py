@@ -1,0 +1,1 @@
+"""When and how much to prune, decided without a Trainer: schedules and the tolerance search."""
