@@ -1,40 +1,43 @@
-"""The ``AutoPrune`` Lightning callback: gates, delegation, state and logging calls only.
+"""The ``AutoPrune`` Lightning callback: hooks that gate and delegate, and the state they compose.
 
-All maths lives in pure modules: :mod:`~lightning_autoprune.core.targets` (which tensors),
-:mod:`~lightning_autoprune.importance` (scores), :mod:`~lightning_autoprune.core.selection` (masks from
-scores), :mod:`~lightning_autoprune.control.schedule` (when and how much) and
-:mod:`~lightning_autoprune.core.masks` (enforcement and packing).
+The work is done by parts that never see a Trainer: :class:`~lightning_autoprune.core.engine.PruningEngine`
+(masks and their enforcement), the controllers of :mod:`lightning_autoprune.control.controller` (when
+and how far), the scorers of :mod:`lightning_autoprune.scoring` (which weights) and
+:mod:`lightning_autoprune.structured` (which units). :mod:`lightning_autoprune.trainer` adapts the
+running Trainer to them. ``docs/architecture.md`` draws the data flow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import random
+import dataclasses
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.data import extract_batch_size
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import importance as scoring
-from lightning_autoprune import reporting, structured, unit_importance
-from lightning_autoprune.control import schedule as schedules
+from lightning_autoprune import importance as _weight_scoring
+from lightning_autoprune import report_record, reporting, structured
+from lightning_autoprune import trainer as adapter
+from lightning_autoprune import unit_importance as _unit_scoring
+from lightning_autoprune.config import AutoPruneConfig, check_search_budget, make_config, resolve_window
 from lightning_autoprune.control import search as tolerance
-from lightning_autoprune.core import calibration, masks, selection
-from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
-from lightning_autoprune.importance import StatefulScorer
+from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
+from lightning_autoprune.core import calibration
+from lightning_autoprune.core.engine import PruningEngine, WeightSelector
+from lightning_autoprune.core.files import atomic_torch_save
+from lightning_autoprune.core.flops import OutputPositions, flop_targets, flops_per_weight
+from lightning_autoprune.core.masks import mask_sparsity
+from lightning_autoprune.core.masks import sparsity as tensor_sparsity
+from lightning_autoprune.core.snapshot import collect_rng_states, restore_snapshot, set_rng_states, take_snapshot
+from lightning_autoprune.core.targets import resolve_targets, structured_targets
+from lightning_autoprune.importance import ScoreInputs, StatefulScorer
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
@@ -43,12 +46,7 @@ STATE_VERSION = 1
 LABEL_BATCH_SIZE = 512
 #: Calibration samples per set when ``calibration_samples=None`` and the training set is large enough.
 DEFAULT_CALIBRATION_SAMPLES = 512
-
-_GRANULARITIES = ("unstructured", "structured")
-_TARGET_UNITS = ("params", "flops")
-#: Layers whose weights cost FLOPs per output position (``2 * weights * positions`` per sample).
-_FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_MODES = ("max", "min")
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(AutoPruneConfig))
 
 
 class AutoPrune(Callback):
@@ -61,6 +59,11 @@ class AutoPrune(Callback):
     then holds while the model fine-tunes. The checkpointed ``state_dict`` keeps the model's own
     keys (pruned entries are zeros), and the callback's own state holds the masks, so
     ``trainer.fit(..., ckpt_path=...)`` resumes exactly.
+
+    Read-outs, all properties: ``sparsity`` (the fraction of prunable weights that are zero now),
+    ``flops_sparsity``, ``automatic``, ``masks``, ``history`` (one entry per pruning event) and
+    ``search`` (the automatic mode's state); ``summary()`` renders a table and ``report_record()``
+    returns what ``summary.json`` holds.
 
     Logged through ``pl_module.log``, so every Lightning logger receives them:
     ``autoprune/sparsity`` (fraction of prunable weights that are exactly zero),
@@ -117,10 +120,8 @@ class AutoPrune(Callback):
             not depend on cost); ``autoprune/flops_sparsity`` is logged.
         round_to: ``granularity="structured"`` only: every pruned layer keeps a multiple of this
             many neurons or channels (layers of at most ``round_to`` units stay whole), because
-            CPU vector units and GPU tensor cores run such widths faster: on the MNIST-1D CNN at
-            batch 256 and 1 thread, ``round_to=8`` models with 2.12x fewer FLOPs ran 2.53x faster
-            than dense and unrounded ones with 2.39x fewer ran 2.39x faster (BENCHMARKS.md,
-            structured track).
+            CPU vector units and GPU tensor cores run such widths faster (BENCHMARKS.md, structured
+            track, has the measured latencies).
             Each event's selection is rounded per layer to the nearest multiple that keeps the
             target from being overshot, so it is met more coarsely. 1: any width.
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
@@ -190,14 +191,15 @@ class AutoPrune(Callback):
         report_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if importance is None:
-            importance = "magnitude" if granularity == "structured" else "learned"
-        _validate_arguments(
+        self.config = make_config(
             target_sparsity=target_sparsity,
             max_metric_drop=max_metric_drop,
+            monitor=monitor,
             mode=mode,
-            granularity=granularity,
             importance=importance,
+            estimator=estimator,
+            label_groups=label_groups,
+            granularity=granularity,
             target_unit=target_unit,
             round_to=round_to,
             compact_on_fit_end=compact_on_fit_end,
@@ -205,80 +207,114 @@ class AutoPrune(Callback):
             start_epoch=start_epoch,
             end_epoch=end_epoch,
             frequency=frequency,
+            include=include,
+            exclude=exclude,
             min_layer_density=min_layer_density,
             calibration_samples=calibration_samples,
+            seed=seed,
+            verbose=verbose,
+            report=report,
+            report_dir=report_dir,
         )
-        self.target_sparsity = target_sparsity
-        self.max_metric_drop = max_metric_drop
-        self.monitor = monitor
-        self.mode = mode
-        self.importance = importance
-        self.estimator = estimator
-        self.label_groups = label_groups
-        self.granularity = granularity
-        self.target_unit = target_unit
-        self.round_to = round_to
-        self.compact_on_fit_end = compact_on_fit_end
-        self.schedule: schedules.ScheduleKind = schedule
-        self.start_epoch = start_epoch
-        self.end_epoch = end_epoch
-        self.frequency = frequency
-        self.include = list(include) if include is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.min_layer_density = min_layer_density
-        self.calibration_samples = calibration_samples
-        self.seed = seed
-        self.verbose = verbose
-        self.report = report
-        self.report_dir = report_dir
-
-        self.scorer: Any
-        if granularity == "structured":
-            self.scorer = unit_importance.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
-        else:
-            self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
-        if verbose and hasattr(self.scorer, "progress"):
-            self.scorer.progress = rank_zero_info
+        config = self.config
+        self.scorer = make_any_scorer(config.importance, config.granularity, config.estimator, config.label_groups)
+        if verbose:
+            self.scorer.progress = adapter.rank_zero_info
         self.generator = torch.Generator().manual_seed(seed)
-        self.targets: list[PruneTarget] = []
-        self.masks: dict[str, Tensor] = {}
-        self.history: list[dict[str, Any]] = []
+        self.engine = PruningEngine([], WeightSelector(min_layer_density))
+        self.controller: FixedSchedule | ToleranceSearch | None = None
+        self.monitor_metric = adapter.Monitor(monitor, mode)
+        self.positions = OutputPositions({})
+        self.history: list[dict[str, Any]] = []  # one entry per pruning event
         self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
         self.window: tuple[int, int] | None = None
         self.seconds_pruning = 0.0
-        self.seconds_enforcing = 0.0
-        self._handles: list[RemovableHandle] = []
-        self._pending_state: dict[str, Any] | None = None
-        self._resolved_monitor: tuple[str, tolerance.Mode] | None = None
-        self._validated_epoch = -1
-        self._pruned_any = False  # skip mask enforcement until something is pruned
-        self._keep: dict[str, Tensor] = {}  # masks as 0/1 factors in each parameter's dtype (hot path)
-        self._initial_weights: dict[str, Tensor] = {}  # only for scorers that need trajectory context
-        self._movement: dict[str, Tensor] = {}
-        self.search = tolerance.SearchState()  # the automatic mode's progress (target_sparsity=None)
-        self._snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
-        self._best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
-        # Scores (or structured unit keys) of the latest automatic step, computed at the state its
-        # rollback snapshot holds; after a rollback they are reused instead of scoring that state again.
-        self._snapshot_scores: dict[str, Tensor] | None = None
-        self._reuse_scores = False
-        self._last_value: float | None = None
-        # Automatic mode, dense phase: samples seen by the current validation run (None: not counting).
-        self._validation_samples: int | None = None
-        self._positions: dict[str, int] = {}  # output positions per sample of Linear/Conv targets (FLOPs)
-        self._position_hooks: list[RemovableHandle] = []
-        self._logged_decisions = 0
         self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
-        self._example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.compacted_model: nn.Module | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._validated_epoch = -1
+        self._validation_samples: int | None = None  # automatic mode, dense phase: samples of this validation
+        self._logged_decisions = 0
+        self._example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """The constructor's arguments read back (``callback.target_sparsity``...), from the validated config."""
+        config = self.__dict__.get("config")
+        if config is not None and name in _CONFIG_FIELDS:
+            value = getattr(config, name)
+            return list(value) if name in ("include", "exclude") and value is not None else value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ------------------------------------------------------------------ read-outs
+    @property
+    def automatic(self) -> bool:
+        """Whether sparsity is driven by the metric tolerance (``target_sparsity=None``)."""
+        return self.config.automatic
+
+    @property
+    def targets(self) -> list[Any]:
+        """The pruned tensors (resolved at setup)."""
+        return self.engine.targets
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """The current masks, ``True`` where a weight is kept."""
+        return self.engine.masks
+
+    @property
+    def search(self) -> tolerance.SearchState:
+        """The automatic search's state (an empty state in fixed-target mode)."""
+        return self.controller.state if isinstance(self.controller, ToleranceSearch) else tolerance.SearchState()
+
+    @property
+    def seconds_enforcing(self) -> float:
+        """Seconds spent keeping pruned weights at zero around optimizer steps."""
+        return self.engine.seconds_enforcing
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are exactly zero right now."""
+        return self.engine.sparsity()
+
+    @property
+    def flops_sparsity(self) -> float | None:
+        """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed; ``None`` until all of them ran."""
+        weights = flops_per_weight(self.targets, self.positions.positions)
+        return mask_sparsity(self.masks, weights) if weights is not None else None
+
+    def summary(self) -> str:
+        """A plain-text table of every pruned tensor: shape, density and weights kept, with totals."""
+        return reporting.render_summary(self.report_record())
+
+    def report_record(self, pl_module: pl.LightningModule | None = None) -> dict[str, Any]:
+        """Everything the report shows, as JSON-ready primitives (what ``summary.json`` holds)."""
+        config = self.config
+        resolved = self.monitor_metric.resolved
+        return report_record.build_record(
+            settings={
+                "mode": "automatic" if config.automatic else "fixed",
+                "importance": config.importance,
+                "granularity": config.granularity,
+                "schedule": config.schedule,
+                "max_metric_drop": config.max_metric_drop,
+                "target_sparsity": config.target_sparsity,
+            },
+            targets=self.targets,
+            per_weight=flops_per_weight(self.targets, self.positions.positions),
+            model_params=sum(p.numel() for p in pl_module.parameters()) if pl_module is not None else None,
+            monitor=resolved if resolved else (config.monitor, config.mode),
+            timeline=self.timeline,
+            events=self.history,
+            search=self.search,
+            diagnostics=self._importance_diagnostics(),
+            overhead={"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
+        )
 
     # ------------------------------------------------------------------ identity and state
     def __getstate__(self) -> dict[str, Any]:
         """Pickle support (``ddp_spawn`` sends callbacks to new processes): the generator travels as bytes."""
         state = self.__dict__.copy()
         state["generator"] = self.generator.get_state().numpy().tobytes()
-        state["_handles"] = []
-        state["_position_hooks"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -298,25 +334,25 @@ class AutoPrune(Callback):
         so the resumed run draws the same data order and dropout as an uninterrupted one; that is
         what makes its later masks identical.
         """
+        engine = self.engine.state_dict()
+        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
+        searching = search.state_dict() if search is not None else {}
         return {
             "version": STATE_VERSION,
-            "masks": {name: masks.pack_mask(mask) for name, mask in self.masks.items()},
-            "shapes": {name: list(mask.shape) for name, mask in self.masks.items()},
+            "masks": engine["masks"],
+            "shapes": engine["shapes"],
             "history": [dict(event) for event in self.history],
             "timeline": [dict(entry) for entry in self.timeline],
             "generator": self.generator.get_state(),
-            "rng": _collect_rng_states(),
-            "initial_weights": {name: t.detach().cpu() for name, t in self._initial_weights.items()},
-            "movement": {name: t.detach().cpu() for name, t in self._movement.items()},
-            "search": self.search.to_dict(),
-            "positions": dict(self._positions),
+            "rng": collect_rng_states(),
+            "initial_weights": engine["initial_weights"],
+            "movement": engine["movement"],
+            "search": searching.get("search", tolerance.SearchState().to_dict()),
+            "positions": dict(self.positions.positions),
             "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
-            # The rollback snapshot is needed after a resume only while a step awaits its decision.
-            "snapshot": self._snapshot if self.search.pending is not None else None,
-            "snapshot_scores": _to_cpu(self._snapshot_scores)
-            if self.search.pending is not None or self._reuse_scores
-            else None,
-            "reuse_scores": self._reuse_scores,
+            "snapshot": searching.get("snapshot"),
+            "snapshot_scores": searching.get("snapshot_scores"),
+            "reuse_scores": searching.get("reuse_scores", False),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -333,17 +369,30 @@ class AutoPrune(Callback):
             )
         self._pending_state = state_dict
         if "rng" in state_dict:
-            _set_rng_states(state_dict["rng"])
+            set_rng_states(state_dict["rng"])
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)
+        self.history = [dict(event) for event in state.get("history", [])]
+        self.timeline = [dict(entry) for entry in state.get("timeline", [])]
+        self.generator.set_state(state["generator"])
+        self.positions.positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
+        if isinstance(self.controller, ToleranceSearch):
+            self.controller.load_state_dict(state, self.engine.devices)
+            self._logged_decisions = len(self.controller.state.decisions)
+        if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
+            self.scorer.load_state_dict(state["scorer"])
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve the tensors to prune and the schedule window; fail early on bad configuration."""
         if stage != "fit":
             return
-        check_supported_strategy(trainer.strategy)
-        self.targets = resolve_targets(pl_module, self.include, self.exclude)
-        if self.granularity == "structured":
-            self.targets, skipped = structured_targets(pl_module, self.targets)
+        config = self.config
+        adapter.check_supported_strategy(trainer.strategy)
+        targets = resolve_targets(pl_module, self.include, self.exclude)
+        if config.structured:
+            targets, skipped = structured_targets(pl_module, targets)
             if skipped:
                 warnings.warn(
                     "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
@@ -351,69 +400,67 @@ class AutoPrune(Callback):
                     UserWarning,
                     stacklevel=2,
                 )
-        _check_no_overlap(self, trainer)
-        self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
-        self.window = self._resolve_window(trainer)
-        if self.automatic:
-            self._check_search_budget(trainer)
+        self._check_no_overlap(trainer, {t.name for t in targets})
+        track = self.scorer.needs_context and not config.structured
+        self.engine = PruningEngine(targets, WeightSelector(config.min_layer_density), track_trajectory=track)
+        self.window = resolve_window(config, trainer.max_epochs)
+        if config.automatic:
+            check_search_budget(self.window, config.frequency)
+            self.controller = ToleranceSearch(
+                self.window, config.frequency, config.max_metric_drop, snapshot=self._snapshot_for(trainer, pl_module)
+            )
+        else:
+            assert config.target_sparsity is not None
+            self.controller = FixedSchedule(
+                config.target_sparsity,
+                self.window,
+                frequency=config.frequency,
+                kind=config.schedule,
+                coarse=config.structured,
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply a resumed state, then hook mask enforcement onto every optimizer step."""
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
-        if self.scorer.needs_context and self.granularity == "unstructured" and not self._initial_weights:
-            self._initial_weights = {t.name: t.param.detach().clone() for t in self.targets}
-            self._movement = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in self.targets}
-        self._enforce()
-        self._watch_output_positions()
-        for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
-            for target in self.targets:
-                masks.zero_optimizer_state_(optimizer, target.param, self.masks[target.name])
+        self.engine.start(trainer.optimizers)
+        self.positions.watch(self.targets)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Prune if the schedule asks for more sparsity this epoch; log sparsity every epoch."""
+        """Prune if the schedule (or the search) asks for more sparsity this epoch; log sparsity every epoch."""
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        if self.automatic:
-            scheduled = self._search_step(trainer, pl_module, epoch)
+        controller = self.controller
+        if isinstance(controller, ToleranceSearch):
+            proposed = controller.begin_epoch(
+                epoch,
+                ceiling=lambda: self.engine.feasible_ceiling(self.config.min_layer_density),
+                before_first_step=lambda: self._warn_noise(trainer),
+            )
+            if proposed is not None:
+                self._prune_with_context(trainer, pl_module, epoch, proposed)
+            scheduled = controller.target
         else:
-            scheduled = self._scheduled(epoch)
-            # Whole units rarely sum to the target exactly, so structured masks stop just below it;
-            # they are pruned again only when the schedule moves on, not at every later epoch.
-            last_target = self.history[-1]["target"] if self.history and self.granularity == "structured" else 0.0
-            if scheduled > self._progress() and scheduled > last_target:
+            assert controller is not None
+            scheduled = controller.target_for(epoch)
+            last = self.history[-1]["target"] if self.history else 0.0
+            if controller.due(epoch, progress=self._progress(), last_target=last):
                 self._prune_with_context(trainer, pl_module, epoch, scheduled)
         self._log_sparsity(pl_module, scheduled)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Zero the gradients of pruned weights, so no optimizer state builds up behind them.
-
-        For scorers that learn from the training trajectory, also accumulate movement ``-w * g``.
-        """
-        start = time.perf_counter()
-        if self._pruned_any:
-            for target in self.targets:
-                grad = target.param.grad
-                if grad is not None:
-                    masks.multiply_mask_(grad, self._keep[target.name])
-        if self._movement:
-            with torch.no_grad():
-                for target in self.targets:
-                    grad = target.param.grad
-                    if grad is not None:
-                        self._movement[target.name].sub_(target.param.detach().float() * grad.float())
-        self.seconds_enforcing += time.perf_counter() - start
+        """Zero the gradients of pruned weights (and note movement for trajectory-aware scorers)."""
+        self.engine.before_optimizer_step()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
-        before_first_step = not self.search.decisions and self.search.pending is None
-        counting = self.automatic and not trainer.sanity_checking and before_first_step
-        self._validation_samples = 0 if counting else None
+        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
+        before_first_step = search is not None and not search.state.decisions and search.state.pending is None
+        self._validation_samples = 0 if before_first_step and not trainer.sanity_checking else None
 
     def on_validation_batch_end(
         self,
@@ -426,10 +473,8 @@ class AutoPrune(Callback):
     ) -> None:
         """Count validation samples while :meth:`on_validation_epoch_start` asked for it."""
         if self._validation_samples is not None:
-            try:
-                self._validation_samples += extract_batch_size(batch)
-            except (MisconfigurationException, RecursionError):
-                self._validation_samples = None  # an opaque batch: the noise check is skipped
+            samples = adapter.batch_samples(batch)  # None: an opaque batch, the noise check is skipped
+            self._validation_samples = None if samples is None else self._validation_samples + samples
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the validated epoch; in automatic mode, update the reference or decide a pending step.
@@ -440,481 +485,82 @@ class AutoPrune(Callback):
         if trainer.sanity_checking or not self.targets:
             return
         self._validated_epoch = trainer.current_epoch
-        if self.automatic:
-            self._search_validation(trainer, pl_module)
+        if not isinstance(self.controller, ToleranceSearch):
+            return
+        value = adapter.broadcast(trainer, self.monitor_metric.value(trainer))  # every rank decides on rank 0's
+        mode = self.monitor_metric.resolved_mode
+        if value is None or mode is None:
+            return
+        verdict = self.controller.on_validation(
+            value, epoch=trainer.current_epoch, mode=mode, pruned=bool(self.history)
+        )
+        if verdict.roll_back is not None:
+            self.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
+            self.engine.reset_movement()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the metric after this epoch's event and any search decisions; print one line per event."""
         if not self.targets:
             return
         epoch = trainer.current_epoch
-        validated = self._validated_epoch == epoch
-        value = self._monitored_value(trainer) if validated else None
+        value = self.monitor_metric.value(trainer) if self._validated_epoch == epoch else None
         event = self.history[-1] if self.history and self.history[-1]["epoch"] == epoch else None
         if event is not None and value is not None:
             event["metric_after"] = value
-            _log(pl_module, "autoprune/metric_after", value)
-        decisions = self._new_decisions()
+            adapter.log(pl_module, "autoprune/metric_after", value)
+        decisions = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
+        self._logged_decisions = len(self.search.decisions)
         if self.automatic:
             self._log_search(pl_module, decisions)
         self.timeline.append(
             {
                 "epoch": epoch,
-                "sparsity": self.sparsity(),
-                "target": self._shown_target(epoch),
+                "sparsity": self.sparsity,
+                "target": self._shown_target(),
                 "metric": value,
                 "decisions": [d["decision"] for d in decisions],
             }
         )
-        if self.verbose:
-            lines = _event_lines(epoch, event, decisions, self._monitor_name(), self.importance, self.automatic)
+        if self.config.verbose:
+            lines = report_record.event_lines(
+                epoch, event, decisions, self.monitor_metric.label, self.config.importance, self.automatic
+            )
             for line in lines:
-                rank_zero_info(line)
+                adapter.rank_zero_info(line)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """In automatic mode, end on a state within tolerance; print a summary of what was pruned."""
+        """In automatic mode, end on a state within tolerance; compact, print a summary and write the report."""
         if not self.targets:
             return
-        if self.automatic:
-            self._finish_search(trainer, pl_module)
+        config = self.config
+        if isinstance(self.controller, ToleranceSearch):
+            self._finish_search(trainer, pl_module, self.controller)
         # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
-        directory = self._report_directory(trainer) if self.report or self.compact_on_fit_end else None
+        directory = (
+            adapter.report_directory(trainer, config.report_dir) if config.report or config.compact_on_fit_end else None
+        )
         compaction = None
-        if self.compact_on_fit_end and trainer.is_global_zero:
+        if config.compact_on_fit_end and trainer.is_global_zero:
             assert directory is not None
             compaction = self._compact(trainer, pl_module, directory)
-        if not (self.verbose or self.report) or not trainer.is_global_zero:
+        if not (config.verbose or config.report) or not trainer.is_global_zero:
             return  # nothing shows the record; its feature importances alone cost a third of a second
         record = self.report_record(pl_module)
         if compaction is not None:
             record["compaction"] = compaction
-        if self.verbose and trainer.is_global_zero:
+        if config.verbose:
             reporting.print_summary(record)
-        if self.report and directory is not None and trainer.is_global_zero:
+        if config.report and directory is not None:
             reporting.write_report(record, directory)
-            if self.verbose:
-                rank_zero_info(f"[AutoPrune] report written to {directory / 'report.md'}")
+            if config.verbose:
+                adapter.info(f"report written to {directory / 'report.md'}")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the optimizer hooks."""
-        for handle in [*self._handles, *self._position_hooks]:
-            handle.remove()
-        self._handles.clear()
-        self._position_hooks.clear()
+        """Remove the optimizer and forward hooks."""
+        self.engine.stop()
+        self.positions.remove()
 
-    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
-        """Remove the pruned units physically; keep the result and save it atomically."""
-        from lightning_autoprune.compact import compact, count_parameters
-
-        self._ensure_example_inputs(trainer, pl_module)
-        assert self._example is not None
-        args, kwargs = self._example
-        if kwargs:
-            raise ValueError(
-                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
-                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
-            )
-        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
-        small = compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
-        self.compacted_model = small
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "compacted_model.pt"
-        partial = path.with_name(path.name + ".partial")
-        torch.save(small, partial)
-        partial.replace(path)
-        before, after = count_parameters(pl_module), count_parameters(small)
-        if self.verbose:
-            rank_zero_info(
-                f"[AutoPrune] compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
-                f"{path} (load with torch.load(path, weights_only=False))"
-            )
-        return {"params_before": before, "params_after": after, "path": str(path)}
-
-    # ------------------------------------------------------------------ public helpers
-    @property
-    def automatic(self) -> bool:
-        """Whether sparsity is driven by the metric tolerance (``target_sparsity=None``)."""
-        return self.target_sparsity is None
-
-    def sparsity(self) -> float:
-        """Fraction of the prunable weights that are exactly zero right now."""
-        zeros, total = masks.count_zeros(t.param.detach() for t in self.targets)
-        return zeros / total if total else 0.0
-
-    def flops_sparsity(self) -> float | None:
-        """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed by the masks.
-
-        ``None`` until every such layer has run once (its output size gives its FLOPs per weight).
-        """
-        weights = self._flops_per_weight()
-        return masks.mask_sparsity(self.masks, weights) if weights is not None else None
-
-    def _flop_targets(self) -> list[PruneTarget]:
-        """The pruned Linear/Conv weights: the tensors that cost FLOPs (biases and norms do not count)."""
-        return [t for t in self.targets if t.param_name == "weight" and isinstance(t.module, _FLOP_LAYERS)]
-
-    def _flops_per_weight(self) -> dict[str, float] | None:
-        """Per pruned Linear/Conv weight, the FLOPs one entry costs per sample; ``None`` until all of them ran."""
-        targets = self._flop_targets()
-        if not targets or any(t.name not in self._positions for t in targets):
-            return None
-        return {t.name: 2.0 * self._positions[t.name] for t in targets}
-
-    def _cost_weights(self) -> dict[str, float] | None:
-        """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
-        if self.target_unit == "params":
-            return None
-        weights = self._flops_per_weight()
-        if weights is None:
-            missing = [t.name for t in self._flop_targets() if t.name not in self._positions]
-            raise ValueError(
-                "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
-                f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
-                "target_unit='params', or exclude the layers the model does not call."
-            )
-        return weights
-
-    def _progress(self) -> float:
-        """The masks' sparsity in the unit of the target (parameters or FLOPs)."""
-        if not any(bool((~m).any()) for m in self.masks.values()):
-            return 0.0
-        return masks.mask_sparsity(self.masks, self._cost_weights())
-
-    def summary(self) -> str:
-        """A plain-text table of every pruned tensor: shape, density and weights kept, with totals."""
-        return reporting.render_summary(self.report_record())
-
-    def report_record(self, pl_module: pl.LightningModule | None = None) -> dict[str, Any]:
-        """Everything the report shows, as JSON-ready primitives (what ``summary.json`` holds)."""
-        layers: list[dict[str, Any]] = []
-        for target in self.targets:
-            param = target.param.detach()
-            kept = int((param != 0).sum())
-            layers.append(
-                {
-                    "name": target.name,
-                    "shape": list(param.shape),
-                    "numel": param.numel(),
-                    "kept": kept,
-                    "density": kept / param.numel() if param.numel() else 0.0,
-                }
-            )
-        prunable = sum(layer["numel"] for layer in layers)
-        kept_total = sum(layer["kept"] for layer in layers)
-        totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
-        # Structured runs also mask biases and BatchNorm affines, which cost no FLOPs; unstructured runs
-        # report FLOPs only when every pruned tensor is a Linear/Conv weight.
-        per_weight = self._flops_per_weight()
-        if per_weight is not None and (self.granularity == "structured" or len(per_weight) == len(self.targets)):
-            totals["flops_before"] = int(
-                sum(per_weight[layer["name"]] * layer["numel"] for layer in layers if layer["name"] in per_weight)
-            )
-            totals["flops_after"] = int(
-                sum(per_weight[layer["name"]] * layer["kept"] for layer in layers if layer["name"] in per_weight)
-            )
-        if pl_module is not None:
-            model_params = sum(p.numel() for p in pl_module.parameters())
-            totals["params_model"] = model_params
-            totals["params_model_nonzero"] = model_params - (prunable - kept_total)
-        monitor, monitor_mode = self._resolved_monitor if self._resolved_monitor else (self.monitor, self.mode)
-        final = next((e["metric"] for e in reversed(self.timeline) if e["metric"] is not None), None)
-        reference = self.search.reference
-        if reference is None and self.history:
-            reference = self.history[0]["metric_before"]
-        return {
-            "version": 1,
-            "mode": "automatic" if self.automatic else "fixed",
-            "importance": self.importance,
-            "granularity": self.granularity,
-            "schedule": self.schedule,
-            "monitor": monitor,
-            "monitor_mode": monitor_mode,
-            "max_metric_drop": self.max_metric_drop,
-            "target_sparsity": self.target_sparsity,
-            "reference": reference,
-            "final_metric": final,
-            "sparsity": 1.0 - kept_total / prunable if prunable else 0.0,
-            "stop_reason": self.search.stop_reason,
-            "timeline": [dict(entry) for entry in self.timeline],
-            "events": [dict(event) for event in self.history],
-            "decisions": [dict(d) for d in self.search.decisions],
-            "layers": layers,
-            "totals": totals,
-            "importance_diagnostics": self._importance_diagnostics(),
-            "overhead_seconds": {"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
-        }
-
-    def _importance_diagnostics(self) -> Any:
-        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)
-        if not diagnostics:
-            return None
-        entries = [dict(entry) for entry in diagnostics]
-        importances = getattr(self.scorer, "feature_importances", None)
-        if callable(importances):
-            entries[-1]["feature_importances"] = importances()
-        return _jsonable(entries)
-
-    def _watch_output_positions(self) -> None:
-        """Record, on the first forward pass, how many output positions each Linear/Conv target computes.
-
-        FLOPs of a pruned tensor per sample are then ``2 * kept weights * positions`` (a multiply and
-        an add per weight and position); ``report_record`` totals them when every target is
-        Linear or Conv.
-        """
-        for target in self._flop_targets():
-            if target.name in self._positions:
-                continue
-
-            def hook(mod: nn.Module, args: Any, output: Any, name: str = target.name) -> None:
-                if name in self._positions or not isinstance(output, Tensor) or output.ndim == 0:
-                    return
-                if output.ndim == 1:  # an unbatched Linear call
-                    self._positions[name] = 1
-                    return
-                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
-                self._positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
-
-            self._position_hooks.append(target.module.register_forward_hook(hook))
-
-    def _report_directory(self, trainer: pl.Trainer) -> Path:
-        if self.report_dir is not None:
-            return Path(self.report_dir)
-        base = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
-        return Path(base) / "autoprune"
-
-    # ------------------------------------------------------------------ automatic mode
-    def _check_search_budget(self, trainer: pl.Trainer) -> None:
-        assert self.window is not None
-        start, end = self.window
-        events = len(range(start, end + 1, self.frequency))
-        if start < 1:
-            warnings.warn(
-                "AutoPrune's automatic mode needs at least one validated dense epoch before pruning for its "
-                f"reference, but pruning starts at epoch {start}. HINT: set `start_epoch` >= 1 or raise "
-                "`max_epochs`.",
-                UserWarning,
-                stacklevel=2,
-            )
-        if events < 8:
-            warnings.warn(
-                f"AutoPrune's automatic search has only {events} pruning epoch(s) (epochs {start}..{end}); each "
-                "step needs one, and reaching 90%+ sparsity usually takes about 8-10 with rollbacks. "
-                f"HINT: use max_epochs >= {tolerance.suggested_max_epochs(10)} or widen `start_epoch`..`end_epoch`.",
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def _search_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> float:
-        """At an epoch start: propose and apply the next sparsity if the search wants one."""
-        assert self.window is not None
-        start, end = self.window
-        state = self.search
-        if state.done or state.pending is not None or epoch < start:
-            return state.pending if state.pending is not None else state.accepted
-        if epoch > end:
-            self.search = tolerance.stop(state, epoch, f"the search window ended at epoch {end}")
-            return self.search.accepted
-        if (epoch - start) % self.frequency:
-            return state.accepted
-        if state.reference is None:
-            raise ValueError(
-                f"The automatic mode needs the monitored metric before pruning starts at epoch {start}, but no "
-                "validation value was seen. HINT: make sure validation runs in the first epochs (or set "
-                "`target_sparsity`)."
-            )
-        if not state.decisions:
-            self._check_tolerance_noise(trainer)
-        ceiling = min(tolerance.CEILING, self._feasible_ceiling())
-        proposed = tolerance.propose(state, epoch, ceiling=ceiling)
-        if proposed.done:
-            self.search = proposed
-            return proposed.accepted
-        self._snapshot = self._take_snapshot(trainer, pl_module)
-        assert proposed.pending is not None
-        self.search = proposed
-        self._prune_with_context(trainer, pl_module, epoch, proposed.pending)
-        return proposed.pending
-
-    def _check_tolerance_noise(self, trainer: pl.Trainer) -> None:
-        """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
-        samples, self._validation_samples = self._validation_samples, None
-        if samples is None or self._resolved_monitor is None or self.search.reference is None:
-            return
-        samples *= trainer.world_size  # each rank validated its own shard
-        monitor, mode = self._resolved_monitor
-        error = tolerance.tolerance_noise(monitor, mode, self.search.reference, samples, self.max_metric_drop)
-        if error is not None:
-            warnings.warn(
-                f"AutoPrune's validation {monitor} comes from {samples} samples: at the dense reference "
-                f"{self.search.reference:.4f} its sampling standard error is {error:.4f}, comparable to "
-                f"`max_metric_drop`={self.max_metric_drop}. Steps are then accepted or rolled back partly on "
-                "noise, and on unseen data the final model often loses more than the tolerance (on the digits "
-                "MLP with 360 validation samples, 4 of 10 seeds lost more than 1 point on the test set). "
-                "HINT: validate on more samples, or lower `max_metric_drop` to keep a margin.",
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def _search_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """At a validation end: fold the value into the reference, or decide the pending step.
-
-        Every rank decides from global rank 0's value, so the search stays identical across ranks.
-        """
-        value = self._monitored_value(trainer)
-        if trainer.world_size > 1:
-            value = trainer.strategy.broadcast(value, src=0)
-        if value is None:
-            return
-        self._last_value = value
-        assert self.window is not None
-        assert self._resolved_monitor is not None
-        mode = self._resolved_monitor[1]
-        epoch = trainer.current_epoch
-        state = self.search
-        if not self.history and state.pending is None and epoch < self.window[0]:
-            self.search = tolerance.update_reference(state, value, mode)
-            return
-        if tolerance.ready_to_decide(state, value, mode, self.max_metric_drop, epoch):
-            decided = tolerance.decide(state, value, mode, self.max_metric_drop, epoch)
-            rolled_back = any(r["decision"] == "rollback" for r in decided.decisions[len(state.decisions) :])
-            if not decided.done and epoch >= self.window[1]:
-                decided = tolerance.stop(decided, epoch, f"the search window ended at epoch {self.window[1]}")
-            self.search = decided
-            if rolled_back:
-                self._roll_back(trainer, pl_module)
-                self._best_final = self._snapshot
-                # The weights, masks and optimizer state are now exactly those the rolled-back step was
-                # scored at, so the next (smaller) step ranks with the same scores instead of paying
-                # for a second calibration and scoring of one state.
-                self._reuse_scores = not decided.done
-                return
-        reference = self.search.reference
-        if (
-            self.search.pending is None
-            and reference is not None
-            and tolerance.within_tolerance(reference, value, mode, self.max_metric_drop)
-        ):
-            self._best_final = self._take_snapshot(trainer, pl_module, with_optimizers=False)
-
-    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._snapshot is None:
-            raise ValueError("A step broke the tolerance, but no snapshot to roll back to was kept.")
-        snapshot = self._snapshot
-        pl_module.load_state_dict(snapshot["model"])
-        for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
-        self._set_masks(snapshot["masks"])
-        for moved in self._movement.values():
-            moved.zero_()
-
-    def _take_snapshot(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, with_optimizers: bool = True
-    ) -> dict[str, Any]:
-        """Weights, optimizer states and masks, copied to CPU memory (tensors and primitives only)."""
-        return {
-            "epoch": trainer.current_epoch,
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()},
-            "optimizers": [_to_cpu(copy.deepcopy(o.state_dict())) for o in trainer.optimizers]
-            if with_optimizers
-            else [],
-            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
-        }
-
-    def _feasible_ceiling(self) -> float:
-        total = sum(m.numel() for m in self.masks.values())
-        floors = sum(
-            selection.layer_floors(
-                {n: torch.ones_like(m) for n, m in self.masks.items()}, self.min_layer_density
-            ).values()
-        )
-        return max(0.0, 1.0 - (floors + 1) / total) if total else 0.0
-
-    def _new_decisions(self) -> list[dict[str, Any]]:
-        new = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
-        self._logged_decisions = len(self.search.decisions)
-        return new
-
-    def _log_search(self, pl_module: pl.LightningModule, decisions: list[dict[str, Any]]) -> None:
-        codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
-        for record in decisions:
-            _log(pl_module, "autoprune/decision", codes[record["decision"]])
-        if self.search.reference is not None:
-            _log(pl_module, "autoprune/reference", self.search.reference)
-        _log(pl_module, "autoprune/accepted_sparsity", self.search.accepted)
-        _log(pl_module, "autoprune/step", self.search.step)
-
-    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = self.search
-        if not state.done:
-            self.search = state = tolerance.stop(state, trainer.current_epoch, "training ended")
-        assert self._resolved_monitor is not None or state.reference is None
-        value = self._last_value
-        if state.reference is None or value is None or self._resolved_monitor is None:
-            return
-        mode = self._resolved_monitor[1]
-        if not tolerance.within_tolerance(state.reference, value, mode, self.max_metric_drop):
-            if self._best_final is not None:
-                pl_module.load_state_dict(self._best_final["model"])
-                self._set_masks(self._best_final["masks"])
-                rank_zero_info(
-                    f"[AutoPrune] the last validation ({value:.4f}) broke the tolerance; restored the weights of "
-                    f"epoch {self._best_final['epoch']}, the latest state within it."
-                )
-            else:
-                warnings.warn(
-                    f"AutoPrune's final {self._monitor_name()} ({value:.4f}) is more than {self.max_metric_drop} "
-                    f"worse than the dense reference ({state.reference:.4f}), and no state within tolerance "
-                    "was kept at this sparsity.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        if self.verbose:
-            rank_zero_info(
-                f"[AutoPrune] automatic mode finished at sparsity {self.sparsity():.4f}: the most-pruned state whose "
-                f"{self._monitor_name()} stayed within {self.max_metric_drop} of the dense reference "
-                f"{state.reference:.4f} on validation. Stopped because {state.stop_reason}."
-            )
-
-    # ------------------------------------------------------------------ internals
-    def _resolve_window(self, trainer: pl.Trainer) -> tuple[int, int]:
-        max_epochs = trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            if self.end_epoch is None:
-                raise ValueError(
-                    "`end_epoch` must be set when the Trainer has no finite `max_epochs` "
-                    f"(got max_epochs={max_epochs})."
-                )
-            start = self.start_epoch if self.start_epoch is not None else min(1, self.end_epoch)
-            return start, self.end_epoch
-        window_fn = tolerance.default_window if self.automatic else schedules.default_window
-        default_start, default_end = window_fn(max_epochs)
-        end = self.end_epoch if self.end_epoch is not None else max(default_end, self.start_epoch or 0)
-        start = self.start_epoch if self.start_epoch is not None else min(default_start, end)
-        if end > max_epochs - 1:
-            raise ValueError(
-                f"`end_epoch`={end} is never reached: the Trainer runs epochs 0..{max_epochs - 1} "
-                f"(max_epochs={max_epochs}). HINT: raise `max_epochs` or lower `end_epoch`."
-            )
-        if end < start:
-            raise ValueError(f"`end_epoch` must be >= `start_epoch`, got end_epoch={end} < start_epoch={start}.")
-        if start == 0:
-            warnings.warn(
-                f"AutoPrune prunes at the start of epoch 0, before any training (max_epochs={max_epochs}). "
-                "Scores of untrained weights are mostly noise. HINT: set `start_epoch` >= 1 or train longer.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return start, end
-
-    def _scheduled(self, epoch: int) -> float:
-        if self.target_sparsity is None or self.window is None:
-            return 0.0
-        start, end = self.window
-        return schedules.scheduled_sparsity(
-            epoch, self.target_sparsity, start=start, end=end, frequency=self.frequency, kind=self.schedule
-        )
-
+    # ------------------------------------------------------------------ one pruning event
     def _prune_with_context(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
     ) -> None:
@@ -924,127 +570,75 @@ class AutoPrune(Callback):
         except Exception as err:
             raise RuntimeError(
                 f"AutoPrune failed while pruning at the start of epoch {epoch} towards sparsity {target:.4f} "
-                f"(importance={self.importance!r}, tensors: {', '.join(self.masks)}): {err}"
+                f"(importance={self.config.importance!r}, tensors: {', '.join(self.masks)}): {err}"
             ) from err
         finally:
             self.seconds_pruning += time.perf_counter() - start
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
-        # Scores and masks are computed once, on global rank 0, and broadcast with the generator
-        # state, so every rank holds bit-identical masks and calibration work is not repeated.
-        # A failure on rank 0 is broadcast too, so the other ranks raise instead of hanging.
-        if trainer.world_size == 1:
-            new_masks = self._compute_masks(trainer, pl_module, epoch, target)
-        else:
-            outcome: tuple[str, Any] = ("ok", None)
-            if trainer.is_global_zero:
-                try:
-                    outcome = ("ok", self._compute_masks(trainer, pl_module, epoch, target))
-                except Exception as err:  # re-raised on every rank below
-                    outcome = ("error", f"{type(err).__name__}: {err}")
-            scorer = self.scorer if isinstance(self.scorer, StatefulScorer) else None
-            scorer_state = scorer.state_dict() if scorer is not None and trainer.is_global_zero else None
-            outcome, generator_state, scorer_state = trainer.strategy.broadcast(
-                (outcome, self.generator.get_state(), scorer_state), src=0
-            )
-            self.generator.set_state(generator_state)
-            if scorer is not None and not trainer.is_global_zero and scorer_state is not None:
-                scorer.load_state_dict(scorer_state)
-            status, new_masks = outcome
-            if status == "error":
-                raise RuntimeError(f"on global rank 0: {new_masks}")
-        for moved in self._movement.values():
-            moved.zero_()
+        # Scores and masks are computed once, on global rank 0, and broadcast with the generator and
+        # scorer state, so every rank holds bit-identical masks and calibration work is not repeated.
+        scorer = self.scorer if isinstance(self.scorer, StatefulScorer) else None
+        new_masks, sent = adapter.on_rank_zero(
+            trainer,
+            lambda: self._compute_masks(trainer, pl_module, epoch, target),
+            lambda: (self.generator.get_state(), scorer.state_dict() if scorer is not None else None),
+        )
+        if sent is not None:
+            self.generator.set_state(sent[0])
+            if scorer is not None and not trainer.is_global_zero and sent[1] is not None:
+                scorer.load_state_dict(sent[1])
+        self.engine.reset_movement()
         if new_masks is None:
             return
-        previous = self.sparsity()
-        self._set_masks(new_masks)
-        for optimizer in trainer.optimizers:
-            for t in self.targets:
-                masks.zero_optimizer_state_(optimizer, t.param, self.masks[t.name])
-
-        before = self._monitored_value(trainer)
-        event = {
-            "epoch": epoch,
-            "target": target,
-            "sparsity_before": previous,
-            "sparsity": self.sparsity(),
-            "flops_sparsity": self.flops_sparsity(),
-            "metric_before": before,
-            "metric_after": None,
-        }
-        self.history.append(event)
+        previous = self.sparsity
+        self.engine.apply(new_masks, trainer.optimizers)
+        before = self.monitor_metric.value(trainer)
+        self.history.append(
+            {
+                "epoch": epoch,
+                "target": target,
+                "sparsity_before": previous,
+                "sparsity": self.sparsity,
+                "flops_sparsity": self.flops_sparsity,
+                "metric_before": before,
+                "metric_after": None,
+            }
+        )
         if before is not None:
-            _log(pl_module, "autoprune/metric_before", before)
+            adapter.log(pl_module, "autoprune/metric_before", before)
         self._log_importance(pl_module, epoch)
-
-    def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
-        """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)
-        if not diagnostics or "epoch" in diagnostics[-1]:
-            return
-        entry = diagnostics[-1]
-        entry["epoch"] = epoch
-        for method, numbers in entry["fidelity"].items():
-            _log(pl_module, f"autoprune/fidelity/spearman_{method}", numbers["spearman"])
-            _log(pl_module, f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"])
-        _log(pl_module, "autoprune/importance/blend_weight", entry["blend_weight"])
-        _log(pl_module, "autoprune/importance/fell_back", float(entry["fell_back"]))
-        if self.verbose:
-            learned = entry["fidelity"]["learned"]["spearman"]
-            prior = entry["fidelity"][entry["best_prior"]]["spearman"]
-            verdict = (
-                f"fell back to {entry['best_prior']}"
-                if entry["fell_back"]
-                else f"blend {entry['blend_weight']:.2f} learned + {1 - entry['blend_weight']:.2f} "
-                f"{entry['best_prior']}"
-            )
-            rank_zero_info(
-                f"AutoPrune epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
-                f"{entry['best_prior']} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
-            )
 
     def _compute_masks(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
     ) -> dict[str, Tensor] | None:
         """Score and select: the new masks, or ``None`` if the event must be skipped (non-finite inputs)."""
-        weights = {t.name: t.param.detach() for t in self.targets}
-        bad = _first_non_finite(weights)
-        if bad is not None:
-            warnings.warn(
-                f"AutoPrune skipped the pruning event of epoch {epoch}: tensor {bad!r} holds NaN or inf.",
-                UserWarning,
-                stacklevel=2,
-            )
+        weights = self.engine.weights
+        if _skip_non_finite(weights, epoch, "tensor"):
             return None
-        if self._reuse_scores and self._snapshot_scores is not None:
-            self._reuse_scores = False
-            if self.verbose:
-                rank_zero_info(
-                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights "
-                    "they were computed from."
+        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
+        if search is not None and search.reuse_scores and search.scores is not None:
+            search.reuse_scores = False
+            if self.config.verbose:
+                adapter.info(
+                    "reusing the scores of the rolled-back step: the rollback restored the weights they were "
+                    "computed from."
                 )
-            return self._select(trainer, pl_module, self._snapshot_scores, target)
-        self._reuse_scores = False
-        self._snapshot_scores = None
-        inputs = scoring.ScoreInputs(
+            return self._select(trainer, pl_module, search.scores, target)
+        if search is not None:
+            search.reuse_scores = False
+            search.scores = None
+        inputs = ScoreInputs(
             weights=weights,
             masks=self.masks,
             generator=self.generator,
             target_sparsity=target,
-            progress=epoch / trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0.0,
+            progress=adapter.progress(trainer, epoch),
         )
         if self.scorer.needs_gradients or self.scorer.needs_context:
             self._calibrate(trainer, pl_module, inputs)
             assert inputs.grad_sq_mean is not None
-            bad = _first_non_finite(inputs.grad_sq_mean)
-            if bad is not None:
-                warnings.warn(
-                    f"AutoPrune skipped the pruning event of epoch {epoch}: the calibration gradient of {bad!r} "
-                    "holds NaN or inf.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            if _skip_non_finite(inputs.grad_sq_mean, epoch, "the calibration gradient of"):
                 return None
         # Scorers that measure ablations call `inputs.loss_fn` many times: enter eval mode and mute
         # logging once around the whole scoring, not around every call. Their scikit-learn fits
@@ -1058,90 +652,66 @@ class AutoPrune(Callback):
             scoring_context.enter_context(calibration.muted_logging(pl_module))
             scoring_context.enter_context(threadpool_limits(limits=1, user_api="blas"))
         with scoring_context:
-            if self.granularity == "structured":
+            if self.config.structured:
                 groups = self._traced_groups(trainer, pl_module)
                 inputs.cost_weights = self._cost_weights()
                 scores = self.scorer.score_units(groups, inputs)
             else:
                 scores = self.scorer.score(inputs)
-        if self.automatic:
-            self._snapshot_scores = {name: score.detach().clone() for name, score in scores.items()}
+        if search is not None:
+            search.scores = {name: score.detach().clone() for name, score in scores.items()}
         return self._select(trainer, pl_module, scores, target)
 
     def _select(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        scores: Mapping[str, Tensor],
-        target: float,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scores: Mapping[str, Tensor], target: float
     ) -> dict[str, Tensor]:
         """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
-        if self.granularity == "structured":
-            groups = self._traced_groups(trainer, pl_module)
-            keep = structured.select_units(
-                groups,
-                scores,
-                self.masks,
-                target,
-                min_density=self.min_layer_density,
-                weights=self._cost_weights(),
-                round_to=self.round_to,
+        if self.config.structured:
+            self._traced_groups(trainer, pl_module)  # installs the unit selector on first use
+            self.engine.selector = _UnitSelector(
+                self.unit_groups or [], self.config.min_layer_density, self._cost_weights(), self.config.round_to
             )
-            return structured.unit_masks(groups, keep, self.masks)
-        return selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
+        return self.engine.select(scores, target)
 
-    def _ensure_example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Find what the model is called with: ``example_input_array``, else the inputs ``training_step`` passes.
-
-        One training batch, drawn with a generator of its own (the callback's generator, and so a
-        resumed run, stay unaffected), goes through ``training_step`` in eval mode without
-        gradients or logging, and the first call of the module's ``forward`` is recorded. Called
-        directly, not through the Trainer: under DDP, Lightning redirects ``forward`` to
-        ``training_step`` while its wrapper runs.
-        """
-        if self._example is not None:
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: ScoreInputs) -> None:
+        """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
+        config = self.config
+        loader = adapter.training_loader(trainer, f"importance={config.importance!r}")
+        loss_fn = adapter.loss_closure(trainer, pl_module, config.importance)
+        params = {t.name: t.param for t in self.targets}
+        sets = 2 if self.scorer.needs_context else 1
+        samples = adapter.calibration_size(loader, config.calibration_samples, sets, DEFAULT_CALIBRATION_SAMPLES)
+        if not self.scorer.needs_context:
+            batches = calibration.calibration_batches(loader, samples, self.generator)
+            assert isinstance(batches, list)
+            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
+                inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, batches, params)
             return
-        example = pl_module.example_input_array
-        if example is not None:
-            if isinstance(example, Mapping):
-                self._example = ((), dict(example))
-            else:
-                self._example = (tuple(example) if isinstance(example, tuple) else (example,), {})
-            return
-        loader = trainer.train_dataloader
-        if not isinstance(loader, torch.utils.data.DataLoader):
-            raise ValueError(
-                "granularity='structured' traces the model on one training batch, but the training loader is "
-                f"{type(loader).__name__}, not a DataLoader. HINT: set `self.example_input_array` in your "
-                "LightningModule."
-            )
-
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self._example is None:
-                self._example = (_detached(args), _detached(kwargs))
-
-        batches = calibration.calibration_batches(loader, 1, torch.Generator().manual_seed(self.seed))
-        assert isinstance(batches, list)
-        handle = pl_module.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), torch.no_grad():
-                pl_module.training_step(trainer.strategy.batch_to_device(batches[0]), 0)
-        finally:
-            handle.remove()
-        if self._example is None:
-            raise ValueError(
-                "granularity='structured' traces the model to find coupled layers, but `training_step` never "
-                "called the module itself. HINT: set `self.example_input_array` in your LightningModule, or "
-                "call `self(x)` in `training_step`."
-            )
+        drawn = calibration.calibration_batches(
+            loader,
+            samples,
+            self.generator,
+            holdout=samples,
+            holdout_batch_size=max(loader.batch_size or 1, LABEL_BATCH_SIZE),
+        )
+        assert isinstance(drawn, tuple)
+        feature_batches, label_batches = drawn
+        recorder = calibration.ActivationRecorder({t.name: t.module for t in self.targets if t.param_name == "weight"})
+        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), recorder:
+            inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, feature_batches, params)
+        inputs.input_norms = recorder.input_norms()
+        inputs.output_norms = recorder.output_norms()
+        inputs.initial_weights = self.engine.initial_weights
+        inputs.movement = self.engine.movement
+        inputs.params = {name: p.data for name, p in params.items()}
+        inputs.exp_avg_sq = adapter.optimizer_second_moments(trainer, params)
+        inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
 
     def _traced_groups(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[structured.UnitGroup]:
         """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
         if self.unit_groups is not None:
             return self.unit_groups
-        self._ensure_example_inputs(trainer, pl_module)
-        assert self._example is not None
-        args, kwargs = self._example
+        args, kwargs = self._example_inputs(trainer, pl_module)
         prunable = {t.name for t in self.targets if t.param_name == "weight"}
         groups, kept = structured.find_unit_groups(
             pl_module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
@@ -1160,447 +730,211 @@ class AutoPrune(Callback):
         self.unit_groups = groups
         return groups
 
-    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: scoring.ScoreInputs) -> None:
-        """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
-        loader = trainer.train_dataloader
-        if not isinstance(loader, torch.utils.data.DataLoader):
+    def _example_inputs(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self._example is None:
+            self._example = adapter.example_inputs(trainer, pl_module, self.config.seed)
+        return self._example
+
+    def _cost_weights(self) -> dict[str, float] | None:
+        """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
+        if self.config.target_unit == "params":
+            return None
+        weights = flops_per_weight(self.targets, self.positions.positions)
+        if weights is None:
+            missing = [t.name for t in flop_targets(self.targets) if t.name not in self.positions.positions]
             raise ValueError(
-                f"importance={self.importance!r} needs one training DataLoader for calibration, got "
-                f"{type(loader).__name__}."
+                "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
+                f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
+                "target_unit='params', or exclude the layers the model does not call."
+            )
+        return weights
+
+    def _progress(self) -> float:
+        """The masks' sparsity in the unit of the target (parameters or FLOPs)."""
+        return self.engine.mask_progress(self._cost_weights()) if self.engine.pruned else 0.0
+
+    # ------------------------------------------------------------------ automatic mode
+    def _snapshot_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        def snapshot(with_optimizers: bool) -> dict[str, Any]:
+            return take_snapshot(
+                trainer.current_epoch, pl_module, trainer.optimizers, self.masks, with_optimizers=with_optimizers
             )
 
-        def loss_fn(batch: Any, batch_idx: int) -> Tensor:
-            batch = trainer.strategy.batch_to_device(batch)
-            out = pl_module.training_step(batch, batch_idx)
-            loss = out["loss"] if isinstance(out, Mapping) else out
-            if not isinstance(loss, Tensor) or loss.ndim != 0:
-                raise ValueError(
-                    f"importance={self.importance!r} needs `training_step` to return the scalar loss (or a dict "
-                    f"with 'loss'), got {type(out).__name__}."
-                )
-            return loss
+        return snapshot
 
-        params = {t.name: t.param for t in self.targets}
-        samples = self._calibration_size(loader)
-        if not self.scorer.needs_context:
-            batches = calibration.calibration_batches(loader, samples, self.generator)
-            assert isinstance(batches, list)
-            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
-                inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, batches, params)
+    def _warn_noise(self, trainer: pl.Trainer) -> None:
+        """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
+        samples, self._validation_samples = self._validation_samples, None
+        reference = self.search.reference
+        resolved = self.monitor_metric.resolved
+        if samples is None or resolved is None or reference is None:
             return
+        samples *= trainer.world_size  # each rank validated its own shard
+        drop = self.config.max_metric_drop
+        error = tolerance.tolerance_noise(resolved[0], resolved[1], reference, samples, drop)
+        if error is not None:
+            warnings.warn(
+                f"AutoPrune's validation {resolved[0]} comes from {samples} samples: at the dense reference "
+                f"{reference:.4f} its sampling standard error is {error:.4f}, comparable to "
+                f"`max_metric_drop`={drop}. Steps are then accepted or rolled back partly on noise, and on unseen "
+                "data the final model often loses more than the tolerance (BENCHMARKS.md, automatic mode). "
+                "HINT: validate on more samples, or lower `max_metric_drop` to keep a margin.",
+                UserWarning,
+                stacklevel=2,
+            )
 
-        drawn = calibration.calibration_batches(
-            loader,
-            samples,
-            self.generator,
-            holdout=samples,
-            holdout_batch_size=max(loader.batch_size or 1, LABEL_BATCH_SIZE),
+    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, search: ToleranceSearch) -> None:
+        broken, restore = search.finish(trainer.current_epoch, self.monitor_metric.resolved_mode)
+        state, value, label, drop = (
+            search.state,
+            search.last_value,
+            self.monitor_metric.label,
+            self.config.max_metric_drop,
         )
-        assert isinstance(drawn, tuple)
-        feature_batches, label_batches = drawn
-        recorder = calibration.ActivationRecorder({t.name: t.module for t in self.targets if t.param_name == "weight"})
-        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), recorder:
-            inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, feature_batches, params)
-        inputs.input_norms = recorder.input_norms()
-        inputs.output_norms = recorder.output_norms()
-        inputs.initial_weights = self._initial_weights
-        inputs.movement = self._movement
-        inputs.params = {name: p.data for name, p in params.items()}
-        inputs.exp_avg_sq = _optimizer_second_moments(trainer, params)
-
-        def label_loss() -> float:  # called inside the eval-mode, muted context of `_compute_masks`
-            return calibration.mean_loss(loss_fn, label_batches)
-
-        inputs.loss_fn = label_loss
-
-    def _calibration_size(self, loader: torch.utils.data.DataLoader) -> int:
-        """``calibration_samples``, or the default: 512, capped by what the training set can supply."""
-        if self.calibration_samples is not None:
-            return self.calibration_samples
-        try:
-            size = len(loader.dataset)  # type: ignore[arg-type]
-        except TypeError:  # an iterable dataset: batches are taken from the loader
-            return DEFAULT_CALIBRATION_SAMPLES
-        sets = 2 if self.scorer.needs_context else 1
-        return max(1, min(DEFAULT_CALIBRATION_SAMPLES, size // sets))
-
-    def _set_masks(self, new_masks: Mapping[str, Tensor]) -> None:
-        """Install new masks, zero the pruned weights exactly, and cache the hot-path factors."""
-        self.masks = {t.name: new_masks[t.name].to(t.param.device) for t in self.targets}
-        self._pruned_any = any(not bool(mask.all()) for mask in self.masks.values())
-        self._keep = {t.name: self.masks[t.name].to(t.param.dtype) for t in self.targets}
-        for target in self.targets:
-            masks.apply_mask_(target.param.data, self.masks[target.name])
-
-    def _enforce(self) -> None:
-        if not self._pruned_any:
+        if state.reference is None or value is None or self.monitor_metric.resolved is None:
             return
-        for target in self.targets:
-            masks.multiply_mask_(target.param.data, self._keep[target.name])
+        if broken and restore is not None:
+            pl_module.load_state_dict(restore["model"])
+            self.engine.set_masks(restore["masks"])
+            adapter.info(
+                f"the last validation ({value:.4f}) broke the tolerance; restored the weights of epoch "
+                f"{restore['epoch']}, the latest state within it."
+            )
+        elif broken:
+            warnings.warn(
+                f"AutoPrune's final {label} ({value:.4f}) is more than {drop} worse than the dense reference "
+                f"({state.reference:.4f}), and no state within tolerance was kept at this sparsity.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.config.verbose:
+            adapter.info(
+                f"automatic mode finished at sparsity {self.sparsity:.4f}: the most-pruned state whose {label} "
+                f"stayed within {drop} of the dense reference {state.reference:.4f} on validation. Stopped because "
+                f"{state.stop_reason}."
+            )
 
-    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        start = time.perf_counter()
-        self._enforce()
-        self.seconds_enforcing += time.perf_counter() - start
-
-    def _shown_target(self, epoch: int) -> float:
+    # ------------------------------------------------------------------ logging and output
+    def _shown_target(self) -> float:
         """The target to show: the fixed target, or the sparsity the search is trying or holds."""
-        if self.target_sparsity is not None:
-            return self.target_sparsity
-        return self.search.pending if self.search.pending is not None else self.search.accepted
+        if isinstance(self.controller, ToleranceSearch):
+            return self.controller.target
+        return self.config.target_sparsity or 0.0
 
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
-        _log(pl_module, "autoprune/sparsity", self.sparsity(), prog_bar=True)
-        flops = self.flops_sparsity() if self.target_unit == "flops" else None
+        adapter.log(pl_module, "autoprune/sparsity", self.sparsity, prog_bar=True)
+        flops = self.flops_sparsity if self.config.target_unit == "flops" else None
         if flops is not None:
-            _log(pl_module, "autoprune/flops_sparsity", flops, prog_bar=True)
-        _log(pl_module, "autoprune/scheduled_sparsity", scheduled)
-        _log(pl_module, "autoprune/target_sparsity", self._shown_target(pl_module.current_epoch), prog_bar=True)
+            adapter.log(pl_module, "autoprune/flops_sparsity", flops, prog_bar=True)
+        adapter.log(pl_module, "autoprune/scheduled_sparsity", scheduled)
+        adapter.log(pl_module, "autoprune/target_sparsity", self._shown_target(), prog_bar=True)
         for target in self.targets:
-            _log(
-                pl_module,
-                f"autoprune/sparsity/{target.name}",
-                masks.sparsity(target.param.detach()),
+            adapter.log(pl_module, f"autoprune/sparsity/{target.name}", tensor_sparsity(target.param.detach()))
+
+    def _log_search(self, pl_module: pl.LightningModule, decisions: list[dict[str, Any]]) -> None:
+        codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
+        for record in decisions:
+            adapter.log(pl_module, "autoprune/decision", codes[record["decision"]])
+        if self.search.reference is not None:
+            adapter.log(pl_module, "autoprune/reference", self.search.reference)
+        adapter.log(pl_module, "autoprune/accepted_sparsity", self.search.accepted)
+        adapter.log(pl_module, "autoprune/step", self.search.step)
+
+    def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        if not diagnostics or "epoch" in diagnostics[-1]:
+            return
+        entry = diagnostics[-1]
+        entry["epoch"] = epoch
+        for method, numbers in entry["fidelity"].items():
+            adapter.log(pl_module, f"autoprune/fidelity/spearman_{method}", numbers["spearman"])
+            adapter.log(pl_module, f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"])
+        adapter.log(pl_module, "autoprune/importance/blend_weight", entry["blend_weight"])
+        adapter.log(pl_module, "autoprune/importance/fell_back", float(entry["fell_back"]))
+        if self.config.verbose:
+            adapter.rank_zero_info(report_record.importance_line(epoch, entry))
+
+    def _importance_diagnostics(self) -> Any:
+        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        if not diagnostics:
+            return None
+        entries = [dict(entry) for entry in diagnostics]
+        entries[-1]["feature_importances"] = self.scorer.feature_importances()
+        return report_record.jsonable(entries)
+
+    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
+        """Remove the pruned units physically; keep the result and save it atomically."""
+        args, kwargs = self._example_inputs(trainer, pl_module)
+        if kwargs:
+            raise ValueError(
+                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
+                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
             )
+        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
+        from lightning_autoprune.compact import compact, count_parameters  # TEMPORARY until structured/ lands
 
-    def _monitor_name(self) -> str:
-        return self._resolved_monitor[0] if self._resolved_monitor else str(self.monitor)
+        small = compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
+        self.compacted_model = small
+        directory.mkdir(parents=True, exist_ok=True)
+        path = atomic_torch_save(small, directory / "compacted_model.pt")
+        before, after = count_parameters(pl_module), count_parameters(small)
+        if self.config.verbose:
+            adapter.info(
+                f"compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
+                f"{path} (load with torch.load(path, weights_only=False))"
+            )
+        return {"params_before": before, "params_after": after, "path": str(path)}
 
-    def _monitored_value(self, trainer: pl.Trainer) -> float | None:
-        metrics = trainer.callback_metrics
-        if self._resolved_monitor is None:
-            if self.monitor is not None:
-                if self.monitor not in metrics:
-                    if not metrics:
-                        return None
-                    available = ", ".join(sorted(metrics)) or "none"
-                    raise ValueError(
-                        f"`monitor`={self.monitor!r} is not logged. Logged metrics: {available}. "
-                        "HINT: log it in `validation_step` with `self.log(...)`."
-                    )
-                self._resolved_monitor = (self.monitor, self.mode or infer_mode(self.monitor))
-            else:
-                detected = detect_monitor(metrics)
-                if detected is None:
-                    return None
-                self._resolved_monitor = (detected, self.mode or infer_mode(detected))
-                rank_zero_info(
-                    f"[AutoPrune] monitoring {detected!r} (mode={self._resolved_monitor[1]}); set `monitor` to choose."
+    def _check_no_overlap(self, trainer: pl.Trainer, mine: set[str]) -> None:
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is self or not isinstance(other, AutoPrune) or not other.targets:
+                continue
+            shared = sorted(mine & {t.name for t in other.targets})
+            if shared:
+                raise ValueError(
+                    f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
+                    "HINT: give each callback disjoint `include`/`exclude` patterns."
                 )
-        value = metrics.get(self._resolved_monitor[0])
-        return float(value) if value is not None else None
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        shapes = state.get("shapes", {})
-        packed = state.get("masks", {})
-        expected = {name: list(mask.shape) for name, mask in self.masks.items()}
-        if set(packed) != set(expected) or any(list(shapes[n]) != expected[n] for n in packed):
-            raise ValueError(
-                "The checkpoint's AutoPrune masks do not fit this model: checkpoint has "
-                f"{ {n: tuple(shapes[n]) for n in packed} }, the model's pruned tensors are "
-                f"{ {n: tuple(s) for n, s in expected.items()} }. HINT: resume with the model and the "
-                "`include`/`exclude` that wrote the checkpoint."
-            )
-        self._set_masks({name: masks.unpack_mask(packed[name], shapes[name]) for name in packed})
-        self.history = [dict(event) for event in state.get("history", [])]
-        self.timeline = [dict(entry) for entry in state.get("timeline", [])]
-        self.generator.set_state(state["generator"])
-        self._positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
-        if "search" in state:
-            self.search = tolerance.SearchState.from_dict(state["search"])
-            self._snapshot = state.get("snapshot")
-            self._reuse_scores = bool(state.get("reuse_scores"))
-            self._logged_decisions = len(self.search.decisions)
-        devices = {t.name: t.param.device for t in self.targets}
-        if state.get("snapshot_scores") is not None:  # per tensor, or per structured unit group (kept on CPU)
-            scores = state["snapshot_scores"]
-            self._snapshot_scores = {n: v.to(devices[n]) if n in devices else v for n, v in scores.items()}
-        self._initial_weights = {n: v.to(devices[n]) for n, v in state.get("initial_weights", {}).items()}
-        self._movement = {n: v.to(devices[n]) for n, v in state.get("movement", {}).items()}
-        if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
-            self.scorer.load_state_dict(state["scorer"])
 
 
-def check_supported_strategy(strategy: object) -> None:
-    """Refuse sharded strategies: masks address whole parameters, which those split or flatten.
-
-    Under FSDP, DeepSpeed or tensor/model parallelism a rank holds a flattened shard, so a mask
-    computed for the full tensor would prune the wrong entries. Lightning runs FSDP on GPUs only.
-
-    Example:
-        >>> from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-        >>> check_supported_strategy(DDPStrategy())
-        >>> check_supported_strategy(FSDPStrategy())
-        Traceback (most recent call last):
-        ...
-        ValueError: AutoPrune does not support the sharded strategy `FSDPStrategy`: ...
-    """
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
-    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
-        raise ValueError(
-            f"AutoPrune does not support the sharded strategy `{type(strategy).__name__}`: its masks address "
-            "whole parameters, and this strategy splits or flattens them across ranks, so the wrong entries "
-            "would be pruned. HINT: use strategy='ddp' (or 'ddp_spawn'), which keeps a full copy on every rank."
-        )
-
-
-def detect_monitor(metrics: Mapping[str, Any]) -> str | None:
-    """Pick the metric to monitor from those logged: validation accuracy-like first, then ``val_loss``.
-
-    Example:
-        >>> detect_monitor({"train_loss": 1.0, "val_loss": 0.5, "val_acc": 0.9})
-        'val_acc'
-        >>> detect_monitor({"val_loss": 0.5}), detect_monitor({"train_loss": 1.0})
-        ('val_loss', None)
-    """
-    names = sorted(metrics)
-    validation = [n for n in names if "val" in n.lower() and not n.startswith("autoprune/")]
-    for name in validation:
-        lowered = name.lower()
-        if "acc" in lowered:
-            return name
-    if "val_loss" in metrics:
-        return "val_loss"
-    losses = [n for n in validation if "loss" in n.lower()]
-    return losses[0] if losses else None
-
-
-def infer_mode(metric: str) -> Literal["max", "min"]:
-    """``"min"`` for loss- or error-like metric names, else ``"max"``.
-
-    Example:
-        >>> infer_mode("val_loss"), infer_mode("val_acc")
-        ('min', 'max')
-    """
-    lowered = metric.lower()
-    return "min" if any(word in lowered for word in ("loss", "error", "err", "perplexity", "mse", "mae")) else "max"
-
-
-def _validate_arguments(
-    *,
-    target_sparsity: float | None,
-    max_metric_drop: float,
-    mode: str | None,
-    granularity: str,
-    importance: str,
-    target_unit: str,
-    round_to: int,
-    compact_on_fit_end: bool,
-    schedule: str,
-    start_epoch: int | None,
-    end_epoch: int | None,
-    frequency: int,
-    min_layer_density: float,
-    calibration_samples: int | None,
-) -> None:
-    if target_sparsity is not None and not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
-        raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {target_sparsity!r}.")
-    if not (isinstance(max_metric_drop, (int, float)) and max_metric_drop >= 0 and math.isfinite(max_metric_drop)):
-        raise ValueError(f"`max_metric_drop` must be a finite number >= 0, got {max_metric_drop!r}.")
-    if mode is not None and mode not in _MODES:
-        raise ValueError(f"`mode` must be one of 'max', 'min' or None, got {mode!r}.")
-    if granularity not in _GRANULARITIES:
-        raise ValueError(f"`granularity` must be one of 'unstructured', 'structured', got {granularity!r}.")
-    if granularity == "structured" and importance not in unit_importance.UNIT_SCORERS:
-        allowed = ", ".join(repr(s) for s in unit_importance.UNIT_SCORERS)
-        raise ValueError(f"With granularity='structured', `importance` must be one of {allowed}, got {importance!r}.")
-    if target_unit not in _TARGET_UNITS:
-        raise ValueError(f"`target_unit` must be one of 'params', 'flops', got {target_unit!r}.")
-    if target_unit == "flops" and granularity != "structured":
-        raise ValueError(
-            "`target_unit`='flops' needs granularity='structured' (zeroed single weights save no FLOPs in dense "
-            f"kernels), got granularity={granularity!r}."
-        )
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"`round_to` must be an integer >= 1, got {round_to!r}.")
-    if round_to > 1 and granularity != "structured":
-        raise ValueError(
-            f"`round_to`={round_to} rounds the widths of structured pruning and needs granularity='structured', "
-            f"got granularity={granularity!r}."
-        )
-    if not isinstance(compact_on_fit_end, bool):
-        raise ValueError(f"`compact_on_fit_end` must be True or False, got {compact_on_fit_end!r}.")
-    if compact_on_fit_end and granularity != "structured":
-        raise ValueError(
-            "`compact_on_fit_end`=True needs granularity='structured' (unstructured sparsity removes no whole "
-            f"unit; save it with lightning_autoprune.save_sparse instead), got granularity={granularity!r}."
-        )
-    if schedule not in schedules.SCHEDULES:
-        allowed = ", ".join(repr(s) for s in schedules.SCHEDULES)
-        raise ValueError(f"`schedule` must be one of {allowed}, got {schedule!r}.")
-    for name, value in (("start_epoch", start_epoch), ("end_epoch", end_epoch)):
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise ValueError(f"`{name}` must be an integer >= 0 or None, got {value!r}.")
-    if start_epoch is not None and end_epoch is not None and end_epoch < start_epoch:
-        raise ValueError(
-            f"`end_epoch` must be >= `start_epoch`, got end_epoch={end_epoch} < start_epoch={start_epoch}."
-        )
-    if not isinstance(frequency, int) or frequency < 1:
-        raise ValueError(f"`frequency` must be an integer >= 1, got {frequency!r}.")
-    if not (isinstance(min_layer_density, (int, float)) and 0.0 <= min_layer_density <= 1.0):
-        raise ValueError(f"`min_layer_density` must be in [0, 1], got {min_layer_density!r}.")
-    if target_sparsity is not None and min_layer_density > 1.0 - target_sparsity:
-        raise ValueError(
-            f"`min_layer_density`={min_layer_density} keeps more weights than `target_sparsity`={target_sparsity} "
-            f"allows ({1.0 - target_sparsity:.4f} of them). Lower `min_layer_density`."
-        )
-    if calibration_samples is not None and (not isinstance(calibration_samples, int) or calibration_samples < 1):
-        raise ValueError(f"`calibration_samples` must be an integer >= 1 or None, got {calibration_samples!r}.")
-
-
-def _check_no_overlap(callback: AutoPrune, trainer: pl.Trainer) -> None:
-    mine = {t.name for t in callback.targets}
-    for other in trainer.callbacks:  # type: ignore[attr-defined]
-        if other is callback or not isinstance(other, AutoPrune) or not other.targets:
-            continue
-        shared = sorted(mine & {t.name for t in other.targets})
-        if shared:
-            raise ValueError(
-                f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
-                "HINT: give each callback disjoint `include`/`exclude` patterns."
-            )
-
-
-def _log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool = False) -> None:
-    """Log an epoch-level value through the module, so every Lightning logger receives it.
-
-    The callback's values are the same on every rank (rank 0 decides and broadcasts), so under DDP
-    the mean that ``sync_dist`` takes is that value; syncing also tells Lightning it is reduced.
-    """
-    sync = pl_module.trainer.world_size > 1
-    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=sync, prog_bar=prog_bar)
-
-
-def _event_lines(
-    epoch: int,
-    event: Mapping[str, Any] | None,
-    decisions: list[dict[str, Any]],
-    monitor: str,
-    importance: str,
-    automatic: bool,
-) -> list[str]:
-    """One line per pruning event (sparsity and metric before -> after, and the verdict), plus search lines."""
-    lines = []
-    verdicts = {"accept": "accepted", "rollback": "rolled back"}
-    if event is not None:
-        before, after = event.get("metric_before"), event.get("metric_after")
-        metric = ""
-        if before is not None or after is not None:
-            fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-            metric = f" | {monitor} {fmt(before)} -> {fmt(after)}"
-        same = [d for d in decisions if d["decision"] != "stop" and d["epoch"] == epoch]
-        if same:
-            verdict = verdicts[same[0]["decision"]]
-        else:
-            verdict = "out of tolerance, one more recovery epoch" if automatic else "on schedule"
-        lines.append(
-            f"[AutoPrune] epoch {epoch} | sparsity {event.get('sparsity_before', 0.0):.4f} -> {event['sparsity']:.4f}"
-            f" ({importance}){metric} | {verdict}"
-        )
-        decisions = [d for d in decisions if d not in same]
-    lines.extend(_describe_decision(d, monitor) for d in decisions)
-    return lines
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def _describe_decision(record: Mapping[str, Any], monitor: str) -> str:
-    if record["decision"] == "stop":
-        return (
-            f"[AutoPrune] epoch {record['epoch']}: search stopped at sparsity {record['accepted']:.4f} "
-            f"({record['reason']})"
-        )
-    value = "nan" if record["value"] is None else f"{record['value']:.4f}"
-    verdict = "accepted" if record["decision"] == "accept" else "rolled back, step halved"
-    return (
-        f"[AutoPrune] epoch {record['epoch']}: sparsity {record['proposed']:.4f} {verdict} "
-        f"({monitor} {value} vs reference {record['reference']:.4f}, step {record['step']:.3f})"
-    )
-
-
-def _detached(obj: Any) -> Any:
-    """A detached copy of the tensors in ``obj`` (nested tuples, lists, dicts); other values as they are."""
-    if isinstance(obj, Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, tuple):
-        return tuple(_detached(v) for v in obj)
-    if isinstance(obj, list):
-        return [_detached(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _detached(v) for k, v in obj.items()}
-    return obj
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _optimizer_second_moments(trainer: pl.Trainer, params: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
-    moments: dict[str, Tensor] = {}
-    for optimizer in trainer.optimizers:
-        for name, param in params.items():
-            value = optimizer.state.get(param, {}).get("exp_avg_sq")
-            if isinstance(value, Tensor) and value.shape == param.shape:
-                moments[name] = value.detach()
-    return moments or None
-
-
-def _first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+def _skip_non_finite(tensors: Mapping[str, Tensor], epoch: int, what: str) -> bool:
+    """Warn and return ``True`` when a tensor holds NaN or inf (the event is then skipped)."""
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
-            return name
-    return None
+            warnings.warn(
+                f"AutoPrune skipped the pruning event of epoch {epoch}: {what} {name!r} holds NaN or inf.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return True
+    return False
 
 
-def _collect_rng_states() -> dict[str, Any]:
-    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
-    py_version, py_state, py_gauss = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+def make_any_scorer(importance: str, granularity: str, estimator: str | None, label_groups: int) -> Any:
+    """TEMPORARY until scoring/ lands: the weight or unit scorer."""
+    if granularity == "structured":
+        return _unit_scoring.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
+    return _weight_scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
 
 
-def _set_rng_states(states: Mapping[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np_state = states["numpy"]
-    np.random.set_state(
-        (
-            np_state["kind"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
+class _UnitSelector:
+    """TEMPORARY until structured/ lands."""
+
+    def __init__(self, groups: Any, min_density: float, weights: Any, round_to: int) -> None:
+        self.groups, self.min_density, self.weights, self.round_to = groups, min_density, weights, round_to
+
+    def __call__(self, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
+        keep = structured.select_units(
+            self.groups,
+            scores,
+            masks,
+            target,
+            min_density=self.min_density,
+            weights=self.weights,
+            round_to=self.round_to,
         )
-    )
-    py = states["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        return structured.unit_masks(self.groups, keep, masks)

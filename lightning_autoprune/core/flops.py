@@ -1,0 +1,91 @@
+"""FLOPs of the pruned Linear and Conv weights, from the output sizes their layers compute.
+
+A pruned weight entry of a Linear or Conv layer saves one multiply and one add per output position
+and sample, so its FLOPs per sample are ``2 * positions``. The positions are recorded by
+:class:`OutputPositions` on the first forward pass that calls each layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_autoprune.core.targets import PruneTarget
+
+#: Layers whose weights cost FLOPs per output position (``2 * weights * positions`` per sample).
+FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def flop_targets(targets: Sequence[PruneTarget]) -> list[PruneTarget]:
+    """The pruned Linear/Conv weights: the tensors that cost FLOPs (biases and norms do not count).
+
+    Example:
+        >>> from lightning_autoprune.core.targets import resolve_targets
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+        >>> [t.name for t in flop_targets(resolve_targets(model, ["*"], None))]
+        ['0.weight']
+    """
+    return [t for t in targets if t.param_name == "weight" and isinstance(t.module, FLOP_LAYERS)]
+
+
+def flops_per_weight(targets: Sequence[PruneTarget], positions: Mapping[str, int]) -> dict[str, float] | None:
+    """Per pruned Linear/Conv weight, the FLOPs one entry costs per sample; ``None`` until all of them ran.
+
+    Example:
+        >>> from lightning_autoprune.core.targets import resolve_targets
+        >>> targets = resolve_targets(nn.Sequential(nn.Linear(4, 3)), None, None)
+        >>> flops_per_weight(targets, {}), flops_per_weight(targets, {"0.weight": 1})
+        (None, {'0.weight': 2.0})
+    """
+    layers = flop_targets(targets)
+    if not layers or any(t.name not in positions for t in layers):
+        return None
+    return {t.name: 2.0 * positions[t.name] for t in layers}
+
+
+class OutputPositions:
+    """Records, on the first forward pass, how many output positions each Linear/Conv target computes.
+
+    Args:
+        positions: the record, by parameter name (filled in place; a restored record is kept).
+
+    Example:
+        >>> from lightning_autoprune.core.targets import resolve_targets
+        >>> import torch
+        >>> model = nn.Sequential(nn.Conv1d(1, 2, 3))
+        >>> watcher = OutputPositions({})
+        >>> watcher.watch(resolve_targets(model, None, None))
+        >>> _ = model(torch.zeros(5, 1, 10))
+        >>> watcher.positions, watcher.remove()
+        ({'0.weight': 8}, None)
+    """
+
+    def __init__(self, positions: dict[str, int]) -> None:
+        self.positions = positions
+        self._handles: list[RemovableHandle] = []
+
+    def watch(self, targets: Sequence[PruneTarget]) -> None:
+        """Hook every Linear/Conv target whose positions are not known yet."""
+        for target in flop_targets(targets):
+            if target.name in self.positions:
+                continue
+
+            def hook(mod: nn.Module, args: Any, output: Any, name: str = target.name) -> None:
+                if name in self.positions or not isinstance(output, Tensor) or output.ndim == 0:
+                    return
+                if output.ndim == 1:  # an unbatched Linear call
+                    self.positions[name] = 1
+                    return
+                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                self.positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
+
+            self._handles.append(target.module.register_forward_hook(hook))
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

@@ -1,0 +1,197 @@
+"""The run's record: everything the report and the summary show, as JSON-ready primitives.
+
+:func:`build_record` assembles it from the callback's parts (what ``summary.json`` holds), and
+:func:`event_lines` and :func:`importance_line` write the one-line messages printed at pruning events.
+Pure functions: no Trainer, no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from lightning_autoprune.control.search import SearchState
+from lightning_autoprune.core.targets import PruneTarget
+
+PREFIX = "[AutoPrune]"
+
+
+def layer_rows(targets: Sequence[PruneTarget]) -> list[dict[str, Any]]:
+    """Per pruned tensor: name, shape, size, weights kept (non-zero) and density."""
+    layers: list[dict[str, Any]] = []
+    for target in targets:
+        param = target.param.detach()
+        kept = int((param != 0).sum())
+        layers.append(
+            {
+                "name": target.name,
+                "shape": list(param.shape),
+                "numel": param.numel(),
+                "kept": kept,
+                "density": kept / param.numel() if param.numel() else 0.0,
+            }
+        )
+    return layers
+
+
+def build_record(
+    *,
+    settings: Mapping[str, Any],
+    targets: Sequence[PruneTarget],
+    per_weight: Mapping[str, float] | None,
+    model_params: int | None,
+    monitor: tuple[str | None, str | None],
+    timeline: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    search: SearchState,
+    diagnostics: Any,
+    overhead: Mapping[str, float],
+) -> dict[str, Any]:
+    """Everything the report shows (what ``summary.json`` holds).
+
+    Args:
+        settings: ``mode``, ``importance``, ``granularity``, ``schedule``, ``max_metric_drop`` and
+            ``target_sparsity`` of the run.
+        targets: the pruned tensors (read now).
+        per_weight: FLOPs per sample of one entry of each Linear/Conv weight, if known.
+        model_params: parameters of the whole model, if known.
+        monitor: the monitored metric's name and mode.
+        timeline: one entry per trained epoch.
+        events: one entry per pruning event.
+        search: the automatic search's state.
+        diagnostics: the learned scorer's per-event diagnostics (JSON-ready), or ``None``.
+        overhead: seconds spent pruning and enforcing.
+    """
+    layers = layer_rows(targets)
+    prunable = sum(layer["numel"] for layer in layers)
+    kept_total = sum(layer["kept"] for layer in layers)
+    totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
+    # Structured runs also mask biases and BatchNorm affines, which cost no FLOPs; unstructured runs
+    # report FLOPs only when every pruned tensor is a Linear/Conv weight.
+    if per_weight is not None and (settings["granularity"] == "structured" or len(per_weight) == len(targets)):
+        totals["flops_before"] = int(
+            sum(per_weight[layer["name"]] * layer["numel"] for layer in layers if layer["name"] in per_weight)
+        )
+        totals["flops_after"] = int(
+            sum(per_weight[layer["name"]] * layer["kept"] for layer in layers if layer["name"] in per_weight)
+        )
+    if model_params is not None:
+        totals["params_model"] = model_params
+        totals["params_model_nonzero"] = model_params - (prunable - kept_total)
+    final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
+    reference = search.reference
+    if reference is None and events:
+        reference = events[0]["metric_before"]
+    return {
+        "version": 1,
+        "mode": settings["mode"],
+        "importance": settings["importance"],
+        "granularity": settings["granularity"],
+        "schedule": settings["schedule"],
+        "monitor": monitor[0],
+        "monitor_mode": monitor[1],
+        "max_metric_drop": settings["max_metric_drop"],
+        "target_sparsity": settings["target_sparsity"],
+        "reference": reference,
+        "final_metric": final,
+        "sparsity": 1.0 - kept_total / prunable if prunable else 0.0,
+        "stop_reason": search.stop_reason,
+        "timeline": [dict(entry) for entry in timeline],
+        "events": [dict(event) for event in events],
+        "decisions": [dict(d) for d in search.decisions],
+        "layers": layers,
+        "totals": totals,
+        "importance_diagnostics": diagnostics,
+        "overhead_seconds": dict(overhead),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tensors as lists and every mapping key a string.
+
+    Example:
+        >>> import torch
+        >>> jsonable({1: torch.tensor([0.5]), "b": (1, None)})
+        {'1': [0.5], 'b': [1, None]}
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def event_lines(
+    epoch: int,
+    event: Mapping[str, Any] | None,
+    decisions: list[dict[str, Any]],
+    monitor: str,
+    importance: str,
+    automatic: bool,
+) -> list[str]:
+    """One line per pruning event (sparsity and metric before -> after, and the verdict), plus search lines.
+
+    Example:
+        >>> event = {"sparsity_before": 0.0, "sparsity": 0.5, "metric_before": 0.9, "metric_after": 0.89}
+        >>> event_lines(3, event, [], "val_acc", "lamp", automatic=False)
+        ['[AutoPrune] epoch 3 | sparsity 0.0000 -> 0.5000 (lamp) | val_acc 0.9000 -> 0.8900 | on schedule']
+    """
+    lines = []
+    verdicts = {"accept": "accepted", "rollback": "rolled back"}
+    if event is not None:
+        before, after = event.get("metric_before"), event.get("metric_after")
+        metric = ""
+        if before is not None or after is not None:
+            fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+            metric = f" | {monitor} {fmt(before)} -> {fmt(after)}"
+        same = [d for d in decisions if d["decision"] != "stop" and d["epoch"] == epoch]
+        if same:
+            verdict = verdicts[same[0]["decision"]]
+        else:
+            verdict = "out of tolerance, one more recovery epoch" if automatic else "on schedule"
+        lines.append(
+            f"{PREFIX} epoch {epoch} | sparsity {event.get('sparsity_before', 0.0):.4f} -> {event['sparsity']:.4f}"
+            f" ({importance}){metric} | {verdict}"
+        )
+        decisions = [d for d in decisions if d not in same]
+    lines.extend(describe_decision(d, monitor) for d in decisions)
+    return lines
+
+
+def describe_decision(record: Mapping[str, Any], monitor: str) -> str:
+    """One line for one decision of the automatic search.
+
+    Example:
+        >>> describe_decision({"epoch": 5, "decision": "stop", "accepted": 0.9, "reason": "training ended"}, "val_acc")
+        '[AutoPrune] epoch 5: search stopped at sparsity 0.9000 (training ended)'
+    """
+    if record["decision"] == "stop":
+        accepted, reason = record["accepted"], record["reason"]
+        return f"{PREFIX} epoch {record['epoch']}: search stopped at sparsity {accepted:.4f} ({reason})"
+    value = "nan" if record["value"] is None else f"{record['value']:.4f}"
+    verdict = "accepted" if record["decision"] == "accept" else "rolled back, step halved"
+    return (
+        f"{PREFIX} epoch {record['epoch']}: sparsity {record['proposed']:.4f} {verdict} "
+        f"({monitor} {value} vs reference {record['reference']:.4f}, step {record['step']:.3f})"
+    )
+
+
+def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
+    """The learned scorer's held-out fidelity at an event, next to the prior's, and what it did."""
+    learned = entry["fidelity"]["learned"]["spearman"]
+    prior = entry["fidelity"][entry["best_prior"]]["spearman"]
+    verdict = (
+        f"fell back to {entry['best_prior']}"
+        if entry["fell_back"]
+        else f"blend {entry['blend_weight']:.2f} learned + {1 - entry['blend_weight']:.2f} {entry['best_prior']}"
+    )
+    return (
+        f"{PREFIX} epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
+        f"{entry['best_prior']} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
+    )
