@@ -48,7 +48,7 @@ def measure(sparsity: float, seed: int, workdir: Path) -> dict[str, float | int 
     loaded = load_sparse(sparse)
     exact = all(torch.equal(loaded[k], v) for k, v in state.items())
     return {
-        "sparsity": callback.sparsity(),
+        "sparsity": callback.sparsity,
         "seed": seed,
         "dense_file_bytes": dense.stat().st_size,
         "sparse_file_bytes": sparse.stat().st_size,

@@ -515,7 +515,7 @@ def run_method(
         row |= _fit(model, datamodule, budget.finetune_epochs, budget, root, [callback])
         row["masked_test_acc"] = evaluate(model, test_loader)
         row["mask_sparsity"] = masks.mask_sparsity(callback.masks)
-        row["flops_sparsity"] = callback.flops_sparsity()
+        row["flops_sparsity"] = callback.flops_sparsity
         row["target_unit"] = callback.target_unit
         row["round_to"] = callback.round_to
         row["callback_seconds"] = callback.seconds_pruning + callback.seconds_enforcing

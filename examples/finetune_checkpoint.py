@@ -87,13 +87,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"digits MLP 64-256-256-10 from {checkpoint}, pruned to {args.target} over {args.finetune_epochs} epochs")
     print(f"dense checkpoint  test acc {dense_acc:.4f}")
     print(f"pruned fine-tuned test acc {pruned_acc:.4f}  ({100 * (pruned_acc - dense_acc):+.2f} points)")
-    print(f"sparsity {callback.sparsity():.4f}; pruned checkpoint {pruned_path} reloads into MLPClassifier")
+    print(f"sparsity {callback.sparsity:.4f}; pruned checkpoint {pruned_path} reloads into MLPClassifier")
     zeros = sum(int((p == 0).sum()) for n, p in reloaded.named_parameters() if n.endswith("weight"))
     total = sum(p.numel() for n, p in reloaded.named_parameters() if n.endswith("weight"))
     return {
         "dense_acc": dense_acc,
         "pruned_acc": pruned_acc,
-        "sparsity": callback.sparsity(),
+        "sparsity": callback.sparsity,
         "reloaded": zeros / total,
     }
 

@@ -59,7 +59,7 @@ def run(name: str, args: argparse.Namespace, prune: bool = True) -> dict[str, An
     trainer.fit(model, datamodule=datamodule)
     test_acc = float(trainer.test(model, datamodule=datamodule, verbose=False)[0]["test_acc"])
     tensors = {n: float((p == 0).float().mean()) for n, p in model.named_parameters() if any(s in n for s in SHOWN)}
-    sparsity = callback.sparsity() if prune else 0.0
+    sparsity = callback.sparsity if prune else 0.0
     return {"model": name, "test_acc": test_acc, "sparsity": sparsity, "tensors": tensors}
 
 

@@ -863,7 +863,9 @@ class AutoPrune(Callback):
         if not diagnostics:
             return None
         entries = [dict(entry) for entry in diagnostics]
-        entries[-1]["feature_importances"] = self.scorer.feature_importances()
+        importances = getattr(self.scorer, "feature_importances", None)  # TEMPORARY until scoring/ lands
+        if callable(importances):
+            entries[-1]["feature_importances"] = importances()
         return report_record.jsonable(entries)
 
     def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:

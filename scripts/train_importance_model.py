@@ -133,7 +133,7 @@ def collect(name: str, dataset: str, kind: str, widths: list[int], epochs: int, 
         "events": len(scorer.rows_x),
         "rows": int(sum(len(y) for y in scorer.rows_y)),
         "test_acc": float(test["test_acc"]),
-        "sparsity": callback.sparsity(),
+        "sparsity": callback.sparsity,
         "seconds": time.perf_counter() - start,
     }
 

@@ -41,7 +41,7 @@ class CheckRollback(Callback):
         decisions = self.autoprune.search.decisions
         if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
             return
-        snapshot = self.autoprune._snapshot
+        snapshot = self.autoprune.controller.snapshot
         assert snapshot is not None
         for name, tensor in pl_module.state_dict().items():
             assert torch.equal(tensor, snapshot["model"][name]), name
@@ -72,8 +72,8 @@ def test_rollback_restores_masks_weights_and_optimizer_exactly(digits: DigitsDat
     # 0.5 breaks the 0.3 tolerance (density 0.5), 0.25 is accepted, 0.4375 breaks it, ...
     assert decisions[:3] == ["rollback", "accept", "rollback"]
     assert checker.rollbacks == decisions.count("rollback")
-    assert autoprune.sparsity() == pytest.approx(autoprune.search.accepted, abs=1e-3)
-    assert autoprune.sparsity() <= 0.3 + 1e-6
+    assert autoprune.sparsity == pytest.approx(autoprune.search.accepted, abs=1e-3)
+    assert autoprune.sparsity <= 0.3 + 1e-6
 
 
 def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
@@ -92,7 +92,7 @@ def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
             after_rollback = len(search.decisions) > 0 and search.decisions[-1]["decision"] == "rollback"
             if event is None or event["epoch"] != trainer.current_epoch or not after_rollback:
                 return
-            snapshot, scores = self.autoprune._snapshot, self.autoprune._snapshot_scores
+            snapshot, scores = self.autoprune.controller.snapshot, self.autoprune.controller.scores
             assert snapshot is not None
             assert scores is not None
             expected = select_masks(scores, snapshot["masks"], event["target"], min_density=0.002)
@@ -126,7 +126,7 @@ def test_impossible_tolerance_ends_dense_with_a_message(
     autoprune = AutoPrune(report=False, monitor="val_density", max_metric_drop=0.0, start_epoch=1, end_epoch=7)
     with pytest.warns(UserWarning, match="pruning epoch"), caplog.at_level("INFO"):
         _trainer(trainer_kwargs, [autoprune], max_epochs=9).fit(model, datamodule=digits)
-    assert autoprune.sparsity() == 0.0
+    assert autoprune.sparsity == 0.0
     assert autoprune.search.stop_reason == "3 consecutive steps broke the tolerance"
     assert "search stopped at sparsity 0.0000" in caplog.text
     assert "automatic mode finished at sparsity 0.0000" in caplog.text
@@ -138,11 +138,11 @@ def test_tolerance_holds_on_validation_at_the_end(digits: DigitsDataModule, trai
     trainer = Trainer(max_epochs=20, callbacks=[autoprune], **trainer_kwargs)
     model = MLPClassifier(lr=3e-3)
     trainer.fit(model, datamodule=digits)
-    assert autoprune._resolved_monitor == ("val_acc", "max")
+    assert autoprune.monitor_metric.resolved == ("val_acc", "max")
     final = trainer.validate(model, datamodule=digits, verbose=False)[0]["val_acc"]
     assert autoprune.search.reference is not None
     assert autoprune.search.reference - final <= 0.02 + 1e-6
-    assert autoprune.sparsity() >= 0.5  # it did prune, as far as the tolerance allowed
+    assert autoprune.sparsity >= 0.5  # it did prune, as far as the tolerance allowed
     assert autoprune.search.done
 
 
@@ -158,7 +158,7 @@ def test_val_loss_is_monitored_with_mode_min_when_no_accuracy_is_logged(
     autoprune = AutoPrune(report=False, max_metric_drop=0.05, start_epoch=1, end_epoch=2, verbose=False)
     with pytest.warns(UserWarning, match="pruning epoch"):
         _trainer(trainer_kwargs, [autoprune], max_epochs=3).fit(LossOnly(), datamodule=digits)
-    assert autoprune._resolved_monitor == ("val_loss", "min")
+    assert autoprune.monitor_metric.resolved == ("val_loss", "min")
     assert autoprune.search.decisions
 
 

@@ -44,7 +44,7 @@ def test_structured_cnn_prunes_coupled_channels_and_compacts(
     trainer = Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=2, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
 
-    assert 0.5 <= autoprune.sparsity() <= 0.6  # structured steps undershoot, never overshoot
+    assert 0.5 <= autoprune.sparsity <= 0.6  # structured steps undershoot, never overshoot
     assert autoprune.scorer.diagnostics, "the learned unit scorer checked itself at every event"
     net = model.net
     for conv, consumer in ((0, 3), (3, None)):  # a dead channel is dead in its conv, its BN and its consumer
@@ -159,7 +159,7 @@ def test_automatic_mode_with_a_flops_target_stays_within_tolerance(
     assert autoprune.search.stop_reason
     assert autoprune.search.reference is not None
     assert trainer.callback_metrics["val_acc"].item() >= autoprune.search.reference - 0.01 - 1e-6
-    flops = autoprune.flops_sparsity()
+    flops = autoprune.flops_sparsity
     assert flops is not None
     assert flops > 0.0, "the search accepted at least one step"
     accepted = autoprune.search.accepted
@@ -219,7 +219,7 @@ def test_structured_prunes_only_when_the_schedule_moves(
     )
     trainer = Trainer(max_epochs=7, limit_train_batches=4, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(_cnn(), datamodule=digits)
-    assert autoprune.sparsity() < 0.5  # whole channels stop just below the target ...
+    assert autoprune.sparsity < 0.5  # whole channels stop just below the target ...
     assert [event["epoch"] for event in autoprune.history] == [1, 2, 3]  # ... and no event follows end_epoch
 
 
@@ -248,10 +248,10 @@ def test_flops_target_reaches_the_flops_fraction_and_resumes_exactly(
     trainer = Trainer(callbacks=[autoprune], **common)
     trainer.fit(model, datamodule=digits)
 
-    flops = autoprune.flops_sparsity()
+    flops = autoprune.flops_sparsity
     assert flops is not None
     assert 0.5 <= flops <= 0.6  # whole channels stop just below the FLOPs target
-    assert abs(autoprune.sparsity() - flops) > 0.02, "parameters and FLOPs shares differ on a CNN"
+    assert abs(autoprune.sparsity - flops) > 0.02, "parameters and FLOPs shares differ on a CNN"
     assert trainer.callback_metrics["autoprune/flops_sparsity"].item() == pytest.approx(flops)
     assert autoprune.history[-1]["flops_sparsity"] == pytest.approx(flops)
     totals = autoprune.report_record(model)["totals"]
@@ -307,7 +307,7 @@ def test_round_to_keeps_channel_counts_multiples_through_a_real_run(
     )
     trainer.fit(model, datamodule=digits)
     assert all(w % 4 == 0 for widths in widths_per_event for w in widths), widths_per_event
-    flops = autoprune.flops_sparsity()
+    flops = autoprune.flops_sparsity
     assert flops is not None
     assert 0.3 < flops <= 0.6  # rounded widths: still below the target, never above
     assert widths_per_event[-1] != [12, 12], "something was pruned"

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.callback import check_supported_strategy
+from lightning_autoprune.trainer import check_supported_strategy
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
 
 
@@ -58,7 +58,7 @@ def test_nan_metric_stops_the_search_without_rollback_loops(digits: DigitsDataMo
         trainer.fit(NanAfterPruning(), datamodule=digits)
     assert [d["decision"] for d in autoprune.search.decisions] == ["rollback", "stop"]
     assert autoprune.search.stop_reason == "the monitored metric is not finite"
-    assert autoprune.sparsity() == 0.0
+    assert autoprune.sparsity == 0.0
 
 
 def test_predict_alone_does_nothing(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
@@ -152,4 +152,4 @@ def test_compiled_module_is_pruned(digits: DigitsDataModule, trainer_kwargs: dic
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
     assert {t.name for t in autoprune.targets} == {f"net._orig_mod.{i}.weight" for i in (1, 3, 5)}
-    assert autoprune.sparsity() == pytest.approx(0.6, abs=1e-3)
+    assert autoprune.sparsity == pytest.approx(0.6, abs=1e-3)

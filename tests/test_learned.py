@@ -176,7 +176,7 @@ def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: d
     assert isinstance(callback.scorer, LearnedScorer)
     trainer = Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=2, callbacks=[callback], **trainer_kwargs)
     trainer.fit(MLPClassifier(hidden=[48, 24, 16]), datamodule=datamodule)  # not in the pretraining zoo
-    assert callback.sparsity() == pytest.approx(0.9, abs=1e-3)
+    assert callback.sparsity == pytest.approx(0.9, abs=1e-3)
     diagnostics = callback.report_record()["importance_diagnostics"]
     assert [d["epoch"] for d in diagnostics] == [1, 2, 3]
     assert "feature_importances" in diagnostics[-1]

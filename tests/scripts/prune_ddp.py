@@ -29,7 +29,7 @@ class SaveMasks(Callback):
         path = self.out / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
         scorer = self.autoprune.scorer
         scorer_rows = [len(y) for y in getattr(scorer, "rows_y", getattr(scorer, "labels", []))]
-        state = {"masks": masks, "sparsity": self.autoprune.sparsity(), "search": self.autoprune.search.to_dict()}
+        state = {"masks": masks, "sparsity": self.autoprune.sparsity, "search": self.autoprune.search.to_dict()}
         torch.save({**state, "scorer_rows": scorer_rows}, path)
 
 
