@@ -11,8 +11,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.trainer import check_supported_strategy
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.trainer import check_supported_strategy
 
 
 class PoisonWeight(Callback):
