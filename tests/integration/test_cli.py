@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.cli import AutoPruneCLI, main, make_cli
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 DATA = ["--model", "MLPClassifier", "--data", "DigitsDataModule"]
 SHORT_RUN = [
     "--trainer.max_epochs",

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def _load(name: str) -> ModuleType:
