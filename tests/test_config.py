@@ -31,7 +31,7 @@ def test_bad_arguments_name_the_argument_what_is_allowed_and_what_was_given(argu
 
 
 def test_unknown_argument_lists_the_allowed_ones():
-    with pytest.raises(TypeError, match="Unknown AutoPrune argument.*sparsity_target.*Allowed"):
+    with pytest.raises(TypeError, match=r"Unknown AutoPrune argument.*sparsity_target.*Allowed"):
         make_config(sparsity_target=0.9)
 
 

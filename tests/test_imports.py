@@ -68,7 +68,9 @@ def test_the_import_graph_is_a_dag():
 def test_only_the_seam_imports_lightning(name):
     if name in LIGHTNING_SEAM or name.startswith("lightning_autoprune.examples"):
         return
-    lightning = sorted(i for i in MODULES[name] if i == "lightning" or i.startswith(("lightning.", "pytorch_lightning")))
+    lightning = sorted(
+        i for i in MODULES[name] if i == "lightning" or i.startswith(("lightning.", "pytorch_lightning"))
+    )
     assert not lightning, f"{name} imports {lightning}; only {', '.join(LIGHTNING_SEAM)} and examples/ may"
 
 

@@ -69,7 +69,8 @@ def test_a_broken_step_gets_a_recovery_epoch_then_rolls_back_to_its_snapshot():
     search.on_validation(0.95, epoch=1, mode="max", pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
     first = search.on_validation(0.90, epoch=2, mode="max", pruned=True)
-    assert first.roll_back is None and search.state.pending == 0.5
+    assert first.roll_back is None
+    assert search.state.pending == 0.5
     assert search.begin_epoch(3, ceiling=always(0.99)) is None, "no new step while one awaits its decision"
     second = search.on_validation(0.90, epoch=3, mode="max", pruned=True)
     assert second.roll_back == {"id": 1, "optimizers": True}
@@ -125,7 +126,8 @@ def test_finish_restores_the_latest_state_within_tolerance():
     kept = search.best_final
     search.last_value = 0.80  # a later validation broke the tolerance
     broken, restore = search.finish(9, "max")
-    assert broken and restore is kept
+    assert broken
+    assert restore is kept
     assert search.state.stop_reason == "training ended"
 
 

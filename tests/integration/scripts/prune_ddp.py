@@ -2,7 +2,7 @@
 
 Used by tests/test_distributed.py as a real subprocess (DDP re-launches the script per rank).
 
-    python tests/scripts/prune_ddp.py OUT_DIR --strategy ddp --importance lamp [--auto]
+    python tests/integration/scripts/prune_ddp.py OUT_DIR --strategy ddp --importance lamp [--auto]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Used by tests/test_distributed.py to prove crash safety with a real process and a real kill:
 
-    python tests/scripts/train_killable.py OUT_DIR [--kill-at-epoch 3] [--resume OUT_DIR/last.ckpt]
+    python tests/integration/scripts/train_killable.py OUT_DIR [--kill-at-epoch 3] [--resume OUT_DIR/last.ckpt]
 
 At the end of fit it writes OUT_DIR/final_masks.pt.
 """
