@@ -9,11 +9,9 @@ running Trainer to them. ``docs/architecture.md`` draws the data flow.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,24 +27,20 @@ from lightning_autoprune import unit_importance as _unit_scoring
 from lightning_autoprune.config import AutoPruneConfig, check_search_budget, make_config, resolve_window
 from lightning_autoprune.control import search as tolerance
 from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
-from lightning_autoprune.core import calibration
 from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.files import atomic_torch_save
-from lightning_autoprune.core.flops import OutputPositions, flop_targets, flops_per_weight
+from lightning_autoprune.core.flops import OutputPositions, flops_per_weight
 from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import collect_rng_states, restore_snapshot, set_rng_states, take_snapshot
 from lightning_autoprune.core.targets import resolve_targets, structured_targets
-from lightning_autoprune.importance import ScoreInputs, StatefulScorer
+from lightning_autoprune.event import EventPipeline, TrainingAccess
+from lightning_autoprune.importance import StatefulScorer
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
-#: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
-#: ablation evaluates all of them, so few large batches cost far less than many small ones.
-LABEL_BATCH_SIZE = 512
-#: Calibration samples per set when ``calibration_samples=None`` and the training set is large enough.
-DEFAULT_CALIBRATION_SAMPLES = 512
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(AutoPruneConfig))
+_NO_CONTROLLER = FixedSchedule(0.0, (0, 0))  # checkpoint entries before setup: no search
 
 
 class AutoPrune(Callback):
@@ -223,19 +217,18 @@ class AutoPrune(Callback):
         self.generator = torch.Generator().manual_seed(seed)
         self.engine = PruningEngine([], WeightSelector(min_layer_density))
         self.controller: FixedSchedule | ToleranceSearch | None = None
+        self.events = EventPipeline(self.config, self.engine, self.scorer, {})
         self.monitor_metric = adapter.Monitor(monitor, mode)
         self.positions = OutputPositions({})
         self.history: list[dict[str, Any]] = []  # one entry per pruning event
         self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
         self.window: tuple[int, int] | None = None
         self.seconds_pruning = 0.0
-        self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
         self.compacted_model: nn.Module | None = None
         self._pending_state: dict[str, Any] | None = None
         self._validated_epoch = -1
         self._validation_samples: int | None = None  # automatic mode, dense phase: samples of this validation
         self._logged_decisions = 0
-        self._example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         """The constructor's arguments read back (``callback.target_sparsity``...), from the validated config."""
@@ -264,7 +257,19 @@ class AutoPrune(Callback):
     @property
     def search(self) -> tolerance.SearchState:
         """The automatic search's state (an empty state in fixed-target mode)."""
-        return self.controller.state if isinstance(self.controller, ToleranceSearch) else tolerance.SearchState()
+        return self._search.state if self._search is not None else tolerance.SearchState()
+
+    @property
+    def unit_groups(self) -> list[structured.UnitGroup] | None:
+        """Structured pruning: the coupled unit groups, traced at the first event."""
+        return self.events.unit_groups
+
+    @property
+    def _search(self) -> ToleranceSearch | None:
+        return self.controller if isinstance(self.controller, ToleranceSearch) else None
+
+    def _access(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> TrainingAccess:
+        return adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, epoch)
 
     @property
     def seconds_enforcing(self) -> float:
@@ -291,14 +296,7 @@ class AutoPrune(Callback):
         config = self.config
         resolved = self.monitor_metric.resolved
         return report_record.build_record(
-            settings={
-                "mode": "automatic" if config.automatic else "fixed",
-                "importance": config.importance,
-                "granularity": config.granularity,
-                "schedule": config.schedule,
-                "max_metric_drop": config.max_metric_drop,
-                "target_sparsity": config.target_sparsity,
-            },
+            settings=config.settings(),
             targets=self.targets,
             per_weight=flops_per_weight(self.targets, self.positions.positions),
             model_params=sum(p.numel() for p in pl_module.parameters()) if pl_module is not None else None,
@@ -335,8 +333,7 @@ class AutoPrune(Callback):
         what makes its later masks identical.
         """
         engine = self.engine.state_dict()
-        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
-        searching = search.state_dict() if search is not None else {}
+        control = (self.controller or _NO_CONTROLLER).state_dict()
         return {
             "version": STATE_VERSION,
             "masks": engine["masks"],
@@ -347,12 +344,12 @@ class AutoPrune(Callback):
             "rng": collect_rng_states(),
             "initial_weights": engine["initial_weights"],
             "movement": engine["movement"],
-            "search": searching.get("search", tolerance.SearchState().to_dict()),
+            "search": control["search"],
             "positions": dict(self.positions.positions),
             "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
-            "snapshot": searching.get("snapshot"),
-            "snapshot_scores": searching.get("snapshot_scores"),
-            "reuse_scores": searching.get("reuse_scores", False),
+            "snapshot": control["snapshot"],
+            "snapshot_scores": control["snapshot_scores"],
+            "reuse_scores": control["reuse_scores"],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -377,9 +374,9 @@ class AutoPrune(Callback):
         self.timeline = [dict(entry) for entry in state.get("timeline", [])]
         self.generator.set_state(state["generator"])
         self.positions.positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
-        if isinstance(self.controller, ToleranceSearch):
+        if self.controller is not None:
             self.controller.load_state_dict(state, self.engine.devices)
-            self._logged_decisions = len(self.controller.state.decisions)
+        self._logged_decisions = len(self.search.decisions)
         if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
             self.scorer.load_state_dict(state["scorer"])
 
@@ -403,6 +400,8 @@ class AutoPrune(Callback):
         self._check_no_overlap(trainer, {t.name for t in targets})
         track = self.scorer.needs_context and not config.structured
         self.engine = PruningEngine(targets, WeightSelector(config.min_layer_density), track_trajectory=track)
+        say = adapter.rank_zero_info if config.verbose else None
+        self.events = EventPipeline(config, self.engine, self.scorer, self.positions.positions, say)
         self.window = resolve_window(config, trainer.max_epochs)
         if config.automatic:
             check_search_budget(self.window, config.frequency)
@@ -446,7 +445,7 @@ class AutoPrune(Callback):
             assert controller is not None
             scheduled = controller.target_for(epoch)
             last = self.history[-1]["target"] if self.history else 0.0
-            if controller.due(epoch, progress=self._progress(), last_target=last):
+            if controller.due(epoch, progress=self.events.progress(), last_target=last):
                 self._prune_with_context(trainer, pl_module, epoch, scheduled)
         self._log_sparsity(pl_module, scheduled)
 
@@ -458,7 +457,7 @@ class AutoPrune(Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
-        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
+        search = self._search
         before_first_step = search is not None and not search.state.decisions and search.state.pending is None
         self._validation_samples = 0 if before_first_step and not trainer.sanity_checking else None
 
@@ -485,15 +484,14 @@ class AutoPrune(Callback):
         if trainer.sanity_checking or not self.targets:
             return
         self._validated_epoch = trainer.current_epoch
-        if not isinstance(self.controller, ToleranceSearch):
+        search = self._search
+        if search is None:
             return
         value = adapter.broadcast(trainer, self.monitor_metric.value(trainer))  # every rank decides on rank 0's
         mode = self.monitor_metric.resolved_mode
         if value is None or mode is None:
             return
-        verdict = self.controller.on_validation(
-            value, epoch=trainer.current_epoch, mode=mode, pruned=bool(self.history)
-        )
+        verdict = search.on_validation(value, epoch=trainer.current_epoch, mode=mode, pruned=bool(self.history))
         if verdict.roll_back is not None:
             self.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
             self.engine.reset_movement()
@@ -511,7 +509,7 @@ class AutoPrune(Callback):
         decisions = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
         self._logged_decisions = len(self.search.decisions)
         if self.automatic:
-            self._log_search(pl_module, decisions)
+            adapter.log_metrics(pl_module, report_record.search_metrics(self.search, decisions))
         self.timeline.append(
             {
                 "epoch": epoch,
@@ -533,8 +531,8 @@ class AutoPrune(Callback):
         if not self.targets:
             return
         config = self.config
-        if isinstance(self.controller, ToleranceSearch):
-            self._finish_search(trainer, pl_module, self.controller)
+        if self._search is not None:
+            self._finish_search(trainer, pl_module, self._search)
         # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
         directory = (
             adapter.report_directory(trainer, config.report_dir) if config.report or config.compact_on_fit_end else None
@@ -581,7 +579,9 @@ class AutoPrune(Callback):
         scorer = self.scorer if isinstance(self.scorer, StatefulScorer) else None
         new_masks, sent = adapter.on_rank_zero(
             trainer,
-            lambda: self._compute_masks(trainer, pl_module, epoch, target),
+            lambda: self.events.compute_masks(
+                self._access(trainer, pl_module, epoch), epoch, target, self.generator, self._search
+            ),
             lambda: (self.generator.get_state(), scorer.state_dict() if scorer is not None else None),
         )
         if sent is not None:
@@ -609,152 +609,6 @@ class AutoPrune(Callback):
             adapter.log(pl_module, "autoprune/metric_before", before)
         self._log_importance(pl_module, epoch)
 
-    def _compute_masks(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
-    ) -> dict[str, Tensor] | None:
-        """Score and select: the new masks, or ``None`` if the event must be skipped (non-finite inputs)."""
-        weights = self.engine.weights
-        if _skip_non_finite(weights, epoch, "tensor"):
-            return None
-        search = self.controller if isinstance(self.controller, ToleranceSearch) else None
-        if search is not None and search.reuse_scores and search.scores is not None:
-            search.reuse_scores = False
-            if self.config.verbose:
-                adapter.info(
-                    "reusing the scores of the rolled-back step: the rollback restored the weights they were "
-                    "computed from."
-                )
-            return self._select(trainer, pl_module, search.scores, target)
-        if search is not None:
-            search.reuse_scores = False
-            search.scores = None
-        inputs = ScoreInputs(
-            weights=weights,
-            masks=self.masks,
-            generator=self.generator,
-            target_sparsity=target,
-            progress=adapter.progress(trainer, epoch),
-        )
-        if self.scorer.needs_gradients or self.scorer.needs_context:
-            self._calibrate(trainer, pl_module, inputs)
-            assert inputs.grad_sq_mean is not None
-            if _skip_non_finite(inputs.grad_sq_mean, epoch, "the calibration gradient of"):
-                return None
-        # Scorers that measure ablations call `inputs.loss_fn` many times: enter eval mode and mute
-        # logging once around the whole scoring, not around every call. Their scikit-learn fits
-        # run on one BLAS thread: small matrix products gain nothing from more, and BLAS threads
-        # spinning against torch's own thread pool made a 10 ms ridge fit take 0.5 s.
-        scoring_context = contextlib.ExitStack()
-        if self.scorer.needs_context:
-            from threadpoolctl import threadpool_limits
-
-            scoring_context.enter_context(calibration.evaluation_mode(pl_module))
-            scoring_context.enter_context(calibration.muted_logging(pl_module))
-            scoring_context.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        with scoring_context:
-            if self.config.structured:
-                groups = self._traced_groups(trainer, pl_module)
-                inputs.cost_weights = self._cost_weights()
-                scores = self.scorer.score_units(groups, inputs)
-            else:
-                scores = self.scorer.score(inputs)
-        if search is not None:
-            search.scores = {name: score.detach().clone() for name, score in scores.items()}
-        return self._select(trainer, pl_module, scores, target)
-
-    def _select(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scores: Mapping[str, Tensor], target: float
-    ) -> dict[str, Tensor]:
-        """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
-        if self.config.structured:
-            self._traced_groups(trainer, pl_module)  # installs the unit selector on first use
-            self.engine.selector = _UnitSelector(
-                self.unit_groups or [], self.config.min_layer_density, self._cost_weights(), self.config.round_to
-            )
-        return self.engine.select(scores, target)
-
-    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: ScoreInputs) -> None:
-        """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
-        config = self.config
-        loader = adapter.training_loader(trainer, f"importance={config.importance!r}")
-        loss_fn = adapter.loss_closure(trainer, pl_module, config.importance)
-        params = {t.name: t.param for t in self.targets}
-        sets = 2 if self.scorer.needs_context else 1
-        samples = adapter.calibration_size(loader, config.calibration_samples, sets, DEFAULT_CALIBRATION_SAMPLES)
-        if not self.scorer.needs_context:
-            batches = calibration.calibration_batches(loader, samples, self.generator)
-            assert isinstance(batches, list)
-            with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
-                inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, batches, params)
-            return
-        drawn = calibration.calibration_batches(
-            loader,
-            samples,
-            self.generator,
-            holdout=samples,
-            holdout_batch_size=max(loader.batch_size or 1, LABEL_BATCH_SIZE),
-        )
-        assert isinstance(drawn, tuple)
-        feature_batches, label_batches = drawn
-        recorder = calibration.ActivationRecorder({t.name: t.module for t in self.targets if t.param_name == "weight"})
-        with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module), recorder:
-            inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(loss_fn, feature_batches, params)
-        inputs.input_norms = recorder.input_norms()
-        inputs.output_norms = recorder.output_norms()
-        inputs.initial_weights = self.engine.initial_weights
-        inputs.movement = self.engine.movement
-        inputs.params = {name: p.data for name, p in params.items()}
-        inputs.exp_avg_sq = adapter.optimizer_second_moments(trainer, params)
-        inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
-
-    def _traced_groups(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[structured.UnitGroup]:
-        """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
-        if self.unit_groups is not None:
-            return self.unit_groups
-        args, kwargs = self._example_inputs(trainer, pl_module)
-        prunable = {t.name for t in self.targets if t.param_name == "weight"}
-        groups, kept = structured.find_unit_groups(
-            pl_module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
-        )
-        if kept:
-            warnings.warn(
-                f"AutoPrune (granularity='structured') keeps every unit of: {', '.join(kept)}.",
-                UserWarning,
-                stacklevel=2,
-            )
-        if not groups:
-            raise ValueError(
-                "granularity='structured' found no unit it can prune: every selected layer produces the model's "
-                "output or is coupled to a layer it cannot handle. HINT: use granularity='unstructured'."
-            )
-        self.unit_groups = groups
-        return groups
-
-    def _example_inputs(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if self._example is None:
-            self._example = adapter.example_inputs(trainer, pl_module, self.config.seed)
-        return self._example
-
-    def _cost_weights(self) -> dict[str, float] | None:
-        """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
-        if self.config.target_unit == "params":
-            return None
-        weights = flops_per_weight(self.targets, self.positions.positions)
-        if weights is None:
-            missing = [t.name for t in flop_targets(self.targets) if t.name not in self.positions.positions]
-            raise ValueError(
-                "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
-                f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
-                "target_unit='params', or exclude the layers the model does not call."
-            )
-        return weights
-
-    def _progress(self) -> float:
-        """The masks' sparsity in the unit of the target (parameters or FLOPs)."""
-        return self.engine.mask_progress(self._cost_weights()) if self.engine.pruned else 0.0
-
     # ------------------------------------------------------------------ automatic mode
     def _snapshot_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         def snapshot(with_optimizers: bool) -> dict[str, Any]:
@@ -767,80 +621,53 @@ class AutoPrune(Callback):
     def _warn_noise(self, trainer: pl.Trainer) -> None:
         """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
         samples, self._validation_samples = self._validation_samples, None
-        reference = self.search.reference
-        resolved = self.monitor_metric.resolved
-        if samples is None or resolved is None or reference is None:
-            return
-        samples *= trainer.world_size  # each rank validated its own shard
-        drop = self.config.max_metric_drop
-        error = tolerance.tolerance_noise(resolved[0], resolved[1], reference, samples, drop)
-        if error is not None:
-            warnings.warn(
-                f"AutoPrune's validation {resolved[0]} comes from {samples} samples: at the dense reference "
-                f"{reference:.4f} its sampling standard error is {error:.4f}, comparable to "
-                f"`max_metric_drop`={drop}. Steps are then accepted or rolled back partly on noise, and on unseen "
-                "data the final model often loses more than the tolerance (BENCHMARKS.md, automatic mode). "
-                "HINT: validate on more samples, or lower `max_metric_drop` to keep a margin.",
-                UserWarning,
-                stacklevel=2,
+        reference, resolved = self.search.reference, self.monitor_metric.resolved
+        if samples is not None and resolved is not None and reference is not None:
+            # each rank validated its own shard
+            message = tolerance.noise_warning(
+                *resolved, reference, samples * trainer.world_size, self.config.max_metric_drop
             )
+            if message is not None:
+                warnings.warn(message, UserWarning, stacklevel=2)
 
     def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, search: ToleranceSearch) -> None:
         broken, restore = search.finish(trainer.current_epoch, self.monitor_metric.resolved_mode)
-        state, value, label, drop = (
-            search.state,
-            search.last_value,
-            self.monitor_metric.label,
-            self.config.max_metric_drop,
-        )
-        if state.reference is None or value is None or self.monitor_metric.resolved is None:
+        reference, value, label = search.state.reference, search.last_value, self.monitor_metric.label
+        if reference is None or value is None or self.monitor_metric.resolved is None:
             return
-        if broken and restore is not None:
+        if restore is not None:
             pl_module.load_state_dict(restore["model"])
             self.engine.set_masks(restore["masks"])
-            adapter.info(
-                f"the last validation ({value:.4f}) broke the tolerance; restored the weights of epoch "
-                f"{restore['epoch']}, the latest state within it."
-            )
-        elif broken:
-            warnings.warn(
-                f"AutoPrune's final {label} ({value:.4f}) is more than {drop} worse than the dense reference "
-                f"({state.reference:.4f}), and no state within tolerance was kept at this sparsity.",
-                UserWarning,
-                stacklevel=2,
-            )
+        drop = self.config.max_metric_drop
+        said, warning = report_record.finish_lines(
+            label=label,
+            value=value,
+            reference=reference,
+            drop=drop,
+            restored_epoch=restore["epoch"] if restore is not None else None,
+            broken=broken,
+        )
+        if said is not None:
+            adapter.rank_zero_info(said)
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=2)
         if self.config.verbose:
             adapter.info(
                 f"automatic mode finished at sparsity {self.sparsity:.4f}: the most-pruned state whose {label} "
-                f"stayed within {drop} of the dense reference {state.reference:.4f} on validation. Stopped because "
-                f"{state.stop_reason}."
+                f"stayed within {drop} of the dense reference {reference:.4f} on validation. Stopped because "
+                f"{search.state.stop_reason}."
             )
 
     # ------------------------------------------------------------------ logging and output
     def _shown_target(self) -> float:
         """The target to show: the fixed target, or the sparsity the search is trying or holds."""
-        if isinstance(self.controller, ToleranceSearch):
-            return self.controller.target
-        return self.config.target_sparsity or 0.0
+        return self._search.target if self._search is not None else self.config.target_sparsity or 0.0
 
     def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
-        adapter.log(pl_module, "autoprune/sparsity", self.sparsity, prog_bar=True)
         flops = self.flops_sparsity if self.config.target_unit == "flops" else None
-        if flops is not None:
-            adapter.log(pl_module, "autoprune/flops_sparsity", flops, prog_bar=True)
-        adapter.log(pl_module, "autoprune/scheduled_sparsity", scheduled)
-        adapter.log(pl_module, "autoprune/target_sparsity", self._shown_target(), prog_bar=True)
-        for target in self.targets:
-            adapter.log(pl_module, f"autoprune/sparsity/{target.name}", tensor_sparsity(target.param.detach()))
-
-    def _log_search(self, pl_module: pl.LightningModule, decisions: list[dict[str, Any]]) -> None:
-        codes = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
-        for record in decisions:
-            adapter.log(pl_module, "autoprune/decision", codes[record["decision"]])
-        if self.search.reference is not None:
-            adapter.log(pl_module, "autoprune/reference", self.search.reference)
-        adapter.log(pl_module, "autoprune/accepted_sparsity", self.search.accepted)
-        adapter.log(pl_module, "autoprune/step", self.search.step)
+        per_tensor = {t.name: tensor_sparsity(t.param.detach()) for t in self.targets}
+        rows = report_record.sparsity_metrics(self.sparsity, flops, scheduled, self._shown_target(), per_tensor)
+        adapter.log_metrics(pl_module, rows)
 
     def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
         """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
@@ -849,11 +676,7 @@ class AutoPrune(Callback):
             return
         entry = diagnostics[-1]
         entry["epoch"] = epoch
-        for method, numbers in entry["fidelity"].items():
-            adapter.log(pl_module, f"autoprune/fidelity/spearman_{method}", numbers["spearman"])
-            adapter.log(pl_module, f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"])
-        adapter.log(pl_module, "autoprune/importance/blend_weight", entry["blend_weight"])
-        adapter.log(pl_module, "autoprune/importance/fell_back", float(entry["fell_back"]))
+        adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
         if self.config.verbose:
             adapter.rank_zero_info(report_record.importance_line(epoch, entry))
 
@@ -870,7 +693,7 @@ class AutoPrune(Callback):
 
     def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
         """Remove the pruned units physically; keep the result and save it atomically."""
-        args, kwargs = self._example_inputs(trainer, pl_module)
+        args, kwargs = self.events.example_inputs(self._access(trainer, pl_module, trainer.current_epoch))
         if kwargs:
             raise ValueError(
                 "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
@@ -903,40 +726,8 @@ class AutoPrune(Callback):
                 )
 
 
-def _skip_non_finite(tensors: Mapping[str, Tensor], epoch: int, what: str) -> bool:
-    """Warn and return ``True`` when a tensor holds NaN or inf (the event is then skipped)."""
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            warnings.warn(
-                f"AutoPrune skipped the pruning event of epoch {epoch}: {what} {name!r} holds NaN or inf.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return True
-    return False
-
-
 def make_any_scorer(importance: str, granularity: str, estimator: str | None, label_groups: int) -> Any:
     """TEMPORARY until scoring/ lands: the weight or unit scorer."""
     if granularity == "structured":
         return _unit_scoring.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
     return _weight_scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
-
-
-class _UnitSelector:
-    """TEMPORARY until structured/ lands."""
-
-    def __init__(self, groups: Any, min_density: float, weights: Any, round_to: int) -> None:
-        self.groups, self.min_density, self.weights, self.round_to = groups, min_density, weights, round_to
-
-    def __call__(self, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
-        keep = structured.select_units(
-            self.groups,
-            scores,
-            masks,
-            target,
-            min_density=self.min_density,
-            weights=self.weights,
-            round_to=self.round_to,
-        )
-        return structured.unit_masks(self.groups, keep, masks)

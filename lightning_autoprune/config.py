@@ -66,6 +66,17 @@ class AutoPruneConfig:
         """Whether sparsity is driven by the metric tolerance (``target_sparsity=None``)."""
         return self.target_sparsity is None
 
+    def settings(self) -> dict[str, object]:
+        """What the report states about the run's configuration."""
+        return {
+            "mode": "automatic" if self.automatic else "fixed",
+            "importance": self.importance,
+            "granularity": self.granularity,
+            "schedule": self.schedule,
+            "max_metric_drop": self.max_metric_drop,
+            "target_sparsity": self.target_sparsity,
+        }
+
     @property
     def structured(self) -> bool:
         """Whether whole units are pruned."""

@@ -16,6 +16,11 @@ from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.targets import PruneTarget
 
 PREFIX = "[AutoPrune]"
+#: How each decision of the automatic search is logged as ``autoprune/decision``.
+DECISION_CODES = {"accept": 1.0, "rollback": -1.0, "stop": 0.0}
+
+#: One logged value: name, value and whether it shows in the progress bar.
+Metric = tuple[str, float, bool]
 
 
 def layer_rows(targets: Sequence[PruneTarget]) -> list[dict[str, Any]]:
@@ -194,4 +199,63 @@ def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
     return (
         f"{PREFIX} epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
         f"{entry['best_prior']} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
+    )
+
+
+def sparsity_metrics(
+    sparsity: float,
+    flops: float | None,
+    scheduled: float,
+    target: float,
+    per_tensor: Mapping[str, float],
+) -> list[Metric]:
+    """What is logged at every epoch start: overall, FLOPs (if counted), scheduled, target and per-tensor sparsity.
+
+    Example:
+        >>> [name for name, _, _ in sparsity_metrics(0.5, None, 0.5, 0.9, {"w": 0.5})]
+        ['autoprune/sparsity', 'autoprune/scheduled_sparsity', 'autoprune/target_sparsity', 'autoprune/sparsity/w']
+    """
+    rows: list[Metric] = [("autoprune/sparsity", sparsity, True)]
+    if flops is not None:
+        rows.append(("autoprune/flops_sparsity", flops, True))
+    rows += [("autoprune/scheduled_sparsity", scheduled, False), ("autoprune/target_sparsity", target, True)]
+    rows += [(f"autoprune/sparsity/{name}", value, False) for name, value in per_tensor.items()]
+    return rows
+
+
+def search_metrics(state: SearchState, decisions: Sequence[Mapping[str, Any]]) -> list[Metric]:
+    """What the automatic mode logs at an epoch end: its new decisions, the reference, accepted sparsity and step."""
+    rows: list[Metric] = [("autoprune/decision", DECISION_CODES[d["decision"]], False) for d in decisions]
+    if state.reference is not None:
+        rows.append(("autoprune/reference", state.reference, False))
+    rows += [("autoprune/accepted_sparsity", state.accepted, False), ("autoprune/step", state.step, False)]
+    return rows
+
+
+def importance_metrics(entry: Mapping[str, Any]) -> list[Metric]:
+    """The learned scorer's held-out fidelity per method at one event, its blend weight and whether it fell back."""
+    rows: list[Metric] = []
+    for method, numbers in entry["fidelity"].items():
+        rows.append((f"autoprune/fidelity/spearman_{method}", numbers["spearman"], False))
+        rows.append((f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"], False))
+    rows.append(("autoprune/importance/blend_weight", entry["blend_weight"], False))
+    rows.append(("autoprune/importance/fell_back", float(entry["fell_back"]), False))
+    return rows
+
+
+def finish_lines(
+    *, label: str, value: float, reference: float, drop: float, restored_epoch: int | None, broken: bool
+) -> tuple[str | None, str | None]:
+    """What the automatic mode says when fit ends out of tolerance: ``(info, warning)``, either may be ``None``."""
+    if not broken:
+        return None, None
+    if restored_epoch is not None:
+        return (
+            f"{PREFIX} the last validation ({value:.4f}) broke the tolerance; restored the weights of epoch "
+            f"{restored_epoch}, the latest state within it.",
+            None,
+        )
+    return None, (
+        f"AutoPrune's final {label} ({value:.4f}) is more than {drop} worse than the dense reference "
+        f"({reference:.4f}), and no state within tolerance was kept at this sparsity."
     )

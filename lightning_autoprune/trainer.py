@@ -8,7 +8,7 @@ logging through ``pl_module.log``, and the check that the strategy keeps whole p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.snapshot import detached
+from lightning_autoprune.event import TrainingAccess
 
 T = TypeVar("T")
 
@@ -146,6 +147,12 @@ def log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool =
     pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=sync, prog_bar=prog_bar)
 
 
+def log_metrics(pl_module: pl.LightningModule, rows: Iterable[tuple[str, float, bool]]) -> None:
+    """:func:`log` each ``(name, value, prog_bar)``."""
+    for name, value, prog_bar in rows:
+        log(pl_module, name, value, prog_bar=prog_bar)
+
+
 def batch_samples(batch: Any) -> int | None:
     """The number of samples in a batch, or ``None`` for a batch whose size cannot be read."""
     try:
@@ -184,7 +191,7 @@ def training_loader(trainer: pl.Trainer, purpose: str) -> torch.utils.data.DataL
     """The one training ``DataLoader``; ``purpose`` names what needs it in the error otherwise."""
     loader = trainer.train_dataloader
     if not isinstance(loader, torch.utils.data.DataLoader):
-        raise ValueError(f"{purpose} needs one training DataLoader, got {type(loader).__name__}.")
+        raise ValueError(f"{purpose} needs one training DataLoader for calibration, got {type(loader).__name__}.")
     return loader
 
 
@@ -275,12 +282,15 @@ def progress(trainer: pl.Trainer, epoch: int) -> float:
     return epoch / trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0.0
 
 
-def calibration_size(loader: torch.utils.data.DataLoader, requested: int | None, sets: int, default: int) -> int:
-    """``requested``, or ``default`` capped by what the training set can supply for ``sets`` disjoint sets."""
-    if requested is not None:
-        return requested
-    try:
-        size = len(loader.dataset)  # type: ignore[arg-type]
-    except TypeError:  # an iterable dataset: batches are taken from the loader
-        return default
-    return max(1, min(default, size // sets))
+def training_access(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, importance: str, seed: int, epoch: int
+) -> TrainingAccess:
+    """What a pruning event needs from this Trainer, for :class:`~lightning_autoprune.event.EventPipeline`."""
+    return TrainingAccess(
+        module=pl_module,
+        loader=lambda purpose: training_loader(trainer, purpose),
+        loss_fn=loss_closure(trainer, pl_module, importance),
+        second_moments=lambda params: optimizer_second_moments(trainer, params),
+        example_inputs=lambda: example_inputs(trainer, pl_module, seed),
+        progress=progress(trainer, epoch),
+    )

@@ -8,7 +8,7 @@ epochs and values, and two callables that copy and restore the training state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,13 @@ class FixedSchedule:
         return schedules.scheduled_sparsity(
             epoch, self.target, start=start, end=end, frequency=self.frequency, kind=self.kind
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """A fixed schedule keeps no state of its own; it writes the empty search the checkpoint format holds."""
+        return {"search": SearchState().to_dict(), "snapshot": None, "snapshot_scores": None, "reuse_scores": False}
+
+    def load_state_dict(self, state: Mapping[str, Any], devices: Mapping[str, Any]) -> None:
+        """Nothing to restore: the schedule is a function of the epoch."""
 
     def due(self, epoch: int, *, progress: float, last_target: float) -> bool:
         """Whether ``epoch`` prunes: the schedule asks for more than the masks hold (and moved, if coarse)."""
@@ -227,7 +234,7 @@ class ToleranceSearch:
             "reuse_scores": self.reuse_scores,
         }
 
-    def load_state_dict(self, state: dict[str, Any], devices: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], devices: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; scores go back to their tensors' ``devices`` (unit keys stay on CPU)."""
         if "search" in state:
             self.state = SearchState.from_dict(state["search"])

@@ -277,3 +277,24 @@ def suggested_max_epochs(events_needed: int = 10) -> int:
         if end - start + 1 >= events_needed:
             return epochs
         epochs += 1
+
+
+def noise_warning(monitor: str, mode: Mode, reference: float, samples: int, max_drop: float) -> str | None:
+    """The warning to give before the first step when validation is too small to resolve ``max_drop``, or ``None``.
+
+    Example:
+        >>> noise_warning("val_acc", "max", 0.97, 360, 0.01)[:60]
+        "AutoPrune's validation val_acc comes from 360 samples: at th"
+        >>> noise_warning("val_acc", "max", 0.97, 100_000, 0.01) is None
+        True
+    """
+    error = tolerance_noise(monitor, mode, reference, samples, max_drop)
+    if error is None:
+        return None
+    return (
+        f"AutoPrune's validation {monitor} comes from {samples} samples: at the dense reference "
+        f"{reference:.4f} its sampling standard error is {error:.4f}, comparable to "
+        f"`max_metric_drop`={max_drop}. Steps are then accepted or rolled back partly on noise, and on unseen "
+        "data the final model often loses more than the tolerance (BENCHMARKS.md, automatic mode). "
+        "HINT: validate on more samples, or lower `max_metric_drop` to keep a margin."
+    )

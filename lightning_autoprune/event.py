@@ -1,0 +1,284 @@
+"""One pruning event, without a Trainer: calibrate, score, select.
+
+:class:`EventPipeline` turns the state of training into the masks of the next step. It draws
+calibration batches, gathers gradient statistics (and, for the learned scorer, activations, the
+trajectory and a held-out loss), asks the scorer for scores (per weight) or keys (per structured
+unit), and lets the engine's selector pick the masks. What it needs from the running training
+comes as a :class:`TrainingAccess`, which :mod:`lightning_autoprune.trainer` builds from the
+Trainer; tests and benchmarks can build one from a plain module and loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lightning_autoprune import structured
+from lightning_autoprune.config import AutoPruneConfig
+from lightning_autoprune.control.controller import ToleranceSearch
+from lightning_autoprune.core import calibration
+from lightning_autoprune.core.engine import PruningEngine
+from lightning_autoprune.core.flops import flop_targets, flops_per_weight
+from lightning_autoprune.importance import ScoreInputs
+
+#: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
+#: ablation evaluates all of them, so few large batches cost far less than many small ones.
+LABEL_BATCH_SIZE = 512
+#: Calibration samples per set when ``calibration_samples=None`` and the training set is large enough.
+DEFAULT_CALIBRATION_SAMPLES = 512
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass
+class TrainingAccess:
+    """What one event needs from the running training.
+
+    Attributes:
+        module: the model being trained (a LightningModule under the callback).
+        loader: returns the training ``DataLoader``; its argument names what needs it, for the error.
+        loss_fn: ``loss(batch, batch_idx)``, the scalar training loss of a batch.
+        second_moments: Adam-style ``exp_avg_sq`` of the given parameters, or ``None``.
+        example_inputs: what the model is called with, ``(args, kwargs)``.
+        progress: training progress at the event, in ``[0, 1]``.
+    """
+
+    module: nn.Module
+    loader: Callable[[str], DataLoader]
+    loss_fn: Callable[[Any, int], Tensor]
+    second_moments: Callable[[Mapping[str, Tensor]], dict[str, Tensor] | None]
+    example_inputs: Callable[[], Inputs]
+    progress: float
+
+
+class EventPipeline:
+    """Scores and selects the masks of pruning events; see the module docstring.
+
+    Args:
+        config: the callback's configuration.
+        engine: the masks, and the selector that turns scores into masks.
+        scorer: a weight scorer, or a unit scorer for ``granularity="structured"``.
+        positions: output positions of each Linear/Conv target, by parameter name (FLOPs).
+        say: prints a progress line (``None``: quiet).
+    """
+
+    def __init__(
+        self,
+        config: AutoPruneConfig,
+        engine: PruningEngine,
+        scorer: Any,
+        positions: Mapping[str, int],
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.scorer = scorer
+        self.positions = positions
+        self.say = say
+        self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
+        self._example: Inputs | None = None
+
+    def example_inputs(self, access: TrainingAccess) -> Inputs:
+        """The model's example inputs, found once."""
+        if self._example is None:
+            self._example = access.example_inputs()
+        return self._example
+
+    def compute_masks(
+        self,
+        access: TrainingAccess,
+        epoch: int,
+        target: float,
+        generator: torch.Generator,
+        search: ToleranceSearch | None = None,
+    ) -> dict[str, Tensor] | None:
+        """Score and select: the new masks, or ``None`` if the event must be skipped (non-finite inputs).
+
+        ``generator`` (the callback's, seeded) draws the calibration batches and random scores.
+
+        In the automatic mode (``search``), the scores are kept with the search, and after a
+        rollback the scores of the restored state are reused instead of computed again.
+        """
+        weights = self.engine.weights
+        if _skip_non_finite(weights, epoch, "tensor"):
+            return None
+        if search is not None and search.reuse_scores and search.scores is not None:
+            search.reuse_scores = False
+            if self.say is not None:
+                self.say(
+                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights they "
+                    "were computed from."
+                )
+            return self.select(access, search.scores, target)
+        if search is not None:
+            search.reuse_scores = False
+            search.scores = None
+        inputs = ScoreInputs(
+            weights=weights,
+            masks=self.engine.masks,
+            generator=generator,
+            target_sparsity=target,
+            progress=access.progress,
+        )
+        if self.scorer.needs_gradients or self.scorer.needs_context:
+            self._calibrate(access, inputs, generator)
+            assert inputs.grad_sq_mean is not None
+            if _skip_non_finite(inputs.grad_sq_mean, epoch, "the calibration gradient of"):
+                return None
+        # Scorers that measure ablations call `inputs.loss_fn` many times: enter eval mode and mute
+        # logging once around the whole scoring, not around every call. Their scikit-learn fits
+        # run on one BLAS thread: small matrix products gain nothing from more, and BLAS threads
+        # spinning against torch's own thread pool made a 10 ms ridge fit take 0.5 s.
+        scoring_context = contextlib.ExitStack()
+        if self.scorer.needs_context:
+            from threadpoolctl import threadpool_limits
+
+            scoring_context.enter_context(calibration.evaluation_mode(access.module))
+            scoring_context.enter_context(calibration.muted_logging(access.module))
+            scoring_context.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        with scoring_context:
+            if self.config.structured:
+                groups = self.traced_groups(access)
+                inputs.cost_weights = self.cost_weights()
+                scores = self.scorer.score_units(groups, inputs)
+            else:
+                scores = self.scorer.score(inputs)
+        if search is not None:
+            search.scores = {name: score.detach().clone() for name, score in scores.items()}
+        return self.select(access, scores, target)
+
+    def select(self, access: TrainingAccess, scores: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
+        """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
+        if self.config.structured:
+            self.engine.selector = _UnitSelector(
+                self.traced_groups(access), self.config.min_layer_density, self.cost_weights(), self.config.round_to
+            )
+        return self.engine.select(scores, target)
+
+    def cost_weights(self) -> dict[str, float] | None:
+        """What one mask entry of each tensor costs towards the target: ``None`` (1 each) for ``"params"``."""
+        if self.config.target_unit == "params":
+            return None
+        targets = self.engine.targets
+        weights = flops_per_weight(targets, self.positions)
+        if weights is None:
+            missing = [t.name for t in flop_targets(targets) if t.name not in self.positions]
+            raise ValueError(
+                "target_unit='flops' needs the output size of every pruned Linear/Conv layer, but these never ran "
+                f"a forward pass: {', '.join(missing) or 'none is a Linear/Conv layer'}. HINT: use "
+                "target_unit='params', or exclude the layers the model does not call."
+            )
+        return weights
+
+    def progress(self) -> float:
+        """The masks' sparsity in the unit of the target (parameters or FLOPs)."""
+        return self.engine.mask_progress(self.cost_weights()) if self.engine.pruned else 0.0
+
+    def traced_groups(self, access: TrainingAccess) -> list[structured.UnitGroup]:
+        """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
+        if self.unit_groups is not None:
+            return self.unit_groups
+        args, kwargs = self.example_inputs(access)
+        prunable = {t.name for t in self.engine.targets if t.param_name == "weight"}
+        groups, kept = structured.find_unit_groups(
+            access.module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
+        )
+        if kept:
+            warnings.warn(
+                f"AutoPrune (granularity='structured') keeps every unit of: {', '.join(kept)}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if not groups:
+            raise ValueError(
+                "granularity='structured' found no unit it can prune: every selected layer produces the model's "
+                "output or is coupled to a layer it cannot handle. HINT: use granularity='unstructured'."
+            )
+        self.unit_groups = groups
+        return groups
+
+    def _calibrate(self, access: TrainingAccess, inputs: ScoreInputs, generator: torch.Generator) -> None:
+        """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
+        module = access.module
+        loader = access.loader(f"importance={self.config.importance!r}")
+        params = {t.name: t.param for t in self.engine.targets}
+        samples = self._calibration_size(loader)
+        if not self.scorer.needs_context:
+            batches = calibration.calibration_batches(loader, samples, generator)
+            assert isinstance(batches, list)
+            with calibration.evaluation_mode(module), calibration.muted_logging(module):
+                inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(access.loss_fn, batches, params)
+            return
+        drawn = calibration.calibration_batches(
+            loader,
+            samples,
+            generator,
+            holdout=samples,
+            holdout_batch_size=max(loader.batch_size or 1, LABEL_BATCH_SIZE),
+        )
+        assert isinstance(drawn, tuple)
+        feature_batches, label_batches = drawn
+        layers = {t.name: t.module for t in self.engine.targets if t.param_name == "weight"}
+        recorder = calibration.ActivationRecorder(layers)
+        with calibration.evaluation_mode(module), calibration.muted_logging(module), recorder:
+            inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(
+                access.loss_fn, feature_batches, params
+            )
+        inputs.input_norms = recorder.input_norms()
+        inputs.output_norms = recorder.output_norms()
+        inputs.initial_weights = self.engine.initial_weights
+        inputs.movement = self.engine.movement
+        inputs.params = {name: p.data for name, p in params.items()}
+        inputs.exp_avg_sq = access.second_moments(params)
+        loss_fn = access.loss_fn
+        inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
+
+    def _calibration_size(self, loader: DataLoader) -> int:
+        """``calibration_samples``, or the default: 512, capped by what the training set can supply."""
+        if self.config.calibration_samples is not None:
+            return self.config.calibration_samples
+        try:
+            size = len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset: batches are taken from the loader
+            return DEFAULT_CALIBRATION_SAMPLES
+        sets = 2 if self.scorer.needs_context else 1
+        return max(1, min(DEFAULT_CALIBRATION_SAMPLES, size // sets))
+
+
+def _skip_non_finite(tensors: Mapping[str, Tensor], epoch: int, what: str) -> bool:
+    """Warn and return ``True`` when a tensor holds NaN or inf (the event is then skipped)."""
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            warnings.warn(
+                f"AutoPrune skipped the pruning event of epoch {epoch}: {what} {name!r} holds NaN or inf.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return True
+    return False
+
+
+class _UnitSelector:
+    """TEMPORARY until structured/ lands."""
+
+    def __init__(self, groups: Any, min_density: float, weights: Any, round_to: int) -> None:
+        self.groups, self.min_density, self.weights, self.round_to = groups, min_density, weights, round_to
+
+    def __call__(self, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
+        keep = structured.select_units(
+            self.groups,
+            scores,
+            masks,
+            target,
+            min_density=self.min_density,
+            weights=self.weights,
+            round_to=self.round_to,
+        )
+        return structured.unit_masks(self.groups, keep, masks)
