@@ -34,13 +34,13 @@ from typing import Any
 
 import lightning
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelPruning
 
 from lightning_autoprune import AutoPrune, __version__
 from lightning_autoprune.control.schedule import default_window, scheduled_sparsity
 from lightning_autoprune.core.masks import count_zeros
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule, quiet_trainer
 
 RESULTS = Path(__file__).parent / "results" / "auto_target.json"
 SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98)
@@ -78,15 +78,7 @@ def fit(dataset: str, seed: int, callback: Callback | None) -> dict[str, float]:
     seed_everything(seed, verbose=False)
     datamodule = DigitsDataModule(batch_size=64) if dataset == "digits" else MNIST1DDataModule(batch_size=128)
     model = MLPClassifier(in_features=config["in_features"], hidden=[256, 256], lr=1e-3)
-    trainer = Trainer(
-        max_epochs=config["epochs"],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback] if callback else [],
-    )
+    trainer = quiet_trainer(max_epochs=config["epochs"], callbacks=[callback] if callback else [])
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start

@@ -113,7 +113,13 @@ from lightning_autoprune import AutoPrune
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks, selection
 from lightning_autoprune.core.targets import PruneTarget, resolve_targets
-from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.examples import (
+    CNN1DClassifier,
+    DigitsDataModule,
+    MLPClassifier,
+    MNIST1DDataModule,
+    quiet_trainer,
+)
 
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -584,14 +590,9 @@ def _trainer(budget: Budget, epochs: int, callbacks: list[Callback], root: Path)
         )
         if value is not None
     }
-    return Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(root),
         callbacks=callbacks,

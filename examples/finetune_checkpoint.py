@@ -20,17 +20,12 @@ from typing import Any
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, quiet_trainer
 
 
 def _trainer(epochs: int, args: argparse.Namespace, callbacks: list[Any]) -> Trainer:
-    return Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.root,
         limit_train_batches=args.limit_batches,
         limit_val_batches=args.limit_batches,

@@ -41,7 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lightning_autoprune import AutoPrune  # noqa: E402
-from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule  # noqa: E402
+from lightning_autoprune.examples import (  # noqa: E402
+    CNN1DClassifier,
+    DigitsDataModule,
+    MLPClassifier,
+    MNIST1DDataModule,
+    quiet_trainer,
+)
 from lightning_autoprune.features import FEATURE_NAMES  # noqa: E402
 from lightning_autoprune.learned import DEFAULT_MODEL_PATH  # noqa: E402
 from lightning_autoprune.persistence import save_importance_model  # noqa: E402
@@ -111,13 +117,10 @@ def collect(name: str, dataset: str, kind: str, widths: list[int], epochs: int, 
         verbose=False,
         report=False,
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
         callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        accelerator="auto",  # as the shipped model was trained: the accelerator Lightning picks
         deterministic=True,
     )
     start = time.perf_counter()

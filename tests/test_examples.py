@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from lightning_autoprune.examples import (
+    QUIET_TRAINER_KWARGS,
     ClassifierModule,
     CNN1DClassifier,
     DigitsDataModule,
@@ -37,16 +38,7 @@ MNIST1D_SIZES = (3200, 800, 1000)
 @pytest.fixture
 def trainer_kwargs() -> dict[str, Any]:
     """Settings of a quick, quiet CPU trainer (one short epoch, nothing written to disk)."""
-    return {
-        "max_epochs": 1,
-        "limit_train_batches": 5,
-        "limit_val_batches": 2,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
+    return {**QUIET_TRAINER_KWARGS, "max_epochs": 1, "limit_train_batches": 5, "limit_val_batches": 2}
 
 
 @pytest.fixture(scope="module")
