@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,13 @@ def test_mnist1d_split_ignores_global_seeds(monkeypatch: pytest.MonkeyPatch) -> 
     assert [len(t) for t in splits[0][::2]] == [320, 80, 100]
     for a, b in zip(*splits, strict=True):
         assert torch.equal(a, b)
+
+
+def test_mnist1d_without_the_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_mod, "_MNIST1D_CACHE", {})
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)  # as if mnist1d were not installed
+    with pytest.raises(ImportError, match=r"pip install lightning_autoprune\[examples\]"):
+        MNIST1DDataModule(num_samples=200).setup("fit")
 
 
 def test_mnist1d_arrays_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
