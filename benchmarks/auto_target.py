@@ -144,7 +144,8 @@ def main() -> None:
             row["time_vs_sweep"] = auto["seconds"] / sum(r["seconds"] for r in peer.values())
             per_seed.append(row)
             print(
-                f"{dataset} seed {seed}: dense test {dense['test_acc']:.4f}; auto sparsity {auto['sparsity']:.4f} "
+                f"[AutoPrune] {dataset} seed {seed}: dense test {dense['test_acc']:.4f}; "
+                f"auto sparsity {auto['sparsity']:.4f} "
                 f"test drop {100 * row['auto_test_drop']:+.2f} pt; ModelPruning best within 1pt (test) "
                 f"{row['sweep_best_within_test']}; time x{row['time_vs_dense']:.2f} of dense",
                 flush=True,

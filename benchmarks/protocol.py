@@ -1059,14 +1059,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for setup in grid.setups:
             shutil.rmtree(out / TRACK / setup, ignore_errors=True)
     start = time.perf_counter()
-    summary = run_protocol(out, grid, resume=args.resume, log=lambda line: print(line, flush=True))
-    print(f"protocol wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+    summary = run_protocol(out, grid, resume=args.resume, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+    print(
+        f"[AutoPrune] protocol wall time: {time.perf_counter() - start:.0f} s; "
+        f"summary in {out / TRACK / 'summary.json'}"
+    )
     if args.quick:
         full_records = load_records(RESULTS)
         if not full_records:
-            print(f"FLAGGED no committed full results under {RESULTS / TRACK} to compare with")
+            print(f"[AutoPrune] FLAGGED no committed full results under {RESULTS / TRACK} to compare with")
             return 0
-        print(f"Quick run vs the committed full results ({RESULTS / TRACK}):")
+        print(f"[AutoPrune] quick run vs the committed full results ({RESULTS / TRACK}):")
         lines, flagged = compare_quick(summary, summarise(full_records))
         print("\n".join(lines))
         print("\n".join(flagged) if flagged else "No metric moved beyond the seed spread of the committed results.")

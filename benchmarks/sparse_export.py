@@ -61,7 +61,10 @@ def main() -> int:
         for sparsity in SPARSITIES:
             for seed in SEEDS:
                 run = measure(sparsity, seed, Path(tmp))
-                print(f"sparsity {run['sparsity']:.4f} seed {seed}: sparse file {run['ratio']:.4f} of torch.save")
+                print(
+                    f"[AutoPrune] sparsity {run['sparsity']:.4f} seed {seed}: "
+                    f"sparse file {run['ratio']:.4f} of torch.save"
+                )
                 runs.append({"target": sparsity, **run})
     summary = {f"{s:.2f}": statistics.median(r["ratio"] for r in runs if r["target"] == s) for s in SPARSITIES}
     RESULTS.write_text(

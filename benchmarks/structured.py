@@ -1077,13 +1077,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     start = time.perf_counter()
     if args.latency:
-        run_latency(out, seeds, levels, log=lambda line: print(line, flush=True))
-        print(f"latency wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+        run_latency(out, seeds, levels, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+        print(
+            f"[AutoPrune] latency wall time: {time.perf_counter() - start:.0f} s; "
+            f"summary in {out / TRACK / 'summary.json'}"
+        )
         return 0
     torch.set_num_threads(args.threads)
     grid = Grid(seeds=seeds, levels=levels, methods=args.methods or preset["methods"])
-    run_track(out, grid, resume=args.resume, log=lambda line: print(line, flush=True))
-    print(f"structured track wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+    run_track(out, grid, resume=args.resume, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+    print(
+        f"[AutoPrune] structured track wall time: {time.perf_counter() - start:.0f} s; "
+        f"summary in {out / TRACK / 'summary.json'}"
+    )
     return 0
 
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer = _trainer(args.dense_epochs, args, [])
         trainer.fit(dense, datamodule=datamodule)
         trainer.save_checkpoint(checkpoint)
-        print(f"saved the dense model to {checkpoint}")
+        print(f"[AutoPrune] saved the dense model to {checkpoint}")
 
     model = MLPClassifier.load_from_checkpoint(checkpoint)
     dense_acc = float(_trainer(1, args, []).test(model, datamodule=datamodule, verbose=False)[0]["test_acc"])

@@ -213,21 +213,25 @@ def main() -> None:
     for entry in zoo:
         member = collect(*entry)
         print(
-            f"{member['name']}: {member['events']} events, {member['rows']} rows, test acc {member['test_acc']:.4f} "
+            f"[AutoPrune] {member['name']}: {member['events']} events, {member['rows']} rows, "
+            f"test acc {member['test_acc']:.4f} "
             f"at sparsity {member['sparsity']:.3f}, {member['seconds']:.0f} s",
             flush=True,
         )
         members.append(member)
     cv = cross_validate(members)
     for name, numbers in cv.items():
-        print(f"{name}: held-out mean Spearman {numbers['mean_spearman']:.4f}", flush=True)
+        print(f"[AutoPrune] {name}: held-out mean Spearman {numbers['mean_spearman']:.4f}", flush=True)
     all_x = np.concatenate([x for m in members for x in m["x"]])
     all_y = np.concatenate([y for m in members for y in m["y"]])
     rates = {c: predict_rate(make(c).fit(all_x, all_y)) for c in CANDIDATES}
     fast = [c for c in CANDIDATES if rates[c] >= MIN_PREDICT_RATE] or list(CANDIDATES)
     chosen = max(fast, key=lambda c: cv[c]["mean_spearman"])
     final = make(chosen).fit(all_x, all_y)
-    print(f"chosen: {chosen}; predict rows/s: " + ", ".join(f"{c} {r:,.0f}" for c, r in rates.items()), flush=True)
+    print(
+        f"[AutoPrune] chosen: {chosen}; predict rows/s: " + ", ".join(f"{c} {r:,.0f}" for c, r in rates.items()),
+        flush=True,
+    )
     if args.quick:
         return
     save_importance_model(final, DEFAULT_MODEL_PATH)
@@ -250,7 +254,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {DEFAULT_MODEL_PATH} and {RESULTS}")
+    print(f"[AutoPrune] wrote {DEFAULT_MODEL_PATH} and {RESULTS}")
 
 
 if __name__ == "__main__":
