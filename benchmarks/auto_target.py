@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import ModelPruning
 
 from lightning_autoprune import AutoPrune, __version__
 from lightning_autoprune.control.schedule import default_window, scheduled_sparsity
+from lightning_autoprune.core.files import atomic_write_text
 from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule, quiet_trainer
 
@@ -180,9 +181,7 @@ def main() -> None:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     for dataset, entry in results.items():
         print(dataset, json.dumps(entry["summary"], indent=1))
 
@@ -207,9 +206,7 @@ def merge(paths: list[Path], out: Path) -> None:
                 merged["results"][name] = {**entry, "seeds": seeds, "summary": summarize(seeds)}
             else:
                 merged["results"][name] = entry
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -112,6 +112,7 @@ import lightning_autoprune
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks, selection
+from lightning_autoprune.core.files import atomic_write_text
 from lightning_autoprune.core.targets import PruneTarget, resolve_targets
 from lightning_autoprune.examples import (
     CNN1DClassifier,
@@ -691,7 +692,7 @@ def run_path(out: Path, setup: str, method: str, sparsity: float | None, seed: i
 
 def _write(path: Path, record: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_rounded(dict(record)), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(_rounded(dict(record)), indent=1, sort_keys=True) + "\n")
 
 
 def run_protocol(
@@ -779,7 +780,7 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as sorted, rounded, indented JSON."""
+    """Write ``data`` as sorted, rounded, indented JSON, atomically (``--resume`` trusts any file it finds)."""
     _write(path, data)
 
 

@@ -147,6 +147,7 @@ from lightning_autoprune import AutoPrune, compact
 from lightning_autoprune.compact import count_flops, count_parameters
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks
+from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.examples import CNN1DClassifier
 
 TRACK = "structured"
@@ -488,7 +489,7 @@ def _state(model: nn.Module) -> dict[str, Tensor]:
 
 def _save_model(path: Path, model: nn.Module) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_state(model), path)
+    atomic_torch_save(_state(model), path)
 
 
 def run_method(
