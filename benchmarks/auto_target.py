@@ -34,13 +34,14 @@ from typing import Any
 
 import lightning
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelPruning
 
 from lightning_autoprune import AutoPrune, __version__
 from lightning_autoprune.control.schedule import default_window, scheduled_sparsity
+from lightning_autoprune.core.files import atomic_write_text
 from lightning_autoprune.core.masks import count_zeros
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, MNIST1DDataModule, quiet_trainer
 
 RESULTS = Path(__file__).parent / "results" / "auto_target.json"
 SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98)
@@ -78,15 +79,7 @@ def fit(dataset: str, seed: int, callback: Callback | None) -> dict[str, float]:
     seed_everything(seed, verbose=False)
     datamodule = DigitsDataModule(batch_size=64) if dataset == "digits" else MNIST1DDataModule(batch_size=128)
     model = MLPClassifier(in_features=config["in_features"], hidden=[256, 256], lr=1e-3)
-    trainer = Trainer(
-        max_epochs=config["epochs"],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback] if callback else [],
-    )
+    trainer = quiet_trainer(max_epochs=config["epochs"], callbacks=[callback] if callback else [])
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start
@@ -152,7 +145,8 @@ def main() -> None:
             row["time_vs_sweep"] = auto["seconds"] / sum(r["seconds"] for r in peer.values())
             per_seed.append(row)
             print(
-                f"{dataset} seed {seed}: dense test {dense['test_acc']:.4f}; auto sparsity {auto['sparsity']:.4f} "
+                f"[AutoPrune] {dataset} seed {seed}: dense test {dense['test_acc']:.4f}; "
+                f"auto sparsity {auto['sparsity']:.4f} "
                 f"test drop {100 * row['auto_test_drop']:+.2f} pt; ModelPruning best within 1pt (test) "
                 f"{row['sweep_best_within_test']}; time x{row['time_vs_dense']:.2f} of dense",
                 flush=True,
@@ -187,9 +181,7 @@ def main() -> None:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     for dataset, entry in results.items():
         print(dataset, json.dumps(entry["summary"], indent=1))
 
@@ -214,9 +206,7 @@ def merge(paths: list[Path], out: Path) -> None:
                 merged["results"][name] = {**entry, "seeds": seeds, "summary": summarize(seeds)}
             else:
                 merged["results"][name] = entry
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -123,7 +123,7 @@ def main() -> None:
         process.join()
         results.append(result)
         print(
-            f"{before:.2f} -> {after:.2f}: event {result['event_seconds']:.1f} s "
+            f"[AutoPrune] {before:.2f} -> {after:.2f}: event {result['event_seconds']:.1f} s "
             f"(label forwards {result['label_forward_seconds']:.1f} s, "
             f"rest {result['event_seconds_without_labels']:.1f} s), "
             f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
@@ -138,7 +138,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"[AutoPrune] wrote {RESULTS}")
 
 
 if __name__ == "__main__":

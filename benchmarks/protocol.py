@@ -112,8 +112,15 @@ import lightning_autoprune
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks, selection
+from lightning_autoprune.core.files import atomic_write_text
 from lightning_autoprune.core.targets import PruneTarget, resolve_targets
-from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule
+from lightning_autoprune.examples import (
+    CNN1DClassifier,
+    DigitsDataModule,
+    MLPClassifier,
+    MNIST1DDataModule,
+    quiet_trainer,
+)
 
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -584,14 +591,9 @@ def _trainer(budget: Budget, epochs: int, callbacks: list[Callback], root: Path)
         )
         if value is not None
     }
-    return Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(root),
         callbacks=callbacks,
@@ -690,7 +692,7 @@ def run_path(out: Path, setup: str, method: str, sparsity: float | None, seed: i
 
 def _write(path: Path, record: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_rounded(dict(record)), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(_rounded(dict(record)), indent=1, sort_keys=True) + "\n")
 
 
 def run_protocol(
@@ -778,7 +780,7 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as sorted, rounded, indented JSON."""
+    """Write ``data`` as sorted, rounded, indented JSON, atomically (``--resume`` trusts any file it finds)."""
     _write(path, data)
 
 
@@ -1058,14 +1060,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for setup in grid.setups:
             shutil.rmtree(out / TRACK / setup, ignore_errors=True)
     start = time.perf_counter()
-    summary = run_protocol(out, grid, resume=args.resume, log=lambda line: print(line, flush=True))
-    print(f"protocol wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+    summary = run_protocol(out, grid, resume=args.resume, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+    print(
+        f"[AutoPrune] protocol wall time: {time.perf_counter() - start:.0f} s; "
+        f"summary in {out / TRACK / 'summary.json'}"
+    )
     if args.quick:
         full_records = load_records(RESULTS)
         if not full_records:
-            print(f"FLAGGED no committed full results under {RESULTS / TRACK} to compare with")
+            print(f"[AutoPrune] FLAGGED no committed full results under {RESULTS / TRACK} to compare with")
             return 0
-        print(f"Quick run vs the committed full results ({RESULTS / TRACK}):")
+        print(f"[AutoPrune] quick run vs the committed full results ({RESULTS / TRACK}):")
         lines, flagged = compare_quick(summary, summarise(full_records))
         print("\n".join(lines))
         print("\n".join(flagged) if flagged else "No metric moved beyond the seed spread of the committed results.")

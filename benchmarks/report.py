@@ -779,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path, default=ROOT / "benchmarks" / "plots")
     args = parser.parse_args(argv)
     build(args.results, args.out, args.plots)
-    print(f"wrote {args.out} and plots in {args.plots}")
+    print(f"[AutoPrune] wrote {args.out} and plots in {args.plots}")
     return 0
 
 

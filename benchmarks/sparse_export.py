@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from lightning_autoprune import AutoPrune, load_sparse, save_sparse
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, quiet_trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse_export.json"
 SPARSITIES = (0.9, 0.95, 0.98)
@@ -31,13 +31,10 @@ def measure(sparsity: float, seed: int, workdir: Path) -> dict[str, float | int 
     seed_everything(seed)
     model = MLPClassifier(in_features=64)
     callback = AutoPrune(target_sparsity=sparsity, verbose=False, report=False, seed=seed)
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=EPOCHS,
         callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        accelerator="auto",  # as the recorded results were measured: the accelerator Lightning picks
         default_root_dir=str(workdir),
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
@@ -64,7 +61,10 @@ def main() -> int:
         for sparsity in SPARSITIES:
             for seed in SEEDS:
                 run = measure(sparsity, seed, Path(tmp))
-                print(f"sparsity {run['sparsity']:.4f} seed {seed}: sparse file {run['ratio']:.4f} of torch.save")
+                print(
+                    f"[AutoPrune] sparsity {run['sparsity']:.4f} seed {seed}: "
+                    f"sparse file {run['ratio']:.4f} of torch.save"
+                )
                 runs.append({"target": sparsity, **run})
     summary = {f"{s:.2f}": statistics.median(r["ratio"] for r in runs if r["target"] == s) for s in SPARSITIES}
     RESULTS.write_text(

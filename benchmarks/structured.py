@@ -96,7 +96,8 @@ the latency medians and ratios. Two goals with verdicts computed from these numb
 Results: one JSON per run under ``<out>/structured/mnist1d-cnn/<method>/s<level>_seed<seed>.json``
 (``dense/seed<seed>.json``; ``latency/<method>_t<threads>_s<level>_seed<seed>.json``), each with the budget and
 :func:`benchmarks.protocol.environment`; the state dicts the latency step loads under
-``<out>/structured/mnist1d-cnn/models/``; ``<out>/structured/summary.json``.
+``<out>/structured/mnist1d-cnn/models/`` (not committed: the training step writes them, so
+``--latency`` runs after it, as in ``make bench``); ``<out>/structured/summary.json``.
 
 Usage::
 
@@ -146,6 +147,7 @@ from lightning_autoprune import AutoPrune, compact
 from lightning_autoprune.compact import count_flops, count_parameters
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks
+from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.examples import CNN1DClassifier
 
 TRACK = "structured"
@@ -487,7 +489,7 @@ def _state(model: nn.Module) -> dict[str, Tensor]:
 
 def _save_model(path: Path, model: nn.Module) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_state(model), path)
+    atomic_torch_save(_state(model), path)
 
 
 def run_method(
@@ -702,8 +704,13 @@ def run_latency(
     For each thread count, every (seed, level, method) triple is timed once per round, the rounds
     one after the other, so a burst of load on the shared machine hits one round of many triples
     rather than every round of one. Needs the run files and saved models of :func:`run_track` for
-    those seeds and levels; a method without them (not run) is skipped.
+    those seeds and levels; a method without a run file (not run) is skipped.
+
+    Raises:
+        FileNotFoundError: if a dense run, or a model of a method that has a run file, is missing
+            (the models are not committed: the training step of the same ``make bench`` writes them).
     """
+    _check_saved_models(out, seeds, levels)
     runs = dict(runs or LATENCY_RUNS)
     env = environment()
     previous_threads = torch.get_num_threads()
@@ -719,7 +726,7 @@ def run_latency(
                 # a record of the layout before per-method files would shadow the new ones
                 run_path(out, "latency", level, seed).unlink(missing_ok=True)
                 for method in LATENCY_METHODS:
-                    if not model_path(out, method, level, seed).exists():
+                    if not run_path(out, method, level, seed).exists():
                         continue
                     record = json.loads(run_path(out, method, level, seed).read_text())
                     small = _load_cnn(model_path(out, method, level, seed), record["widths"])
@@ -768,6 +775,29 @@ def run_latency(
     summary = summarise(out)
     write_json(out / TRACK / "summary.json", summary)
     return summary
+
+
+def _check_saved_models(out: Path, seeds: Sequence[int], levels: Sequence[float]) -> None:
+    """Raise, naming the training command, if a run or model the latency step needs is missing."""
+    needed = [run_path(out, "dense", None, seed) for seed in seeds]
+    needed += [model_path(out, "dense", None, seed) for seed in seeds]
+    needed += [
+        model_path(out, method, level, seed)
+        for seed in seeds
+        for level in levels
+        for method in LATENCY_METHODS
+        if run_path(out, method, level, seed).exists()
+    ]
+    missing = [path for path in needed if not path.exists()]
+    if missing:
+        option = {RESULTS: "", QUICK_RESULTS: " --quick"}.get(out, f" --out {out}")
+        command = f"python -m benchmarks.structured{option}"
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(
+            f"[AutoPrune] the latency step needs the models the training step saves (they are not committed); "
+            f"missing: {', '.join(str(path) for path in missing[:3])}{more}. Run `{command}` first, with the same "
+            "--seeds and --levels (`make bench` runs it just before `--latency`)."
+        )
 
 
 def _latency_row(
@@ -1048,13 +1078,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     start = time.perf_counter()
     if args.latency:
-        run_latency(out, seeds, levels, log=lambda line: print(line, flush=True))
-        print(f"latency wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+        run_latency(out, seeds, levels, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+        print(
+            f"[AutoPrune] latency wall time: {time.perf_counter() - start:.0f} s; "
+            f"summary in {out / TRACK / 'summary.json'}"
+        )
         return 0
     torch.set_num_threads(args.threads)
     grid = Grid(seeds=seeds, levels=levels, methods=args.methods or preset["methods"])
-    run_track(out, grid, resume=args.resume, log=lambda line: print(line, flush=True))
-    print(f"structured track wall time: {time.perf_counter() - start:.0f} s; summary in {out / TRACK / 'summary.json'}")
+    run_track(out, grid, resume=args.resume, log=lambda line: print(f"[AutoPrune] {line}", flush=True))
+    print(
+        f"[AutoPrune] structured track wall time: {time.perf_counter() - start:.0f} s; "
+        f"summary in {out / TRACK / 'summary.json'}"
+    )
     return 0
 
 

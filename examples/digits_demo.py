@@ -15,26 +15,18 @@ import time
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.core.masks import count_zeros
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, quiet_trainer
 
 
 def run(epochs: int, seed: int, callback: AutoPrune | None) -> tuple[float, float, float]:
     seed_everything(seed, verbose=False)
     datamodule = DigitsDataModule(batch_size=64)
     model = MLPClassifier(in_features=64, hidden=[256, 256], lr=1e-3)
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback] if callback else [],
-    )
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback] if callback else [])
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start

@@ -20,17 +20,12 @@ from typing import Any
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
+from lightning_autoprune.examples import DigitsDataModule, MLPClassifier, quiet_trainer
 
 
 def _trainer(epochs: int, args: argparse.Namespace, callbacks: list[Any]) -> Trainer:
-    return Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.root,
         limit_train_batches=args.limit_batches,
         limit_val_batches=args.limit_batches,
@@ -67,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer = _trainer(args.dense_epochs, args, [])
         trainer.fit(dense, datamodule=datamodule)
         trainer.save_checkpoint(checkpoint)
-        print(f"saved the dense model to {checkpoint}")
+        print(f"[AutoPrune] saved the dense model to {checkpoint}")
 
     model = MLPClassifier.load_from_checkpoint(checkpoint)
     dense_acc = float(_trainer(1, args, []).test(model, datamodule=datamodule, verbose=False)[0]["test_acc"])

@@ -15,10 +15,10 @@ import argparse
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import LightningModule, seed_everything
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.examples import MNIST1DDataModule, RecurrentClassifier, TransformerClassifier
+from lightning_autoprune.examples import MNIST1DDataModule, RecurrentClassifier, TransformerClassifier, quiet_trainer
 
 MODELS = ("gru", "lstm", "transformer")
 #: Parameter name fragments worth showing: recurrent and attention weights.
@@ -43,13 +43,8 @@ def run(name: str, args: argparse.Namespace, prune: bool = True) -> dict[str, An
         verbose=args.verbose,
         report_dir=f"{args.root}/{name}/autoprune",
     )
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.root,
         limit_train_batches=args.limit_batches,
         limit_val_batches=args.limit_batches,

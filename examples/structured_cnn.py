@@ -26,17 +26,12 @@ from torch import nn
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.compact import count_flops, count_parameters
-from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule
+from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule, quiet_trainer
 
 
 def _trainer(args: argparse.Namespace, callbacks: list[Any]) -> Trainer:
-    return Trainer(
+    return quiet_trainer(
         max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.root,
         limit_train_batches=args.limit_batches,
         limit_val_batches=args.limit_batches,

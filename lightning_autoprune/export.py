@@ -2,7 +2,8 @@
 
 A tensor with enough exact zeros is stored as its non-zero values (row-major order) plus a bitmask
 packed eight entries per byte (:func:`lightning_autoprune.core.masks.pack_mask`); other tensors are
-stored as they are. At 95 % sparsity a float32 weight takes about a twelfth of its dense size.
+stored as they are, so a float32 tensor at sparsity ``s`` takes about ``4 * (1 - s) + 1/8`` bytes per
+entry instead of 4. Measured file sizes are in ``BENCHMARKS.md``.
 
 The file is an ordinary :func:`torch.save` archive holding only tensors, strings, numbers, lists
 and dicts, so it loads with ``torch.load(path, weights_only=True)``; :func:`load_sparse` turns it
@@ -11,9 +12,7 @@ back into a state dict with bit-identical tensors.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.core.masks import pack_mask, unpack_mask
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SparseExportStats", "load_sparse", "save_sparse"]
@@ -69,8 +69,8 @@ def save_sparse(
     Each tensor whose fraction of exact zeros is at least ``min_sparsity`` is stored as its
     non-zero values in row-major order, a packed bitmask of their positions, its shape and its
     dtype. ``-0.0`` counts as a value, not a zero, so loading gives bit-identical tensors. Other
-    tensors are stored as they are. The file is written to a temporary file in the same directory
-    and moved into place with :func:`os.replace`, so ``path`` never holds a half-written file.
+    tensors are stored as they are. The file is written atomically
+    (:func:`lightning_autoprune.core.files.atomic_torch_save`), so ``path`` never holds a half-written file.
 
     Args:
         state_dict_or_module: A state dict (a mapping of names to tensors) or a module, whose
@@ -137,7 +137,7 @@ def save_sparse(
             for prefix, local in metadata.items()
             if isinstance(local, Mapping)
         }
-    _atomic_torch_save(payload, target)
+    atomic_torch_save(payload, target)
     return SparseExportStats(
         path=target,
         dense_bytes=dense_bytes,
@@ -332,30 +332,6 @@ def _decode(entry: object) -> Tensor:
         flags = unpack_mask(negative, (zero_positions.numel(),))
         out.view(-1)[zero_positions[flags]] = -0.0
     return torch.view_as_complex(out) if dtype.is_complex else out
-
-
-def _atomic_torch_save(obj: object, target: str) -> None:
-    directory, name = os.path.split(target)
-    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    # os.open applies the umask, so the file gets the permissions a plain open() would give it.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
 
 
 def _describe_payload(payload: object) -> str:

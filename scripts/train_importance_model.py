@@ -41,7 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lightning_autoprune import AutoPrune  # noqa: E402
-from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier, MNIST1DDataModule  # noqa: E402
+from lightning_autoprune.examples import (  # noqa: E402
+    CNN1DClassifier,
+    DigitsDataModule,
+    MLPClassifier,
+    MNIST1DDataModule,
+    quiet_trainer,
+)
 from lightning_autoprune.features import FEATURE_NAMES  # noqa: E402
 from lightning_autoprune.learned import DEFAULT_MODEL_PATH  # noqa: E402
 from lightning_autoprune.persistence import save_importance_model  # noqa: E402
@@ -111,13 +117,10 @@ def collect(name: str, dataset: str, kind: str, widths: list[int], epochs: int, 
         verbose=False,
         report=False,
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
         callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        accelerator="auto",  # as the shipped model was trained: the accelerator Lightning picks
         deterministic=True,
     )
     start = time.perf_counter()
@@ -210,21 +213,25 @@ def main() -> None:
     for entry in zoo:
         member = collect(*entry)
         print(
-            f"{member['name']}: {member['events']} events, {member['rows']} rows, test acc {member['test_acc']:.4f} "
+            f"[AutoPrune] {member['name']}: {member['events']} events, {member['rows']} rows, "
+            f"test acc {member['test_acc']:.4f} "
             f"at sparsity {member['sparsity']:.3f}, {member['seconds']:.0f} s",
             flush=True,
         )
         members.append(member)
     cv = cross_validate(members)
     for name, numbers in cv.items():
-        print(f"{name}: held-out mean Spearman {numbers['mean_spearman']:.4f}", flush=True)
+        print(f"[AutoPrune] {name}: held-out mean Spearman {numbers['mean_spearman']:.4f}", flush=True)
     all_x = np.concatenate([x for m in members for x in m["x"]])
     all_y = np.concatenate([y for m in members for y in m["y"]])
     rates = {c: predict_rate(make(c).fit(all_x, all_y)) for c in CANDIDATES}
     fast = [c for c in CANDIDATES if rates[c] >= MIN_PREDICT_RATE] or list(CANDIDATES)
     chosen = max(fast, key=lambda c: cv[c]["mean_spearman"])
     final = make(chosen).fit(all_x, all_y)
-    print(f"chosen: {chosen}; predict rows/s: " + ", ".join(f"{c} {r:,.0f}" for c, r in rates.items()), flush=True)
+    print(
+        f"[AutoPrune] chosen: {chosen}; predict rows/s: " + ", ".join(f"{c} {r:,.0f}" for c, r in rates.items()),
+        flush=True,
+    )
     if args.quick:
         return
     save_importance_model(final, DEFAULT_MODEL_PATH)
@@ -247,7 +254,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {DEFAULT_MODEL_PATH} and {RESULTS}")
+    print(f"[AutoPrune] wrote {DEFAULT_MODEL_PATH} and {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_autoprune.examples import DigitsDataModule
+from lightning_autoprune.examples import QUIET_TRAINER_KWARGS, DigitsDataModule
 
 torch.set_num_threads(1)
 
@@ -18,12 +18,8 @@ torch.set_num_threads(1)
 def trainer_kwargs(tmp_path: Any) -> dict[str, Any]:
     """Quiet CPU Trainer settings; tests add what they exercise (loggers, checkpoints, epochs)."""
     return {
-        "accelerator": "cpu",
+        **QUIET_TRAINER_KWARGS,
         "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
         "default_root_dir": str(tmp_path),
         "num_sanity_val_steps": 0,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,22 @@ def test_rivals_need_the_reference_run(tmp_path: Path) -> None:
     grid = structured.Grid(seeds=[0], levels=[0.5], methods=["scratch"])
     with pytest.raises(ValueError, match=structured.REFERENCE):
         structured.run_track(tmp_path, grid, TINY_BUDGET, log=lambda line: None)
+
+
+def test_latency_without_the_dense_run_names_the_training_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"dense_seed0\.pt.*Run `python -m benchmarks\.structured --out "):
+        structured.run_latency(tmp_path, [0], [0.5], log=lambda line: None)
+
+
+def test_latency_without_a_saved_model_names_the_training_command(
+    tiny_track: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = tiny_track
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    structured.model_path(copy, structured.ROUNDED, 0.5, 0).unlink()  # as in a clone: run files, no models
+    with pytest.raises(FileNotFoundError, match=rf"{structured.ROUNDED}_s0\.50_seed0\.pt.*make bench"):
+        structured.run_latency(copy, [0], [0.5], log=lambda line: None)
 
 
 def test_report_renders_the_structured_section(tiny_track: tuple[Path, dict]) -> None:

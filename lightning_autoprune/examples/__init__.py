@@ -1,4 +1,4 @@
-"""Bundled example datamodules and models for trying ``lightning_autoprune`` offline."""
+"""Bundled example datamodules, models and a quiet Trainer for trying ``lightning_autoprune`` offline."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from lightning_autoprune.examples.models import (
     RecurrentClassifier,
     TransformerClassifier,
 )
+from lightning_autoprune.examples.trainers import QUIET_TRAINER_KWARGS, quiet_trainer
 
 __all__ = [
+    "QUIET_TRAINER_KWARGS",
     "CNN1DClassifier",
     "ClassifierModule",
     "DigitsDataModule",
@@ -21,4 +23,5 @@ __all__ = [
     "MNIST1DDataModule",
     "RecurrentClassifier",
     "TransformerClassifier",
+    "quiet_trainer",
 ]

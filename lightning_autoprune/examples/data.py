@@ -136,8 +136,14 @@ def _generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
     cached = _MNIST1D_CACHE.get(num_samples)
     if cached is not None:
         return cached
-    from mnist1d.data import get_dataset_args, make_dataset
-    from mnist1d.utils import ObjectView
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.utils import ObjectView
+    except ImportError as err:
+        raise ImportError(
+            "MNIST1DDataModule generates its data with the `mnist1d` package, which is not installed. "
+            "HINT: `pip install lightning_autoprune[examples]`."
+        ) from err
 
     arg_dict = get_dataset_args(as_dict=True)
     arg_dict["num_samples"] = num_samples
@@ -161,7 +167,8 @@ def _generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
 class MNIST1DDataModule(_SplitDataModule):
     """MNIST-1D (Greydanus, 2020): 40-step 1D signals of 10 digit templates, generated locally.
 
-    The data are generated with ``mnist1d.data.make_dataset`` (never downloaded); its own
+    The data are generated with ``mnist1d.data.make_dataset`` (never downloaded; the package comes
+    with ``pip install lightning_autoprune[examples]``); its own
     80/20 split gives train and test, and 20% of the train part is carved out, stratified and
     with a fixed ``random_state=0``, as validation: 3200 / 800 / 1000 for the default 5000
     samples. Generation takes a few seconds and is cached per ``num_samples`` for the process.

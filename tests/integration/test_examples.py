@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from lightning_autoprune.examples import (
+    QUIET_TRAINER_KWARGS,
     ClassifierModule,
     CNN1DClassifier,
     DigitsDataModule,
@@ -37,16 +39,7 @@ MNIST1D_SIZES = (3200, 800, 1000)
 @pytest.fixture
 def trainer_kwargs() -> dict[str, Any]:
     """Settings of a quick, quiet CPU trainer (one short epoch, nothing written to disk)."""
-    return {
-        "max_epochs": 1,
-        "limit_train_batches": 5,
-        "limit_val_batches": 2,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
+    return {**QUIET_TRAINER_KWARGS, "max_epochs": 1, "limit_train_batches": 5, "limit_val_batches": 2}
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +206,13 @@ def test_mnist1d_split_ignores_global_seeds(monkeypatch: pytest.MonkeyPatch) -> 
     assert [len(t) for t in splits[0][::2]] == [320, 80, 100]
     for a, b in zip(*splits, strict=True):
         assert torch.equal(a, b)
+
+
+def test_mnist1d_without_the_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_mod, "_MNIST1D_CACHE", {})
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)  # as if mnist1d were not installed
+    with pytest.raises(ImportError, match=r"pip install lightning_autoprune\[examples\]"):
+        MNIST1DDataModule(num_samples=200).setup("fit")
 
 
 def test_mnist1d_arrays_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
