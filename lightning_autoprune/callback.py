@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_autoprune import importance as _weight_scoring
-from lightning_autoprune import report_record, reporting, structured
+from lightning_autoprune import reporting, structured
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune import unit_importance as _unit_scoring
 from lightning_autoprune.config import AutoPruneConfig, check_search_budget, make_config, resolve_window
@@ -36,6 +36,7 @@ from lightning_autoprune.core.snapshot import collect_rng_states, restore_snapsh
 from lightning_autoprune.core.targets import resolve_targets, structured_targets
 from lightning_autoprune.event import EventPipeline, TrainingAccess
 from lightning_autoprune.importance import StatefulScorer
+from lightning_autoprune.reporting import record as report_record
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
@@ -303,7 +304,7 @@ class AutoPrune(Callback):
             monitor=resolved if resolved else (config.monitor, config.mode),
             timeline=self.timeline,
             events=self.history,
-            search=self.search,
+            search=self.search.to_dict(),
             diagnostics=self._importance_diagnostics(),
             overhead={"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
         )
@@ -509,7 +510,7 @@ class AutoPrune(Callback):
         decisions = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
         self._logged_decisions = len(self.search.decisions)
         if self.automatic:
-            adapter.log_metrics(pl_module, report_record.search_metrics(self.search, decisions))
+            adapter.log_metrics(pl_module, report_record.search_metrics(self.search.to_dict(), decisions))
         self.timeline.append(
             {
                 "epoch": epoch,

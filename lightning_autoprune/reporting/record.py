@@ -1,5 +1,8 @@
 """The run's record: everything the report and the summary show, as JSON-ready primitives.
 
+The record is built here and drawn by :mod:`~lightning_autoprune.reporting.console`,
+:mod:`~lightning_autoprune.reporting.markdown` and :mod:`~lightning_autoprune.reporting.plots`.
+
 :func:`build_record` assembles it from the callback's parts (what ``summary.json`` holds), and
 :func:`event_lines` and :func:`importance_line` write the one-line messages printed at pruning events.
 Pure functions: no Trainer, no files.
@@ -12,7 +15,6 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.targets import PruneTarget
 
 PREFIX = "[AutoPrune]"
@@ -50,7 +52,7 @@ def build_record(
     monitor: tuple[str | None, str | None],
     timeline: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
-    search: SearchState,
+    search: Mapping[str, Any],
     diagnostics: Any,
     overhead: Mapping[str, float],
 ) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def build_record(
         monitor: the monitored metric's name and mode.
         timeline: one entry per trained epoch.
         events: one entry per pruning event.
-        search: the automatic search's state.
+        search: the automatic search's state (``SearchState.to_dict()``).
         diagnostics: the learned scorer's per-event diagnostics (JSON-ready), or ``None``.
         overhead: seconds spent pruning and enforcing.
     """
@@ -86,7 +88,7 @@ def build_record(
         totals["params_model"] = model_params
         totals["params_model_nonzero"] = model_params - (prunable - kept_total)
     final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
-    reference = search.reference
+    reference = search["reference"]
     if reference is None and events:
         reference = events[0]["metric_before"]
     return {
@@ -102,10 +104,10 @@ def build_record(
         "reference": reference,
         "final_metric": final,
         "sparsity": 1.0 - kept_total / prunable if prunable else 0.0,
-        "stop_reason": search.stop_reason,
+        "stop_reason": search["stop_reason"],
         "timeline": [dict(entry) for entry in timeline],
         "events": [dict(event) for event in events],
-        "decisions": [dict(d) for d in search.decisions],
+        "decisions": [dict(d) for d in search["decisions"]],
         "layers": layers,
         "totals": totals,
         "importance_diagnostics": diagnostics,
@@ -223,12 +225,22 @@ def sparsity_metrics(
     return rows
 
 
-def search_metrics(state: SearchState, decisions: Sequence[Mapping[str, Any]]) -> list[Metric]:
-    """What the automatic mode logs at an epoch end: its new decisions, the reference, accepted sparsity and step."""
+def search_metrics(state: Mapping[str, Any], decisions: Sequence[Mapping[str, Any]]) -> list[Metric]:
+    """What the automatic mode logs at an epoch end: its new decisions, the reference, accepted sparsity and step.
+
+    Args:
+        state: the search's state (``SearchState.to_dict()``).
+        decisions: the decisions taken since the last call.
+
+    Example:
+        >>> state = {"reference": 0.97, "accepted": 0.5, "step": 0.5}
+        >>> [name for name, _, _ in search_metrics(state, [{"decision": "accept"}])]
+        ['autoprune/decision', 'autoprune/reference', 'autoprune/accepted_sparsity', 'autoprune/step']
+    """
     rows: list[Metric] = [("autoprune/decision", DECISION_CODES[d["decision"]], False) for d in decisions]
-    if state.reference is not None:
-        rows.append(("autoprune/reference", state.reference, False))
-    rows += [("autoprune/accepted_sparsity", state.accepted, False), ("autoprune/step", state.step, False)]
+    if state["reference"] is not None:
+        rows.append(("autoprune/reference", state["reference"], False))
+    rows += [("autoprune/accepted_sparsity", state["accepted"], False), ("autoprune/step", state["step"], False)]
     return rows
 
 
