@@ -1,18 +1,17 @@
-"""The ``AutoPrune`` Lightning callback: hooks that gate and delegate, and the state they compose.
+"""The ``AutoPrune`` Lightning callback: hooks that gate and delegate to the parts of a pruning run.
 
-The work is done by parts that never see a Trainer: :class:`~lightning_autoprune.core.engine.PruningEngine`
-(masks and their enforcement), the controllers of :mod:`lightning_autoprune.control.controller` (when
-and how far), the scorers of :mod:`lightning_autoprune.scoring` (which weights) and
-:mod:`lightning_autoprune.structured` (which units). :mod:`lightning_autoprune.trainer` adapts the
-running Trainer to them. ``docs/architecture.md`` draws the data flow.
+The work is done by parts that never see a Trainer: :class:`~lightning_autoprune.run.PruningRun`
+holds the run (the :class:`~lightning_autoprune.core.engine.PruningEngine` and its masks, the
+controllers of :mod:`lightning_autoprune.control.controller` that decide when and how far, and the
+event pipeline of :mod:`lightning_autoprune.event` that turns scores into masks).
+:mod:`lightning_autoprune.trainer` adapts the running Trainer to them. ``docs/architecture.md``
+draws the data flow.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -21,27 +20,18 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_autoprune import importance as _weight_scoring
-from lightning_autoprune import reporting, structured
+from lightning_autoprune import reporting
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune import unit_importance as _unit_scoring
-from lightning_autoprune.config import AutoPruneConfig, check_search_budget, make_config, resolve_window
+from lightning_autoprune.config import make_config
 from lightning_autoprune.control import search as tolerance
-from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
-from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.files import atomic_torch_save
-from lightning_autoprune.core.flops import OutputPositions, flops_per_weight
-from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
-from lightning_autoprune.core.snapshot import collect_rng_states, restore_snapshot, set_rng_states, take_snapshot
-from lightning_autoprune.core.targets import resolve_targets, structured_targets
-from lightning_autoprune.event import EventPipeline, TrainingAccess
+from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
+from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
 from lightning_autoprune.importance import StatefulScorer
 from lightning_autoprune.reporting import record as report_record
-
-#: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
-STATE_VERSION = 1
-_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(AutoPruneConfig))
-_NO_CONTROLLER = FixedSchedule(0.0, (0, 0))  # checkpoint entries before setup: no search
+from lightning_autoprune.run import PruningRun, check_state_version
 
 
 class AutoPrune(Callback):
@@ -185,108 +175,82 @@ class AutoPrune(Callback):
         report: bool = True,
         report_dir: str | None = None,
     ) -> None:
+        arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
-        self.config = make_config(
-            target_sparsity=target_sparsity,
-            max_metric_drop=max_metric_drop,
-            monitor=monitor,
-            mode=mode,
-            importance=importance,
-            estimator=estimator,
-            label_groups=label_groups,
-            granularity=granularity,
-            target_unit=target_unit,
-            round_to=round_to,
-            compact_on_fit_end=compact_on_fit_end,
-            schedule=schedule,
-            start_epoch=start_epoch,
-            end_epoch=end_epoch,
-            frequency=frequency,
-            include=include,
-            exclude=exclude,
-            min_layer_density=min_layer_density,
-            calibration_samples=calibration_samples,
-            seed=seed,
-            verbose=verbose,
-            report=report,
-            report_dir=report_dir,
-        )
+        self.config = make_config(**arguments)  # validated here, so a bad configuration fails at parse time
         config = self.config
-        self.scorer = make_any_scorer(config.importance, config.granularity, config.estimator, config.label_groups)
+        scorer = make_any_scorer(config.importance, config.granularity, config.estimator, config.label_groups)
         if verbose:
-            self.scorer.progress = adapter.rank_zero_info
-        self.generator = torch.Generator().manual_seed(seed)
-        self.engine = PruningEngine([], WeightSelector(min_layer_density))
-        self.controller: FixedSchedule | ToleranceSearch | None = None
-        self.events = EventPipeline(self.config, self.engine, self.scorer, {})
+            scorer.progress = adapter.rank_zero_info
+        self.run = PruningRun(config, scorer)
         self.monitor_metric = adapter.Monitor(monitor, mode)
-        self.positions = OutputPositions({})
-        self.history: list[dict[str, Any]] = []  # one entry per pruning event
-        self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
-        self.window: tuple[int, int] | None = None
-        self.seconds_pruning = 0.0
         self.compacted_model: nn.Module | None = None
         self._pending_state: dict[str, Any] | None = None
         self._validated_epoch = -1
         self._validation_samples: int | None = None  # automatic mode, dense phase: samples of this validation
-        self._logged_decisions = 0
 
+    # ------------------------------------------------------------------ read-outs
     def __getattr__(self, name: str) -> Any:
         """The constructor's arguments read back (``callback.target_sparsity``...), from the validated config."""
         config = self.__dict__.get("config")
-        if config is not None and name in _CONFIG_FIELDS:
+        if config is not None and name in type(config).__dataclass_fields__:
             value = getattr(config, name)
             return list(value) if name in ("include", "exclude") and value is not None else value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # ------------------------------------------------------------------ read-outs
     @property
     def automatic(self) -> bool:
         """Whether sparsity is driven by the metric tolerance (``target_sparsity=None``)."""
         return self.config.automatic
 
     @property
-    def targets(self) -> list[Any]:
-        """The pruned tensors (resolved at setup)."""
-        return self.engine.targets
-
-    @property
-    def masks(self) -> dict[str, Tensor]:
-        """The current masks, ``True`` where a weight is kept."""
-        return self.engine.masks
-
-    @property
-    def search(self) -> tolerance.SearchState:
-        """The automatic search's state (an empty state in fixed-target mode)."""
-        return self._search.state if self._search is not None else tolerance.SearchState()
-
-    @property
-    def unit_groups(self) -> list[structured.UnitGroup] | None:
-        """Structured pruning: the coupled unit groups, traced at the first event."""
-        return self.events.unit_groups
-
-    @property
-    def _search(self) -> ToleranceSearch | None:
-        return self.controller if isinstance(self.controller, ToleranceSearch) else None
-
-    def _access(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> TrainingAccess:
-        return adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, epoch)
-
-    @property
-    def seconds_enforcing(self) -> float:
-        """Seconds spent keeping pruned weights at zero around optimizer steps."""
-        return self.engine.seconds_enforcing
-
-    @property
     def sparsity(self) -> float:
         """Fraction of the prunable weights that are exactly zero right now."""
-        return self.engine.sparsity()
+        return self.run.sparsity()
 
     @property
     def flops_sparsity(self) -> float | None:
         """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed; ``None`` until all of them ran."""
-        weights = flops_per_weight(self.targets, self.positions.positions)
-        return mask_sparsity(self.masks, weights) if weights is not None else None
+        return self.run.flops_sparsity()
+
+    @property
+    def targets(self) -> list[PruneTarget]:
+        """The pruned tensors (resolved at setup)."""
+        return self.run.engine.targets
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """The current masks, ``True`` where a weight is kept."""
+        return self.run.engine.masks
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per pruning event: epoch, target, sparsity before and after, the metric around it."""
+        return self.run.history
+
+    @property
+    def search(self) -> tolerance.SearchState:
+        """The automatic search's state (an empty state for a fixed target)."""
+        return self.run.search_state
+
+    @property
+    def scorer(self) -> Any:
+        """The importance scorer (replace it before fitting to score with your own)."""
+        return self.run.scorer
+
+    @scorer.setter
+    def scorer(self, scorer: Any) -> None:
+        self.run.scorer = scorer
+
+    @property
+    def seconds_pruning(self) -> float:
+        """Seconds spent in pruning events (calibration, scoring, selection)."""
+        return self.run.seconds_pruning
+
+    @property
+    def seconds_enforcing(self) -> float:
+        """Seconds spent keeping pruned weights at zero around optimizer steps."""
+        return self.run.engine.seconds_enforcing
 
     def summary(self) -> str:
         """A plain-text table of every pruned tensor: shape, density and weights kept, with totals."""
@@ -294,64 +258,17 @@ class AutoPrune(Callback):
 
     def report_record(self, pl_module: pl.LightningModule | None = None) -> dict[str, Any]:
         """Everything the report shows, as JSON-ready primitives (what ``summary.json`` holds)."""
-        config = self.config
-        resolved = self.monitor_metric.resolved
-        return report_record.build_record(
-            settings=config.settings(),
-            targets=self.targets,
-            per_weight=flops_per_weight(self.targets, self.positions.positions),
-            model_params=sum(p.numel() for p in pl_module.parameters()) if pl_module is not None else None,
-            monitor=resolved if resolved else (config.monitor, config.mode),
-            timeline=self.timeline,
-            events=self.history,
-            search=self.search.to_dict(),
-            diagnostics=self._importance_diagnostics(),
-            overhead={"pruning": self.seconds_pruning, "enforcing": self.seconds_enforcing},
-        )
+        return self.run.record(pl_module, self.monitor_metric.resolved or (self.config.monitor, self.config.mode))
 
-    # ------------------------------------------------------------------ identity and state
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle support (``ddp_spawn`` sends callbacks to new processes): the generator travels as bytes."""
-        state = self.__dict__.copy()
-        state["generator"] = self.generator.get_state().numpy().tobytes()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        generator = torch.Generator()
-        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
-        self.__dict__.update({**state, "generator": generator})
-
+    # ------------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
         """Identifies this callback's state in a checkpoint; distinct for distinct tensor selections."""
         return self._generate_state_key(include=self.include, exclude=self.exclude)
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks (packed bits), schedule progress, generators and RNG states: tensors and primitives only.
-
-        The global RNG states are saved too and restored when a resumed fit loads this state,
-        so the resumed run draws the same data order and dropout as an uninterrupted one; that is
-        what makes its later masks identical.
-        """
-        engine = self.engine.state_dict()
-        control = (self.controller or _NO_CONTROLLER).state_dict()
-        return {
-            "version": STATE_VERSION,
-            "masks": engine["masks"],
-            "shapes": engine["shapes"],
-            "history": [dict(event) for event in self.history],
-            "timeline": [dict(entry) for entry in self.timeline],
-            "generator": self.generator.get_state(),
-            "rng": collect_rng_states(),
-            "initial_weights": engine["initial_weights"],
-            "movement": engine["movement"],
-            "search": control["search"],
-            "positions": dict(self.positions.positions),
-            "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
-            "snapshot": control["snapshot"],
-            "snapshot_scores": control["snapshot_scores"],
-            "reuse_scores": control["reuse_scores"],
-        }
+        """Masks (packed bits), schedule progress, generators and RNG states: tensors and primitives only."""
+        return self.run.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the global RNG states now; masks are checked against the model and applied at train start.
@@ -359,37 +276,19 @@ class AutoPrune(Callback):
         The RNG states must be back before Lightning creates the resumed epoch's training iterator
         (which draws its seeds from the global RNG); ``load_state_dict`` runs early enough.
         """
-        version = state_dict.get("version")
-        if not isinstance(version, int) or version > STATE_VERSION:
-            raise ValueError(
-                f"This checkpoint's AutoPrune state has version {version!r}; this lightning_autoprune reads "
-                f"versions up to {STATE_VERSION}. HINT: upgrade lightning_autoprune to resume it."
-            )
+        check_state_version(state_dict)
         self._pending_state = state_dict
         if "rng" in state_dict:
             set_rng_states(state_dict["rng"])
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
-        self.history = [dict(event) for event in state.get("history", [])]
-        self.timeline = [dict(entry) for entry in state.get("timeline", [])]
-        self.generator.set_state(state["generator"])
-        self.positions.positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
-        if self.controller is not None:
-            self.controller.load_state_dict(state, self.engine.devices)
-        self._logged_decisions = len(self.search.decisions)
-        if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
-            self.scorer.load_state_dict(state["scorer"])
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve the tensors to prune and the schedule window; fail early on bad configuration."""
         if stage != "fit":
             return
-        config = self.config
         adapter.check_supported_strategy(trainer.strategy)
         targets = resolve_targets(pl_module, self.include, self.exclude)
-        if config.structured:
+        if self.config.structured:
             targets, skipped = structured_targets(pl_module, targets)
             if skipped:
                 warnings.warn(
@@ -399,66 +298,44 @@ class AutoPrune(Callback):
                     stacklevel=2,
                 )
         self._check_no_overlap(trainer, {t.name for t in targets})
-        track = self.scorer.needs_context and not config.structured
-        self.engine = PruningEngine(targets, WeightSelector(config.min_layer_density), track_trajectory=track)
-        say = adapter.rank_zero_info if config.verbose else None
-        self.events = EventPipeline(config, self.engine, self.scorer, self.positions.positions, say)
-        self.window = resolve_window(config, trainer.max_epochs)
-        if config.automatic:
-            check_search_budget(self.window, config.frequency)
-            self.controller = ToleranceSearch(
-                self.window, config.frequency, config.max_metric_drop, snapshot=self._snapshot_for(trainer, pl_module)
-            )
-        else:
-            assert config.target_sparsity is not None
-            self.controller = FixedSchedule(
-                config.target_sparsity,
-                self.window,
-                frequency=config.frequency,
-                kind=config.schedule,
-                coarse=config.structured,
-            )
+
+        def snapshot(with_optimizers: bool) -> dict[str, Any]:
+            epoch = trainer.current_epoch
+            return take_snapshot(epoch, pl_module, trainer.optimizers, self.masks, with_optimizers=with_optimizers)
+
+        say = adapter.rank_zero_info if self.config.verbose else None
+        self.run.start(targets, trainer.max_epochs, snapshot, say)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply a resumed state, then hook mask enforcement onto every optimizer step."""
         if self._pending_state is not None:
-            self._restore(self._pending_state)
+            self.run.load_state_dict(self._pending_state)
             self._pending_state = None
-        self.engine.start(trainer.optimizers)
-        self.positions.watch(self.targets)
+        self.run.engine.start(trainer.optimizers)
+        self.run.positions.watch(self.targets)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune if the schedule (or the search) asks for more sparsity this epoch; log sparsity every epoch."""
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        controller = self.controller
-        if isinstance(controller, ToleranceSearch):
-            proposed = controller.begin_epoch(
-                epoch,
-                ceiling=lambda: self.engine.feasible_ceiling(self.config.min_layer_density),
-                before_first_step=lambda: self._warn_noise(trainer),
-            )
-            if proposed is not None:
-                self._prune_with_context(trainer, pl_module, epoch, proposed)
-            scheduled = controller.target
-        else:
-            assert controller is not None
-            scheduled = controller.target_for(epoch)
-            last = self.history[-1]["target"] if self.history else 0.0
-            if controller.due(epoch, progress=self.events.progress(), last_target=last):
-                self._prune_with_context(trainer, pl_module, epoch, scheduled)
-        self._log_sparsity(pl_module, scheduled)
+        scheduled, target = self.run.epoch_target(epoch, before_first_step=lambda: self._warn_noise(trainer))
+        if target is not None:
+            self._prune(trainer, pl_module, epoch, target)
+        flops = self.flops_sparsity if self.config.target_unit == "flops" else None
+        per_tensor = {t.name: tensor_sparsity(t.param.detach()) for t in self.targets}
+        rows = report_record.sparsity_metrics(self.sparsity, flops, scheduled, self.run.shown_target(), per_tensor)
+        adapter.log_metrics(pl_module, rows)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         """Zero the gradients of pruned weights (and note movement for trajectory-aware scorers)."""
-        self.engine.before_optimizer_step()
+        self.run.engine.before_optimizer_step()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
-        search = self._search
+        search = self.run.search
         before_first_step = search is not None and not search.state.decisions and search.state.pending is None
         self._validation_samples = 0 if before_first_step and not trainer.sanity_checking else None
 
@@ -485,7 +362,7 @@ class AutoPrune(Callback):
         if trainer.sanity_checking or not self.targets:
             return
         self._validated_epoch = trainer.current_epoch
-        search = self._search
+        search = self.run.search
         if search is None:
             return
         value = adapter.broadcast(trainer, self.monitor_metric.value(trainer))  # every rank decides on rank 0's
@@ -494,8 +371,8 @@ class AutoPrune(Callback):
             return
         verdict = search.on_validation(value, epoch=trainer.current_epoch, mode=mode, pruned=bool(self.history))
         if verdict.roll_back is not None:
-            self.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
-            self.engine.reset_movement()
+            self.run.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
+            self.run.engine.reset_movement()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the metric after this epoch's event and any search decisions; print one line per event."""
@@ -503,28 +380,14 @@ class AutoPrune(Callback):
             return
         epoch = trainer.current_epoch
         value = self.monitor_metric.value(trainer) if self._validated_epoch == epoch else None
-        event = self.history[-1] if self.history and self.history[-1]["epoch"] == epoch else None
+        event, decisions = self.run.end_epoch(epoch, value)
         if event is not None and value is not None:
-            event["metric_after"] = value
             adapter.log(pl_module, "autoprune/metric_after", value)
-        decisions = [dict(d) for d in self.search.decisions[self._logged_decisions :]]
-        self._logged_decisions = len(self.search.decisions)
         if self.automatic:
             adapter.log_metrics(pl_module, report_record.search_metrics(self.search.to_dict(), decisions))
-        self.timeline.append(
-            {
-                "epoch": epoch,
-                "sparsity": self.sparsity,
-                "target": self._shown_target(),
-                "metric": value,
-                "decisions": [d["decision"] for d in decisions],
-            }
-        )
         if self.config.verbose:
-            lines = report_record.event_lines(
-                epoch, event, decisions, self.monitor_metric.label, self.config.importance, self.automatic
-            )
-            for line in lines:
+            label, importance = self.monitor_metric.label, self.config.importance
+            for line in report_record.event_lines(epoch, event, decisions, label, importance, self.automatic):
                 adapter.rank_zero_info(line)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -532,12 +395,11 @@ class AutoPrune(Callback):
         if not self.targets:
             return
         config = self.config
-        if self._search is not None:
-            self._finish_search(trainer, pl_module, self._search)
+        if self.run.search is not None:
+            self._finish_search(trainer, pl_module)
         # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
-        directory = (
-            adapter.report_directory(trainer, config.report_dir) if config.report or config.compact_on_fit_end else None
-        )
+        writes = config.report or config.compact_on_fit_end
+        directory = adapter.report_directory(trainer, config.report_dir) if writes else None
         compaction = None
         if config.compact_on_fit_end and trainer.is_global_zero:
             assert directory is not None
@@ -556,97 +418,68 @@ class AutoPrune(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer and forward hooks."""
-        self.engine.stop()
-        self.positions.remove()
+        self.run.engine.stop()
+        self.run.positions.remove()
 
-    # ------------------------------------------------------------------ one pruning event
-    def _prune_with_context(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float
-    ) -> None:
-        start = time.perf_counter()
+    # ------------------------------------------------------------------ delegated work
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
+        """One event: masks computed once on rank 0 and broadcast (with the generator and scorer state)."""
+        start, run = time.perf_counter(), self.run
+        scorer = run.scorer if isinstance(run.scorer, StatefulScorer) else None
         try:
-            self._prune(trainer, pl_module, epoch, target)
+            access = adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, epoch)
+            new_masks, sent = adapter.on_rank_zero(
+                trainer,
+                lambda: run.compute_masks(access, epoch, target),
+                lambda: (run.generator.get_state(), scorer.state_dict() if scorer is not None else None),
+            )
+            if sent is not None:
+                run.generator.set_state(sent[0])
+                if scorer is not None and not trainer.is_global_zero and sent[1] is not None:
+                    scorer.load_state_dict(sent[1])
+            run.engine.reset_movement()
+            if new_masks is not None:
+                before = self.monitor_metric.value(trainer)
+                run.apply(epoch, target, new_masks, trainer.optimizers, before)
+                if before is not None:
+                    adapter.log(pl_module, "autoprune/metric_before", before)
+                entry = run.new_diagnostics(epoch)
+                if entry is not None:
+                    adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
+                    if self.config.verbose:
+                        adapter.rank_zero_info(report_record.importance_line(epoch, entry))
         except Exception as err:
             raise RuntimeError(
                 f"AutoPrune failed while pruning at the start of epoch {epoch} towards sparsity {target:.4f} "
                 f"(importance={self.config.importance!r}, tensors: {', '.join(self.masks)}): {err}"
             ) from err
         finally:
-            self.seconds_pruning += time.perf_counter() - start
-
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
-        # Scores and masks are computed once, on global rank 0, and broadcast with the generator and
-        # scorer state, so every rank holds bit-identical masks and calibration work is not repeated.
-        scorer = self.scorer if isinstance(self.scorer, StatefulScorer) else None
-        new_masks, sent = adapter.on_rank_zero(
-            trainer,
-            lambda: self.events.compute_masks(
-                self._access(trainer, pl_module, epoch), epoch, target, self.generator, self._search
-            ),
-            lambda: (self.generator.get_state(), scorer.state_dict() if scorer is not None else None),
-        )
-        if sent is not None:
-            self.generator.set_state(sent[0])
-            if scorer is not None and not trainer.is_global_zero and sent[1] is not None:
-                scorer.load_state_dict(sent[1])
-        self.engine.reset_movement()
-        if new_masks is None:
-            return
-        previous = self.sparsity
-        self.engine.apply(new_masks, trainer.optimizers)
-        before = self.monitor_metric.value(trainer)
-        self.history.append(
-            {
-                "epoch": epoch,
-                "target": target,
-                "sparsity_before": previous,
-                "sparsity": self.sparsity,
-                "flops_sparsity": self.flops_sparsity,
-                "metric_before": before,
-                "metric_after": None,
-            }
-        )
-        if before is not None:
-            adapter.log(pl_module, "autoprune/metric_before", before)
-        self._log_importance(pl_module, epoch)
-
-    # ------------------------------------------------------------------ automatic mode
-    def _snapshot_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        def snapshot(with_optimizers: bool) -> dict[str, Any]:
-            return take_snapshot(
-                trainer.current_epoch, pl_module, trainer.optimizers, self.masks, with_optimizers=with_optimizers
-            )
-
-        return snapshot
+            run.seconds_pruning += time.perf_counter() - start
 
     def _warn_noise(self, trainer: pl.Trainer) -> None:
         """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
         samples, self._validation_samples = self._validation_samples, None
         reference, resolved = self.search.reference, self.monitor_metric.resolved
         if samples is not None and resolved is not None and reference is not None:
-            # each rank validated its own shard
-            message = tolerance.noise_warning(
-                *resolved, reference, samples * trainer.world_size, self.config.max_metric_drop
-            )
+            samples *= trainer.world_size  # each rank validated its own shard
+            message = tolerance.noise_warning(*resolved, reference, samples, self.config.max_metric_drop)
             if message is not None:
                 warnings.warn(message, UserWarning, stacklevel=2)
 
-    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, search: ToleranceSearch) -> None:
+    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        search = self.run.search
+        assert search is not None
         broken, restore = search.finish(trainer.current_epoch, self.monitor_metric.resolved_mode)
         reference, value, label = search.state.reference, search.last_value, self.monitor_metric.label
         if reference is None or value is None or self.monitor_metric.resolved is None:
             return
         if restore is not None:
             pl_module.load_state_dict(restore["model"])
-            self.engine.set_masks(restore["masks"])
+            self.run.engine.set_masks(restore["masks"])
         drop = self.config.max_metric_drop
+        restored = restore["epoch"] if restore is not None else None
         said, warning = report_record.finish_lines(
-            label=label,
-            value=value,
-            reference=reference,
-            drop=drop,
-            restored_epoch=restore["epoch"] if restore is not None else None,
-            broken=broken,
+            label=label, value=value, reference=reference, drop=drop, restored_epoch=restored, broken=broken
         )
         if said is not None:
             adapter.rank_zero_info(said)
@@ -659,50 +492,18 @@ class AutoPrune(Callback):
                 f"{search.state.stop_reason}."
             )
 
-    # ------------------------------------------------------------------ logging and output
-    def _shown_target(self) -> float:
-        """The target to show: the fixed target, or the sparsity the search is trying or holds."""
-        return self._search.target if self._search is not None else self.config.target_sparsity or 0.0
-
-    def _log_sparsity(self, pl_module: pl.LightningModule, scheduled: float) -> None:
-        flops = self.flops_sparsity if self.config.target_unit == "flops" else None
-        per_tensor = {t.name: tensor_sparsity(t.param.detach()) for t in self.targets}
-        rows = report_record.sparsity_metrics(self.sparsity, flops, scheduled, self._shown_target(), per_tensor)
-        adapter.log_metrics(pl_module, rows)
-
-    def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
-        """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
-        if not diagnostics or "epoch" in diagnostics[-1]:
-            return
-        entry = diagnostics[-1]
-        entry["epoch"] = epoch
-        adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
-        if self.config.verbose:
-            adapter.rank_zero_info(report_record.importance_line(epoch, entry))
-
-    def _importance_diagnostics(self) -> Any:
-        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
-        if not diagnostics:
-            return None
-        entries = [dict(entry) for entry in diagnostics]
-        importances = getattr(self.scorer, "feature_importances", None)  # TEMPORARY until scoring/ lands
-        if callable(importances):
-            entries[-1]["feature_importances"] = importances()
-        return report_record.jsonable(entries)
-
-    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
+    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Any) -> dict[str, Any]:
         """Remove the pruned units physically; keep the result and save it atomically."""
-        args, kwargs = self.events.example_inputs(self._access(trainer, pl_module, trainer.current_epoch))
+        access = adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, 0)
+        args, kwargs = self.run.events.example_inputs(access)
         if kwargs:
             raise ValueError(
                 "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
                 f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
             )
-        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
         from lightning_autoprune.compact import compact, count_parameters  # TEMPORARY until structured/ lands
 
+        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
         small = compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
         self.compacted_model = small
         directory.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ class CheckRollback(Callback):
         decisions = self.autoprune.search.decisions
         if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
             return
-        snapshot = self.autoprune.controller.snapshot
+        snapshot = self.autoprune.run.controller.snapshot
         assert snapshot is not None
         for name, tensor in pl_module.state_dict().items():
             assert torch.equal(tensor, snapshot["model"][name]), name
@@ -92,7 +92,7 @@ def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
             after_rollback = len(search.decisions) > 0 and search.decisions[-1]["decision"] == "rollback"
             if event is None or event["epoch"] != trainer.current_epoch or not after_rollback:
                 return
-            snapshot, scores = self.autoprune.controller.snapshot, self.autoprune.controller.scores
+            snapshot, scores = self.autoprune.run.controller.snapshot, self.autoprune.run.controller.scores
             assert snapshot is not None
             assert scores is not None
             expected = select_masks(scores, snapshot["masks"], event["target"], min_density=0.002)

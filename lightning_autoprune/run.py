@@ -1,0 +1,279 @@
+"""The state of one pruning run across a fit, without a Trainer.
+
+:class:`PruningRun` composes the parts: the scorer, the engine (masks), the controller (when and
+how far), the event pipeline (scores to masks), the FLOPs watcher, and the run's history. It
+answers the callback's questions ("prune now? to what?"), records what happened, and writes and
+reads the callback's checkpoint state. The callback only adapts Lightning's hooks to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_autoprune.config import AutoPruneConfig, check_search_budget, resolve_window
+from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
+from lightning_autoprune.control.search import SearchState
+from lightning_autoprune.core.engine import PruningEngine, WeightSelector
+from lightning_autoprune.core.flops import OutputPositions, flops_per_weight
+from lightning_autoprune.core.masks import mask_sparsity
+from lightning_autoprune.core.snapshot import collect_rng_states
+from lightning_autoprune.core.targets import PruneTarget
+from lightning_autoprune.event import EventPipeline, TrainingAccess
+from lightning_autoprune.importance import StatefulScorer
+from lightning_autoprune.reporting import record as report_record
+
+#: Version of the layout of :meth:`PruningRun.state_dict`. Bump on incompatible changes.
+STATE_VERSION = 1
+
+Snapshot = Callable[[bool], dict[str, Any]]
+
+
+class PruningRun:
+    """One run's parts and history; see the module docstring.
+
+    Args:
+        config: the validated configuration.
+        scorer: the weight or unit scorer.
+
+    Example:
+        >>> from lightning_autoprune.config import make_config
+        >>> from lightning_autoprune.core.targets import resolve_targets
+        >>> from lightning_autoprune.importance import make_scorer
+        >>> model = nn.Linear(8, 4)
+        >>> run = PruningRun(make_config(target_sparsity=0.5, importance="magnitude"), make_scorer("magnitude"))
+        >>> run.start(resolve_targets(model, None, None), max_epochs=4, snapshot=lambda with_optimizers: {})
+        >>> run.window, run.epoch_target(1)
+        ((1, 3), (0.5, 0.5))
+    """
+
+    def __init__(self, config: AutoPruneConfig, scorer: Any) -> None:
+        self.config = config
+        self.scorer = scorer
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.engine = PruningEngine([], WeightSelector(config.min_layer_density))
+        self.positions = OutputPositions({})
+        self.events = EventPipeline(config, self.engine, scorer, self.positions.positions)
+        self.controller: FixedSchedule | ToleranceSearch = FixedSchedule(config.target_sparsity or 0.0, (0, 0))
+        self.window: tuple[int, int] | None = None
+        self.history: list[dict[str, Any]] = []  # one entry per pruning event
+        self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
+        self.seconds_pruning = 0.0
+        self._logged_decisions = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle support (``ddp_spawn`` sends callbacks to new processes): the generator travels as bytes."""
+        state = self.__dict__.copy()
+        state["generator"] = self.generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.__dict__.update({**state, "generator": generator})
+
+    def start(
+        self,
+        targets: Sequence[PruneTarget],
+        max_epochs: int | None,
+        snapshot: Snapshot,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        """Set up for a fit: the engine over ``targets``, the window and the controller.
+
+        Args:
+            targets: the tensors to prune.
+            max_epochs: the Trainer's ``max_epochs``.
+            snapshot: copies the training state (the automatic mode's rollback).
+            say: prints progress lines (``None``: quiet).
+        """
+        config = self.config
+        track = self.scorer.needs_context and not config.structured
+        self.engine = PruningEngine(targets, WeightSelector(config.min_layer_density), track_trajectory=track)
+        self.events = EventPipeline(config, self.engine, self.scorer, self.positions.positions, say)
+        self.window = resolve_window(config, max_epochs)
+        if config.target_sparsity is None:
+            check_search_budget(self.window, config.frequency)
+            self.controller = ToleranceSearch(self.window, config.frequency, config.max_metric_drop, snapshot=snapshot)
+        else:
+            self.controller = FixedSchedule(
+                config.target_sparsity,
+                self.window,
+                frequency=config.frequency,
+                kind=config.schedule,
+                coarse=config.structured,
+            )
+
+    # ------------------------------------------------------------------------------ read-outs
+    @property
+    def search(self) -> ToleranceSearch | None:
+        """The automatic mode's controller, ``None`` for a fixed target."""
+        return self.controller if isinstance(self.controller, ToleranceSearch) else None
+
+    @property
+    def search_state(self) -> SearchState:
+        """The automatic search's state (an empty state for a fixed target)."""
+        return self.search.state if self.search is not None else SearchState()
+
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are exactly zero right now."""
+        return self.engine.sparsity()
+
+    def flops_sparsity(self) -> float | None:
+        """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed; ``None`` until all of them ran."""
+        weights = flops_per_weight(self.engine.targets, self.positions.positions)
+        return mask_sparsity(self.engine.masks, weights) if weights is not None else None
+
+    def shown_target(self) -> float:
+        """The target to show: the fixed target, or the sparsity the search is trying or holds."""
+        return self.search.target if self.search is not None else self.config.target_sparsity or 0.0
+
+    # ------------------------------------------------------------------------------ decisions
+    def epoch_target(
+        self, epoch: int, before_first_step: Callable[[], None] | None = None
+    ) -> tuple[float, float | None]:
+        """At an epoch start: ``(scheduled sparsity, sparsity to prune to now or None)``."""
+        controller = self.controller
+        if isinstance(controller, ToleranceSearch):
+            proposed = controller.begin_epoch(
+                epoch,
+                ceiling=lambda: self.engine.feasible_ceiling(self.config.min_layer_density),
+                before_first_step=before_first_step,
+            )
+            return controller.target, proposed
+        scheduled = controller.target_for(epoch)
+        last = self.history[-1]["target"] if self.history else 0.0
+        return scheduled, scheduled if controller.due(
+            epoch, progress=self.events.progress(), last_target=last
+        ) else None
+
+    def compute_masks(self, access: TrainingAccess, epoch: int, target: float) -> dict[str, Tensor] | None:
+        """The masks of a step to ``target`` (``None``: skip the event); see :class:`EventPipeline`."""
+        return self.events.compute_masks(access, epoch, target, self.generator, self.search)
+
+    def apply(
+        self,
+        epoch: int,
+        target: float,
+        new_masks: dict[str, Tensor],
+        optimizers: Sequence[torch.optim.Optimizer],
+        metric_before: float | None,
+    ) -> None:
+        """Install a step's masks and record the event."""
+        previous = self.sparsity()
+        self.engine.apply(new_masks, optimizers)
+        self.history.append(
+            {
+                "epoch": epoch,
+                "target": target,
+                "sparsity_before": previous,
+                "sparsity": self.sparsity(),
+                "flops_sparsity": self.flops_sparsity(),
+                "metric_before": metric_before,
+                "metric_after": None,
+            }
+        )
+
+    def end_epoch(self, epoch: int, value: float | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Record a trained epoch: the event it started with (if any) and the search's new decisions."""
+        event = self.history[-1] if self.history and self.history[-1]["epoch"] == epoch else None
+        if event is not None and value is not None:
+            event["metric_after"] = value
+        decisions = [dict(d) for d in self.search_state.decisions[self._logged_decisions :]]
+        self._logged_decisions = len(self.search_state.decisions)
+        self.timeline.append(
+            {
+                "epoch": epoch,
+                "sparsity": self.sparsity(),
+                "target": self.shown_target(),
+                "metric": value,
+                "decisions": [d["decision"] for d in decisions],
+            }
+        )
+        return event, decisions
+
+    def new_diagnostics(self, epoch: int) -> dict[str, Any] | None:
+        """The scorer's diagnostics of the event just taken at ``epoch``, stamped with it; ``None`` if none."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        if not diagnostics or "epoch" in diagnostics[-1]:
+            return None
+        diagnostics[-1]["epoch"] = epoch
+        return diagnostics[-1]
+
+    # ------------------------------------------------------------------------------ report and state
+    def record(self, model: nn.Module | None, monitor: tuple[str | None, str | None]) -> dict[str, Any]:
+        """Everything the report shows (what ``summary.json`` holds)."""
+        return report_record.build_record(
+            settings=self.config.settings(),
+            targets=self.engine.targets,
+            per_weight=flops_per_weight(self.engine.targets, self.positions.positions),
+            model_params=sum(p.numel() for p in model.parameters()) if model is not None else None,
+            monitor=monitor,
+            timeline=self.timeline,
+            events=self.history,
+            search=self.search_state.to_dict(),
+            diagnostics=self._importance_diagnostics(),
+            overhead={"pruning": self.seconds_pruning, "enforcing": self.engine.seconds_enforcing},
+        )
+
+    def _importance_diagnostics(self) -> Any:
+        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
+        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        if not diagnostics:
+            return None
+        entries = [dict(entry) for entry in diagnostics]
+        importances = getattr(self.scorer, "feature_importances", None)  # TEMPORARY until scoring/ lands
+        if callable(importances):
+            entries[-1]["feature_importances"] = importances()
+        return report_record.jsonable(entries)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (packed bits), schedule progress, generators and RNG states: tensors and primitives only.
+
+        The global RNG states are saved too, so a resumed run draws the same data order and dropout
+        as an uninterrupted one; that is what makes its later masks identical.
+        """
+        engine = self.engine.state_dict()
+        control = self.controller.state_dict()
+        return {
+            "version": STATE_VERSION,
+            "masks": engine["masks"],
+            "shapes": engine["shapes"],
+            "history": [dict(event) for event in self.history],
+            "timeline": [dict(entry) for entry in self.timeline],
+            "generator": self.generator.get_state(),
+            "rng": collect_rng_states(),
+            "initial_weights": engine["initial_weights"],
+            "movement": engine["movement"],
+            "search": control["search"],
+            "positions": dict(self.positions.positions),
+            "scorer": self.scorer.state_dict() if isinstance(self.scorer, StatefulScorer) else None,
+            "snapshot": control["snapshot"],
+            "snapshot_scores": control["snapshot_scores"],
+            "reuse_scores": control["reuse_scores"],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after :meth:`start`); masks that do not fit the model are refused."""
+        self.engine.load_state_dict(state)
+        self.history = [dict(event) for event in state.get("history", [])]
+        self.timeline = [dict(entry) for entry in state.get("timeline", [])]
+        self.generator.set_state(state["generator"])
+        self.positions.positions.update({str(n): int(v) for n, v in state.get("positions", {}).items()})
+        self.controller.load_state_dict(state, self.engine.devices)
+        self._logged_decisions = len(self.search_state.decisions)
+        if isinstance(self.scorer, StatefulScorer) and state.get("scorer") is not None:
+            self.scorer.load_state_dict(state["scorer"])
+
+
+def check_state_version(state: dict[str, Any]) -> None:
+    """Refuse a checkpoint state written by a newer layout than this version reads."""
+    version = state.get("version")
+    if not isinstance(version, int) or version > STATE_VERSION:
+        raise ValueError(
+            f"This checkpoint's AutoPrune state has version {version!r}; this lightning_autoprune reads "
+            f"versions up to {STATE_VERSION}. HINT: upgrade lightning_autoprune to resume it."
+        )
