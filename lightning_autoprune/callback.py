@@ -504,7 +504,7 @@ class AutoPrune(Callback):
 
     def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
         """Remove the pruned units physically; keep the result and save it atomically."""
-        from lightning_autoprune.compact import compact, count_parameters
+        from lightning_autoprune.structured import compact, count_parameters
 
         self._ensure_example_inputs(trainer, pl_module)
         assert self._example is not None
