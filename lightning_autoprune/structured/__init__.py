@@ -1,10 +1,13 @@
 """Structured pruning: whole neurons and channels, with every coupled parameter pruned together.
 
-* :mod:`~lightning_autoprune.structured.discovery` reads Torch-Pruning's dependency graph into
-  :class:`UnitGroup` objects (:func:`find_unit_groups`);
+* :mod:`~lightning_autoprune.structured.tracing` is the one reader of Torch-Pruning's dependency graph:
+  it traces a model once and gives, per root layer, the plan of everything coupled to its units;
+* :mod:`~lightning_autoprune.structured.discovery` reads those plans as :class:`UnitGroup` objects
+  (:func:`find_unit_groups`);
 * :mod:`~lightning_autoprune.structured.units` is the pure tensor code on unit groups (masks, sums, costs);
 * :mod:`~lightning_autoprune.structured.select` chooses the units to prune for a target;
-* :mod:`~lightning_autoprune.structured.compact` removes pruned units physically (:func:`compact`).
+* :mod:`~lightning_autoprune.structured.compact` reads the same plans to remove pruned units physically
+  (:func:`compact`).
 """
 
 from lightning_autoprune.structured.compact import CompactionError, compact, count_flops, count_parameters

@@ -1,18 +1,22 @@
-"""Finding the unit groups of a model: which parameter slices carry each prunable unit.
+"""Unit discovery: which parameter slices carry each prunable unit of a model.
 
-Which slices belong together is read from Torch-Pruning's dependency graph.
+Which slices belong together is read from the plans of the one Torch-Pruning reader,
+:mod:`~lightning_autoprune.structured.tracing`; this module decides what each coupled node means
+for a unit (a producer's weight rows, a BatchNorm's ``gamma`` and ``beta``, a consumer's input
+columns) and which units must stay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from lightning_autoprune.structured.tracing import Plan, trace
 from lightning_autoprune.structured.units import Slice, UnitGroup
 
 __all__ = ["find_unit_groups"]
@@ -58,65 +62,28 @@ def find_unit_groups(
         >>> kept
         ["'2' (produces the model's output)"]
     """
-    import torch_pruning as tp
-
-    names = {id(m): name for name, m in model.named_modules()}
-    call = forward_fn or (lambda m, args: m(*args))
-    captured: dict[str, Any] = {}
-
-    def traced(m: nn.Module, args: tuple[Any, ...]) -> Any:
-        captured["output"] = call(m, args)
-        return captured["output"]
-
-    training = {name: m.training for name, m in model.named_modules()}
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    try:
-        for p, _ in grad_flags:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=traced, verbose=False
-            )
-    finally:
-        for p, flag in grad_flags:
-            p.requires_grad_(flag)
-        for name, m in model.named_modules():
-            m.training = training[name]
-    outputs = _output_grad_fns(captured.get("output"))
-    optype = tp.ops.OPTYPE
+    traced = trace(model, example_inputs, forward_fn=forward_fn)
+    names = traced.names
     layers = [m for m in model.modules() if _plain_layer(m)]
     order = {id(m): i for i, m in enumerate(layers)}
 
     groups: list[UnitGroup] = []
     kept: list[str] = []
-    visited: set[int] = set()
-    for root in layers:
-        if id(root) in visited or root not in graph.module2node:
-            continue
-        root_name = names[id(root)]
-        pruner = graph.get_pruner_of_module(root)
-        units = int(pruner.get_out_channels(root))
-        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(units)))
+    for plan in traced.plans(layers, claims=_producers):
         slices: list[Slice] = []
-        producers: list[nn.Module] = []
         block: str | None = None
-        for item in group:
-            dep, node = item.dep, item.dep.target
-            m = node.module
-            is_out = graph.is_out_channel_pruning_fn(dep.handler)
-            roots = list(item.root_idxs or [])
-            if len(roots) != len(item.idxs) or any(r is None for r in roots):
+        for link in plan.links:
+            m = link.module
+            if link.roots is None:
                 block = block or "Torch-Pruning cannot map its channels"
                 continue
-            index = torch.tensor(list(item.idxs), dtype=torch.long)
-            unit = torch.tensor(roots, dtype=torch.long)
-            if node.type == optype.OUTPUT or (is_out and id(node.grad_fn) in outputs):
+            index = torch.tensor(list(link.index), dtype=torch.long)
+            unit = torch.tensor(list(link.roots), dtype=torch.long)
+            if link.kind == "OUTPUT" or link.at_output:
                 block = block or "produces the model's output"
             elif _plain_layer(m):
-                name = names.get(id(m), "?")
-                if is_out:
-                    producers.append(m)
+                name = "?" if link.name is None else link.name
+                if link.out:
                     if _module_param(name, "weight") not in prunable:
                         block = block or f"coupled to '{name}', which is not selected for pruning"
                     slices.append(Slice(_module_param(name, "weight"), 0, index, unit, "producer"))
@@ -125,27 +92,29 @@ def find_unit_groups(
                 else:
                     slices.append(Slice(_module_param(name, "weight"), 1, index, unit, "consumer"))
             elif isinstance(m, _BatchNorm):
-                name = names.get(id(m), "?")
+                name = "?" if link.name is None else link.name
                 if not m.affine:
                     block = block or f"passes through '{name}', a BatchNorm without affine parameters"
                     continue
                 slices.append(Slice(_module_param(name, "weight"), 0, index, unit, "norm"))
                 slices.append(Slice(_module_param(name, "bias"), 0, index, unit, "norm"))
-            elif node.type in (optype.ELEMENTWISE, optype.RESHAPE, optype.CONCAT):
+            elif link.kind in ("ELEMENTWISE", "RESHAPE", "CONCAT"):
                 continue
             else:
-                label = names.get(id(m), type(m).__name__) if isinstance(m, nn.Module) else str(node.type.name)
+                label = (
+                    link.kind if not isinstance(m, nn.Module) else type(m).__name__ if link.name is None else link.name
+                )
                 block = block or f"coupled to '{label}' ({type(m).__name__}), which structured pruning does not handle"
-        visited.update(id(p) for p in producers)
+        producers = _producers(plan)
         if block is not None:
             if any(_module_param(names[id(p)], "weight") in prunable for p in producers) or not producers:
-                kept.append(f"'{root_name}' ({block})")
+                kept.append(f"'{plan.name}' ({block})")
             continue
-        first = min((order[id(p)] for p in producers), default=order[id(root)])
+        first = min((order[id(p)] for p in producers), default=order[id(plan.root)])
         groups.append(
             UnitGroup(
                 name="+".join(dict.fromkeys(names[id(p)] for p in producers)),
-                units=units,
+                units=plan.units,
                 slices=tuple(_merge(slices)),
                 depth=first / max(1, len(layers) - 1),
             )
@@ -153,19 +122,17 @@ def find_unit_groups(
     return groups, kept
 
 
-def _output_grad_fns(output: object) -> set[int]:
-    found: set[int] = set()
-    stack = [output]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, Tensor):
-            if obj.grad_fn is not None:
-                found.add(id(obj.grad_fn))
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif isinstance(obj, Mapping):
-            stack.extend(obj.values())
-    return found
+def _producers(plan: Plan) -> list[nn.Module]:
+    """The layers of ``plan`` whose outputs are its units: Linear / plain conv outputs, mapped, not the model's."""
+    return [
+        link.module
+        for link in plan.links
+        if link.out
+        and link.roots is not None
+        and not (link.kind == "OUTPUT" or link.at_output)
+        and isinstance(link.module, nn.Module)
+        and _plain_layer(link.module)
+    ]
 
 
 def _merge(slices: Sequence[Slice]) -> list[Slice]:
