@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_autoprune.structured import find_unit_groups, unit_costs, unit_masks
+from lightning_autoprune.structured import (
+    Slice,
+    UnitGroup,
+    find_unit_groups,
+    kept_units,
+    unit_costs,
+    unit_masks,
+    unit_sums,
+)
 
 
 def _weights(model: nn.Module) -> set[str]:
@@ -34,3 +42,40 @@ def test_batchnorm_and_flatten_are_carried_and_costed() -> None:
     assert masks["1.weight"][0]
     assert not masks["4.weight"][:, 5:10].any()
     assert masks["4.weight"][:, :5].all()
+
+
+def _hand_group() -> UnitGroup:
+    """Two units: producer rows 0 and 1 of ``p`` (unit 1 is row 0) and consumer columns of ``c``."""
+    return UnitGroup(
+        "g",
+        2,
+        (
+            Slice("p", 0, torch.tensor([0, 1]), torch.tensor([1, 0]), "producer"),
+            Slice("c", 1, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]), "consumer"),
+        ),
+        0.0,
+    )
+
+
+def test_unit_sums_counts_only_the_requested_roles() -> None:
+    group = _hand_group()
+    values = {"p": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "c": torch.ones(2, 3)}
+    assert unit_sums(group, values).tolist() == [7.0 + 4.0, 3.0 + 2.0]
+    assert unit_sums(group, values, roles=("producer",)).tolist() == [7.0, 3.0]
+    assert unit_sums(group, {"c": torch.ones(2, 3)}).tolist() == [4.0, 2.0]  # a missing parameter counts nothing
+
+
+def test_kept_units_reads_the_producer_masks_only() -> None:
+    group = _hand_group()
+    masks = {"p": torch.tensor([[False, False], [True, False]]), "c": torch.zeros(2, 3, dtype=torch.bool)}
+    assert kept_units(group, masks).tolist() == [True, False]
+
+
+def test_unit_masks_drops_every_slice_of_a_unit_and_copies_the_rest() -> None:
+    group = _hand_group()
+    masks = {"p": torch.ones(2, 2, dtype=torch.bool), "c": torch.ones(2, 3, dtype=torch.bool), "x": torch.ones(1)}
+    out = unit_masks([group], {"g": torch.tensor([True, False])}, masks)
+    assert out["p"].tolist() == [[False, False], [True, True]]  # unit 1 is row 0
+    assert out["c"].tolist() == [[True, True, False]] * 2
+    assert masks["p"].all()  # the input masks are not modified
+    assert out["x"] is not masks["x"]
