@@ -109,7 +109,13 @@ def unit_costs(group: UnitGroup, masks: Mapping[str, Tensor], weights: Mapping[s
 
 
 def kept_units(group: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
-    """Per unit: whether it is still kept, that is, some producer entry of it is unmasked."""
+    """Per unit: whether it is still kept, that is, some producer entry of it is unmasked.
+
+    Example:
+        >>> g = UnitGroup("a", 2, (Slice("w", 0, torch.tensor([0, 1]), torch.tensor([0, 1]), "producer"),), 0.0)
+        >>> kept_units(g, {"w": torch.tensor([[False, True], [False, False]])})
+        tensor([ True, False])
+    """
     producer = {s.param: masks[s.param].double() for s in group.slices if s.role == "producer"}
     return unit_sums(group, producer, roles=("producer",)) > 0
 
