@@ -62,8 +62,8 @@ Methods (``METHODS``):
   finetune_epochs`` (32) epochs with Adam 1e-3: the same architecture and the same total epochs.
 
 Metrics: test accuracy on the 1000 test examples; parameters
-(:func:`lightning_autoprune.compact.count_parameters`) and FLOPs
-(:func:`lightning_autoprune.compact.count_flops`: multiply-accumulates per example, on one
+(:func:`lightning_autoprune.structured.count_parameters`) and FLOPs
+(:func:`lightning_autoprune.structured.count_flops`: multiply-accumulates per example, on one
 example) of the model each method ends with (the compacted one for AutoPrune).
 
 Latency (``--latency``, a separate step so it can be rerun alone on a quiet machine): per seed,
@@ -144,11 +144,11 @@ from benchmarks.protocol import (
     write_json,
 )
 from lightning_autoprune import AutoPrune, compact
-from lightning_autoprune.compact import count_flops, count_parameters
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.core import calibration, masks
 from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.examples import CNN1DClassifier
+from lightning_autoprune.structured import count_flops, count_parameters
 
 TRACK = "structured"
 SETUP = "mnist1d-cnn"

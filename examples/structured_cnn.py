@@ -25,8 +25,8 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.compact import count_flops, count_parameters
 from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule, quiet_trainer
+from lightning_autoprune.structured import count_flops, count_parameters
 
 
 def _trainer(args: argparse.Namespace, callbacks: list[Any]) -> Trainer:

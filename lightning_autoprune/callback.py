@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_autoprune import importance as _weight_scoring
-from lightning_autoprune import reporting
+from lightning_autoprune import reporting, structured
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune import unit_importance as _unit_scoring
 from lightning_autoprune.config import make_config
@@ -501,14 +501,12 @@ class AutoPrune(Callback):
                 "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
                 f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
             )
-        from lightning_autoprune.compact import compact, count_parameters  # TEMPORARY until structured/ lands
-
         # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
-        small = compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
+        small = structured.compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
         self.compacted_model = small
         directory.mkdir(parents=True, exist_ok=True)
         path = atomic_torch_save(small, directory / "compacted_model.pt")
-        before, after = count_parameters(pl_module), count_parameters(small)
+        before, after = structured.count_parameters(pl_module), structured.count_parameters(small)
         if self.config.verbose:
             adapter.info(
                 f"compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "

@@ -157,7 +157,7 @@ class EventPipeline:
     def select(self, access: TrainingAccess, scores: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
         """Masks from scores (per weight) or keys (per structured unit), at ``target`` sparsity."""
         if self.config.structured:
-            self.engine.selector = _UnitSelector(
+            self.engine.selector = structured.UnitSelector(
                 self.traced_groups(access), self.config.min_layer_density, self.cost_weights(), self.config.round_to
             )
         return self.engine.select(scores, target)
@@ -263,22 +263,3 @@ def _skip_non_finite(tensors: Mapping[str, Tensor], epoch: int, what: str) -> bo
             )
             return True
     return False
-
-
-class _UnitSelector:
-    """TEMPORARY until structured/ lands."""
-
-    def __init__(self, groups: Any, min_density: float, weights: Any, round_to: int) -> None:
-        self.groups, self.min_density, self.weights, self.round_to = groups, min_density, weights, round_to
-
-    def __call__(self, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
-        keep = structured.select_units(
-            self.groups,
-            scores,
-            masks,
-            target,
-            min_density=self.min_density,
-            weights=self.weights,
-            round_to=self.round_to,
-        )
-        return structured.unit_masks(self.groups, keep, masks)

@@ -12,8 +12,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.compact import count_flops
 from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier
+from lightning_autoprune.structured import count_flops
 
 
 def _cnn() -> CNN1DClassifier:

@@ -8,7 +8,8 @@ of every layer that consumes it, changes nothing but the model's size. :func:`co
 removal on a copy of the model and checks the result against the input model.
 
 Coupling between layers (BatchNorm, residual additions, concatenations, flattening) is read from
-`Torch-Pruning <https://github.com/VainF/Torch-Pruning>`_'s dependency graph; install it with
+`Torch-Pruning <https://github.com/VainF/Torch-Pruning>`_'s dependency graph through the same reader
+as unit discovery, :mod:`~lightning_autoprune.structured.tracing`; install it with
 ``pip install torch-pruning``.
 """
 
@@ -19,7 +20,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,15 +29,9 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils import parametrize
 
-if TYPE_CHECKING:
-    from types import ModuleType
+from lightning_autoprune.structured.tracing import Link, Plan, Trace, import_torch_pruning, tensors_in, trace
 
 __all__ = ["CompactionError", "compact", "count_flops", "count_parameters"]
-
-_INSTALL_HINT = (
-    "lightning_autoprune.compact needs Torch-Pruning to trace layer coupling; "
-    "install it with `pip install torch-pruning`."
-)
 
 # Layer types whose units compaction removes. Any other module that holds parameters or buffers
 # is "opaque": its units, and every unit coupled to it, are kept.
@@ -92,7 +87,7 @@ def count_flops(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -
         >>> count_flops(nn.Linear(4, 3), torch.zeros(1, 4))  # 4 x 3 products, plus 3 biases
         15
     """
-    tp = _import_torch_pruning()
+    tp = import_torch_pruning()
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     inputs = _as_input_tuple(example_inputs)
@@ -167,7 +162,7 @@ def compact(
         >>> small[0].out_features, small[2].in_features, model[0].out_features
         (5, 5, 8)
     """
-    tp = _import_torch_pruning()
+    import_torch_pruning()
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     inputs = _as_input_tuple(example_inputs)
@@ -192,7 +187,7 @@ def compact(
             reference, input_nonzero = _reference_pass(work, inputs)
         _remove_module_hooks(work)
 
-        compactor = _Compactor(tp, work, inputs, input_nonzero, ignored_names)
+        compactor = _Compactor(work, inputs, input_nonzero, ignored_names)
         compactor.analyse()
         compactor.emit_warnings()
         compactor.prune()
@@ -209,15 +204,6 @@ def compact(
 # --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
-
-
-def _import_torch_pruning() -> ModuleType:
-    try:
-        import torch_pruning
-    except ImportError as err:
-        raise ImportError(_INSTALL_HINT) from err
-    module: ModuleType = torch_pruning
-    return module
 
 
 def _as_input_tuple(example_inputs: object) -> tuple[Tensor, ...]:
@@ -319,7 +305,7 @@ def _reference_pass(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[list[
     finally:
         for handle in handles:
             handle.remove()
-    return [t.detach().clone() for t in _tensors_in(output)], nonzero
+    return [t.detach().clone() for t in tensors_in(output)], nonzero
 
 
 def _remove_module_hooks(model: nn.Module) -> None:
@@ -336,31 +322,6 @@ def _remove_module_hooks(model: nn.Module) -> None:
             hooks = getattr(m, attr, None)
             if isinstance(hooks, dict):
                 hooks.clear()
-
-
-def _tensors_in(obj: object) -> list[Tensor]:
-    """Tensors inside nested tuples / lists / dicts, in a deterministic order."""
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for item in obj for t in _tensors_in(item)]
-    if isinstance(obj, dict):
-        return [t for key in obj for t in _tensors_in(obj[key])]
-    return []
-
-
-def _replace_tensors(obj: Any, new: Iterator[Tensor], pick: Iterator[bool]) -> Any:
-    """Rebuild ``obj`` with each tensor for which ``pick`` yields True replaced by ``next(new)``."""
-    if isinstance(obj, Tensor):
-        return next(new) if next(pick) else obj
-    if isinstance(obj, (tuple, list)):
-        items = [_replace_tensors(item, new, pick) for item in obj]
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple, e.g. PackedSequence
-            return type(obj)(*items)
-        return type(obj)(items)
-    if isinstance(obj, dict):
-        return type(obj)((key, _replace_tensors(obj[key], new, pick)) for key in obj)
-    return obj
 
 
 # Default (rtol, atol) of the output check, by output dtype; float32 for any other dtype.
@@ -386,7 +347,7 @@ def _verify(
     )
     try:
         with torch.no_grad():
-            outputs = [t.detach() for t in _tensors_in(_call(model, inputs))]
+            outputs = [t.detach() for t in tensors_in(_call(model, inputs))]
     except Exception as err:
         raise CompactionError(
             f"The compacted model fails on `example_inputs` ({type(err).__name__}: {err}); "
@@ -487,68 +448,6 @@ def _find_opaque(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-class _Stitch(torch.autograd.Function):
-    """Identity on an opaque layer's outputs whose autograd node links straight to its inputs.
-
-    Torch-Pruning traces the autograd graph; an opaque layer's own internals (gates, splits of
-    fused weights) would otherwise appear as channel-preserving element-wise operations.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, *args: Any) -> tuple[Tensor, ...]:
-        n_out = int(args[0])
-        ctx.n_args = len(args)
-        return tuple(t.clone() for t in args[1 : 1 + n_out])
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
-        return (None,) * ctx.n_args
-
-
-def _stitch_hook(
-    module: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    output: Any,
-) -> Any:
-    outputs = _tensors_in(output)
-    pick = [t.is_floating_point() or t.is_complex() for t in outputs]
-    if not any(pick):
-        return None
-    sources = [t for t in _tensors_in((args, kwargs)) if t.requires_grad]
-    # A leaf that needs grad keeps the outputs in the traced graph even when no input needs grad.
-    anchor = torch.zeros((), requires_grad=True)
-    stitched = _Stitch.apply(
-        sum(pick), *(t.detach() for t, p in zip(outputs, pick, strict=True) if p), anchor, *sources
-    )
-    return _replace_tensors(output, iter(stitched), iter(pick))
-
-
-class _FrozenPruner:
-    """Torch-Pruning pruner for opaque layers: never prunes, and stops coupling at the layer."""
-
-    def __init__(self) -> None:
-        self.pruning_dim = 1
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        raise CompactionError(f"Internal error: tried to prune opaque layer {layer!r}.")
-
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        raise CompactionError(f"Internal error: tried to prune opaque layer {layer!r}.")
-
-    def get_out_channels(self, layer: nn.Module) -> None:
-        return None
-
-    def get_in_channels(self, layer: nn.Module) -> None:
-        return None
-
-    def get_out_channel_groups(self, layer: nn.Module) -> int:
-        return 1
-
-    def get_in_channel_groups(self, layer: nn.Module) -> int:
-        return 1
-
-
 # --------------------------------------------------------------------------------------------
 # The analysis
 # --------------------------------------------------------------------------------------------
@@ -565,15 +464,15 @@ class _Decision:
 
 
 class _Compactor:
+    """Reads the model's plans (from :mod:`~lightning_autoprune.structured.tracing`), decides, removes units."""
+
     def __init__(
         self,
-        tp: ModuleType,
         model: nn.Module,
         inputs: tuple[Tensor, ...],
         input_nonzero: dict[int, Tensor],
         ignored_names: set[str],
     ) -> None:
-        self.tp = tp
         self.model = model
         self.inputs = inputs
         self.input_nonzero = input_nonzero
@@ -593,42 +492,15 @@ class _Compactor:
 
     # -- tracing ------------------------------------------------------------------------------
 
-    def _build_graph(self) -> Any:
-        opaque_types = {type(m) for _, m in self.opaque}
-        frozen = _FrozenPruner()
-        captured: dict[str, Any] = {}
-
-        def forward_fn(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
-            captured["output"] = _call(model, inputs)
-            return captured["output"]
-
-        handles = [m.register_forward_hook(_stitch_hook, with_kwargs=True) for _, m in self.opaque]
-        grad_flags = [(p, p.requires_grad) for p in self.model.parameters()]
+    def _trace(self) -> Trace:
         try:
-            for p, _ in grad_flags:
-                p.requires_grad_(True)  # tracing follows autograd: frozen layers must be seen
-            with torch.enable_grad():
-                graph = self.tp.DependencyGraph().build_dependency(
-                    self.model,
-                    example_inputs=self.inputs,
-                    forward_fn=forward_fn,
-                    customized_pruners={cls: frozen for cls in opaque_types},
-                    verbose=False,
-                )
+            return trace(self.model, self.inputs, forward_fn=_call, frozen=[m for _, m in self.opaque])
         except Exception as err:
             raise CompactionError(
                 f"Torch-Pruning could not trace the model on `example_inputs` "
                 f"({type(err).__name__}: {err}), so its coupled layers are unknown and it cannot "
                 "be compacted automatically."
             ) from err
-        finally:
-            for handle in handles:
-                handle.remove()
-            for p, flag in grad_flags:
-                p.requires_grad_(flag)
-        output_fns = {id(t.grad_fn) for t in _tensors_in(captured.get("output")) if t.grad_fn}
-        self.output_nodes = {id(node) for node in graph.module2node.values() if id(node.grad_fn) in output_fns}
-        return graph
 
     # -- per-unit checks ------------------------------------------------------------------------
 
@@ -676,64 +548,51 @@ class _Compactor:
 
     # -- groups ---------------------------------------------------------------------------------
 
-    def _iter_groups(self, graph: Any) -> Iterator[tuple[nn.Module, Any]]:
-        """Like ``DependencyGraph.get_all_groups``, skipping groups Torch-Pruning fails on."""
-        visited: set[int] = set()
-        for module in list(graph.module2node):
-            if not isinstance(module, (nn.Linear, _ConvNd)) or id(module) in visited:
-                continue
-            if id(module) in self.ignored or self.names.get(id(module)) is None:
-                continue
-            pruner = graph.get_pruner_of_module(module)
-            try:
-                units = pruner.get_out_channels(module)
-                group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(units)))
-            except Exception as err:  # Torch-Pruning's heuristics can fail anywhere
-                self.trace_failures.append(f"'{self.names[id(module)]}' ({type(err).__name__}: {err})")
-                visited.add(id(module))
-                continue
-            skip = False
-            for item in group:
-                target = item.dep.target.module
-                if isinstance(target, nn.Module) and graph.is_out_channel_pruning_fn(item.dep.handler):
-                    visited.add(id(target))
-                    skip = skip or id(target) in self.ignored
-            if not skip:
-                yield module, group
+    def _plans(self, traced: Trace) -> Iterator[Plan]:
+        """Plans of every Linear / Conv root, skipping roots Torch-Pruning fails on and groups with an ignored layer."""
+        roots = [
+            m
+            for m in traced.modules
+            if isinstance(m, (nn.Linear, _ConvNd)) and id(m) not in self.ignored and self.names.get(id(m)) is not None
+        ]
+
+        def failed(root: nn.Module, err: Exception) -> None:
+            self.trace_failures.append(f"'{self.names[id(root)]}' ({type(err).__name__}: {err})")
+
+        for plan in traced.plans(roots, claims=_out_modules, on_error=failed):
+            if not any(id(m) in self.ignored for m in _out_modules(plan)):
+                yield plan
 
     def analyse(self) -> None:
-        graph = self._build_graph()
-        self.graph = graph
-        optype = self.tp.ops.OPTYPE
+        traced = self._trace()
+        self.traced = traced
         self.present_opaque = [
             (self.names.get(id(m), str(m)), m)
-            for m, node in graph.module2node.items()
-            if isinstance(m, nn.Module) and node.type == optype.CUSTOMIZED
+            for m in traced.modules
+            if isinstance(m, nn.Module) and traced.kind(m) == "CUSTOMIZED"
         ]
         self.present_barriers = [
             (self.names[id(m)], self.barriers[id(m)])
-            for m in graph.module2node
+            for m in traced.modules
             if isinstance(m, nn.Module) and id(m) in self.barriers and id(m) in self.names
         ]
-        for root, group in self._iter_groups(graph):
-            self.decisions.append(self._decide(graph, root, group))
+        for plan in self._plans(traced):
+            self.decisions.append(self._decide(plan))
 
-    def _decide(self, graph: Any, root: nn.Module, group: Any) -> _Decision:
+    def _decide(self, plan: Plan) -> _Decision:
         """Which units of one coupled group are dead, and which of those can be removed."""
-        optype = self.tp.ops.OPTYPE
-        units = int(graph.get_pruner_of_module(root).get_out_channels(root))
+        units = plan.units
         confirmed: set[int] = set()  # root units some layer of the group proves to output zero
         alive: set[int] = set()  # root units some layer of the group may make non-zero
         blocked: dict[int, str] = {}  # root units that must stay whatever their weights, and why
         producers: list[str] = []
-        for item in group:
-            dep, idxs, roots = item.dep, list(item.idxs), list(item.root_idxs or [])
-            node, m = dep.target, dep.target.module
-            if len(roots) != len(idxs) or any(r is None for r in roots):
+        for link in plan.links:
+            m, idxs, roots = link.module, list(link.index), link.roots
+            if roots is None:
                 blocked.update(dict.fromkeys(range(units), "untraceable index mapping"))
                 continue
-            is_out = graph.is_out_channel_pruning_fn(dep.handler)
-            name = self.names.get(id(m), "?") if isinstance(m, nn.Module) else "?"
+            is_out = link.out
+            name = "?" if link.name is None else link.name
 
             # 1. Does this layer output zero for the unit? (None: it does not decide.)
             dead: Tensor | None = None
@@ -753,32 +612,7 @@ class _Compactor:
                         alive.add(root_idx)
 
             # 2. Must the unit stay whatever the weights say?
-            block: str | None = None
-            if node.type == optype.OUTPUT or (is_out and id(node) in self.output_nodes):
-                block = "output"
-            elif node.type == optype.PARAMETER:
-                param = getattr(graph, "_param_to_name", {}).get(m, "?")
-                block = f"coupled to parameter '{param}', used outside a supported layer"
-            elif node.type == optype.CUSTOMIZED:
-                block = f"coupled to '{name}' ({type(m).__name__})"
-            elif node.type in (optype.SPLIT, optype.SLICE, optype.UNBIND, optype.EXPAND):
-                block = "they pass through a tensor split/slice/unbind/expand that Torch-Pruning cannot re-index safely"
-            elif node.type in (optype.ELEMENTWISE, optype.RESHAPE, optype.CONCAT):
-                pass
-            elif id(m) in self.barriers:
-                block = f"coupled to '{name}' ({self.barriers[id(m)]})"
-            elif isinstance(m, (nn.Linear, _ConvNd)) and not is_out:
-                # A consumer: the unit must arrive as an exact zero on the example inputs.
-                seen = self.input_nonzero.get(id(m))
-                for idx, root_idx in zip(idxs, roots, strict=True):
-                    if seen is None or idx >= seen.numel() or bool(seen[idx]):
-                        blocked.setdefault(
-                            root_idx,
-                            f"they reach '{name}' as non-zero values (an operation maps zero "
-                            "to non-zero, e.g. sigmoid or an added constant or input)",
-                        )
-            elif not isinstance(m, (nn.Linear, _ConvNd, _BatchNorm, _InstanceNorm, nn.PReLU)):
-                block = f"coupled to unsupported layer '{name}' ({type(m).__name__})"
+            block = self._block(link, name, roots, blocked)
             if block is not None:
                 for root_idx in roots:
                     blocked.setdefault(root_idx, block)
@@ -789,13 +623,43 @@ class _Compactor:
             removable = removable[1:]  # a layer keeps at least one unit
         kept = [u for u in dead_units if blocked.get(u, "output") != "output"]
         return _Decision(
-            root=root,
-            name="+".join(f"'{n}'" for n in producers) or f"'{self.names[id(root)]}'",
+            root=plan.root,
+            name="+".join(f"'{n}'" for n in producers) or f"'{plan.name}'",
             units=units,
             remove=removable,
             kept_dead=len(kept),
             reasons=sorted({blocked[u] for u in kept}),
         )
+
+    def _block(self, link: Link, name: str, roots: tuple[int, ...], blocked: dict[int, str]) -> str | None:
+        """Why every unit of ``link`` must stay whatever its weights say; per-unit reasons go into ``blocked``."""
+        m, kind = link.module, link.kind
+        if kind == "OUTPUT" or link.at_output:
+            return "output"
+        if kind == "PARAMETER":
+            return f"coupled to parameter '{link.param}', used outside a supported layer"
+        if kind == "CUSTOMIZED":
+            return f"coupled to '{name}' ({type(m).__name__})"
+        if kind in ("SPLIT", "SLICE", "UNBIND", "EXPAND"):
+            return "they pass through a tensor split/slice/unbind/expand that Torch-Pruning cannot re-index safely"
+        if kind in ("ELEMENTWISE", "RESHAPE", "CONCAT"):
+            return None
+        if id(m) in self.barriers:
+            return f"coupled to '{name}' ({self.barriers[id(m)]})"
+        if isinstance(m, (nn.Linear, _ConvNd)) and not link.out:
+            # A consumer: the unit must arrive as an exact zero on the example inputs.
+            seen = self.input_nonzero.get(id(m))
+            for idx, root_idx in zip(link.index, roots, strict=True):
+                if seen is None or idx >= seen.numel() or bool(seen[idx]):
+                    blocked.setdefault(
+                        root_idx,
+                        f"they reach '{name}' as non-zero values (an operation maps zero "
+                        "to non-zero, e.g. sigmoid or an added constant or input)",
+                    )
+            return None
+        if not isinstance(m, (nn.Linear, _ConvNd, _BatchNorm, _InstanceNorm, nn.PReLU)):
+            return f"coupled to unsupported layer '{name}' ({type(m).__name__})"
+        return None
 
     # -- reporting and pruning ------------------------------------------------------------------
 
@@ -819,17 +683,13 @@ class _Compactor:
             )
 
     def prune(self) -> None:
-        graph = self.graph
         for decision in self.decisions:
             if not decision.remove:
                 continue
-            pruner = graph.get_pruner_of_module(decision.root)
             try:
-                group = graph.get_pruning_group(decision.root, pruner.prune_out_channels, decision.remove)
-                if not graph.check_pruning_group(group):
+                if not self.traced.prune(decision.root, decision.remove):
                     decision.remove = []
                     continue
-                group.prune()
             except Exception as err:
                 raise CompactionError(
                     f"Torch-Pruning failed to remove {len(decision.remove)} unit(s) of "
@@ -840,3 +700,8 @@ class _Compactor:
     def removed_summary(self) -> str:
         parts = [f"{d.name} {len(d.remove)} of {d.units}" for d in self.decisions if d.remove]
         return ", ".join(parts) if parts else "none"
+
+
+def _out_modules(plan: Plan) -> list[nn.Module]:
+    """The modules whose outputs ``plan`` prunes: no later root may start a group of its own from them."""
+    return [link.module for link in plan.links if isinstance(link.module, nn.Module) and link.out]

@@ -1,4 +1,4 @@
-"""Tests for :mod:`lightning_autoprune.compact` on real models traced by Torch-Pruning."""
+"""Tests for :mod:`lightning_autoprune.structured.compact` on real models traced by Torch-Pruning."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_autoprune.compact import CompactionError, compact, count_flops, count_parameters
+from lightning_autoprune.structured import CompactionError, compact, count_flops, count_parameters
 
 pytest.importorskip("torch_pruning")
 
