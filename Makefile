@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-# Benchmarks (DESIGN.md §6): the full protocol, the structured track (training, then latency), the automatic
+# Benchmarks (docs/architecture.md; protocol in benchmarks/protocol.py): the full protocol, the structured track (training, then latency), the automatic
 # mode against fixed sweeps, the sparse export and the learned scorer at scale (numbers README.md quotes),
 # then BENCHMARKS.md and benchmarks/plots/ from their results.
 .PHONY: bench bench-quick

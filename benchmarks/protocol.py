@@ -1,4 +1,4 @@
-"""The unstructured pruning benchmark (DESIGN.md §6): one protocol, every method through the same code.
+"""The unstructured pruning benchmark (protocol after Blalock et al. 2020): one protocol, every method through the same code.
 
 Protocol, per (setup, seed):
 
