@@ -1,7 +1,7 @@
 """Pruning while fine-tuning a pre-trained checkpoint: train dense, save, then prune from the checkpoint.
 
-Step 1 trains the digits MLP dense and saves ``dense.ckpt`` (skipped when ``--checkpoint`` names
-an existing file). Step 2 loads it with the ordinary ``MLPClassifier.load_from_checkpoint`` and
+Step 1 trains the digits MLP dense and saves ``runs/finetune_checkpoint/dense.ckpt`` (skipped when
+``--checkpoint`` names an existing file). Step 2 loads it with the ordinary ``MLPClassifier.load_from_checkpoint`` and
 fine-tunes it with ``AutoPrune(target_sparsity=..., start_epoch=0)``: the weights are already
 trained, so pruning may start at once. The pruned checkpoint loads into an unmodified
 ``MLPClassifier`` too.
@@ -36,7 +36,9 @@ def _trainer(epochs: int, args: argparse.Namespace, callbacks: list[Any]) -> Tra
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="dense.ckpt", help="dense checkpoint: reused if it exists")
+    parser.add_argument(
+        "--checkpoint", default="runs/finetune_checkpoint/dense.ckpt", help="dense checkpoint: reused if it exists"
+    )
     parser.add_argument("--dense_epochs", type=int, default=20, help="epochs of dense pre-training (default 20)")
     parser.add_argument("--finetune_epochs", type=int, default=10, help="epochs of pruning + fine-tuning")
     parser.add_argument("--target", type=float, default=0.9, help="target sparsity (default 0.9)")
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datamodule = DigitsDataModule(batch_size=64)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         dense = MLPClassifier(in_features=64, hidden=[256, 256], lr=1e-3)
         trainer = _trainer(args.dense_epochs, args, [])
         trainer.fit(dense, datamodule=datamodule)
