@@ -3,7 +3,7 @@
 from lightning_autoprune.callback import AutoPrune
 from lightning_autoprune.compact import compact
 from lightning_autoprune.export import load_sparse, save_sparse
-from lightning_autoprune.persistence import load_importance_model, save_importance_model
+from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
 
 __version__ = "0.1.0.dev0"
 

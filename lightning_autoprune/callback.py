@@ -1,7 +1,7 @@
 """The ``AutoPrune`` Lightning callback: gates, delegation, state and logging calls only.
 
 All maths lives in pure modules: :mod:`~lightning_autoprune.core.targets` (which tensors),
-:mod:`~lightning_autoprune.importance` (scores), :mod:`~lightning_autoprune.core.selection` (masks from
+:mod:`~lightning_autoprune.scoring` (scores), :mod:`~lightning_autoprune.core.selection` (masks from
 scores), :mod:`~lightning_autoprune.control.schedule` (when and how much) and
 :mod:`~lightning_autoprune.core.masks` (enforcement and packing).
 """
@@ -28,13 +28,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune import importance as scoring
-from lightning_autoprune import reporting, structured, unit_importance
+from lightning_autoprune import reporting, scoring, structured
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.control import search as tolerance
 from lightning_autoprune.core import calibration, masks, selection
 from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
-from lightning_autoprune.importance import StatefulScorer
+from lightning_autoprune.scoring import StatefulScorer
 
 #: Version of the layout of :meth:`AutoPrune.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
@@ -232,12 +231,10 @@ class AutoPrune(Callback):
         self.report = report
         self.report_dir = report_dir
 
-        self.scorer: Any
-        if granularity == "structured":
-            self.scorer = unit_importance.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
-        else:
-            self.scorer = scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)
-        if verbose and hasattr(self.scorer, "progress"):
+        self.scorer: Any = scoring.make_scorer(
+            importance, granularity=granularity, estimator=estimator, label_groups=label_groups
+        )
+        if verbose:
             self.scorer.progress = rank_zero_info
         self.generator = torch.Generator().manual_seed(seed)
         self.targets: list[PruneTarget] = []
@@ -646,13 +643,13 @@ class AutoPrune(Callback):
 
     def _importance_diagnostics(self) -> Any:
         """Per-event diagnostics of the learned scorer, the last with its feature importances."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)
+        diagnostics = self.scorer.diagnostics
         if not diagnostics:
             return None
         entries = [dict(entry) for entry in diagnostics]
-        importances = getattr(self.scorer, "feature_importances", None)
-        if callable(importances):
-            entries[-1]["feature_importances"] = importances()
+        importances = self.scorer.feature_importances()
+        if importances is not None:
+            entries[-1]["feature_importances"] = importances
         return _jsonable(entries)
 
     def _watch_output_positions(self) -> None:
@@ -980,7 +977,7 @@ class AutoPrune(Callback):
 
     def _log_importance(self, pl_module: pl.LightningModule, epoch: int) -> None:
         """Log the learned scorer's held-out fidelity at this event, next to the formulas'."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)
+        diagnostics = self.scorer.diagnostics
         if not diagnostics or "epoch" in diagnostics[-1]:
             return
         entry = diagnostics[-1]
@@ -1402,8 +1399,8 @@ def _validate_arguments(
         raise ValueError(f"`mode` must be one of 'max', 'min' or None, got {mode!r}.")
     if granularity not in _GRANULARITIES:
         raise ValueError(f"`granularity` must be one of 'unstructured', 'structured', got {granularity!r}.")
-    if granularity == "structured" and importance not in unit_importance.UNIT_SCORERS:
-        allowed = ", ".join(repr(s) for s in unit_importance.UNIT_SCORERS)
+    if granularity == "structured" and importance not in scoring.UNIT_SCORERS:
+        allowed = ", ".join(repr(s) for s in scoring.UNIT_SCORERS)
         raise ValueError(f"With granularity='structured', `importance` must be one of {allowed}, got {importance!r}.")
     if target_unit not in _TARGET_UNITS:
         raise ValueError(f"`target_unit` must be one of 'params', 'flops', got {target_unit!r}.")

@@ -1,9 +1,9 @@
-"""Labels for the learned importance model: measured loss changes of group ablations at the frontier.
+"""Labels for the learned importance models: measured loss changes of ablations near the pruning frontier.
 
 A single-weight ablation is almost exactly the second-order Taylor term, so a model trained on
 those relearns a formula. The decision a pruning event makes is different: remove *many* weights
 at once, on top of the ones already pruned, near the frontier of what is about to go. The labels
-measure exactly that (DESIGN.md §3):
+measure exactly that:
 
 1. :func:`frontier_groups` draws stratified groups of kept weights. For every tensor it takes its
    lowest-ranked kept weights under a prior score (the frontier window: about twice the share of
@@ -16,6 +16,10 @@ measure exactly that (DESIGN.md §3):
    on held-out calibration batches (training data, never validation or test) in float64, restores
    the weights, and returns the loss change *per removed weight*.
 
+For structured pruning, :func:`frontier_units` picks single units near the frontier and
+:func:`unit_ablation_labels` measures each one's loss change per parameter (or FLOP) it removes.
+Both kinds of label come from one zero/measure/restore loop, :func:`measure_ablations`.
+
 Everything random comes from the caller's generator, so a resumed run draws the same groups.
 """
 
@@ -23,14 +27,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_autoprune.core.masks import mask_cost
 from lightning_autoprune.core.selection import pruned_count
+from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.structured import UnitGroup, unit_costs
+
+#: One ablation: ``(view, positions)`` pairs; each zeroes ``view[positions]`` (positions along dim 0).
+Ablation = Sequence[tuple[Tensor, Tensor]]
+#: Called as ``progress(done, total, seconds)`` while ablations are measured.
+AblationProgress = Callable[[int, int, float], None]
 
 #: The largest group an ablation zeroes (see :func:`frontier_groups`).
 MAX_GROUP_SIZE = 65536
@@ -136,25 +148,76 @@ def _spread(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def measure_ablations(
+    ablations: Sequence[Ablation],
+    loss_fn: Callable[[], float],
+    progress: AblationProgress | None = None,
+    every: float = 5.0,
+) -> np.ndarray:
+    """Loss change of each ablation: zero its entries in place, measure, restore them bit for bit.
+
+    Args:
+        ablations: each a sequence of ``(view, positions)``: the ablation zeroes
+            ``view[positions]`` (views of the live parameters), all at once, on top of the
+            current (already masked) parameters.
+        loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
+        progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
+            while the ablations run, and once at the end if it was called before (long events
+            show progress; short ones stay quiet).
+        every: seconds between progress calls.
+
+    Returns:
+        ``(len(ablations),)`` float64: ``loss(with the ablation) - loss(now)``.
+
+    Example:
+        >>> w = torch.tensor([1.0, 2.0, 3.0])
+        >>> measure_ablations([[(w, torch.tensor([0, 2]))], [(w, torch.tensor([1]))]], lambda: float(w.sum())).tolist()
+        [-4.0, -2.0]
+        >>> w.tolist()
+        [1.0, 2.0, 3.0]
+    """
+    start = last = time.perf_counter()
+    base = float(loss_fn())
+    deltas = np.empty(len(ablations), dtype=np.float64)
+    reported = False
+    with torch.no_grad():
+        for i, ablation in enumerate(ablations):
+            now = time.perf_counter()
+            if progress is not None and now - last >= every:
+                progress(i, len(ablations), now - start)
+                last, reported = now, True
+            saved = []
+            for view, positions in ablation:
+                saved.append(view[positions].clone())
+                view[positions] = 0
+            try:
+                deltas[i] = float(loss_fn()) - base
+            finally:
+                for (view, positions), values in zip(ablation, saved, strict=False):
+                    view[positions] = values
+    if progress is not None and reported:
+        progress(len(ablations), len(ablations), time.perf_counter() - start)
+    return deltas
+
+
 def ablation_labels(
     groups: list[Group],
     params: Mapping[str, Tensor],
     loss_fn: Callable[[], float],
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: AblationProgress | None = None,
     every: float = 5.0,
 ) -> np.ndarray:
     """Loss change per removed weight of zeroing each group, measured in float64.
 
     Each group is zeroed in place on top of the current (already masked) parameters, the
-    calibration loss is measured, and the weights are restored bit for bit before the next group.
+    calibration loss is measured, and the weights are restored bit for bit before the next group
+    (:func:`measure_ablations`).
 
     Args:
         groups: from :func:`frontier_groups`.
         params: the live parameters, by name (modified in place and restored).
         loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
-        progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
-            while the ablations run, and once at the end if it was called before (long events
-            show progress; short ones stay quiet).
+        progress: see :func:`measure_ablations`.
         every: seconds between progress calls.
 
     Returns:
@@ -168,24 +231,82 @@ def ablation_labels(
         >>> p["w"].tolist()
         [1.0, 2.0, 3.0]
     """
-    start = last = time.perf_counter()
-    base = float(loss_fn())
-    labels = np.empty(len(groups), dtype=np.float64)
-    reported = False
-    with torch.no_grad():
-        for i, group in enumerate(groups):
-            now = time.perf_counter()
-            if progress is not None and now - last >= every:
-                progress(i, len(groups), now - start)
-                last, reported = now, True
-            flat = params[group.name].data.view(-1)
-            index = group.index.to(flat.device)
-            saved = flat[index].clone()
-            flat[index] = 0
-            try:
-                labels[i] = (float(loss_fn()) - base) / len(index)
-            finally:
-                flat[index] = saved
-    if progress is not None and reported:
-        progress(len(groups), len(groups), time.perf_counter() - start)
-    return labels
+    ablations = []
+    for group in groups:
+        flat = params[group.name].data.view(-1)
+        ablations.append([(flat, group.index.to(flat.device))])
+    deltas = measure_ablations(ablations, loss_fn, progress, every)
+    return deltas / np.array([len(group.index) for group in groups], dtype=np.int64)
+
+
+def frontier_units(
+    groups: Sequence[UnitGroup],
+    inputs: ScoreInputs,
+    prior: np.ndarray,
+    alive: np.ndarray,
+    budget: int,
+    *,
+    window: float = 3.0,
+) -> np.ndarray:
+    """Flat indices (over the units of every group, in order) of up to ``budget`` kept units near the frontier.
+
+    The frontier window holds the ``max(budget, window * step)`` kept units with the lowest
+    ``prior`` keys, where ``step`` is the number of average units the event removes; when it
+    holds more than ``budget`` units, ``budget`` of them are drawn from ``inputs.generator``.
+
+    Args:
+        groups: the unit groups.
+        inputs: the event's inputs (masks, cost weights, target sparsity, generator).
+        prior: one key per unit of every group (higher = keep).
+        alive: whether each unit is still kept.
+        budget: the most units returned.
+        window: the frontier window, in multiples of the step.
+
+    Returns:
+        Sorted int64 flat unit indices; empty when no unit is kept.
+    """
+    costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
+    candidates = np.flatnonzero(alive)
+    if not len(candidates):
+        return np.zeros(0, dtype=np.int64)
+    pruned, total = mask_cost(inputs.masks, inputs.cost_weights)
+    step_units = (inputs.target_sparsity * total - pruned) / max(1.0, float(costs[candidates].mean()))
+    size = max(budget, math.ceil(window * max(1.0, step_units)))
+    frontier = candidates[np.argsort(prior[candidates], kind="stable")[:size]]
+    if len(frontier) > budget:
+        pick = torch.randperm(len(frontier), generator=inputs.generator)[:budget].numpy()
+        frontier = np.sort(frontier[pick])
+    return frontier.astype(np.int64)
+
+
+def unit_ablation_labels(
+    groups: Sequence[UnitGroup],
+    units: np.ndarray,
+    inputs: ScoreInputs,
+    progress: AblationProgress | None = None,
+) -> np.ndarray:
+    """Loss change per parameter (or FLOP) removed of zeroing each of ``units``, one at a time.
+
+    Every weight slice that carries a unit is zeroed at once (:func:`measure_ablations`).
+
+    Args:
+        groups: the unit groups.
+        units: flat unit indices over the units of every group, in order (:func:`frontier_units`).
+        inputs: the event's inputs; needs ``params`` and ``loss_fn``.
+        progress: see :func:`measure_ablations`.
+
+    Returns:
+        ``(len(units),)`` float64: ``(loss(with the unit zeroed) - loss(now)) / max(1, cost)``.
+    """
+    if inputs.params is None or inputs.loss_fn is None:
+        raise ValueError("Unit ablations need the live parameters (`params`) and a calibration loss (`loss_fn`).")
+    costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
+    owners: list[tuple[UnitGroup, int]] = []
+    for g in groups:
+        owners.extend((g, u) for u in range(g.units))
+    ablations = []
+    for flat in units:
+        group, unit = owners[int(flat)]
+        ablations.append([(inputs.params[s.param].movedim(s.dim, 0), s.index[s.unit == unit]) for s in group.slices])
+    deltas = measure_ablations(ablations, inputs.loss_fn, progress)
+    return deltas / np.maximum(1.0, costs[units].astype(np.float64))
