@@ -49,6 +49,15 @@ def taylor_parts(group: UnitGroup, inputs: ScoreInputs) -> tuple[Tensor, Tensor]
 
     Raises:
         ValueError: the inputs carry no calibration gradients.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 2, (Slice("w", 0, torch.arange(2), torch.arange(2), "producer"),), 0.0)
+        >>> w = {"w": torch.tensor([[1.0, 1.0], [2.0, 0.0]])}
+        >>> inputs = ScoreInputs(w, {"w": torch.ones(2, 2, dtype=torch.bool)})
+        >>> inputs.grad_mean, inputs.grad_sq_mean = {"w": torch.ones(2, 2)}, {"w": torch.ones(2, 2)}
+        >>> taylor_parts(g, inputs)
+        (tensor([2., 2.], dtype=torch.float64), tensor([1., 2.], dtype=torch.float64))
     """
     if inputs.grad_mean is None or inputs.grad_sq_mean is None:
         raise ValueError("The unit `taylor` key needs calibration gradients (`grad_mean`, `grad_sq_mean`), got None.")

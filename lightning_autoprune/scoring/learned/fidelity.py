@@ -208,5 +208,12 @@ def warn_fallback(message: str, stacklevel: int) -> None:
     """Warn that a learned scorer fell back to a formula at this event (``[AutoPrune] ...``).
 
     ``stacklevel`` counts from the caller of this function, as for :func:`warnings.warn`.
+
+    Example:
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_fallback("the learned importance fell back to taylor.", stacklevel=1)
+        >>> str(caught[0].message)
+        '[AutoPrune] the learned importance fell back to taylor.'
     """
     warnings.warn(f"[AutoPrune] {message}", UserWarning, stacklevel=stacklevel + 1)

@@ -263,7 +263,16 @@ def frontier_units(
         window: the frontier window, in multiples of the step.
 
     Returns:
-        Sorted int64 flat unit indices; empty when no unit is kept.
+        int64 flat unit indices, lowest prior first (sorted by index when drawn); empty when no
+        unit is kept.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 4, (Slice("w", 0, torch.arange(4), torch.arange(4), "producer"),), 0.0)
+        >>> keep = {"w": torch.ones(4, 1, dtype=torch.bool)}
+        >>> inputs = ScoreInputs({"w": torch.ones(4, 1)}, keep, target_sparsity=0.5)
+        >>> frontier_units([g], inputs, np.array([4.0, 3.0, 2.0, 1.0]), np.ones(4, dtype=bool), budget=4).tolist()
+        [3, 2, 1, 0]
     """
     costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
     candidates = np.flatnonzero(alive)
@@ -297,6 +306,15 @@ def unit_ablation_labels(
 
     Returns:
         ``(len(units),)`` float64: ``(loss(with the unit zeroed) - loss(now)) / max(1, cost)``.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 4, (Slice("w", 0, torch.arange(4), torch.arange(4), "producer"),), 0.0)
+        >>> w = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+        >>> inputs = ScoreInputs({"w": w}, {"w": torch.ones(4, 1, dtype=torch.bool)}, params={"w": w})
+        >>> inputs.loss_fn = lambda: float(w.sum())
+        >>> unit_ablation_labels([g], np.array([1, 3]), inputs).tolist(), w.flatten().tolist()
+        ([-2.0, -4.0], [1.0, 2.0, 3.0, 4.0])
     """
     if inputs.params is None or inputs.loss_fn is None:
         raise ValueError("Unit ablations need the live parameters (`params`) and a calibration loss (`loss_fn`).")
