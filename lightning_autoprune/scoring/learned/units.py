@@ -105,7 +105,8 @@ class LearnedUnitScorer:
         magnitude = torch.cat([magnitude_keys(groups, inputs)[g.name] for g in groups]).numpy()
         alive = torch.cat([kept_units(g, inputs.masks) for g in groups]).numpy()
         measured = frontier_units(groups, inputs, prior, alive, self.label_units, window=WINDOW)
-        labels = unit_ablation_labels(groups, measured, inputs, self._report_progress) if len(measured) else np.zeros(0)
+        # The loss is measured (as the ablations' baseline) whenever a unit is kept, as it always was.
+        labels = unit_ablation_labels(groups, measured, inputs, self._report_progress) if alive.any() else np.zeros(0)
         if len(measured) < 2 * MIN_HOLDOUT:
             self._warn("taylor", f"only {len(measured)} units could be measured (need {2 * MIN_HOLDOUT})")
             return self._split(groups, prior)
