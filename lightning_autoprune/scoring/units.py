@@ -28,6 +28,8 @@ from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, un
 
 __all__ = [
     "BASELINE_UNIT_SCORERS",
+    "EPS",
+    "UNIT_FORMULAS",
     "UnitFormulaScorer",
     "magnitude_keys",
     "random_keys",
@@ -37,6 +39,7 @@ __all__ = [
 
 #: Formula unit scorer names accepted by ``AutoPrune(importance=..., granularity="structured")``.
 BASELINE_UNIT_SCORERS = ("taylor", "magnitude", "random")
+#: Floor of the layer normaliser here and of the unit features' logarithms.
 EPS = 1e-12
 
 
