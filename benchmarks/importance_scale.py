@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from lightning_autoprune.core import selection
-from lightning_autoprune.importance import ScoreInputs
-from lightning_autoprune.learned import LearnedScorer
+from lightning_autoprune.scoring import ScoreInputs
+from lightning_autoprune.scoring.learned import LearnedScorer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "importance_scale.json"
 WIDTH = 2240

@@ -1,4 +1,4 @@
-"""The unstructured pruning benchmark (protocol after Blalock et al. 2020): one protocol, every method through the same code.
+"""The unstructured pruning benchmark (after Blalock et al. 2020): one protocol, every method through the same code.
 
 Protocol, per (setup, seed):
 
@@ -121,6 +121,7 @@ from lightning_autoprune.examples import (
     MNIST1DDataModule,
     quiet_trainer,
 )
+from lightning_autoprune.scoring import formulas
 
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -403,7 +404,8 @@ def taylor2_scores(
     """Signed second-order Taylor estimate of the loss increase when a weight is set to zero.
 
     ``L(w - w_i e_i) - L(w) ≈ -g_i w_i + 1/2 F_ii w_i**2`` with ``g`` the mean gradient and ``F`` the
-    diagonal empirical Fisher (mean squared per-batch gradient) standing in for the Hessian.
+    diagonal empirical Fisher (mean squared per-batch gradient) standing in for the Hessian; the
+    formula is :func:`lightning_autoprune.scoring.formulas.taylor2_scores`, in float32.
 
     Example:
         >>> w = {"a": torch.tensor([1.0, -2.0])}
@@ -411,7 +413,7 @@ def taylor2_scores(
         {'a': tensor([0., 1.])}
     """
     return {
-        name: -grad_mean[name].float() * w.float() + 0.5 * fisher[name].float() * w.float().pow(2)
+        name: formulas.taylor2_scores(w.float(), grad_mean[name].float(), fisher[name].float())
         for name, w in weights.items()
     }
 

@@ -38,7 +38,7 @@ METHOD_NOTES: dict[str, str] = {
     "taylor": "`AutoPrune(importance='taylor')`: `|w| * sqrt(E[g^2])` on 512 calibration samples.",
     "learned": "`AutoPrune(importance='learned')`: the shipped pretrained importance model (a scikit-learn "
     "regressor on 21 per-weight features), refined during the run on 128 group ablations per event, blended with "
-    "(or replaced by) Taylor according to held-out fidelity; see `lightning_autoprune/learned.py`.",
+    "(or replaced by) Taylor according to held-out fidelity; see `lightning_autoprune/scoring/learned/weights.py`.",
     "layerwise_magnitude": "benchmark-side: `|w|`, every tensor pruned to the scheduled sparsity on its own "
     "(uniform per-layer sparsity), same schedule and mask enforcement as AutoPrune.",
     "taylor2": "benchmark-side: signed second-order Taylor `-g*w + 1/2*F*w^2` (F = mean squared per-batch "

@@ -19,19 +19,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_autoprune import importance as _weight_scoring
-from lightning_autoprune import reporting, structured
+from lightning_autoprune import reporting, scoring, structured
 from lightning_autoprune import trainer as adapter
-from lightning_autoprune import unit_importance as _unit_scoring
 from lightning_autoprune.config import make_config
 from lightning_autoprune.control import search as tolerance
 from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
 from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
-from lightning_autoprune.importance import StatefulScorer
 from lightning_autoprune.reporting import record as report_record
 from lightning_autoprune.run import PruningRun, check_state_version
+from lightning_autoprune.scoring import StatefulScorer
 
 
 class AutoPrune(Callback):
@@ -179,7 +177,12 @@ class AutoPrune(Callback):
         super().__init__()
         self.config = make_config(**arguments)  # validated here, so a bad configuration fails at parse time
         config = self.config
-        scorer = make_any_scorer(config.importance, config.granularity, config.estimator, config.label_groups)
+        scorer = scoring.make_scorer(
+            config.importance,
+            granularity=config.granularity,
+            estimator=config.estimator,
+            label_groups=config.label_groups,
+        )
         if verbose:
             scorer.progress = adapter.rank_zero_info
         self.run = PruningRun(config, scorer)
@@ -524,10 +527,3 @@ class AutoPrune(Callback):
                     f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
                     "HINT: give each callback disjoint `include`/`exclude` patterns."
                 )
-
-
-def make_any_scorer(importance: str, granularity: str, estimator: str | None, label_groups: int) -> Any:
-    """TEMPORARY until scoring/ lands: the weight or unit scorer."""
-    if granularity == "structured":
-        return _unit_scoring.make_unit_scorer(importance, estimator=estimator, label_groups=label_groups)
-    return _weight_scoring.make_scorer(importance, estimator=estimator, label_groups=label_groups)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from lightning_autoprune.control import schedule as schedules
 from lightning_autoprune.control import search
-from lightning_autoprune.unit_importance import UNIT_SCORERS
+from lightning_autoprune.scoring import UNIT_SCORERS
 
 _GRANULARITIES = ("unstructured", "structured")
 _TARGET_UNITS = ("params", "flops")

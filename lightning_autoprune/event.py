@@ -26,7 +26,7 @@ from lightning_autoprune.control.controller import ToleranceSearch
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.engine import PruningEngine
 from lightning_autoprune.core.flops import flop_targets, flops_per_weight
-from lightning_autoprune.importance import ScoreInputs
+from lightning_autoprune.scoring import ScoreInputs
 
 #: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
 #: ablation evaluates all of them, so few large batches cost far less than many small ones.

@@ -23,8 +23,8 @@ from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.snapshot import collect_rng_states
 from lightning_autoprune.core.targets import PruneTarget
 from lightning_autoprune.event import EventPipeline, TrainingAccess
-from lightning_autoprune.importance import StatefulScorer
 from lightning_autoprune.reporting import record as report_record
+from lightning_autoprune.scoring import StatefulScorer
 
 #: Version of the layout of :meth:`PruningRun.state_dict`. Bump on incompatible changes.
 STATE_VERSION = 1
@@ -42,12 +42,13 @@ class PruningRun:
     Example:
         >>> from lightning_autoprune.config import make_config
         >>> from lightning_autoprune.core.targets import resolve_targets
-        >>> from lightning_autoprune.importance import make_scorer
+        >>> from lightning_autoprune.scoring import make_scorer
         >>> model = nn.Linear(8, 4)
-        >>> run = PruningRun(make_config(target_sparsity=0.5, importance="magnitude"), make_scorer("magnitude"))
+        >>> config = make_config(target_sparsity=0.5, importance="magnitude", schedule="one_shot")
+        >>> run = PruningRun(config, make_scorer("magnitude"))
         >>> run.start(resolve_targets(model, None, None), max_epochs=4, snapshot=lambda with_optimizers: {})
-        >>> run.window, run.epoch_target(1)
-        ((1, 3), (0.5, 0.5))
+        >>> run.window, run.epoch_target(1), run.epoch_target(3)
+        ((1, 3), (0.0, None), (0.5, 0.5))
     """
 
     def __init__(self, config: AutoPruneConfig, scorer: Any) -> None:
@@ -197,7 +198,7 @@ class PruningRun:
 
     def new_diagnostics(self, epoch: int) -> dict[str, Any] | None:
         """The scorer's diagnostics of the event just taken at ``epoch``, stamped with it; ``None`` if none."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        diagnostics = self.scorer.diagnostics
         if not diagnostics or "epoch" in diagnostics[-1]:
             return None
         diagnostics[-1]["epoch"] = epoch
@@ -221,13 +222,13 @@ class PruningRun:
 
     def _importance_diagnostics(self) -> Any:
         """Per-event diagnostics of the learned scorer, the last with its feature importances."""
-        diagnostics = getattr(self.scorer, "diagnostics", None)  # TEMPORARY until scoring/ lands
+        diagnostics = self.scorer.diagnostics
         if not diagnostics:
             return None
         entries = [dict(entry) for entry in diagnostics]
-        importances = getattr(self.scorer, "feature_importances", None)  # TEMPORARY until scoring/ lands
-        if callable(importances):
-            entries[-1]["feature_importances"] = importances()
+        importances = self.scorer.feature_importances()
+        if importances is not None:
+            entries[-1]["feature_importances"] = importances
         return report_record.jsonable(entries)
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ model the importance model was trained on). Each zoo member trains from scratch 
 ``AutoPrune(target_sparsity=0.98, importance="learned", estimator=<collector>)`` on a cubic
 schedule, so its pruning events cover many points of training and sparsities from about 0.2 to
 0.98. Every event's labelled rows (group-ablation features and rank labels, see
-:mod:`lightning_autoprune.learned`) are collected.
+:mod:`lightning_autoprune.scoring.learned`) are collected.
 
 Candidate estimators are then compared by leave-one-zoo-member-out cross-validation: the mean,
 over held-out events, of the Spearman correlation between predictions and labels (the labels are
@@ -48,9 +48,8 @@ from lightning_autoprune.examples import (  # noqa: E402
     MNIST1DDataModule,
     quiet_trainer,
 )
-from lightning_autoprune.features import FEATURE_NAMES  # noqa: E402
-from lightning_autoprune.learned import DEFAULT_MODEL_PATH  # noqa: E402
-from lightning_autoprune.persistence import save_importance_model  # noqa: E402
+from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, save_importance_model  # noqa: E402
+from lightning_autoprune.scoring.learned.features import FEATURE_NAMES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "importance_model.json"
 #: (name, dataset, model kind, widths, epochs, seed)

@@ -350,13 +350,22 @@ def test_monitor_that_is_never_logged_lists_logged_metrics(digits: DigitsDataMod
 
 
 class RecordingScorer:
-    """A context-hungry scorer (as the learned one is) that records what the callback hands it."""
+    """A context-hungry scorer (as the learned one is) that records what the callback hands it.
+
+    It meets the whole `scoring.Scorer` contract: the callback reads `diagnostics` and may set
+    `progress` without probing.
+    """
 
     needs_gradients = True
     needs_context = True
 
     def __init__(self) -> None:
         self.seen: list[Any] = []
+        self.progress: Any = None
+        self.diagnostics: list[dict[str, Any]] = []
+
+    def feature_importances(self) -> dict[str, float]:
+        return {}
 
     def score(self, inputs: Any) -> dict[str, torch.Tensor]:
         assert inputs.params is not None

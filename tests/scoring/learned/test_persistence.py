@@ -10,7 +10,7 @@ import skops.io as sio
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 
-from lightning_autoprune.persistence import load_importance_model, save_importance_model
+from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
 
 SIDE_EFFECT = Path(__file__).parent / "_side_effect_marker"
 

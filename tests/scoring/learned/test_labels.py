@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_autoprune.labels import Group, ablation_labels, frontier_groups, step_size
+from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 
 
 def test_step_size_counts_only_weights_still_kept() -> None:

@@ -13,10 +13,11 @@ from torch import nn
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
-from lightning_autoprune.features import FEATURE_NAMES
-from lightning_autoprune.importance import ScoreInputs, TaylorScorer, make_scorer
-from lightning_autoprune.learned import DEFAULT_MODEL_PATH, LearnedScorer, rank_labels, resolve_estimator
-from lightning_autoprune.persistence import load_importance_model, save_importance_model
+from lightning_autoprune.scoring import ScoreInputs, make_scorer
+from lightning_autoprune.scoring.formulas import TaylorScorer
+from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, LearnedScorer
+from lightning_autoprune.scoring.learned.features import FEATURE_NAMES
+from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
 
 
 def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
@@ -61,20 +62,6 @@ def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
         params={n: p.data for n, p in params.items()},
         loss_fn=loss,
     )
-
-
-def test_estimator_paths_resolve_and_bad_ones_are_clear_errors() -> None:
-    assert type(resolve_estimator("sklearn.ensemble.HistGradientBoostingRegressor")).__name__ == (
-        "HistGradientBoostingRegressor"
-    )
-    with pytest.raises(ValueError, match=r"`estimator` 'sklearn\.nope\.Model' cannot be imported"):
-        resolve_estimator("sklearn.nope.Model")
-    with pytest.raises(ValueError, match="must be an import path like"):
-        resolve_estimator("Ridge")
-    with pytest.raises(
-        ValueError, match=r"must name a scikit-learn regressor or classifier, got 'collections\.OrderedDict'"
-    ):
-        resolve_estimator("collections.OrderedDict")
 
 
 def test_a_named_estimator_instance_is_cloned_never_mutated() -> None:
@@ -159,11 +146,6 @@ def test_state_round_trip_refuses_other_feature_counts() -> None:
     assert np.array_equal(other.rows_x[0], scorer.rows_x[0])
     with pytest.raises(ValueError, match="rows have 5 features; this version computes"):
         other.load_state_dict({"rows_x": [torch.zeros(3, 5)], "rows_y": [torch.zeros(3)]})
-
-
-def test_rank_labels() -> None:
-    assert rank_labels(np.array([2.0, 1.0, 3.0])).tolist() == [0.5, 0.0, 1.0]
-    assert rank_labels(np.array([1.0])).tolist() == [0.0]
 
 
 def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: dict, tmp_path: Path) -> None:

@@ -3,14 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_autoprune.importance import (
+from lightning_autoprune.scoring import ScoreInputs, make_scorer
+from lightning_autoprune.scoring.formulas import (
     LampScorer,
     MagnitudeScorer,
     RandomScorer,
-    ScoreInputs,
     TaylorScorer,
     lamp_scores,
-    make_scorer,
 )
 
 

@@ -1,4 +1,4 @@
-"""Per-connection features for the learned importance model (DESIGN.md §3).
+"""Feature rows for the learned importance models: one per weight, or one per unit.
 
 Every prunable weight gets one row of :data:`FEATURE_NAMES` (float32). Rows are computed
 vectorised in torch, one tensor at a time and, for a large tensor, in chunks of rows
@@ -11,9 +11,11 @@ so they stay comparable across layers, which is what a global ranking needs, and
 which is what a pretrained importance model needs. Heavy-tailed ones are then put on a log10
 scale. The names say which: ``log_`` features are ``log10(value / scale + 1e-6)``.
 
+For structured pruning, :func:`unit_features` gives one row of :data:`UNIT_FEATURE_NAMES` per unit.
+
 Example:
     >>> import torch
-    >>> from lightning_autoprune.importance import ScoreInputs
+    >>> from lightning_autoprune.scoring.base import ScoreInputs
     >>> w = {"a": torch.tensor([[1.0, -2.0], [0.5, 0.0]])}
     >>> m = {"a": torch.tensor([[True, True], [True, False]])}
     >>> table = FeatureTable(ScoreInputs(w, m))
@@ -27,13 +29,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lightning_autoprune.importance import ScoreInputs
+from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.scoring.formulas import lamp_with_order, taylor2_scores
+from lightning_autoprune.scoring.units import EPS as UNIT_EPS
+from lightning_autoprune.scoring.units import taylor_parts
+from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
 
 #: The columns of a feature row, in order. See :class:`FeatureTable` for each definition.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -61,6 +67,26 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 _EPS = 1e-6
 _TINY = 1e-30
+
+#: Columns of :func:`unit_features`, in order.
+UNIT_FEATURE_NAMES: tuple[str, ...] = (
+    "log_rms_producer",
+    "log_rms_consumer",
+    "rms_layer_normalised",
+    "log_norm_affine",
+    "log_taylor_first",
+    "log_taylor_second",
+    "log_taylor_loss",
+    "log_taylor_per_param",
+    "taylor_layer_percentile",
+    "log_activation",
+    "depth",
+    "log_units",
+    "layer_density",
+    "log_cost",
+    "progress",
+    "target_sparsity",
+)
 
 
 @dataclass
@@ -96,7 +122,7 @@ class FeatureTable:
     ``layer_normalised_weight`` ``|w|`` over the mean ``|w|`` of the tensor's kept weights
     ``layer_percentile``       rank of ``|w|`` among the tensor's kept weights, in ``[0, 1]``
                                (pruned weights: 0)
-    ``log_lamp``               ``log10(LAMP score + 1e-6)`` (:func:`~lightning_autoprune.importance.lamp_scores`)
+    ``log_lamp``               ``log10(LAMP score + 1e-6)`` (:func:`~lightning_autoprune.scoring.formulas.lamp_scores`)
     ``gradient``               ``g / S_g``
     ``gradient_times_weight``  ``g * w / S_gw``
     ``log_fisher``             ``log10(F / S_F + 1e-6)``
@@ -158,7 +184,7 @@ class FeatureTable:
             g * w / s["gw"],
             _log(fisher / s["F"]),
             _log(layer.adam[index] / s["adam"]),
-            (-g * w + 0.5 * w * w * fisher) / s["t2"],
+            taylor2_scores(w, g, fisher) / s["t2"],
             layer.movement[index] / s["mv"],
             _log(layer.drift[index] / s["w"]),
             _log(x / s["x"]),
@@ -249,20 +275,16 @@ def _log(values: Tensor) -> Tensor:
 def _percentile_and_lamp(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Within-tensor percentile of ``|w|`` among kept weights, and the LAMP score, from one sort.
 
-    Both follow the stable ascending order of ``w**2`` (pruned entries count as 0): the same order
-    as :func:`~lightning_autoprune.importance.lamp_scores`; kept weights are ranked by it, ties by index.
+    Both follow the stable ascending order of ``w**2`` (pruned entries count as 0) that
+    :func:`~lightning_autoprune.scoring.formulas.lamp_with_order` sorts by; kept weights are ranked
+    by it, ties by index.
     """
     keep = mask.reshape(-1)
-    sq = weight.reshape(-1).pow(2) * keep
-    order = torch.sort(sq, stable=True).indices
-    sorted_sq = sq[order]
-    suffix = sorted_sq.flip(0).cumsum(0).flip(0)
-    lamp = torch.empty_like(sq)
-    lamp[order] = torch.where(suffix > 0, sorted_sq / suffix.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
+    lamp, order = lamp_with_order(weight, keep)
     kept_sorted = keep[order]
     kept = int(kept_sorted.sum())
-    ranks = (kept_sorted.cumsum(0) - 1).to(sq.dtype) / max(kept - 1, 1)
-    percentile = torch.empty_like(sq)
+    ranks = (kept_sorted.cumsum(0) - 1).to(lamp.dtype) / max(kept - 1, 1)
+    percentile = torch.empty_like(lamp)
     percentile[order] = torch.where(kept_sorted, ranks, 0.0)
     return percentile, lamp
 
@@ -286,7 +308,7 @@ def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
         sums["gw"] += float(((g * w).abs() * keep).sum())
         sums["F"] += float((fisher * keep).sum())
         sums["adam"] += float((adam * keep).sum())
-        sums["t2"] += float(((-g * w + 0.5 * w * w * fisher).abs() * keep).sum())
+        sums["t2"] += float((taylor2_scores(w, g, fisher).abs() * keep).sum())
         sums["mv"] += float((mv.abs() * keep).sum())
         fan_out = weight.shape[0] if weight.ndim >= 1 else 1
         fan_in = weight.shape[1] if weight.ndim >= 2 else 1
@@ -309,3 +331,73 @@ def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
     for key, value in scales.items():
         scales[key] = max(value, _TINY)
     return scales
+
+
+def _unit_log(x: Tensor) -> Tensor:
+    return torch.log(x.clamp_min(0.0) + UNIT_EPS)
+
+
+def _rms(group: UnitGroup, weights: Mapping[str, Tensor], roles: Sequence[str]) -> Tensor:
+    squares = unit_sums(group, {n: w.double().pow(2) for n, w in weights.items()}, roles=roles)
+    counts = unit_sums(group, {n: torch.ones_like(w, dtype=torch.float64) for n, w in weights.items()}, roles=roles)
+    return (squares / counts.clamp_min(1.0)).sqrt()
+
+
+def unit_features(groups: Sequence[UnitGroup], inputs: ScoreInputs) -> Tensor:
+    """One float32 row per unit of every group (groups in order), columns :data:`UNIT_FEATURE_NAMES`.
+
+    Needs the calibration gradient statistics; activation norms are used where recorded.
+    ``log_`` unit features are natural logs, ``log(value + 1e-12)``.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 2, (Slice("w", 0, torch.arange(2), torch.arange(2), "producer"),), 0.0)
+        >>> w = {"w": torch.tensor([[1.0, 1.0], [2.0, 0.0]])}
+        >>> inputs = ScoreInputs(w, {"w": torch.ones(2, 2, dtype=torch.bool)})
+        >>> inputs.grad_mean, inputs.grad_sq_mean = {"w": torch.ones(2, 2)}, {"w": torch.ones(2, 2)}
+        >>> unit_features([g], inputs).shape == (2, len(UNIT_FEATURE_NAMES))
+        True
+    """
+    columns: list[Tensor] = []
+    output_norms = inputs.output_norms or {}
+    for group in groups:
+        units = group.units
+        rms = _rms(group, inputs.weights, ("producer",))
+        consumer = _rms(group, inputs.weights, ("consumer",))
+        alive = kept_units(group, inputs.masks)
+        mean_rms = rms[alive].mean() if bool(alive.any()) else torch.tensor(1.0, dtype=torch.float64)
+        affine = unit_sums(group, {n: w.double().abs() for n, w in inputs.weights.items()}, roles=("norm",))
+        first, second = taylor_parts(group, inputs)
+        cost = unit_costs(group, inputs.masks, inputs.cost_weights).clamp_min(1.0)
+        per_param = (first + second) / cost
+        percentile = torch.zeros(units, dtype=torch.float64)
+        percentile[per_param.argsort(stable=True)] = torch.arange(units, dtype=torch.float64) / max(1, units - 1)
+        activation = torch.zeros(units, dtype=torch.float64)
+        producers = [s.param for s in group.slices if s.role == "producer" and s.param.endswith("weight")]
+        norms = [output_norms[p].double().cpu() for p in producers if p in output_norms]
+        if norms and all(n.numel() == units for n in norms):
+            activation = torch.stack(norms).mean(dim=0)
+        columns.append(
+            torch.stack(
+                [
+                    _unit_log(rms),
+                    _unit_log(consumer),
+                    rms / mean_rms.clamp_min(UNIT_EPS),
+                    _unit_log(affine),
+                    _unit_log(first),
+                    _unit_log(second),
+                    _unit_log(first + second),
+                    _unit_log(per_param),
+                    percentile,
+                    _unit_log(activation),
+                    torch.full((units,), group.depth, dtype=torch.float64),
+                    torch.full((units,), math.log(units), dtype=torch.float64),
+                    torch.full((units,), float(alive.double().mean()), dtype=torch.float64),
+                    _unit_log(cost),
+                    torch.full((units,), inputs.progress, dtype=torch.float64),
+                    torch.full((units,), inputs.target_sparsity, dtype=torch.float64),
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(columns).float() if columns else torch.zeros(0, len(UNIT_FEATURE_NAMES))

@@ -1,10 +1,11 @@
-"""The learned importance scorer: features -> a scikit-learn model -> importance (DESIGN.md §3).
+"""The learned weight importance scorer: features -> a scikit-learn model -> importance.
 
 At every pruning event :class:`LearnedScorer`:
 
-1. builds :class:`~lightning_autoprune.features.FeatureTable` for the model;
+1. builds :class:`~lightning_autoprune.scoring.learned.features.FeatureTable` for the model;
 2. measures labels: stratified group ablations at each tensor's pruning frontier
-   (:mod:`~lightning_autoprune.labels`), on calibration batches carved from the training data;
+   (:mod:`~lightning_autoprune.scoring.learned.labels`), on calibration batches carved from the
+   training data;
 3. fits the estimator on the rows of this event and of every earlier one (online across events),
    keeping a quarter of this event's groups out;
 4. predicts every kept weight's loss change per weight, tensor by tensor in chunks;
@@ -12,7 +13,8 @@ At every pruning event :class:`LearnedScorer`:
    scores against the measured labels, next to the same numbers for the formula priors
    (magnitude, LAMP, Taylor, second-order Taylor). It then blends its rank with the best prior's
    rank, the weight chosen on those groups, and **falls back to the prior, with a warning**, when
-   the prior predicts the held-out ablations better than it does.
+   the prior predicts the held-out ablations better than it does
+   (:func:`~lightning_autoprune.scoring.learned.fidelity.judge`, shared with the unit scorer).
 
 Selection afterwards is the same global top-k, with the per-layer floor
 (``min_layer_density``), as for every scorer.
@@ -26,10 +28,9 @@ regressor or classifier named by import path (cloned, fitted on the run's own la
 from __future__ import annotations
 
 import copy
-import importlib
+import functools
 import math
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_autoprune import labels as labelling
-from lightning_autoprune.features import FEATURE_NAMES, FeatureTable
-from lightning_autoprune.importance import ScoreInputs, lamp_scores, taylor_scores
-from lightning_autoprune.persistence import load_importance_model
+from lightning_autoprune.scoring.base import Progress, ScoreInputs
+from lightning_autoprune.scoring.formulas import lamp_scores, magnitude_scores, taylor2_scores, taylor_scores
+from lightning_autoprune.scoring.learned.estimators import RefinedModel, check_feature_count, resolve_estimator
+from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
+from lightning_autoprune.scoring.learned.fidelity import (
+    fit_estimator,
+    judge,
+    predict_scores,
+    rank_labels,
+    spearman,
+    warn_fallback,
+)
+from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
+from lightning_autoprune.scoring.learned.persistence import load_importance_model
 
 #: The pretrained default importance model shipped with the package.
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "importance_default.skops"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
 #: Formula priors the learned scores are checked against.
 PRIORS: tuple[str, ...] = ("magnitude", "lamp", "taylor", "taylor2")
 #: The prior the learned scores are blended with, and fall back to: first-order Taylor, the
@@ -70,38 +81,8 @@ MEMBER_ROWS = 8
 QUANTILE_SAMPLE = 16384
 
 
-def resolve_estimator(path: str) -> Any:
-    """An unfitted scikit-learn estimator from an import path such as ``"sklearn.linear_model.Ridge"``.
-
-    A class is instantiated with its defaults; an instance is cloned (never mutated).
-
-    Example:
-        >>> type(resolve_estimator("sklearn.linear_model.Ridge")).__name__
-        'Ridge'
-        >>> resolve_estimator("collections.OrderedDict")
-        Traceback (most recent call last):
-        ...
-        ValueError: `estimator` must name a scikit-learn regressor or classifier, got 'collections.OrderedDict' ...
-    """
-    from sklearn.base import clone, is_classifier, is_regressor
-
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"`estimator` must be an import path like 'sklearn.linear_model.Ridge', got {path!r}.")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`estimator` {path!r} cannot be imported: {err}") from err
-    instance = obj() if isinstance(obj, type) else obj
-    if not (hasattr(instance, "fit") and (is_regressor(instance) or is_classifier(instance))):
-        raise ValueError(
-            f"`estimator` must name a scikit-learn regressor or classifier, got {path!r} ({type(instance).__name__})."
-        )
-    return clone(instance)
-
-
 class LearnedScorer:
-    """Importance from a scikit-learn model trained on measured group ablations; see the module docstring.
+    """Weight importance from a scikit-learn model trained on measured group ablations; see the module docstring.
 
     Args:
         estimator: import path of a scikit-learn regressor or classifier to fit on the run's own
@@ -153,7 +134,7 @@ class LearnedScorer:
         self.model: Any = None
         self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
         #: Receives a progress line during long label measurements (the callback sets it when verbose).
-        self.progress: Any = None
+        self.progress: Progress | None = None
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -182,20 +163,16 @@ class LearnedScorer:
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """Learned (or blended, or fallback) scores for every weight; higher = keep."""
         priors = _Priors(inputs)
-        if (
-            inputs.params is None
-            or inputs.loss_fn is None
-            or labelling.step_size(inputs.masks, inputs.target_sparsity) == 0
-        ):
+        if inputs.params is None or inputs.loss_fn is None or step_size(inputs.masks, inputs.target_sparsity) == 0:
             return priors.full("lamp")
         table = FeatureTable(inputs)
-        groups = labelling.frontier_groups(
+        groups = frontier_groups(
             priors.full("taylor"), inputs.masks, inputs.target_sparsity, self.label_groups, inputs.generator
         )
         if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
             return priors.full(BLEND_PRIOR)
         x, owner = _member_rows(table, groups, inputs.generator)
-        y = rank_labels(labelling.ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress))
+        y = rank_labels(ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress))
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
         n_hold = max(4, round(self.holdout * len(groups)))
         hold = order[:n_hold]
@@ -203,14 +180,7 @@ class LearnedScorer:
         fit_x = np.concatenate([*self.rows_x, x[train_rows]])
         fit_y = np.concatenate([*self.rows_y, y[owner][train_rows]])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=inputs.generator))
-        base = None
-        if self.pretrained is not None:  # predict each block once, not again at every later event
-            while len(self._base_predictions) < len(self.rows_x):
-                self._base_predictions.append(self.pretrained.predict(self.rows_x[len(self._base_predictions)]))
-            current = np.asarray(self.pretrained.predict(x))
-            base = np.concatenate([*self._base_predictions, current[train_rows]])
-            self._base_predictions.append(current)
-        self.model = self._fit(fit_x, fit_y, seed, base)
+        self.model = self._fit(fit_x, fit_y, seed, self._base_rows(x, train_rows))
         self.rows_x.append(x)
         self.rows_y.append(y[owner])
         self._last_rows = (x, y[owner])
@@ -219,43 +189,44 @@ class LearnedScorer:
         learned = {name: self._predict(table, name, windows[name]) for name in inputs.weights}
         held = [groups[i] for i in hold]
         truth = y[hold]
-        raw = {"learned": _group_scores(held, lambda name: learned[name])}
-        for prior in PRIORS:
-            raw[prior] = _group_scores(held, lambda name, p=prior: priors.layer(p, name))
-        fidelity = {method: _fidelity(scores, truth) for method, scores in raw.items()}
-        best_prior = BLEND_PRIOR
-        fell_back = fidelity["learned"]["spearman"] < fidelity[best_prior]["spearman"]
         sample = _quantile_sample(windows, inputs.generator)  # the blend happens inside the windows
-        if fell_back:
-            alpha = 0.0
-        else:
-            q_learned = _QuantileMap(_sampled(sample, lambda name: learned[name]))
-            q_prior = _QuantileMap(_sampled(sample, lambda name: priors.layer(best_prior, name)))
-            g_learned = _group_scores(held, lambda name: q_learned(learned[name]))
-            g_prior = _group_scores(held, lambda name: q_prior(priors.layer(best_prior, name)))
-            alpha = max(
-                reversed(BLEND_WEIGHTS),
-                key=lambda a: _spearman(a * g_learned + (1 - a) * g_prior, truth),
+        maps: dict[str, _QuantileMap] = {}
+
+        def on_quantiles(prior: str) -> tuple[np.ndarray, np.ndarray]:
+            maps["learned"] = _QuantileMap(_sampled(sample, lambda name: learned[name]))
+            maps["prior"] = _QuantileMap(_sampled(sample, lambda name: priors.layer(prior, name)))
+            return (
+                _group_scores(held, lambda name: maps["learned"](learned[name])),
+                _group_scores(held, lambda name: maps["prior"](priors.layer(prior, name))),
             )
+
+        verdict = judge(
+            _group_scores(held, lambda name: learned[name]),
+            {prior: _group_scores(held, functools.partial(priors.layer, prior)) for prior in PRIORS},
+            truth,
+            candidates=(BLEND_PRIOR,),
+            blend=on_quantiles,
+            weights=tuple(reversed(BLEND_WEIGHTS)),  # ties go to the larger learned weight
+        )
+        best_prior, alpha = verdict.best_prior, verdict.blend_weight
         self.diagnostics.append(
             {
                 "target_sparsity": inputs.target_sparsity,
                 "groups": len(groups),
                 "held_out": len(hold),
                 "rows_fitted": len(fit_y),
-                "fidelity": fidelity,
+                "fidelity": verdict.fidelity,
                 "best_prior": best_prior,
                 "blend_weight": alpha,
-                "fell_back": fell_back,
+                "fell_back": verdict.fell_back,
             }
         )
-        if fell_back:
-            warnings.warn(
+        if verdict.fell_back:
+            warn_fallback(
                 f"Learned importance fell back to the {best_prior!r} prior at sparsity {inputs.target_sparsity:.4f}: "
                 f"on {len(hold)} held-out group ablations its Spearman correlation "
-                f"({fidelity['learned']['spearman']:.3f}) is below the prior's "
-                f"({fidelity[best_prior]['spearman']:.3f}).",
-                UserWarning,
+                f"({verdict.fidelity['learned']['spearman']:.3f}) is below the prior's "
+                f"({verdict.fidelity[best_prior]['spearman']:.3f}).",
                 stacklevel=2,
             )
             return priors.full(best_prior)
@@ -265,7 +236,7 @@ class LearnedScorer:
             values = learned[name].reshape(-1)[index]
             if alpha < 1.0:  # quantile maps only on the window's weights
                 prior_values = priors.layer(best_prior, name).reshape(-1)[index]
-                values = alpha * q_learned(values) + (1 - alpha) * q_prior(prior_values)
+                values = alpha * maps["learned"](values) + (1 - alpha) * maps["prior"](prior_values)
             inside[name] = values
         # Each tensor loses as many weights as the prior would take from it; the learned scores
         # choose which ones (see prior_allocation).
@@ -278,7 +249,7 @@ class LearnedScorer:
     def _report_progress(self, done: int, total: int, seconds: float) -> None:
         if self.progress is not None:
             self.progress(
-                f"AutoPrune: measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)"
+                f"[AutoPrune] measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)"
             )
 
     def feature_importances(self, repeats: int = 3, seed: int = 0, max_rows: int = 2048) -> dict[str, float]:
@@ -294,37 +265,36 @@ class LearnedScorer:
         if len(y) > max_rows:
             keep = rng.choice(len(y), size=max_rows, replace=False)
             x, y = x[keep], y[keep]
-        base = _spearman(self._predict_rows(x), y)
+        base = spearman(predict_scores(self.model, x), y)
         out: dict[str, float] = {}
         for j, name in enumerate(FEATURE_NAMES):
             drops = []
             for _ in range(repeats):
                 shuffled = x.copy()
                 shuffled[:, j] = rng.permutation(shuffled[:, j])
-                drops.append(base - _spearman(self._predict_rows(shuffled), y))
+                drops.append(base - spearman(predict_scores(self.model, shuffled), y))
             out[name] = float(np.mean(drops))
         return out
 
     # -------------------------------------------------------------------------------- internals
+    def _base_rows(self, x: np.ndarray, train_rows: np.ndarray) -> np.ndarray | None:
+        """The pretrained model's predictions on every earlier block and this block's training rows.
+
+        Each block is predicted once, not again at every later event (its rows never change).
+        """
+        if self.pretrained is None:
+            return None
+        while len(self._base_predictions) < len(self.rows_x):
+            self._base_predictions.append(self.pretrained.predict(self.rows_x[len(self._base_predictions)]))
+        current = np.asarray(self.pretrained.predict(x))
+        base = np.concatenate([*self._base_predictions, current[train_rows]])
+        self._base_predictions.append(current)
+        return base
+
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, base: np.ndarray | None = None) -> Any:
-        from sklearn.base import clone, is_classifier
-
         if self.template is None:
-            return _Refined(self.pretrained, x, y, base_predictions=base)
-        model = clone(self.template)
-        if "random_state" in model.get_params():
-            model.set_params(random_state=seed)
-        if is_classifier(model):
-            return model.fit(x, (y > np.median(y)).astype(np.int64))
-        return model.fit(x, y)
-
-    def _predict_rows(self, x: np.ndarray) -> np.ndarray:
-        from sklearn.base import is_classifier
-
-        model = self.model
-        if not isinstance(model, _Refined) and is_classifier(model):
-            return np.asarray(model.predict_proba(x))[:, -1]
-        return np.asarray(model.predict(x), dtype=np.float64)
+            return RefinedModel(self.pretrained).fit(x, y, base_predictions=base)
+        return fit_estimator(self.template, x, y, seed=seed)
 
     def _predict(self, table: FeatureTable, name: str, window: Tensor) -> Tensor:
         """Predictions for the weights in ``window`` (a boolean mask); 0 elsewhere (overwritten later)."""
@@ -334,7 +304,7 @@ class LearnedScorer:
         for start in range(0, len(inside), CHUNK_ROWS):
             chunk = inside[start : start + CHUNK_ROWS]
             rows = table.rows(name, chunk).cpu().numpy()
-            out[chunk] = torch.from_numpy(self._predict_rows(rows).astype(np.float32)).to(out.device)
+            out[chunk] = torch.from_numpy(predict_scores(self.model, rows).astype(np.float32)).to(out.device)
         return out.view_as(window)
 
 
@@ -357,59 +327,6 @@ def prior_allocation(scores: Tensor, prior: Tensor, mask: Tensor) -> Tensor:
         by_score = kept[torch.sort(flat_scores[kept].float(), stable=True).indices]
         out[by_score] = torch.sort(flat_prior[kept], stable=True).values
     return out.view_as(scores)
-
-
-def rank_labels(values: np.ndarray) -> np.ndarray:
-    """Loss changes as their rank within the event, scaled to ``[0, 1]`` (ties share their mean rank).
-
-    Raw loss changes differ in scale between events and models; their order is what pruning
-    uses, so the estimator learns the order, and rows of every event and model can be pooled.
-
-    Example:
-        >>> rank_labels(np.array([0.3, -0.1, 0.3, 2.0])).tolist()
-        [0.5, 0.0, 0.5, 1.0]
-    """
-    from scipy.stats import rankdata
-
-    if len(values) < 2:
-        return np.zeros_like(values, dtype=np.float64)
-    return (rankdata(values) - 1.0) / (len(values) - 1.0)
-
-
-def check_feature_count(model: Any, source: str) -> None:
-    """A loaded importance model must take exactly :data:`FEATURE_NAMES` as inputs."""
-    expected = len(FEATURE_NAMES)
-    got = getattr(model, "n_features_in_", None)
-    if got is None:
-        raise ValueError(f"Importance model {source!r} is not fitted (it has no `n_features_in_`).")
-    if got != expected:
-        raise ValueError(
-            f"Importance model {source!r} was fitted on {got} features, but AutoPrune computes {expected} "
-            f"({', '.join(FEATURE_NAMES)})."
-        )
-
-
-class _Refined:
-    """A pretrained model plus a ridge correction fitted to the run's own labels (its residuals).
-
-    The correction is standardised and regularised so that a handful of rows moves the
-    pretrained predictions only a little; with many rows it can correct them substantially.
-    """
-
-    def __init__(
-        self, base: Any, x: np.ndarray, y: np.ndarray, alpha: float = 30.0, base_predictions: np.ndarray | None = None
-    ) -> None:
-        from sklearn.linear_model import Ridge
-
-        self.base = base
-        self.n_features_in_ = x.shape[1]
-        self.mean = x.mean(axis=0)
-        self.std = x.std(axis=0) + 1e-6
-        residual = y - (base.predict(x) if base_predictions is None else base_predictions)
-        self.correction = Ridge(alpha=alpha).fit((x - self.mean) / self.std, residual)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.base.predict(x)) + self.correction.predict((x - self.mean) / self.std)
 
 
 class _Priors:
@@ -435,13 +352,13 @@ class _Priors:
         fisher = self.inputs.grad_sq_mean[name].float() if self.inputs.grad_sq_mean is not None else torch.zeros_like(w)
         grad = self.inputs.grad_mean[name].float() if self.inputs.grad_mean is not None else torch.zeros_like(w)
         if prior == "magnitude":
-            return w.abs()
+            return magnitude_scores(w)
         if prior == "lamp":
             return lamp_scores(w, self.inputs.masks[name])
         if prior == "taylor":
             return taylor_scores(w, fisher)
         if prior == "taylor2":
-            return -grad * w + 0.5 * fisher * w * w
+            return taylor2_scores(w, grad, fisher, fisher_first=True)
         raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
 
 
@@ -469,7 +386,7 @@ def _frontier_windows(priors: _Priors, masks: Mapping[str, Tensor], target_spars
     """Per tensor, the kept weights whose prior rank is in the frontier window (see :data:`WINDOW`)."""
     kept = {name: int(m.sum()) for name, m in masks.items()}
     total = sum(kept.values())
-    share = labelling.step_size(masks, target_sparsity) / max(total, 1)
+    share = step_size(masks, target_sparsity) / max(total, 1)
     fraction = min(1.0, WINDOW * share)
     if fraction * total > MAX_PREDICTED_ROWS:
         fraction = MAX_PREDICTED_ROWS / total
@@ -516,13 +433,11 @@ def _quantile_sample(masks: Mapping[str, Tensor], generator: torch.Generator) ->
     return sample
 
 
-def _sampled(sample: Mapping[str, Tensor], scores_of: Any) -> Tensor:
+def _sampled(sample: Mapping[str, Tensor], scores_of: Callable[[str], Tensor]) -> Tensor:
     return torch.cat([scores_of(name).reshape(-1)[index].float().cpu() for name, index in sample.items()])
 
 
-def _member_rows(
-    table: FeatureTable, groups: list[labelling.Group], generator: torch.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _member_rows(table: FeatureTable, groups: list[Group], generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows of up to :data:`MEMBER_ROWS` sampled members of each group, and each row's group.
 
     Every member row carries its group's label. The estimator is trained on single weights'
@@ -544,14 +459,14 @@ def _member_rows(
     return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
 
 
-def _by_tensor(groups: list[labelling.Group]) -> dict[str, list[int]]:
+def _by_tensor(groups: list[Group]) -> dict[str, list[int]]:
     positions: dict[str, list[int]] = {}
     for i, group in enumerate(groups):
         positions.setdefault(group.name, []).append(i)
     return positions
 
 
-def _group_scores(groups: list[labelling.Group], scores_of: Any) -> np.ndarray:
+def _group_scores(groups: list[Group], scores_of: Callable[[str], Tensor]) -> np.ndarray:
     """Mean score of each group's members; ``scores_of(name)`` is called once per tensor."""
     out = np.empty(len(groups), dtype=np.float64)
     for name, positions in _by_tensor(groups).items():
@@ -559,20 +474,3 @@ def _group_scores(groups: list[labelling.Group], scores_of: Any) -> np.ndarray:
         for i in positions:
             out[i] = float(flat[groups[i].index].mean())
     return out
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    value = float(spearmanr(a, b).statistic)
-    return 0.0 if math.isnan(value) else value
-
-
-def _fidelity(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Spearman correlation with the measured labels, and precision@k of finding the least harmful quarter."""
-    k = max(1, len(truth) // 4)
-    true_low = set(np.argsort(truth, kind="stable")[:k].tolist())
-    predicted_low = set(np.argsort(scores, kind="stable")[:k].tolist())
-    return {"spearman": _spearman(scores, truth), "precision_at_k": len(true_low & predicted_low) / k}

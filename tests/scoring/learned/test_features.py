@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from lightning_autoprune.features import FEATURE_NAMES, FeatureTable
-from lightning_autoprune.importance import ScoreInputs, lamp_scores
+from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.scoring.formulas import lamp_scores
+from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
 
 
 def column(rows: torch.Tensor, name: str) -> list[float]:

@@ -1,4 +1,4 @@
-"""Unit importance for structured pruning: the formulas by hand, and the learned scorer on a real model."""
+"""The learned unit scorer on a real model, and its feature rows."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from lightning_autoprune.importance import ScoreInputs
+from lightning_autoprune.scoring import ScoreInputs
+from lightning_autoprune.scoring.learned.features import UNIT_FEATURE_NAMES, unit_features
+from lightning_autoprune.scoring.learned.units import LearnedUnitScorer
+from lightning_autoprune.scoring.units import taylor_keys
 from lightning_autoprune.structured import Slice, UnitGroup, find_unit_groups
-from lightning_autoprune.unit_importance import (
-    UNIT_FEATURE_NAMES,
-    LearnedUnitScorer,
-    magnitude_keys,
-    make_unit_scorer,
-    taylor_keys,
-    unit_features,
-)
 
 
 def _group() -> UnitGroup:
@@ -35,45 +30,11 @@ def _inputs() -> ScoreInputs:
     return inputs
 
 
-def test_taylor_key_is_second_order_loss_change_per_removed_entry() -> None:
-    # unit 0: sum g*w = 0.1 - 0.4 + 1.5 = 1.2; 1/2 sum w^2 F = 0.5 * (0.04 + 0.16 + 9) = 4.6; 3 entries
-    # unit 1: sum g*w = 0;                     1/2 sum w^2 F = 0.5 * (0.01 + 0.01 + 0.25) = 0.135
-    keys = taylor_keys([_group()], _inputs())["g"]
-    torch.testing.assert_close(keys, torch.tensor([5.8 / 3, 0.135 / 3], dtype=torch.float64))
-
-
-def test_magnitude_key_is_the_layer_normalised_group_norm() -> None:
-    # unit 0: producer row 1 + 4 = 5, consumer column 9 -> mean 7; unit 1: 0.25 + 0.25, 1 -> 0.75
-    norm = torch.tensor([7.0, 0.75], dtype=torch.float64)
-    torch.testing.assert_close(magnitude_keys([_group()], _inputs())["g"], norm / norm.mean())
-
-
-def test_magnitude_key_ignores_biases_and_is_normalised_over_kept_units() -> None:
-    group = UnitGroup(
-        "g",
-        3,
-        (
-            Slice("fc.weight", 0, torch.arange(3), torch.arange(3), "producer"),
-            Slice("fc.bias", 0, torch.arange(3), torch.arange(3), "producer"),
-        ),
-        0.0,
-    )
-    weights = {"fc.weight": torch.tensor([[2.0], [1.0], [0.0]]), "fc.bias": torch.tensor([100.0, 0.0, 0.0])}
-    masks = {"fc.weight": torch.tensor([[True], [True], [False]]), "fc.bias": torch.tensor([True, True, False])}
-    keys = magnitude_keys([group], ScoreInputs(weights, masks))["g"]
-    torch.testing.assert_close(keys, torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64) / 2.5)
-
-
 def test_features_have_documented_columns_and_are_finite() -> None:
     rows = unit_features([_group()], _inputs())
     assert rows.shape == (2, len(UNIT_FEATURE_NAMES))
     assert rows.dtype == torch.float32
     assert torch.isfinite(rows).all()
-
-
-def test_unknown_structured_importance_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"granularity='structured'.*got 'lamp'"):
-        make_unit_scorer("lamp")
 
 
 def _digits_problem() -> tuple[nn.Module, ScoreInputs, list[UnitGroup]]:

@@ -18,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import skops.io as sio
+
+from lightning_autoprune.core.files import atomic_write_bytes
 
 #: Module prefixes whose types a loaded file may contain.
 TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.", "scipy.")
@@ -34,35 +36,33 @@ _REFUSED_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt"}
 
 
 def save_importance_model(estimator: Any, path: str | Path) -> None:
-    """Write ``estimator`` to ``path`` with skops, atomically (temporary file, then rename).
+    """Write ``estimator`` to ``path`` with skops, atomically (:func:`~lightning_autoprune.core.files.atomic_write`).
 
     Args:
         estimator: a (fitted) scikit-learn estimator.
-        path: destination; must end in ``.skops``.
-    """
-    import skops.io as sio
+        path: destination; must end in ``.skops``. Missing folders are created.
 
+    Raises:
+        ValueError: ``path`` does not end in ``.skops``.
+    """
     path = Path(path)
     if path.suffix != ".skops":
         raise ValueError(f"Importance models are saved as skops files: `path` must end in '.skops', got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sio.dump(estimator, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, sio.dumps(estimator))
 
 
 def untrusted_types(path: str | Path) -> list[str]:
-    """Types named in the skops file at ``path`` that :func:`load_importance_model` would refuse."""
-    import skops.io as sio
+    """Types named in the skops file at ``path`` that :func:`load_importance_model` would refuse.
 
+    Example:
+        >>> import tempfile, pathlib
+        >>> from sklearn.linear_model import Ridge
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.skops"
+        >>> save_importance_model(Ridge().fit([[0.0], [1.0]], [0.0, 1.0]), path)
+        >>> untrusted_types(path)
+        []
+    """
     return [
         t
         for t in sio.get_untrusted_types(file=str(path))
@@ -78,8 +78,6 @@ def load_importance_model(path: str | Path) -> Any:
         ValueError: ``path`` is a pickle/joblib/torch file, is not a valid skops file, or names
             types outside scikit-learn, NumPy and SciPy. Nothing from the file is executed.
     """
-    import skops.io as sio
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Importance model file {str(path)!r} does not exist.")

@@ -1,0 +1,330 @@
+"""Labels for the learned importance models: measured loss changes of ablations near the pruning frontier.
+
+A single-weight ablation is almost exactly the second-order Taylor term, so a model trained on
+those relearns a formula. The decision a pruning event makes is different: remove *many* weights
+at once, on top of the ones already pruned, near the frontier of what is about to go. The labels
+measure exactly that:
+
+1. :func:`frontier_groups` draws stratified groups of kept weights. For every tensor it takes its
+   lowest-ranked kept weights under a prior score (the frontier window: about twice the share of
+   the tensor that the next step removes on average), splits them into equal-count score bins, and
+   draws groups from each bin. A group is the tensor's proportional share of the next step (the
+   fraction ``p`` of all kept weights that the step removes, times the tensor's kept weights), so
+   the loss change per removed weight is measured at the same relative depth in every tensor and
+   is comparable across tensors of very different sizes.
+2. :func:`ablation_labels` zeroes each group on top of the current masks, measures the mean loss
+   on held-out calibration batches (training data, never validation or test) in float64, restores
+   the weights, and returns the loss change *per removed weight*.
+
+For structured pruning, :func:`frontier_units` picks single units near the frontier and
+:func:`unit_ablation_labels` measures each one's loss change per parameter (or FLOP) it removes.
+Both kinds of label come from one zero/measure/restore loop, :func:`measure_ablations`.
+
+Everything random comes from the caller's generator, so a resumed run draws the same groups.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_autoprune.core.masks import mask_cost
+from lightning_autoprune.core.selection import pruned_count
+from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.structured import UnitGroup, unit_costs
+
+#: One ablation: ``(view, positions)`` pairs; each zeroes ``view[positions]`` (positions along dim 0).
+Ablation = Sequence[tuple[Tensor, Tensor]]
+#: Called as ``progress(done, total, seconds)`` while ablations are measured.
+AblationProgress = Callable[[int, int, float], None]
+
+#: The largest group an ablation zeroes (see :func:`frontier_groups`).
+MAX_GROUP_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Group:
+    """One ablation: flat entries of one tensor.
+
+    Attributes:
+        name: the tensor's parameter name.
+        index: flat indices of the weights the ablation zeroes (all currently kept).
+        stratum: the score bin it was drawn from (0 = lowest prior scores).
+    """
+
+    name: str
+    index: Tensor
+    stratum: int
+
+
+def step_size(masks: Mapping[str, Tensor], target_sparsity: float) -> int:
+    """Weights the next step removes: those to prune for ``target_sparsity`` that are still kept.
+
+    Example:
+        >>> step_size({"a": torch.tensor([True, True, False, True])}, 0.5)
+        1
+    """
+    total = sum(m.numel() for m in masks.values())
+    already = total - sum(int(m.sum()) for m in masks.values())
+    return max(0, pruned_count(target_sparsity, total) - already)
+
+
+def frontier_groups(
+    prior: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor],
+    target_sparsity: float,
+    budget: int,
+    generator: torch.Generator,
+    *,
+    bins: int = 4,
+    window: float = 2.0,
+) -> list[Group]:
+    """Draw about ``budget`` stratified groups of kept weights near each tensor's pruning frontier.
+
+    Args:
+        prior: a score per weight (higher = keep) that defines the frontier within each tensor.
+        masks: current masks (``True`` = kept); only kept weights are drawn.
+        target_sparsity: the sparsity the next step prunes to; sets the group size and window.
+        budget: number of groups (ablations) in total, spread evenly over tensors and bins.
+        generator: the caller's seeded generator.
+        bins: equal-count score bins per tensor inside the window.
+        window: the window holds the ``window * p`` lowest-scoring kept weights of each tensor,
+            where ``p`` is the fraction of all kept weights the step removes.
+
+    Returns:
+        The groups, tensor by tensor and bin by bin; empty if the step removes nothing.
+
+    Example:
+        >>> prior = {"a": torch.arange(8.0), "b": torch.arange(8.0)}
+        >>> masks = {k: torch.ones(8, dtype=torch.bool) for k in prior}
+        >>> groups = frontier_groups(prior, masks, 0.5, 4, torch.Generator().manual_seed(0), bins=2)
+        >>> [(g.name, g.stratum, len(g.index)) for g in groups]
+        [('a', 0, 4), ('a', 1, 4), ('b', 0, 4), ('b', 1, 4)]
+    """
+    if budget < 1:
+        raise ValueError(f"`label_groups` must be >= 1, got {budget}.")
+    step = step_size(masks, target_sparsity)
+    kept_total = sum(int(m.sum()) for m in masks.values())
+    if step == 0 or kept_total == 0:
+        return []
+    share = step / kept_total
+    fraction = min(1.0, window * share)
+    names = [n for n in prior if int(masks[n].sum()) > 0]
+    # Group sizes are the same fraction of every tensor; on large models that fraction shrinks so
+    # that no group exceeds MAX_GROUP_SIZE weights (memory and time stay bounded, and groups of
+    # different tensors stay proportional, so their per-weight loss changes stay comparable).
+    largest = max(int(masks[n].sum()) for n in names)
+    group_fraction = min(share, MAX_GROUP_SIZE / largest)
+    per_tensor = _spread(budget, len(names))
+    groups: list[Group] = []
+    for name, count in zip(names, per_tensor, strict=True):
+        kept_index = masks[name].reshape(-1).nonzero().squeeze(1)
+        group_size = max(1, round(group_fraction * len(kept_index)))
+        scores = prior[name].reshape(-1)[kept_index].float()
+        order = kept_index[torch.sort(scores, stable=True).indices]
+        frontier = order[: max(1, math.ceil(fraction * len(order)))]
+        edges = torch.linspace(0, len(frontier), bins + 1).round().long().tolist()
+        per_bin = _spread(count, bins)
+        for stratum in range(bins):
+            members = frontier[edges[stratum] : edges[stratum + 1]]
+            if len(members) == 0:
+                continue
+            size = min(group_size, len(members))
+            for _ in range(per_bin[stratum]):
+                pick = torch.randperm(len(members), generator=generator)[:size]
+                groups.append(Group(name, members[pick.to(members.device)].sort().values, stratum))
+    return groups
+
+
+def _spread(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal non-negative integers, larger ones first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def measure_ablations(
+    ablations: Sequence[Ablation],
+    loss_fn: Callable[[], float],
+    progress: AblationProgress | None = None,
+    every: float = 5.0,
+) -> np.ndarray:
+    """Loss change of each ablation: zero its entries in place, measure, restore them bit for bit.
+
+    Args:
+        ablations: each a sequence of ``(view, positions)``: the ablation zeroes
+            ``view[positions]`` (views of the live parameters), all at once, on top of the
+            current (already masked) parameters.
+        loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
+        progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
+            while the ablations run, and once at the end if it was called before (long events
+            show progress; short ones stay quiet).
+        every: seconds between progress calls.
+
+    Returns:
+        ``(len(ablations),)`` float64: ``loss(with the ablation) - loss(now)``.
+
+    Example:
+        >>> w = torch.tensor([1.0, 2.0, 3.0])
+        >>> measure_ablations([[(w, torch.tensor([0, 2]))], [(w, torch.tensor([1]))]], lambda: float(w.sum())).tolist()
+        [-4.0, -2.0]
+        >>> w.tolist()
+        [1.0, 2.0, 3.0]
+    """
+    start = last = time.perf_counter()
+    base = float(loss_fn())
+    deltas = np.empty(len(ablations), dtype=np.float64)
+    reported = False
+    with torch.no_grad():
+        for i, ablation in enumerate(ablations):
+            now = time.perf_counter()
+            if progress is not None and now - last >= every:
+                progress(i, len(ablations), now - start)
+                last, reported = now, True
+            saved = []
+            for view, positions in ablation:
+                saved.append(view[positions].clone())
+                view[positions] = 0
+            try:
+                deltas[i] = float(loss_fn()) - base
+            finally:
+                for (view, positions), values in zip(ablation, saved, strict=False):
+                    view[positions] = values
+    if progress is not None and reported:
+        progress(len(ablations), len(ablations), time.perf_counter() - start)
+    return deltas
+
+
+def ablation_labels(
+    groups: list[Group],
+    params: Mapping[str, Tensor],
+    loss_fn: Callable[[], float],
+    progress: AblationProgress | None = None,
+    every: float = 5.0,
+) -> np.ndarray:
+    """Loss change per removed weight of zeroing each group, measured in float64.
+
+    Each group is zeroed in place on top of the current (already masked) parameters, the
+    calibration loss is measured, and the weights are restored bit for bit before the next group
+    (:func:`measure_ablations`).
+
+    Args:
+        groups: from :func:`frontier_groups`.
+        params: the live parameters, by name (modified in place and restored).
+        loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
+        progress: see :func:`measure_ablations`.
+        every: seconds between progress calls.
+
+    Returns:
+        ``(len(groups),)`` float64: ``(loss(with the group zeroed) - loss(now)) / group size``.
+
+    Example:
+        >>> p = {"w": torch.tensor([1.0, 2.0, 3.0])}
+        >>> loss = lambda: float(p["w"].sum())
+        >>> ablation_labels([Group("w", torch.tensor([0, 2]), 0)], p, loss).tolist()
+        [-2.0]
+        >>> p["w"].tolist()
+        [1.0, 2.0, 3.0]
+    """
+    ablations = []
+    for group in groups:
+        flat = params[group.name].data.view(-1)
+        ablations.append([(flat, group.index.to(flat.device))])
+    deltas = measure_ablations(ablations, loss_fn, progress, every)
+    return deltas / np.array([len(group.index) for group in groups], dtype=np.int64)
+
+
+def frontier_units(
+    groups: Sequence[UnitGroup],
+    inputs: ScoreInputs,
+    prior: np.ndarray,
+    alive: np.ndarray,
+    budget: int,
+    *,
+    window: float = 3.0,
+) -> np.ndarray:
+    """Flat indices (over the units of every group, in order) of up to ``budget`` kept units near the frontier.
+
+    The frontier window holds the ``max(budget, window * step)`` kept units with the lowest
+    ``prior`` keys, where ``step`` is the number of average units the event removes; when it
+    holds more than ``budget`` units, ``budget`` of them are drawn from ``inputs.generator``.
+
+    Args:
+        groups: the unit groups.
+        inputs: the event's inputs (masks, cost weights, target sparsity, generator).
+        prior: one key per unit of every group (higher = keep).
+        alive: whether each unit is still kept.
+        budget: the most units returned.
+        window: the frontier window, in multiples of the step.
+
+    Returns:
+        int64 flat unit indices, lowest prior first (sorted by index when drawn); empty when no
+        unit is kept.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 4, (Slice("w", 0, torch.arange(4), torch.arange(4), "producer"),), 0.0)
+        >>> keep = {"w": torch.ones(4, 1, dtype=torch.bool)}
+        >>> inputs = ScoreInputs({"w": torch.ones(4, 1)}, keep, target_sparsity=0.5)
+        >>> frontier_units([g], inputs, np.array([4.0, 3.0, 2.0, 1.0]), np.ones(4, dtype=bool), budget=4).tolist()
+        [3, 2, 1, 0]
+    """
+    costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
+    candidates = np.flatnonzero(alive)
+    if not len(candidates):
+        return np.zeros(0, dtype=np.int64)
+    pruned, total = mask_cost(inputs.masks, inputs.cost_weights)
+    step_units = (inputs.target_sparsity * total - pruned) / max(1.0, float(costs[candidates].mean()))
+    size = max(budget, math.ceil(window * max(1.0, step_units)))
+    frontier = candidates[np.argsort(prior[candidates], kind="stable")[:size]]
+    if len(frontier) > budget:
+        pick = torch.randperm(len(frontier), generator=inputs.generator)[:budget].numpy()
+        frontier = np.sort(frontier[pick])
+    return frontier.astype(np.int64)
+
+
+def unit_ablation_labels(
+    groups: Sequence[UnitGroup],
+    units: np.ndarray,
+    inputs: ScoreInputs,
+    progress: AblationProgress | None = None,
+) -> np.ndarray:
+    """Loss change per parameter (or FLOP) removed of zeroing each of ``units``, one at a time.
+
+    Every weight slice that carries a unit is zeroed at once (:func:`measure_ablations`).
+
+    Args:
+        groups: the unit groups.
+        units: flat unit indices over the units of every group, in order (:func:`frontier_units`).
+        inputs: the event's inputs; needs ``params`` and ``loss_fn``.
+        progress: see :func:`measure_ablations`.
+
+    Returns:
+        ``(len(units),)`` float64: ``(loss(with the unit zeroed) - loss(now)) / max(1, cost)``.
+
+    Example:
+        >>> from lightning_autoprune.structured import Slice
+        >>> g = UnitGroup("a", 4, (Slice("w", 0, torch.arange(4), torch.arange(4), "producer"),), 0.0)
+        >>> w = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+        >>> inputs = ScoreInputs({"w": w}, {"w": torch.ones(4, 1, dtype=torch.bool)}, params={"w": w})
+        >>> inputs.loss_fn = lambda: float(w.sum())
+        >>> unit_ablation_labels([g], np.array([1, 3]), inputs).tolist(), w.flatten().tolist()
+        ([-2.0, -4.0], [1.0, 2.0, 3.0, 4.0])
+    """
+    if inputs.params is None or inputs.loss_fn is None:
+        raise ValueError("Unit ablations need the live parameters (`params`) and a calibration loss (`loss_fn`).")
+    costs = torch.cat([unit_costs(g, inputs.masks, inputs.cost_weights) for g in groups]).numpy()
+    owners: list[tuple[UnitGroup, int]] = []
+    for g in groups:
+        owners.extend((g, u) for u in range(g.units))
+    ablations = []
+    for flat in units:
+        group, unit = owners[int(flat)]
+        ablations.append([(inputs.params[s.param].movedim(s.dim, 0), s.index[s.unit == unit]) for s in group.slices])
+    deltas = measure_ablations(ablations, inputs.loss_fn, progress)
+    return deltas / np.maximum(1.0, costs[units].astype(np.float64))
