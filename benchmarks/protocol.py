@@ -106,14 +106,15 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 import lightning_autoprune
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.control import schedule as schedules
+from lightning_autoprune.control.controller import FixedSchedule
 from lightning_autoprune.core import calibration, masks, selection
+from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.files import atomic_write_text
-from lightning_autoprune.core.targets import PruneTarget, resolve_targets
+from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.examples import (
     CNN1DClassifier,
     DigitsDataModule,
@@ -283,12 +284,26 @@ class CompoundingAmount:
         return (after - before) / (1.0 - before)
 
 
+class LayerwiseSelector:
+    """Each tensor pruned on its own to the target by its own scores (uniform per-layer sparsity)."""
+
+    def __call__(self, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
+        """Every tensor's own top-k at ``target``."""
+        new_masks: dict[str, Tensor] = {}
+        for name, score in scores.items():
+            new_masks.update(selection.select_masks({name: score}, {name: masks[name]}, target))
+        return new_masks
+
+
 class BenchmarkPruning(Callback):
-    """Benchmark-side pruning for criteria that ``AutoPrune`` does not offer, with AutoPrune's mechanics.
+    """Benchmark-side pruning for criteria that ``AutoPrune`` does not offer, on AutoPrune's own engine.
 
     Same tensors (:func:`~lightning_autoprune.core.targets.resolve_targets`), same schedule
-    (:func:`~lightning_autoprune.control.schedule.scheduled_sparsity`), events at epoch starts, masks kept by
-    re-applying them after every optimizer step and zeroing the optimizer state at pruned entries.
+    (:class:`~lightning_autoprune.control.controller.FixedSchedule`), events at epoch starts, and the
+    same :class:`~lightning_autoprune.core.engine.PruningEngine` keeping the masks: pruned weights and
+    their optimizer state zeroed at each event, masks re-applied after every optimizer step. Unlike
+    AutoPrune it does not mask gradients before the step (the results it committed were measured
+    without), which changes nothing a kept weight sees.
 
     Args:
         target_sparsity: final sparsity.
@@ -314,62 +329,45 @@ class BenchmarkPruning(Callback):
         super().__init__()
         if criterion not in BENCHMARK_METHODS:
             raise ValueError(f"`criterion` must be one of {', '.join(BENCHMARK_METHODS)}, got {criterion!r}.")
-        self.target_sparsity = target_sparsity
         self.criterion = criterion
-        self.start_epoch = start_epoch
-        self.end_epoch = end_epoch
+        self.schedule = FixedSchedule(target_sparsity, (start_epoch, end_epoch), kind="cubic")
         self.min_layer_density = min_layer_density
         self.calibration_samples = calibration_samples
         self.generator = torch.Generator().manual_seed(seed)
-        self.targets: list[PruneTarget] = []
-        self.masks: dict[str, Tensor] = {}
+        self.engine = PruningEngine([], LayerwiseSelector())
         self.seconds_pruning = 0.0
-        self.seconds_enforcing = 0.0
-        self._keep: dict[str, Tensor] = {}
-        self._handles: list[RemovableHandle] = []
+
+    @property
+    def seconds_enforcing(self) -> float:
+        """Seconds the engine spent re-applying masks after optimizer steps."""
+        return self.engine.seconds_enforcing
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve the tensors to prune."""
         if stage == "fit":
-            self.targets = resolve_targets(pl_module)
-            self.masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
+            selector = LayerwiseSelector() if self.criterion == "layerwise_magnitude" else None
+            self.engine = PruningEngine(resolve_targets(pl_module), selector or WeightSelector(self.min_layer_density))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hook mask enforcement onto every optimizer step."""
-        for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(self._after_step))
+        self.engine.start(trainer.optimizers)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune when the schedule asks for more sparsity than the masks hold."""
-        scheduled = schedules.scheduled_sparsity(
-            trainer.current_epoch, self.target_sparsity, start=self.start_epoch, end=self.end_epoch, kind="cubic"
-        )
-        if scheduled > masks.mask_sparsity(self.masks):
+        epoch = trainer.current_epoch
+        if self.schedule.due(epoch, progress=self.engine.mask_progress(), last_target=0.0):
             start = time.perf_counter()
-            self._prune(trainer, pl_module, scheduled)
+            weights = self.engine.weights
+            if self.criterion == "layerwise_magnitude":
+                scores = {name: weight.abs() for name, weight in weights.items()}
+            else:
+                scores = self._taylor2_scores(trainer, pl_module, weights)
+            self.engine.apply(self.engine.select(scores, self.schedule.target_for(epoch)), trainer.optimizers)
             self.seconds_pruning += time.perf_counter() - start
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer hooks."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
-        weights = {t.name: t.param.detach() for t in self.targets}
-        if self.criterion == "layerwise_magnitude":
-            new_masks: dict[str, Tensor] = {}
-            for name, weight in weights.items():
-                new_masks.update(selection.select_masks({name: weight.abs()}, {name: self.masks[name]}, target))
-        else:
-            scores = self._taylor2_scores(trainer, pl_module, weights)
-            new_masks = selection.select_masks(scores, self.masks, target, min_density=self.min_layer_density)
-        self.masks = new_masks
-        self._keep = {t.name: new_masks[t.name].to(t.param.dtype) for t in self.targets}
-        for target_ref in self.targets:
-            masks.apply_mask_(target_ref.param.data, new_masks[target_ref.name])
-            for optimizer in trainer.optimizers:
-                masks.zero_optimizer_state_(optimizer, target_ref.param, new_masks[target_ref.name])
+        self.engine.stop()
 
     def _taylor2_scores(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, weights: Mapping[str, Tensor]
@@ -384,18 +382,10 @@ class BenchmarkPruning(Callback):
             assert isinstance(loss, Tensor)
             return loss
 
-        params = {t.name: t.param for t in self.targets}
+        params = {t.name: t.param for t in self.engine.targets}
         with calibration.evaluation_mode(pl_module), calibration.muted_logging(pl_module):
             grad_mean, fisher = calibration.gradient_statistics(loss_fn, batches, params)
         return taylor2_scores(weights, grad_mean, fisher)
-
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._keep:
-            return
-        start = time.perf_counter()
-        for target in self.targets:
-            masks.multiply_mask_(target.param.data, self._keep[target.name])
-        self.seconds_enforcing += time.perf_counter() - start
 
 
 def taylor2_scores(
@@ -437,12 +427,8 @@ def autoprune_callback(importance: str | None, sparsity: float, budget: Budget, 
 
 
 def _configuration(callback: AutoPrune) -> dict[str, Any]:
-    """The primitive attributes of a callback: equal for identically configured callbacks."""
-    return {
-        k: v
-        for k, v in sorted(vars(callback).items())
-        if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None), list, tuple))
-    }
+    """The callback's validated configuration: equal for identically configured callbacks."""
+    return asdict(callback.config)
 
 
 def default_alias(methods: Sequence[str], budget: Budget) -> str | None:

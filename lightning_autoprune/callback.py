@@ -19,17 +19,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_autoprune import reporting, scoring, structured
+from lightning_autoprune import reporting, scoring
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune.config import make_config
 from lightning_autoprune.control import search as tolerance
-from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
-from lightning_autoprune.core.targets import PruneTarget, resolve_targets, structured_targets
+from lightning_autoprune.core.targets import PruneTarget, check_disjoint, resolve_targets, structured_targets
+from lightning_autoprune.event import TrainingAccess
 from lightning_autoprune.reporting import record as report_record
 from lightning_autoprune.run import PruningRun, check_state_version
-from lightning_autoprune.scoring import StatefulScorer
 
 
 class AutoPrune(Callback):
@@ -300,7 +299,8 @@ class AutoPrune(Callback):
                     UserWarning,
                     stacklevel=2,
                 )
-        self._check_no_overlap(trainer, {t.name for t in targets})
+        others = [c.targets for c in trainer.callbacks if isinstance(c, AutoPrune) and c is not self]  # type: ignore[attr-defined]
+        check_disjoint(targets, others)
 
         def snapshot(with_optimizers: bool) -> dict[str, Any]:
             epoch = trainer.current_epoch
@@ -406,7 +406,10 @@ class AutoPrune(Callback):
         compaction = None
         if config.compact_on_fit_end and trainer.is_global_zero:
             assert directory is not None
-            compaction = self._compact(trainer, pl_module, directory)
+            # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
+            self.compacted_model, compaction = self.run.compact(self._access(trainer, pl_module), directory)
+            if config.verbose:
+                adapter.info(compaction_line(compaction))
         if not (config.verbose or config.report) or not trainer.is_global_zero:
             return  # nothing shows the record; its feature importances alone cost a third of a second
         record = self.report_record(pl_module)
@@ -425,21 +428,18 @@ class AutoPrune(Callback):
         self.run.positions.remove()
 
     # ------------------------------------------------------------------ delegated work
+    def _access(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int = 0) -> TrainingAccess:
+        return adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, epoch)
+
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
         """One event: masks computed once on rank 0 and broadcast (with the generator and scorer state)."""
         start, run = time.perf_counter(), self.run
-        scorer = run.scorer if isinstance(run.scorer, StatefulScorer) else None
         try:
-            access = adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, epoch)
-            new_masks, sent = adapter.on_rank_zero(
-                trainer,
-                lambda: run.compute_masks(access, epoch, target),
-                lambda: (run.generator.get_state(), scorer.state_dict() if scorer is not None else None),
-            )
+            access = self._access(trainer, pl_module, epoch)
+            compute = lambda: run.compute_masks(access, epoch, target)  # noqa: E731
+            new_masks, sent = adapter.on_rank_zero(trainer, compute, run.sync_state)
             if sent is not None:
-                run.generator.set_state(sent[0])
-                if scorer is not None and not trainer.is_global_zero and sent[1] is not None:
-                    scorer.load_state_dict(sent[1])
+                run.load_sync_state(sent, is_rank_zero=trainer.is_global_zero)
             run.engine.reset_movement()
             if new_masks is not None:
                 before = self.monitor_metric.value(trainer)
@@ -470,60 +470,25 @@ class AutoPrune(Callback):
                 warnings.warn(message, UserWarning, stacklevel=2)
 
     def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        search = self.run.search
-        assert search is not None
-        broken, restore = search.finish(trainer.current_epoch, self.monitor_metric.resolved_mode)
-        reference, value, label = search.state.reference, search.last_value, self.monitor_metric.label
-        if reference is None or value is None or self.monitor_metric.resolved is None:
-            return
-        if restore is not None:
-            pl_module.load_state_dict(restore["model"])
-            self.run.engine.set_masks(restore["masks"])
-        drop = self.config.max_metric_drop
-        restored = restore["epoch"] if restore is not None else None
-        said, warning = report_record.finish_lines(
-            label=label, value=value, reference=reference, drop=drop, restored_epoch=restored, broken=broken
-        )
+        monitor = self.monitor_metric
+        said, warning = self.run.finish_search(trainer.current_epoch, monitor.resolved_mode, monitor.label, pl_module)
         if said is not None:
             adapter.rank_zero_info(said)
         if warning is not None:
             warnings.warn(warning, UserWarning, stacklevel=2)
-        if self.config.verbose:
+        state = self.search
+        if self.config.verbose and state.reference is not None and monitor.resolved is not None:
             adapter.info(
-                f"automatic mode finished at sparsity {self.sparsity:.4f}: the most-pruned state whose {label} "
-                f"stayed within {drop} of the dense reference {reference:.4f} on validation. Stopped because "
-                f"{search.state.stop_reason}."
+                f"automatic mode finished at sparsity {self.sparsity:.4f}: the most-pruned state whose "
+                f"{monitor.label} stayed within {self.config.max_metric_drop} of the dense reference "
+                f"{state.reference:.4f} on validation. Stopped because {state.stop_reason}."
             )
 
-    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Any) -> dict[str, Any]:
-        """Remove the pruned units physically; keep the result and save it atomically."""
-        access = adapter.training_access(trainer, pl_module, self.config.importance, self.config.seed, 0)
-        args, kwargs = self.run.events.example_inputs(access)
-        if kwargs:
-            raise ValueError(
-                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
-                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
-            )
-        # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
-        small = structured.compact(pl_module, args).eval()  # a deployment artifact: call .train() to train it further
-        self.compacted_model = small
-        directory.mkdir(parents=True, exist_ok=True)
-        path = atomic_torch_save(small, directory / "compacted_model.pt")
-        before, after = structured.count_parameters(pl_module), structured.count_parameters(small)
-        if self.config.verbose:
-            adapter.info(
-                f"compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
-                f"{path} (load with torch.load(path, weights_only=False))"
-            )
-        return {"params_before": before, "params_after": after, "path": str(path)}
 
-    def _check_no_overlap(self, trainer: pl.Trainer, mine: set[str]) -> None:
-        for other in trainer.callbacks:  # type: ignore[attr-defined]
-            if other is self or not isinstance(other, AutoPrune) or not other.targets:
-                continue
-            shared = sorted(mine & {t.name for t in other.targets})
-            if shared:
-                raise ValueError(
-                    f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
-                    "HINT: give each callback disjoint `include`/`exclude` patterns."
-                )
+def compaction_line(compaction: dict[str, Any]) -> str:
+    """What the callback says after compacting the model."""
+    before, after = compaction["params_before"], compaction["params_after"]
+    return (
+        f"compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
+        f"{compaction['path']} (load with torch.load(path, weights_only=False))"
+    )

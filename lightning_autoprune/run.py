@@ -9,15 +9,18 @@ reads the callback's checkpoint state. The callback only adapts Lightning's hook
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_autoprune import structured
 from lightning_autoprune.config import AutoPruneConfig, check_search_budget, resolve_window
 from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
 from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.engine import PruningEngine, WeightSelector
+from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.core.flops import OutputPositions, flops_per_weight
 from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.snapshot import collect_rng_states
@@ -155,6 +158,17 @@ class PruningRun:
         """The masks of a step to ``target`` (``None``: skip the event); see :class:`EventPipeline`."""
         return self.events.compute_masks(access, epoch, target, self.generator, self.search)
 
+    def sync_state(self) -> tuple[Any, Any]:
+        """What rank 0 sends with an event's masks: the generator state and the scorer state."""
+        stateful = isinstance(self.scorer, StatefulScorer)
+        return self.generator.get_state(), self.scorer.state_dict() if stateful else None
+
+    def load_sync_state(self, sent: tuple[Any, Any], *, is_rank_zero: bool) -> None:
+        """Take rank 0's generator (and, on the other ranks, scorer) state after an event."""
+        self.generator.set_state(sent[0])
+        if isinstance(self.scorer, StatefulScorer) and not is_rank_zero and sent[1] is not None:
+            self.scorer.load_state_dict(sent[1])
+
     def apply(
         self,
         epoch: int,
@@ -203,6 +217,48 @@ class PruningRun:
             return None
         diagnostics[-1]["epoch"] = epoch
         return diagnostics[-1]
+
+    def finish_search(
+        self, epoch: int, mode: Literal["max", "min"] | None, label: str, model: nn.Module
+    ) -> tuple[str | None, str | None]:
+        """End the automatic search: restore the latest in-tolerance state if the last one broke it.
+
+        ``mode`` and ``label`` are the monitored metric's (``mode=None``: it was never seen).
+
+        Returns:
+            ``(info, warning)`` lines to show, either may be ``None``.
+        """
+        search = self.search
+        assert search is not None
+        broken, restore = search.finish(epoch, mode)
+        reference, value = search.state.reference, search.last_value
+        if reference is None or value is None or mode is None:
+            return None, None
+        if restore is not None:
+            model.load_state_dict(restore["model"])
+            self.engine.set_masks(restore["masks"])
+        return report_record.finish_lines(
+            label=label,
+            value=value,
+            reference=reference,
+            drop=self.config.max_metric_drop,
+            restored_epoch=restore["epoch"] if restore is not None else None,
+            broken=broken,
+        )
+
+    def compact(self, access: TrainingAccess, directory: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """Remove the pruned units physically; save the smaller model (eval mode) atomically in ``directory``."""
+        args, kwargs = self.events.example_inputs(access)
+        if kwargs:
+            raise ValueError(
+                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
+                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
+            )
+        small = structured.compact(access.module, args).eval()  # a deployment artifact: .train() to train it
+        directory.mkdir(parents=True, exist_ok=True)
+        path = atomic_torch_save(small, directory / "compacted_model.pt")
+        before, after = structured.count_parameters(access.module), structured.count_parameters(small)
+        return small, {"params_before": before, "params_after": after, "path": str(path)}
 
     # ------------------------------------------------------------------------------ report and state
     def record(self, model: nn.Module | None, monitor: tuple[str | None, str | None]) -> dict[str, Any]:

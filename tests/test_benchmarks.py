@@ -29,7 +29,10 @@ TINY_BUDGET = Budget(
     calibration_samples=64,
 )
 TINY_GRID = Grid(
-    setups=["digits-mlp"], seeds=[0], sparsities=[0.5, 0.9], methods=["magnitude", "lamp", "default", "modelpruning"]
+    setups=["digits-mlp"],
+    seeds=[0],
+    sparsities=[0.5, 0.9],
+    methods=["magnitude", "lamp", "default", "modelpruning", "layerwise_magnitude", "taylor2"],
 )
 
 
@@ -76,6 +79,12 @@ def test_default_is_labelled_with_what_it_resolves_to(tiny_run: tuple[Path, dict
             assert json.loads(original.read_text())["test_acc"] == record["test_acc"]
 
 
+def test_default_resolves_to_the_learned_scorer_and_to_no_other_method() -> None:
+    # identical configurations, not identical attribute lists: every AutoPrune has the same attributes
+    assert protocol.default_alias(["magnitude", "lamp", "learned"], TINY_BUDGET) == "learned"
+    assert protocol.default_alias(["magnitude", "lamp"], TINY_BUDGET) is None
+
+
 def test_summary_has_every_metric(tiny_run: tuple[Path, dict]) -> None:
     _, summary = tiny_run
     setup = summary["setups"]["digits-mlp"]
@@ -84,7 +93,7 @@ def test_summary_has_every_metric(tiny_run: tuple[Path, dict]) -> None:
     assert 0.0 <= entry["auc_mean"] <= 1.5
     assert entry["max_sparsity_within_1pt_mean"] in (0.0, 0.5, 0.9)
     assert entry["overhead_median"] is not None
-    assert set(setup["comparisons"]) == {"magnitude", "lamp", "modelpruning"}
+    assert set(setup["comparisons"]) == {"magnitude", "lamp", "modelpruning", "layerwise_magnitude", "taylor2"}
 
 
 def test_report_renders_tables_and_plots(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:

@@ -185,3 +185,24 @@ def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tupl
         ):
             found.append(target)
     return found, skipped
+
+
+def check_disjoint(mine: Sequence[PruneTarget], others: Sequence[Sequence[PruneTarget]]) -> None:
+    """Refuse two callbacks that would prune the same tensor (their masks would fight).
+
+    Example:
+        >>> targets = resolve_targets(nn.Linear(2, 2), None, None)
+        >>> check_disjoint(targets, [[]])
+        >>> check_disjoint(targets, [targets])
+        Traceback (most recent call last):
+        ...
+        ValueError: Two AutoPrune callbacks claim the same tensors: weight. HINT: ...
+    """
+    names = {t.name for t in mine}
+    for other in others:
+        shared = sorted(names & {t.name for t in other})
+        if shared:
+            raise ValueError(
+                f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
+                "HINT: give each callback disjoint `include`/`exclude` patterns."
+            )
