@@ -10,7 +10,7 @@ removal on a copy of the model and checks the result against the input model.
 Coupling between layers (BatchNorm, residual additions, concatenations, flattening) is read from
 `Torch-Pruning <https://github.com/VainF/Torch-Pruning>`_'s dependency graph through the same reader
 as unit discovery, :mod:`~lightning_autoprune.structured.tracing`; install it with
-``pip install torch-pruning``.
+``pip install lightning_autoprune[structured]``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ __all__ = ["Link", "Plan", "Trace", "import_torch_pruning", "tensors_in", "trace
 
 _INSTALL_HINT = (
     "lightning_autoprune.structured needs Torch-Pruning to trace layer coupling; "
-    "install it with `pip install torch-pruning`."
+    "install it with `pip install lightning_autoprune[structured]`."
 )
 
 ForwardFn = Callable[[nn.Module, tuple[Any, ...]], Any]

@@ -404,7 +404,7 @@ def test_output_mismatch_raises_compaction_error() -> None:
 
 def test_missing_torch_pruning_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # makes `import torch_pruning` fail
-    with pytest.raises(ImportError, match="pip install torch-pruning"):
+    with pytest.raises(ImportError, match=r"pip install lightning_autoprune\[structured\]"):
         compact(mlp(), torch.zeros(1, 12))
-    with pytest.raises(ImportError, match="pip install torch-pruning"):
+    with pytest.raises(ImportError, match=r"pip install lightning_autoprune\[structured\]"):
         count_flops(mlp(), torch.zeros(1, 12))
