@@ -25,7 +25,7 @@ from lightning_autoprune.config import AutoPruneConfig
 from lightning_autoprune.control.controller import ToleranceSearch
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.engine import PruningEngine
-from lightning_autoprune.core.flops import flop_targets, flops_per_weight
+from lightning_autoprune.core.flops import flop_targets, macs_per_weight
 from lightning_autoprune.scoring import ScoreInputs
 
 #: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
@@ -167,7 +167,7 @@ class EventPipeline:
         if self.config.target_unit == "params":
             return None
         targets = self.engine.targets
-        weights = flops_per_weight(targets, self.positions)
+        weights = macs_per_weight(targets, self.positions)
         if weights is None:
             missing = [t.name for t in flop_targets(targets) if t.name not in self.positions]
             raise ValueError(

@@ -21,7 +21,7 @@ from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearc
 from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.files import atomic_torch_save
-from lightning_autoprune.core.flops import OutputPositions, flops_per_weight
+from lightning_autoprune.core.flops import OutputPositions, macs_per_weight
 from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.snapshot import collect_rng_states
 from lightning_autoprune.core.targets import PruneTarget
@@ -128,7 +128,7 @@ class PruningRun:
 
     def flops_sparsity(self) -> float | None:
         """Fraction of the pruned Linear/Conv layers' FLOPs per sample removed; ``None`` until all of them ran."""
-        weights = flops_per_weight(self.engine.targets, self.positions.positions)
+        weights = macs_per_weight(self.engine.targets, self.positions.positions)
         return mask_sparsity(self.engine.masks, weights) if weights is not None else None
 
     def shown_target(self) -> float:
@@ -266,7 +266,7 @@ class PruningRun:
         return report_record.build_record(
             settings=self.config.settings(),
             targets=self.engine.targets,
-            per_weight=flops_per_weight(self.engine.targets, self.positions.positions),
+            per_weight=macs_per_weight(self.engine.targets, self.positions.positions),
             model_params=sum(p.numel() for p in model.parameters()) if model is not None else None,
             monitor=monitor,
             timeline=self.timeline,

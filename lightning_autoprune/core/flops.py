@@ -1,8 +1,11 @@
-"""FLOPs of the pruned Linear and Conv weights, from the output sizes their layers compute.
+"""Compute of the pruned Linear and Conv weights, in multiply-accumulates (MACs), from their output sizes.
 
-A pruned weight entry of a Linear or Conv layer saves one multiply and one add per output position
-and sample, so its FLOPs per sample are ``2 * positions``. The positions are recorded by
-:class:`OutputPositions` on the first forward pass that calls each layer.
+The package counts compute in one unit, the way Torch-Pruning (and
+:func:`lightning_autoprune.count_flops`) counts it: multiply-accumulates per sample. A weight entry
+of a Linear or Conv layer costs one MAC per output position and sample, so its cost is
+``positions``. The positions are recorded by :class:`OutputPositions` on the first forward pass
+that calls each layer. (``target_unit="flops"`` and ``autoprune/flops_sparsity`` are shares of this
+count: a share is the same in MACs and in FLOPs.)
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_autoprune.core.targets import PruneTarget
 
-#: Layers whose weights cost FLOPs per output position (``2 * weights * positions`` per sample).
+#: Layers whose weights cost one MAC per entry and output position (``weights * positions`` per sample).
 FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def flop_targets(targets: Sequence[PruneTarget]) -> list[PruneTarget]:
-    """The pruned Linear/Conv weights: the tensors that cost FLOPs (biases and norms do not count).
+    """The pruned Linear/Conv weights: the tensors that cost compute (biases and norms do not count).
 
     Example:
         >>> from lightning_autoprune.core.targets import resolve_targets
@@ -31,19 +34,19 @@ def flop_targets(targets: Sequence[PruneTarget]) -> list[PruneTarget]:
     return [t for t in targets if t.param_name == "weight" and isinstance(t.module, FLOP_LAYERS)]
 
 
-def flops_per_weight(targets: Sequence[PruneTarget], positions: Mapping[str, int]) -> dict[str, float] | None:
-    """Per pruned Linear/Conv weight, the FLOPs one entry costs per sample; ``None`` until all of them ran.
+def macs_per_weight(targets: Sequence[PruneTarget], positions: Mapping[str, int]) -> dict[str, float] | None:
+    """Per pruned Linear/Conv weight, the MACs one entry costs per sample; ``None`` until all of them ran.
 
     Example:
         >>> from lightning_autoprune.core.targets import resolve_targets
-        >>> targets = resolve_targets(nn.Sequential(nn.Linear(4, 3)), None, None)
-        >>> flops_per_weight(targets, {}), flops_per_weight(targets, {"0.weight": 1})
-        (None, {'0.weight': 2.0})
+        >>> targets = resolve_targets(nn.Sequential(nn.Conv1d(1, 2, 3)), None, None)
+        >>> macs_per_weight(targets, {}), macs_per_weight(targets, {"0.weight": 8})
+        (None, {'0.weight': 8.0})
     """
     layers = flop_targets(targets)
     if not layers or any(t.name not in positions for t in layers):
         return None
-    return {t.name: 2.0 * positions[t.name] for t in layers}
+    return {t.name: float(positions[t.name]) for t in layers}
 
 
 class OutputPositions:

@@ -7,7 +7,8 @@ primitives), so a report can be rebuilt from a saved ``summary.json`` alone::
     write_report(record, "rebuilt")
 
 Optional parts of the record are shown when present and skipped (with a word saying so) when not:
-``totals["flops_before"]``/``totals["flops_after"]``, the dense ``reference`` and ``final_metric``,
+``totals["macs_before"]``/``totals["macs_after"]`` (multiply-accumulates per sample; structured
+runs only), the dense ``reference`` and ``final_metric``,
 search ``decisions`` and ``importance_diagnostics`` (a list of dicts, one per pruning event, with
 numeric fidelity entries such as ``spearman_learned``/``spearman_lamp`` and an optional
 ``feature_importances`` mapping of feature name to importance).

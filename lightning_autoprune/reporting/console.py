@@ -10,6 +10,7 @@ from lightning_autoprune.reporting.tables import (
     fmt,
     metric_line,
     shape,
+    speed_note,
     total_rows,
     total_table_rows,
 )
@@ -27,7 +28,7 @@ def render_summary(record: Mapping[str, Any]) -> str:
     Example:
         >>> record = {"layers": [{"name": "fc.weight", "shape": [4, 2], "numel": 8, "kept": 2, "density": 0.25}],
         ...           "sparsity": 0.75, "monitor": "val_acc", "reference": 0.9, "final_metric": 0.895,
-        ...           "totals": {"params_model": 10, "params_model_nonzero": 4, "flops_before": None}}
+        ...           "totals": {"params_model": 10, "params_model_nonzero": 4}, "granularity": "structured"}
         >>> print(render_summary(record))
         [AutoPrune] summary
         tensor                                   shape               density       kept
@@ -49,6 +50,9 @@ def render_summary(record: Mapping[str, Any]) -> str:
     metric = metric_line(record)
     if metric:
         lines.append(metric)
+    note = speed_note(record)
+    if note:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 
@@ -106,6 +110,9 @@ def print_summary(record: Mapping[str, Any], console: Console | None = None) -> 
         totals.add_row(label, before, after, change)
     if totals.row_count:
         console.print(totals)
+    note = speed_note(record)
+    if note:
+        console.print(f"note: {note}")
 
     fidelity = fidelity_table(record.get("importance_diagnostics"))
     if fidelity is not None:

@@ -23,6 +23,7 @@ from lightning_autoprune.reporting.tables import (
     fmt,
     metric_line,
     shape,
+    speed_note,
     total_table_rows,
 )
 
@@ -101,6 +102,9 @@ def render_markdown(record: Mapping[str, Any], plots: Mapping[str, str | None]) 
         out.append(f"- {metric}")
     if record.get("stop_reason"):
         out.append(f"- the search stopped: {record['stop_reason']}")
+    note = speed_note(record)
+    if note:
+        out.append(f"- note: {note}")
     overhead = record.get("overhead_seconds") or {}
     if overhead:
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in overhead.items() if isinstance(v, (int, float)))

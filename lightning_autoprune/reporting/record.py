@@ -62,7 +62,7 @@ def build_record(
         settings: ``mode``, ``importance``, ``granularity``, ``schedule``, ``max_metric_drop`` and
             ``target_sparsity`` of the run.
         targets: the pruned tensors (read now).
-        per_weight: FLOPs per sample of one entry of each Linear/Conv weight, if known.
+        per_weight: MACs per sample of one entry of each Linear/Conv weight, if known.
         model_params: parameters of the whole model, if known.
         monitor: the monitored metric's name and mode.
         timeline: one entry per trained epoch.
@@ -75,13 +75,13 @@ def build_record(
     prunable = sum(layer["numel"] for layer in layers)
     kept_total = sum(layer["kept"] for layer in layers)
     totals: dict[str, Any] = {"params_prunable": prunable, "params_kept": kept_total}
-    # Structured runs also mask biases and BatchNorm affines, which cost no FLOPs; unstructured runs
-    # report FLOPs only when every pruned tensor is a Linear/Conv weight.
-    if per_weight is not None and (settings["granularity"] == "structured" or len(per_weight) == len(targets)):
-        totals["flops_before"] = int(
+    # Compute is reported for structured runs only (their biases and BatchNorm affines cost no MACs):
+    # zeroed single weights are still multiplied by dense kernels, so unstructured sparsity saves none.
+    if per_weight is not None and settings["granularity"] == "structured":
+        totals["macs_before"] = int(
             sum(per_weight[layer["name"]] * layer["numel"] for layer in layers if layer["name"] in per_weight)
         )
-        totals["flops_after"] = int(
+        totals["macs_after"] = int(
             sum(per_weight[layer["name"]] * layer["kept"] for layer in layers if layer["name"] in per_weight)
         )
     if model_params is not None:

@@ -77,24 +77,24 @@ def metric_line(record: Mapping[str, Any]) -> str | None:
 
 
 def total_rows(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """``(label, before, after)`` for parameters and FLOPs, where the record has them."""
+    """``(label, before, after)`` for parameters and MACs (multiply-accumulates per sample), where present."""
     totals = record.get("totals") or {}
     rows = []
     if totals.get("params_model") is not None and totals.get("params_model_nonzero") is not None:
         rows.append(("parameters", f"{totals['params_model']:,}", f"{totals['params_model_nonzero']:,} nonzero"))
-    if totals.get("flops_before") is not None and totals.get("flops_after") is not None:
-        rows.append(("FLOPs", big(totals["flops_before"]), big(totals["flops_after"])))
+    if totals.get("macs_before") is not None and totals.get("macs_after") is not None:
+        rows.append(("MACs per sample", big(totals["macs_before"]), big(totals["macs_after"])))
     return rows
 
 
 def total_table_rows(record: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """``(label, before, after, change)`` rows of the totals table: parameters, FLOPs, the metric."""
+    """``(label, before, after, change)`` rows of the totals table: parameters, MACs, the metric."""
     totals = record.get("totals") or {}
     rows = []
     pairs = [
         ("prunable weights", "params_prunable", "params_kept"),
         ("all parameters (nonzero)", "params_model", "params_model_nonzero"),
-        ("FLOPs", "flops_before", "flops_after"),
+        ("MACs per sample", "macs_before", "macs_after"),
     ]
     for label, before_key, after_key in pairs:
         before, after = totals.get(before_key), totals.get(after_key)
@@ -143,3 +143,22 @@ def diagnostics_list(value: Any) -> list[Mapping[str, Any]]:
     if not isinstance(value, list):
         return []
     return [entry for entry in value if isinstance(entry, Mapping)]
+
+
+#: What every summary of an unstructured run says about speed.
+UNSTRUCTURED_NOTE = (
+    "unstructured sparsity stores zeros that dense kernels still multiply: it saves no CPU time "
+    "(save_sparse() shrinks the file; granularity='structured' with compact() makes the model faster)"
+)
+
+
+def speed_note(record: Mapping[str, Any]) -> str | None:
+    """The note on compute that an unstructured run's summary carries, ``None`` for structured runs.
+
+    Example:
+        >>> speed_note({"granularity": "unstructured"})[:40]
+        'unstructured sparsity stores zeros that '
+        >>> speed_note({"granularity": "structured"}) is None
+        True
+    """
+    return UNSTRUCTURED_NOTE if record.get("granularity", "unstructured") == "unstructured" else None

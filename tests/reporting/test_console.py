@@ -26,7 +26,11 @@ def test_rich_summary_lists_every_tensor(run: dict[str, Any], capsys: pytest.Cap
     assert record["monitor"] in text
 
 
-def test_flops_are_shown_when_present(fixed_run: dict[str, Any]) -> None:
+def test_macs_are_shown_when_present(fixed_run: dict[str, Any]) -> None:
     record = _record(fixed_run)
-    record["totals"] = {**record["totals"], "flops_before": 2_000_000, "flops_after": 500_000}
-    assert "FLOPs: 2.00M -> 500.0k" in reporting.render_summary(record)
+    record["totals"] = {**record["totals"], "macs_before": 2_000_000, "macs_after": 500_000}
+    assert "MACs per sample: 2.00M -> 500.0k" in reporting.render_summary(record)
+
+
+def test_unstructured_summary_says_it_saves_no_cpu_time(fixed_run: dict[str, Any]) -> None:
+    assert "saves no CPU time" in reporting.render_summary(_record(fixed_run))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lightning_autoprune import AutoPrune, reporting
 
@@ -32,27 +33,29 @@ def test_summary_json_matches_the_models_sparsity(run: dict[str, Any]) -> None:
     assert {layer["name"] for layer in record["layers"]} == {t.name for t in run["callback"].targets}
 
 
-def test_flops_totals_count_the_kept_weights_of_every_layer(fixed_run: dict[str, Any]) -> None:
+def test_unstructured_runs_report_no_compute_saving_and_say_why(fixed_run: dict[str, Any]) -> None:
     totals = _record(fixed_run)["totals"]
-    # MLP 64-64-64-10: each weight is one multiply-add (2 FLOPs) per sample.
-    assert totals["flops_before"] == 2 * (64 * 64 + 64 * 64 + 64 * 10)
-    params = dict(fixed_run["model"].named_parameters())
-    kept = sum(int((params[t.name] != 0).sum()) for t in fixed_run["callback"].targets)
-    assert totals["flops_after"] == 2 * kept
-    assert "FLOPs" in (fixed_run["folder"] / "report.md").read_text()
+    # zeroed single weights are still multiplied by dense kernels: no MACs saved, so none reported
+    assert "macs_before" not in totals
+    assert "saves no CPU time" in (fixed_run["folder"] / "report.md").read_text()
 
 
-def test_conv_flops_count_output_positions(tmp_path: Path, fit_run: Any) -> None:
+def test_structured_macs_count_output_positions_like_torch_pruning(tmp_path: Path, fit_run: Any) -> None:
+    from lightning_autoprune import count_flops
     from lightning_autoprune.examples import CNN1DClassifier, MNIST1DDataModule
 
-    callback = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=1, importance="lamp", report=False)
+    callback = AutoPrune(target_sparsity=0.5, start_epoch=1, end_epoch=1, granularity="structured", report=False)
     model = CNN1DClassifier(channels=[8, 8])
     fit_run(tmp_path, callback, 2, model, MNIST1DDataModule(batch_size=64, num_samples=600), limit_val_batches=1)
     totals = callback.report_record()["totals"]
-    # Length 40: the first conv keeps 40 positions, the second (stride 2) 20, the head 1.
-    conv1, conv2, head = (t.param for t in callback.targets)
-    assert totals["flops_before"] == 2 * (conv1.numel() * 40 + conv2.numel() * 20 + head.numel())
-    assert totals["flops_after"] < totals["flops_before"]
+    # Length 40: the first conv keeps 40 positions, the second (stride 2) 20, the head 1; one MAC each.
+    weights = {t.name: t.param for t in callback.targets if t.param_name == "weight" and t.param.ndim > 1}
+    conv1, conv2, head = weights.values()
+    assert totals["macs_before"] == conv1.numel() * 40 + conv2.numel() * 20 + head.numel()
+    assert totals["macs_after"] < totals["macs_before"]
+    # the same unit as count_flops (Torch-Pruning's count), which adds biases, norms and activations
+    dense_macs = count_flops(CNN1DClassifier(channels=[8, 8]), torch.zeros(1, 40))
+    assert totals["macs_before"] <= dense_macs < 1.2 * totals["macs_before"]
 
 
 def test_fixed_run_reaches_its_target(fixed_run: dict[str, Any]) -> None:
@@ -78,7 +81,7 @@ def test_automatic_report_lists_its_decisions(automatic_run: dict[str, Any]) -> 
 
 def test_missing_flops_and_metric_are_shown_as_absent(fixed_run: dict[str, Any], tmp_path: Path) -> None:
     record = _record(fixed_run)
-    record["totals"] = {**record["totals"], "flops_before": None, "flops_after": None}
+    record["totals"] = {**record["totals"], "macs_before": None, "macs_after": None}
     record["reference"] = None
     reporting.write_report(record, tmp_path)
     text = (tmp_path / "report.md").read_text()
