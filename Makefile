@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/auto_target.py
 	$(PY) -m benchmarks.sparse_export
 	$(PY) -m benchmarks.importance_scale
+	$(PY) -m benchmarks.compatibility
 	$(PY) -m benchmarks.report
 
 # A representative subset (digits MLP, 2 seeds, 3 sparsities, 4 methods) into results-quick/, compared
