@@ -205,16 +205,20 @@ _VALIDATED = (
 def resolve_window(config: AutoPruneConfig, max_epochs: int | None) -> tuple[int, int]:
     """The ``(start, end)`` epochs of pruning for a Trainer of ``max_epochs`` epochs.
 
-    Defaults come from the fixed schedule or the automatic search; an ``end_epoch`` the run never
-    reaches is an error, and pruning at epoch 0 (before any training) a warning.
+    Defaults come from the fixed schedule or the automatic search. An ``end_epoch`` beyond this
+    Trainer's last epoch is a warning, not an error (a run trained in chunks resumes with a larger
+    ``max_epochs``), and so is pruning at epoch 0 (before any training).
 
     Example:
         >>> resolve_window(make_config(target_sparsity=0.9), 30), resolve_window(make_config(), 30)
         ((3, 20), (9, 23))
-        >>> resolve_window(make_config(target_sparsity=0.9, end_epoch=40), 30)
-        Traceback (most recent call last):
-        ...
-        ValueError: `end_epoch`=40 is never reached: the Trainer runs epochs 0..29 (max_epochs=30). HINT: ...
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     resolve_window(make_config(target_sparsity=0.9, start_epoch=2, end_epoch=40), 30)
+        (2, 40)
+        >>> "beyond this Trainer's last epoch 29" in str(caught[0].message)
+        True
     """
     if max_epochs is None or max_epochs < 1:
         if config.end_epoch is None:
@@ -228,9 +232,13 @@ def resolve_window(config: AutoPruneConfig, max_epochs: int | None) -> tuple[int
     end = config.end_epoch if config.end_epoch is not None else max(default_end, config.start_epoch or 0)
     start = config.start_epoch if config.start_epoch is not None else min(default_start, end)
     if end > max_epochs - 1:
-        raise ValueError(
-            f"`end_epoch`={end} is never reached: the Trainer runs epochs 0..{max_epochs - 1} "
-            f"(max_epochs={max_epochs}). HINT: raise `max_epochs` or lower `end_epoch`."
+        warnings.warn(
+            f"AutoPrune's `end_epoch`={end} is beyond this Trainer's last epoch {max_epochs - 1} "
+            f"(max_epochs={max_epochs}): this fit follows the schedule as far as it goes, and a fit resumed "
+            "from its checkpoint with a larger `max_epochs` continues it exactly. HINT: if you do not mean to "
+            "resume, lower `end_epoch` or raise `max_epochs`.",
+            UserWarning,
+            stacklevel=2,
         )
     if end < start:
         raise ValueError(f"`end_epoch` must be >= `start_epoch`, got end_epoch={end} < start_epoch={start}.")

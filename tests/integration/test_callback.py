@@ -273,11 +273,40 @@ def test_failure_inside_pruning_step_names_epoch_and_target(digits: DigitsDataMo
         trainer.fit(NoLoss(), datamodule=digits)
 
 
-def test_end_epoch_beyond_max_epochs_fails_at_setup(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
-    autoprune = AutoPrune(report=False, target_sparsity=0.5, end_epoch=10)
-    trainer = Trainer(max_epochs=3, callbacks=[autoprune], **trainer_kwargs)
-    with pytest.raises(ValueError, match=r"`end_epoch`=10 is never reached.*max_epochs=3"):
-        trainer.fit(MLPClassifier(), datamodule=digits)
+def test_a_schedule_beyond_max_epochs_warns_and_resumes_exactly(
+    digits: DigitsDataModule, trainer_kwargs: dict, tmp_path: Path
+) -> None:
+    """Training in chunks: end_epoch beyond this fit's last epoch is a warning, and the resumed fit continues."""
+
+    def make_callback() -> AutoPrune:
+        return AutoPrune(
+            report=False, target_sparsity=0.8, importance="lamp", start_epoch=1, end_epoch=5, verbose=False
+        )
+
+    common = {**trainer_kwargs, "limit_train_batches": 3, "limit_val_batches": 1}
+    seed_everything(0)
+    straight = make_callback()
+    model_a = MLPClassifier(lr=1e-2)
+    Trainer(max_epochs=7, callbacks=[straight], **common).fit(model_a, datamodule=digits)
+
+    seed_everything(0)
+    first = make_callback()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    chunk = Trainer(max_epochs=3, callbacks=[first, checkpoint], **{**common, "enable_checkpointing": True})
+    with pytest.warns(UserWarning, match=r"`end_epoch`=5 is beyond this Trainer's last epoch 2 \(max_epochs=3\)"):
+        chunk.fit(MLPClassifier(lr=1e-2), datamodule=digits)
+    assert 0.0 < first.sparsity < 0.8  # part of the way along the schedule
+
+    seed_everything(1234)
+    resumed = make_callback()
+    model_b = MLPClassifier(lr=1e-2)
+    trainer = Trainer(max_epochs=7, callbacks=[resumed], **common)
+    trainer.fit(model_b, datamodule=digits, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.sparsity == pytest.approx(0.8, abs=1e-3)
+    for name, mask in straight.masks.items():
+        assert torch.equal(resumed.masks[name], mask), name
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_include_glob_that_matches_nothing_lists_names(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
