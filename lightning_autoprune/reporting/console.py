@@ -28,6 +28,7 @@ def render_summary(record: Mapping[str, Any]) -> str:
     Example:
         >>> record = {"layers": [{"name": "fc.weight", "shape": [4, 2], "numel": 8, "kept": 2, "density": 0.25}],
         ...           "sparsity": 0.75, "monitor": "val_acc", "reference": 0.9, "final_metric": 0.895,
+        ...           "reference_label": "dense reference",
         ...           "totals": {"params_model": 10, "params_model_nonzero": 4}, "granularity": "structured"}
         >>> print(render_summary(record))
         [AutoPrune] summary
@@ -35,7 +36,7 @@ def render_summary(record: Mapping[str, Any]) -> str:
         fc.weight                                4x2                  0.2500          2
         total                                                         0.2500          2  (sparsity 0.7500)
         parameters: 10 -> 4 nonzero
-        val_acc: dense 0.9000 -> final 0.8950 (-0.0050)
+        val_acc: dense reference 0.9000 -> final 0.8950 (-0.0050)
     """
     lines = ["[AutoPrune] summary", f"{'tensor':<40} {'shape':<18} {'density':>8} {'kept':>10}"]
     kept_total = numel_total = 0

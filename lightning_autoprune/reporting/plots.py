@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lightning_autoprune.reporting.tables import big, diagnostics_list, fidelity_table, is_number
+from lightning_autoprune.reporting.tables import big, diagnostics_list, fidelity_table, is_number, reference_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -45,7 +45,8 @@ def plot_sparsity(record: Mapping[str, Any]) -> Figure | None:
         monitor = record.get("monitor") or "metric"
         lines += twin.plot(epochs, _nan(values), color="C1", marker="s", ms=3, lw=1.5, label=monitor)
         if record.get("reference") is not None:
-            lines.append(twin.axhline(record["reference"], color="C1", ls=":", lw=1, label=f"dense {monitor}"))
+            label = f"{reference_label(record)} {monitor}"
+            lines.append(twin.axhline(record["reference"], color="C1", ls=":", lw=1, label=label))
         twin.set_ylabel(monitor, color="C1")
         twin.tick_params(axis="y", colors="C1")
     rolled = [e["epoch"] for e in timeline if "rollback" in (e.get("decisions") or [])]
@@ -70,7 +71,7 @@ def plot_tradeoff(record: Mapping[str, Any]) -> Figure | None:
         ax.scatter(xs[-1:], ys[-1:], marker="*", s=160, color="C2", edgecolor="k", zorder=4, label="final")
     reference = record.get("reference")
     if reference is not None:
-        ax.axhline(reference, color="C1", ls=":", lw=1, label=f"dense {monitor}")
+        ax.axhline(reference, color="C1", ls=":", lw=1, label=f"{reference_label(record)} {monitor}")
         drop = record.get("max_metric_drop")
         if record.get("mode") == "automatic" and drop is not None:
             bound = reference - drop if record.get("monitor_mode", "max") == "max" else reference + drop

@@ -88,9 +88,9 @@ def build_record(
         totals["params_model"] = model_params
         totals["params_model_nonzero"] = model_params - (prunable - kept_total)
     final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
-    reference = search["reference"]
-    if reference is None and events:
-        reference = events[0]["metric_before"]
+    reference, reference_label = search["reference"], "dense reference" if search["reference"] is not None else None
+    if reference is None and events:  # a fixed target measures no dense reference: say what the value is
+        reference, reference_label = events[0]["metric_before"], f"before pruning (epoch {events[0]['epoch']})"
     return {
         "version": 1,
         "mode": settings["mode"],
@@ -102,6 +102,7 @@ def build_record(
         "max_metric_drop": settings["max_metric_drop"],
         "target_sparsity": settings["target_sparsity"],
         "reference": reference,
+        "reference_label": reference_label,
         "final_metric": final,
         "sparsity": 1.0 - kept_total / prunable if prunable else 0.0,
         "stop_reason": search["stop_reason"],

@@ -67,13 +67,23 @@ def fidelity_table(
     return metrics, scorers, values, last.get("epoch")
 
 
+def reference_label(record: Mapping[str, Any]) -> str:
+    """What the record's ``reference`` is: the automatic mode's dense reference, or the value before pruning.
+
+    Example:
+        >>> reference_label({"reference_label": "before pruning (epoch 3)"}), reference_label({})
+        ('before pruning (epoch 3)', 'reference')
+    """
+    return str(record.get("reference_label") or "reference")
+
+
 def metric_line(record: Mapping[str, Any]) -> str | None:
-    """``val_acc: dense 0.9000 -> final 0.8950 (-0.0050)``; ``None`` without a monitor or values."""
+    """``val_acc: dense reference 0.9000 -> final 0.8950 (-0.0050)``; ``None`` without a monitor or values."""
     reference, final = record.get("reference"), record.get("final_metric")
     if not record.get("monitor") or (reference is None and final is None):
         return None
     change = f" ({final - reference:+.4f})" if is_number(reference) and is_number(final) else ""
-    return f"{record['monitor']}: dense {fmt(reference)} -> final {fmt(final)}{change}"
+    return f"{record['monitor']}: {reference_label(record)} {fmt(reference)} -> final {fmt(final)}{change}"
 
 
 def total_rows(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -104,7 +114,7 @@ def total_table_rows(record: Mapping[str, Any]) -> list[tuple[str, str, str, str
     reference, final = record.get("reference"), record.get("final_metric")
     if record.get("monitor") and (reference is not None or final is not None):
         change = f"{final - reference:+.4f}" if is_number(reference) and is_number(final) else ""
-        rows.append((f"{record['monitor']} (dense -> final)", fmt(reference), fmt(final), change))
+        rows.append((f"{record['monitor']} ({reference_label(record)} -> final)", fmt(reference), fmt(final), change))
     return rows
 
 

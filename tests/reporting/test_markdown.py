@@ -79,15 +79,25 @@ def test_automatic_report_lists_its_decisions(automatic_run: dict[str, Any]) -> 
         assert f"| {decision['epoch']} | {decision['decision']} |" in text
 
 
-def test_missing_flops_and_metric_are_shown_as_absent(fixed_run: dict[str, Any], tmp_path: Path) -> None:
+def test_missing_macs_and_metric_are_shown_as_absent(fixed_run: dict[str, Any], tmp_path: Path) -> None:
     record = _record(fixed_run)
     record["totals"] = {**record["totals"], "macs_before": None, "macs_after": None}
     record["reference"] = None
     reporting.write_report(record, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "FLOPs" not in text
-    assert "dense n/a" in text
-    assert "FLOPs" not in reporting.render_summary(record)
+    assert "MACs" not in text
+    assert f"{record['reference_label']} n/a" in text
+    assert "MACs" not in reporting.render_summary(record)
+
+
+def test_a_fixed_target_run_does_not_call_its_first_value_dense(fixed_run: dict[str, Any]) -> None:
+    record = _record(fixed_run)
+    first = record["events"][0]
+    assert record["reference"] == first["metric_before"]
+    assert record["reference_label"] == f"before pruning (epoch {first['epoch']})"
+    summary = reporting.render_summary(record)
+    assert f"before pruning (epoch {first['epoch']})" in summary
+    assert "dense" not in summary.split("note:")[0]
 
 
 def test_report_rebuilds_from_summary_json(run: dict[str, Any], tmp_path: Path) -> None:
@@ -111,3 +121,9 @@ def test_a_failed_write_leaves_the_previous_report_intact(
     assert (tmp_path / "report.md").read_text() == before
     assert json.loads((tmp_path / "summary.json").read_text()) == record
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_the_automatic_mode_labels_its_reference_as_dense(automatic_run: dict[str, Any]) -> None:
+    record = _record(automatic_run)
+    assert record["reference_label"] == "dense reference"
+    assert "dense reference" in reporting.render_summary(record)
