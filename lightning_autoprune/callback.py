@@ -62,6 +62,9 @@ class AutoPrune(Callback):
             (0.01 = 1 point of accuracy). Before the first step a warning says when the monitored
             accuracy's sampling standard error on the validation samples is at least half of it,
             because steps are then judged partly on noise.
+        reference: automatic mode: the dense value of the monitored metric, when you know it (for
+            example from the run that trained the checkpoint you fine-tune). ``None`` (the default)
+            measures it: the best validation value before pruning starts. Steps are judged against it.
         monitor: the validation metric to report around pruning events. ``None`` picks a
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
@@ -171,6 +174,7 @@ class AutoPrune(Callback):
         verbose: bool = True,
         report: bool = True,
         report_dir: str | None = None,
+        reference: float | None = None,
     ) -> None:
         arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()

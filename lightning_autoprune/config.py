@@ -60,6 +60,7 @@ class AutoPruneConfig:
     verbose: bool = True
     report: bool = True
     report_dir: str | None = None
+    reference: float | None = None
 
     @property
     def automatic(self) -> bool:
@@ -75,6 +76,7 @@ class AutoPruneConfig:
             "schedule": self.schedule,
             "max_metric_drop": self.max_metric_drop,
             "target_sparsity": self.target_sparsity,
+            "reference_given": self.reference is not None,
         }
 
     @property
@@ -113,6 +115,7 @@ def make_config(**arguments: object) -> AutoPruneConfig:
 
 def validate(
     *,
+    reference: float | None,
     target_sparsity: float | None,
     max_metric_drop: float,
     mode: str | None,
@@ -129,6 +132,15 @@ def validate(
     calibration_samples: int | None,
 ) -> None:
     """Raise a ``ValueError`` naming the first argument that is out of range, what is allowed and what was given."""
+    if reference is not None and not (
+        isinstance(reference, (int, float)) and not isinstance(reference, bool) and math.isfinite(reference)
+    ):
+        raise ValueError(f"`reference` must be a finite number or None, got {reference!r}.")
+    if reference is not None and target_sparsity is not None:
+        raise ValueError(
+            f"`reference`={reference} is the automatic mode's dense reference, but `target_sparsity`="
+            f"{target_sparsity} asks for a fixed target, which has none. HINT: drop one of them."
+        )
     if target_sparsity is not None and not (isinstance(target_sparsity, (int, float)) and 0.0 <= target_sparsity < 1.0):
         raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {target_sparsity!r}.")
     if not (isinstance(max_metric_drop, (int, float)) and max_metric_drop >= 0 and math.isfinite(max_metric_drop)):
@@ -185,6 +197,7 @@ def validate(
 
 
 _VALIDATED = (
+    "reference",
     "target_sparsity",
     "max_metric_drop",
     "mode",

@@ -101,7 +101,9 @@ class PruningRun:
         self.window = resolve_window(config, max_epochs)
         if config.target_sparsity is None:
             check_search_budget(self.window, config.frequency)
-            self.controller = ToleranceSearch(self.window, config.frequency, config.max_metric_drop, snapshot=snapshot)
+            self.controller = ToleranceSearch(
+                self.window, config.frequency, config.max_metric_drop, snapshot=snapshot, reference=config.reference
+            )
         else:
             self.controller = FixedSchedule(
                 config.target_sparsity,

@@ -23,6 +23,8 @@ from lightning_autoprune.config import AutoPruneConfig, check_search_budget, mak
         ({"start_epoch": 5, "end_epoch": 2}, r"`end_epoch` must be >= `start_epoch`"),
         ({"calibration_samples": 0}, r"`calibration_samples` must be an integer >= 1 or None, got 0"),
         ({"target_sparsity": 0.9, "min_layer_density": 0.2}, r"`min_layer_density`=0.2 keeps more weights"),
+        ({"reference": float("nan")}, r"`reference` must be a finite number or None, got nan"),
+        ({"reference": 0.97, "target_sparsity": 0.9}, r"`reference`=0.97 is the automatic mode's dense reference"),
     ],
 )
 def test_bad_arguments_name_the_argument_what_is_allowed_and_what_was_given(arguments, message):

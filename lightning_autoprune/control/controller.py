@@ -96,6 +96,8 @@ class ToleranceSearch:
         frequency: a step every this many epochs.
         max_drop: the tolerance, in the metric's units.
         snapshot: copies the training state; called with ``with_optimizers``.
+        reference: the dense reference, when the user knows it; ``None`` measures it (the best
+            validation value before pruning starts).
 
     Example:
         >>> snaps = []
@@ -119,12 +121,14 @@ class ToleranceSearch:
         max_drop: float,
         *,
         snapshot: Callable[[bool], dict[str, Any]],
+        reference: float | None = None,
     ) -> None:
         self.window = window
         self.frequency = frequency
         self.max_drop = max_drop
         self._snapshot_fn = snapshot
-        self.state = SearchState()
+        self.given_reference = reference
+        self.state = SearchState(reference=reference)
         self.snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self.best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
         self.scores: dict[str, Tensor] | None = None  # scores of the latest step, at its snapshot's state
@@ -183,7 +187,8 @@ class ToleranceSearch:
         self.last_value = value
         state = self.state
         if not pruned and state.pending is None and epoch < self.window[0]:
-            self.state = search.update_reference(state, value, mode)
+            if self.given_reference is None:
+                self.state = search.update_reference(state, value, mode)
             return Verdict()
         if search.ready_to_decide(state, value, mode, self.max_drop, epoch):
             decided = search.decide(state, value, mode, self.max_drop, epoch)

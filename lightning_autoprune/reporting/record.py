@@ -59,8 +59,8 @@ def build_record(
     """Everything the report shows (what ``summary.json`` holds).
 
     Args:
-        settings: ``mode``, ``importance``, ``granularity``, ``schedule``, ``max_metric_drop`` and
-            ``target_sparsity`` of the run.
+        settings: ``mode``, ``importance``, ``granularity``, ``schedule``, ``max_metric_drop``,
+            ``target_sparsity`` and ``reference_given`` (a dense reference passed by the user) of the run.
         targets: the pruned tensors (read now).
         per_weight: MACs per sample of one entry of each Linear/Conv weight, if known.
         model_params: parameters of the whole model, if known.
@@ -88,7 +88,8 @@ def build_record(
         totals["params_model"] = model_params
         totals["params_model_nonzero"] = model_params - (prunable - kept_total)
     final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
-    reference, reference_label = search["reference"], "dense reference" if search["reference"] is not None else None
+    measured = "given reference" if settings.get("reference_given") else "dense reference"
+    reference, reference_label = search["reference"], measured if search["reference"] is not None else None
     if reference is None and events:  # a fixed target measures no dense reference: say what the value is
         reference, reference_label = events[0]["metric_before"], f"before pruning (epoch {events[0]['epoch']})"
     return {

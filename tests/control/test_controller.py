@@ -141,3 +141,10 @@ def test_state_round_trips_with_the_pending_snapshot():
     fresh.load_state_dict(state, devices={})
     assert fresh.state == search.state
     assert fresh.snapshot == search.snapshot
+
+
+def test_a_given_reference_is_kept_through_the_dense_phase():
+    search = ToleranceSearch((3, 8), 1, 0.01, snapshot=lambda with_optimizers: {}, reference=0.97)
+    for epoch, value in enumerate([0.90, 0.99, 0.95]):
+        search.on_validation(value, epoch=epoch, mode="max", pruned=False)
+    assert search.state.reference == 0.97

@@ -234,3 +234,20 @@ def test_resume_mid_search_continues_identically(
         assert torch.equal(resumed.masks[name], mask), name
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_given_reference_is_the_one_steps_are_judged_against(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    # Measured, the dense density is 1.0 and halving the weights (density 0.5) breaks a 0.3 tolerance;
+    # against a given reference of 0.6 the same step is within it.
+    seed_everything(0)
+    autoprune = AutoPrune(
+        monitor="val_density", max_metric_drop=0.3, reference=0.6, start_epoch=1, end_epoch=6, verbose=False
+    )
+    with pytest.warns(UserWarning, match="only 6 pruning epoch"):
+        _trainer(trainer_kwargs, [autoprune]).fit(DensityScored(), datamodule=digits)
+    first = autoprune.search.decisions[0]
+    assert first["reference"] == 0.6
+    assert first["decision"] == "accept"
+    record = autoprune.report_record()
+    assert record["reference"] == 0.6
+    assert record["reference_label"] == "given reference"
