@@ -1,0 +1,83 @@
+"""One pruning event without a Trainer: a plain module, a DataLoader and a loss closure."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_autoprune.config import make_config
+from lightning_autoprune.control.controller import ToleranceSearch
+from lightning_autoprune.core.engine import PruningEngine, WeightSelector
+from lightning_autoprune.core.targets import resolve_targets
+from lightning_autoprune.event import EventPipeline, TrainingAccess
+from lightning_autoprune.scoring import make_scorer
+
+
+def setup(importance: str) -> tuple[nn.Module, EventPipeline, TrainingAccess]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = TensorDataset(torch.randn(128, 8), torch.randint(0, 3, (128,)))
+    loader = DataLoader(data, batch_size=32)
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+    config = make_config(target_sparsity=0.5, importance=importance, calibration_samples=64)
+    engine = PruningEngine(resolve_targets(model, None, None), WeightSelector(config.min_layer_density))
+    pipeline = EventPipeline(config, engine, make_scorer(importance), {})
+    access = TrainingAccess(
+        module=model,
+        loader=lambda purpose: loader,
+        loss_fn=loss_fn,
+        second_moments=lambda params: None,
+        example_inputs=lambda: ((torch.zeros(1, 8),), {}),
+        progress=0.5,
+    )
+    return model, pipeline, access
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor", "random"])
+def test_an_event_on_a_plain_module_reaches_the_target(importance: str) -> None:
+    _, pipeline, access = setup(importance)
+    masks = pipeline.compute_masks(access, epoch=1, target=0.5, generator=torch.Generator().manual_seed(0))
+    assert masks is not None
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert kept == total - total // 2
+
+
+def test_the_same_generator_state_gives_the_same_masks() -> None:
+    _, pipeline, access = setup("taylor")
+    first = pipeline.compute_masks(access, 1, 0.5, torch.Generator().manual_seed(3))
+    second = pipeline.compute_masks(access, 1, 0.5, torch.Generator().manual_seed(3))
+    assert first is not None
+    assert second is not None
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_non_finite_weights_skip_the_event_with_a_warning() -> None:
+    model, pipeline, access = setup("magnitude")
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"skipped the pruning event of epoch 4: tensor '0\.weight' holds NaN"):
+        assert pipeline.compute_masks(access, 4, 0.5, torch.Generator()) is None
+
+
+def test_after_a_rollback_the_scores_of_the_restored_state_are_reused() -> None:
+    _, pipeline, access = setup("random")
+    search = ToleranceSearch((1, 5), 1, 0.01, snapshot=lambda with_optimizers: {})
+    first = pipeline.compute_masks(access, 1, 0.5, torch.Generator().manual_seed(1), search)
+    assert search.scores is not None
+    search.reuse_scores = True  # what a rollback sets
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = pipeline.compute_masks(access, 2, 0.5, torch.Generator().manual_seed(99), search)
+    assert first is not None
+    assert again is not None
+    assert all(torch.equal(first[n], again[n]) for n in first), "another seed would draw other random scores"
+    assert not search.reuse_scores
