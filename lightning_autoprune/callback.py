@@ -187,7 +187,7 @@ class AutoPrune(Callback):
             label_groups=config.label_groups,
         )
         if verbose:
-            scorer.progress = adapter.rank_zero_info
+            scorer.progress = adapter.ProgressLine()
         self.run = PruningRun(config, scorer)
         self.monitor_metric = adapter.Monitor(monitor, mode)
         self.compacted_model: nn.Module | None = None

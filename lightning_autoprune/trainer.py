@@ -8,13 +8,14 @@ logging through ``pl_module.log``, and the check that the strategy keeps whole p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
@@ -32,6 +33,36 @@ PREFIX = "[AutoPrune]"
 def info(message: str) -> None:
     """Print ``message`` once (on global rank 0), with the package's prefix."""
     rank_zero_info(f"{PREFIX} {message}")
+
+
+class ProgressLine:
+    r"""Progress of long work on one line: rewritten in place on a terminal, written once when done in a log.
+
+    Args:
+        stream: where a terminal line goes; ``None``: standard error.
+
+    Example:
+        >>> import io
+        >>> log = io.StringIO()  # not a terminal: only the final state is kept, as one line
+        >>> line = ProgressLine(log)
+        >>> line("measured 64/128", False)
+        >>> line("measured 128/128", True)
+        >>> log.getvalue()
+        'measured 128/128\n'
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+
+    @rank_zero_only
+    def __call__(self, message: str, done: bool) -> None:
+        """Show ``message``; ``done`` ends the line."""
+        stream = self.stream if self.stream is not None else sys.stderr
+        if stream.isatty():
+            stream.write("\r" + message + "\x1b[K" + ("\n" if done else ""))
+        elif done:
+            stream.write(message + "\n")
+        stream.flush()
 
 
 def check_supported_strategy(strategy: object) -> None:

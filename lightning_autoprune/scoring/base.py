@@ -25,8 +25,9 @@ from torch import Tensor
 
 from lightning_autoprune.structured import UnitGroup
 
-#: Receives one progress line (the caller sets it, for example to ``rank_zero_info``, when verbose).
-Progress = Callable[[str], None]
+#: Receives the current progress of long work as ``progress(message, done)``; ``done`` is true on the
+#: last call of that work, so a caller can keep one updating line (the callback does, when verbose).
+Progress = Callable[[str, bool], None]
 
 
 @dataclass

@@ -159,7 +159,8 @@ class LearnedUnitScorer:
     def _report_progress(self, done: int, total: int, seconds: float) -> None:
         if self.progress is not None:
             self.progress(
-                f"[AutoPrune] measured {done}/{total} unit ablations for the learned unit importance ({seconds:.0f} s)"
+                f"[AutoPrune] measured {done}/{total} unit ablations for the learned unit importance ({seconds:.0f} s)",
+                done == total,
             )
 
     def _warn(self, prior: str, reason: str) -> None:

@@ -249,7 +249,8 @@ class LearnedScorer:
     def _report_progress(self, done: int, total: int, seconds: float) -> None:
         if self.progress is not None:
             self.progress(
-                f"[AutoPrune] measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)"
+                f"[AutoPrune] measured {done}/{total} group ablations for the learned importance ({seconds:.0f} s)",
+                done == total,
             )
 
     def feature_importances(self, repeats: int = 3, seed: int = 0, max_rows: int = 2048) -> dict[str, float]:
