@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from lightning_autoprune.core.targets import is_linear_map
+
 
 def calibration_batches(
     loader: DataLoader,
@@ -99,7 +101,10 @@ class ActivationRecorder:
 
     For each target that is the ``weight`` of a Linear or Conv layer, records the L2 norm over all
     samples (and positions) of every input unit (Linear input feature, Conv input channel) and of
-    every output unit. Use as a context manager around the forward passes.
+    every output unit. Layers that compute a linear map over the last dim without being an
+    ``nn.Linear`` (transformers' ``Conv1D``, whose weight is stored ``[in, out]``, and Linear-like
+    layers) are recorded like a Linear: their units are the last dim of input and output, whatever
+    way the weight is stored. Use as a context manager around the forward passes.
 
     Example:
         >>> layer = nn.Linear(2, 1, bias=False)
@@ -111,7 +116,9 @@ class ActivationRecorder:
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = {
-            name: m for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            name: m
+            for name, m in modules.items()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_linear_map(m)
         }
         self._in_sq: dict[str, Tensor] = {}
         self._out_sq: dict[str, Tensor] = {}
@@ -131,7 +138,7 @@ class ActivationRecorder:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if not inputs or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 return
-            unit_dim = -1 if isinstance(module, nn.Linear) else 1
+            unit_dim = -1 if is_linear_map(module) else 1
             for store, value in ((self._in_sq, inputs[0]), (self._out_sq, output)):
                 x = value.detach().float().movedim(unit_dim, 0)
                 sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)

@@ -1,5 +1,9 @@
 """FLOPs of the pruned Linear and Conv weights, from the output sizes their layers compute.
 
+Layers that compute a linear map over the last dim (Linear-like layers, transformers' ``Conv1D``
+whose weight is stored ``[in, out]``) count as Linear layers: their output positions are every
+dim but the last.
+
 A pruned weight entry of a Linear or Conv layer saves one multiply and one add per output position
 and sample, so its FLOPs per sample are ``2 * positions``. The positions are recorded by
 :class:`OutputPositions` on the first forward pass that calls each layer.
@@ -13,7 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune.core.targets import PruneTarget
+from lightning_autoprune.core.targets import PruneTarget, is_linear_map
 
 #: Layers whose weights cost FLOPs per output position (``2 * weights * positions`` per sample).
 FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -28,7 +32,11 @@ def flop_targets(targets: Sequence[PruneTarget]) -> list[PruneTarget]:
         >>> [t.name for t in flop_targets(resolve_targets(model, ["*"], None))]
         ['0.weight']
     """
-    return [t for t in targets if t.param_name == "weight" and isinstance(t.module, FLOP_LAYERS)]
+    return [
+        t
+        for t in targets
+        if t.param_name == "weight" and (isinstance(t.module, FLOP_LAYERS) or is_linear_map(t.module))
+    ]
 
 
 def flops_per_weight(targets: Sequence[PruneTarget], positions: Mapping[str, int]) -> dict[str, float] | None:
@@ -79,7 +87,7 @@ class OutputPositions:
                 if output.ndim == 1:  # an unbatched Linear call
                     self.positions[name] = 1
                     return
-                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                channels = output.shape[-1] if is_linear_map(mod) else output.shape[1]
                 self.positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
 
             self._handles.append(target.module.register_forward_hook(hook))
