@@ -8,7 +8,7 @@ untouched and a resumed run draws exactly the same calibration data.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -177,7 +177,10 @@ def gradient_statistics(
     """Mean gradient and mean squared gradient (a Fisher diagonal) of the loss over ``batches``.
 
     Gradients come from :func:`torch.autograd.grad`, so the parameters' ``.grad`` buffers (and any
-    DDP gradient hooks) are left alone. Parameters the loss does not reach get zeros.
+    DDP gradient hooks) are left alone. Parameters the loss does not reach get zeros. Frozen
+    parameters (``requires_grad=False``, named in ``include`` by the user) are differentiated too:
+    their flag is switched on for the calibration passes only (:func:`requiring_grad`), so they
+    still get no ``.grad`` and no optimizer update.
 
     Args:
         loss_fn: ``loss_fn(batch, batch_idx)`` returns a scalar loss.
@@ -200,7 +203,7 @@ def gradient_statistics(
     tensors = [params[n] for n in names]
     grad_sum = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in params.items()}
     grad_sq_sum = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in params.items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), requiring_grad(tensors):
         for idx, batch in enumerate(batches):
             loss = loss_fn(batch, idx)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
@@ -214,6 +217,28 @@ def gradient_statistics(
         {n: g / count for n, g in grad_sum.items()},
         {n: g / count for n, g in grad_sq_sum.items()},
     )
+
+
+@contextlib.contextmanager
+def requiring_grad(tensors: Iterable[Tensor]) -> Iterator[None]:
+    """Let autograd differentiate frozen leaf tensors for a while, then freeze them again.
+
+    Example:
+        >>> w = torch.ones(2)
+        >>> with requiring_grad([w]):
+        ...     print(w.requires_grad)
+        True
+        >>> w.requires_grad
+        False
+    """
+    frozen = [t for t in tensors if t.is_leaf and not t.requires_grad]
+    for tensor in frozen:
+        tensor.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for tensor in frozen:
+            tensor.requires_grad_(False)
 
 
 @contextlib.contextmanager
