@@ -284,12 +284,15 @@ def test_frozen_backbone_is_skipped_named_and_untouched(
     assert "net.1.weight, net.3.weight" in said[0]
 
 
-def test_included_frozen_weights_are_scored_by_taylor(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+@pytest.mark.parametrize("importance", ["taylor", None], ids=["taylor", "default"])
+def test_included_frozen_weights_are_scored_by_gradient_scorers(
+    importance: str | None, digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
     seed_everything(0)
     model = _frozen_mlp()
     callback = AutoPrune(
         target_sparsity=0.5,
-        importance="taylor",
+        importance=importance,
         include=["net.3.weight", "net.5.weight"],
         start_epoch=1,
         end_epoch=1,
