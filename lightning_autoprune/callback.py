@@ -43,7 +43,8 @@ class AutoPrune(Callback):
     ``trainer.fit(..., ckpt_path=...)`` resumes exactly.
 
     Read-outs, all properties: ``sparsity`` (the fraction of prunable weights that are zero now),
-    ``flops_sparsity``, ``automatic``, ``masks``, ``history`` (one entry per pruning event) and
+    ``flops_sparsity``, ``automatic``, ``masks``, ``skipped`` (weight tensors the defaults left
+    dense, with the reason), ``history`` (one entry per pruning event) and
     ``search`` (the automatic mode's state); ``summary()`` renders a table and ``report_record()``
     returns what ``summary.json`` holds.
 
@@ -123,7 +124,8 @@ class AutoPrune(Callback):
             ``None``: every trainable weight of Linear, Conv, LSTM/GRU/RNN and MultiheadAttention
             layers and of transformers' ``Conv1D``; never biases, normalisation layers,
             embeddings (nor output heads tied to them), frozen (``requires_grad=False``)
-            parameters or LoRA adapters. Setup names the tensors so left dense, and warns when
+            parameters or LoRA adapters. Setup names the tensors so left dense (an info line
+            with ``verbose``; ``callback.skipped`` holds them with the reasons), and warns when
             more than a tenth of the model's weights sit in layers no rule recognises.
         exclude: glob patterns removed from the selection.
         min_layer_density: every pruned tensor keeps at least this fraction of its weights, so
