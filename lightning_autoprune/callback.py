@@ -23,9 +23,9 @@ from lightning_autoprune import reporting, scoring
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune.config import make_config
 from lightning_autoprune.control import search as tolerance
+from lightning_autoprune.core import targets as choose
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
-from lightning_autoprune.core.targets import PruneTarget, check_disjoint, resolve_targets, structured_targets
 from lightning_autoprune.event import TrainingAccess
 from lightning_autoprune.reporting import record as report_record
 from lightning_autoprune.run import PruningRun, check_state_version
@@ -43,7 +43,8 @@ class AutoPrune(Callback):
     ``trainer.fit(..., ckpt_path=...)`` resumes exactly.
 
     Read-outs, all properties: ``sparsity`` (the fraction of prunable weights that are zero now),
-    ``flops_sparsity``, ``automatic``, ``masks``, ``history`` (one entry per pruning event) and
+    ``flops_sparsity``, ``automatic``, ``masks``, ``skipped`` (weight tensors the defaults left
+    dense, with the reason), ``history`` (one entry per pruning event) and
     ``search`` (the automatic mode's state); ``summary()`` renders a table and ``report_record()``
     returns what ``summary.json`` holds.
 
@@ -122,8 +123,13 @@ class AutoPrune(Callback):
             ``None``: about two thirds of ``max_epochs``.
         frequency: prune every this many epochs between ``start_epoch`` and ``end_epoch``.
         include: glob patterns over parameter names (``"net.*.weight"``) selecting the tensors to
-            prune. ``None``: every weight of Linear, Conv, Embedding, LSTM/GRU/RNN and
-            MultiheadAttention layers; never biases or normalisation layers.
+            prune (a tensor tied under several names matches any of them and counts once).
+            ``None``: every trainable weight of Linear, Conv, LSTM/GRU/RNN and MultiheadAttention
+            layers and of transformers' ``Conv1D``; never biases, normalisation layers,
+            embeddings (nor output heads tied to them), frozen (``requires_grad=False``)
+            parameters or LoRA adapters. Setup names the tensors so left dense (an info line
+            with ``verbose``; ``callback.skipped`` holds them with the reasons), and warns when
+            more than a tenth of the model's weights sit in layers no rule recognises.
         exclude: glob patterns removed from the selection.
         min_layer_density: every pruned tensor keeps at least this fraction of its weights, so
             global ranking cannot empty a layer.
@@ -192,6 +198,7 @@ class AutoPrune(Callback):
         self.monitor_metric = adapter.Monitor(monitor, mode)
         self.compacted_model: nn.Module | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._skipped: dict[str, str] = {}
         self._validated_epoch = -1
         self._validation_samples: int | None = None  # automatic mode, dense phase: samples of this validation
 
@@ -220,9 +227,14 @@ class AutoPrune(Callback):
         return self.run.flops_sparsity()
 
     @property
-    def targets(self) -> list[PruneTarget]:
+    def targets(self) -> list[choose.PruneTarget]:
         """The pruned tensors (resolved at setup)."""
         return self.run.engine.targets
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Weight-bearing tensors the defaults left dense at setup, with the reason (empty with ``include``)."""
+        return dict(self._skipped)
 
     @property
     def masks(self) -> dict[str, Tensor]:
@@ -293,9 +305,11 @@ class AutoPrune(Callback):
         if stage != "fit":
             return
         adapter.check_supported_strategy(trainer.strategy)
-        targets = resolve_targets(pl_module, self.include, self.exclude)
+        selection = choose.select_targets(pl_module, self.include, self.exclude)
+        self._tell_selection(selection)
+        targets = selection.targets
         if self.config.structured:
-            targets, skipped = structured_targets(pl_module, targets)
+            targets, skipped = choose.structured_targets(pl_module, targets)
             if skipped:
                 warnings.warn(
                     "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
@@ -304,7 +318,7 @@ class AutoPrune(Callback):
                     stacklevel=2,
                 )
         others = [c.targets for c in trainer.callbacks if isinstance(c, AutoPrune) and c is not self]  # type: ignore[attr-defined]
-        check_disjoint(targets, others)
+        choose.check_disjoint(targets, others)
 
         def snapshot(with_optimizers: bool) -> dict[str, Any]:
             epoch = trainer.current_epoch
@@ -462,6 +476,16 @@ class AutoPrune(Callback):
             ) from err
         finally:
             run.seconds_pruning += time.perf_counter() - start
+
+    def _tell_selection(self, selection: choose.TargetSelection) -> None:
+        """Say once which tensors the defaults left dense and why; warn when many sit in layers no rule knows."""
+        self._skipped = dict(selection.skipped)
+        said = choose.skipped_message(selection)
+        if said is not None and self.config.verbose:
+            adapter.rank_zero_info(said)
+        warning = choose.uncovered_warning(selection)
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=3)
 
     def _warn_noise(self, trainer: pl.Trainer) -> None:
         """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""

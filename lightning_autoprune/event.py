@@ -126,6 +126,7 @@ class EventPipeline:
             generator=generator,
             target_sparsity=target,
             progress=access.progress,
+            transposed=frozenset(t.name for t in self.engine.targets if t.transposed),
         )
         if self.scorer.needs_gradients or self.scorer.needs_context:
             self._calibrate(access, inputs, generator)

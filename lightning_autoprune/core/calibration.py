@@ -8,12 +8,14 @@ untouched and a resumed run draws exactly the same calibration data.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from lightning_autoprune.core.targets import is_linear_map
 
 
 def calibration_batches(
@@ -99,7 +101,10 @@ class ActivationRecorder:
 
     For each target that is the ``weight`` of a Linear or Conv layer, records the L2 norm over all
     samples (and positions) of every input unit (Linear input feature, Conv input channel) and of
-    every output unit. Use as a context manager around the forward passes.
+    every output unit. Layers that compute a linear map over the last dim without being an
+    ``nn.Linear`` (transformers' ``Conv1D``, whose weight is stored ``[in, out]``, and Linear-like
+    layers) are recorded like a Linear: their units are the last dim of input and output, whatever
+    way the weight is stored. Use as a context manager around the forward passes.
 
     Example:
         >>> layer = nn.Linear(2, 1, bias=False)
@@ -111,7 +116,9 @@ class ActivationRecorder:
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = {
-            name: m for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            name: m
+            for name, m in modules.items()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_linear_map(m)
         }
         self._in_sq: dict[str, Tensor] = {}
         self._out_sq: dict[str, Tensor] = {}
@@ -131,7 +138,7 @@ class ActivationRecorder:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if not inputs or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 return
-            unit_dim = -1 if isinstance(module, nn.Linear) else 1
+            unit_dim = -1 if is_linear_map(module) else 1
             for store, value in ((self._in_sq, inputs[0]), (self._out_sq, output)):
                 x = value.detach().float().movedim(unit_dim, 0)
                 sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
@@ -170,7 +177,10 @@ def gradient_statistics(
     """Mean gradient and mean squared gradient (a Fisher diagonal) of the loss over ``batches``.
 
     Gradients come from :func:`torch.autograd.grad`, so the parameters' ``.grad`` buffers (and any
-    DDP gradient hooks) are left alone. Parameters the loss does not reach get zeros.
+    DDP gradient hooks) are left alone. Parameters the loss does not reach get zeros. Frozen
+    parameters (``requires_grad=False``, named in ``include`` by the user) are differentiated too:
+    their flag is switched on for the calibration passes only (:func:`requiring_grad`), so they
+    still get no ``.grad`` and no optimizer update.
 
     Args:
         loss_fn: ``loss_fn(batch, batch_idx)`` returns a scalar loss.
@@ -193,7 +203,7 @@ def gradient_statistics(
     tensors = [params[n] for n in names]
     grad_sum = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in params.items()}
     grad_sq_sum = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in params.items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), requiring_grad(tensors):
         for idx, batch in enumerate(batches):
             loss = loss_fn(batch, idx)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
@@ -207,6 +217,28 @@ def gradient_statistics(
         {n: g / count for n, g in grad_sum.items()},
         {n: g / count for n, g in grad_sq_sum.items()},
     )
+
+
+@contextlib.contextmanager
+def requiring_grad(tensors: Iterable[Tensor]) -> Iterator[None]:
+    """Let autograd differentiate frozen leaf tensors for a while, then freeze them again.
+
+    Example:
+        >>> w = torch.ones(2)
+        >>> with requiring_grad([w]):
+        ...     print(w.requires_grad)
+        True
+        >>> w.requires_grad
+        False
+    """
+    frozen = [t for t in tensors if t.is_leaf and not t.requires_grad]
+    for tensor in frozen:
+        tensor.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for tensor in frozen:
+            tensor.requires_grad_(False)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,10 @@ of a Linear or Conv layer costs one MAC per output position and sample, so its c
 ``positions``. The positions are recorded by :class:`OutputPositions` on the first forward pass
 that calls each layer. (``target_unit="flops"`` and ``autoprune/flops_sparsity`` are shares of this
 count: a share is the same in MACs and in FLOPs.)
+
+Layers that compute a linear map over the last dim (Linear-like layers, transformers' ``Conv1D``
+whose weight is stored ``[in, out]``) count as Linear layers: their output positions are every
+dim but the last.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_autoprune.core.targets import PruneTarget
+from lightning_autoprune.core.targets import PruneTarget, is_linear_map
 
 #: Layers whose weights cost one MAC per entry and output position (``weights * positions`` per sample).
 FLOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -31,7 +35,11 @@ def flop_targets(targets: Sequence[PruneTarget]) -> list[PruneTarget]:
         >>> [t.name for t in flop_targets(resolve_targets(model, ["*"], None))]
         ['0.weight']
     """
-    return [t for t in targets if t.param_name == "weight" and isinstance(t.module, FLOP_LAYERS)]
+    return [
+        t
+        for t in targets
+        if t.param_name == "weight" and (isinstance(t.module, FLOP_LAYERS) or is_linear_map(t.module))
+    ]
 
 
 def macs_per_weight(targets: Sequence[PruneTarget], positions: Mapping[str, int]) -> dict[str, float] | None:
@@ -82,7 +90,7 @@ class OutputPositions:
                 if output.ndim == 1:  # an unbatched Linear call
                     self.positions[name] = 1
                     return
-                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                channels = output.shape[-1] if is_linear_map(mod) else output.shape[1]
                 self.positions[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
 
             self._handles.append(target.module.register_forward_hook(hook))

@@ -16,7 +16,7 @@ per-event ``diagnostics`` and its ``feature_importances()``. Formula scorers fil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +59,9 @@ class ScoreInputs:
             training data, disjoint from the gradient batches) at the live parameters.
         cost_weights: structured pruning towards a FLOPs target: per parameter, what one of its
             entries costs (FLOPs per sample); ``None`` when the target counts parameters.
+        transposed: names of the 2-D weights stored ``[in, out]`` (transformers' ``Conv1D``):
+            their output units run along dim 1 and their input units along dim 0. Every other
+            weight has output units along dim 0 and input units along dim 1.
 
     Example:
         >>> inputs = ScoreInputs({"a": torch.ones(2)}, {"a": torch.ones(2, dtype=torch.bool)})
@@ -81,6 +84,7 @@ class ScoreInputs:
     params: Mapping[str, Tensor] | None = None
     loss_fn: Callable[[], float] | None = None
     cost_weights: Mapping[str, float] | None = None
+    transposed: Set[str] = frozenset()
 
 
 class ScorerBase(Protocol):

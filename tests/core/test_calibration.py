@@ -72,3 +72,13 @@ def test_muted_logging_silences_and_restores() -> None:
         assert module.training_step(None, 0) == 0  # would raise outside a Trainer if log were live
     assert "log" not in module.__dict__
     assert module.log.__func__ is LightningModule.log  # type: ignore[attr-defined]
+
+
+def test_gradient_statistics_differentiate_frozen_parameters_and_refreeze_them() -> None:
+    layer = torch.nn.Linear(2, 1, bias=False)
+    layer.requires_grad_(False)
+    batches = [torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 0.0]])]
+    mean, _ = gradient_statistics(lambda b, i: layer(b).sum(), batches, {"w": layer.weight})
+    assert torch.equal(mean["w"], torch.tensor([[2.0, 1.0]]))
+    assert not layer.weight.requires_grad
+    assert layer.weight.grad is None

@@ -219,23 +219,27 @@ def test_metrics_reach_csv_logger(digits: DigitsDataModule, trainer_kwargs: dict
 
 
 @pytest.mark.parametrize(
-    ("model_factory", "expected_targets"),
+    ("model_factory", "expected_targets", "include"),
     [
-        (lambda: RecurrentClassifier(cell="lstm", hidden_size=16), {"net.weight_ih_l0", "net.weight_hh_l0"}),
+        (lambda: RecurrentClassifier(cell="lstm", hidden_size=16), {"net.weight_ih_l0", "net.weight_hh_l0"}, None),
         (
             lambda: TransformerClassifier(length=64, d_model=16, nhead=2, num_layers=1, dim_feedforward=32),
             {"self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight"},
+            None,
         ),
-        (lambda: CNN1DClassifier(length=64, channels=[8, 8]), {"weight"}),
-        (lambda: EmbeddingClassifier(), {"weight"}),
+        (lambda: CNN1DClassifier(length=64, channels=[8, 8]), {"weight"}, None),
+        # Embeddings are left dense by default; a user opts them in by name.
+        (lambda: EmbeddingClassifier(), {"net.weight", "head.weight"}, ["net.weight", "head.weight"]),
     ],
     ids=["lstm", "transformer", "cnn-batchnorm", "embedding"],
 )
-def test_prunes_other_architectures(model_factory: Any, expected_targets: set[str], trainer_kwargs: dict) -> None:
+def test_prunes_other_architectures(
+    model_factory: Any, expected_targets: set[str], include: list[str] | None, trainer_kwargs: dict
+) -> None:
     seed_everything(0)
     model = model_factory()
     datamodule = DigitsDataModule(batch_size=64)
-    autoprune = AutoPrune(report=False, target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
+    autoprune = AutoPrune(report=False, target_sparsity=0.6, start_epoch=1, end_epoch=1, include=include, verbose=False)
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=datamodule)
     names = {t.name for t in autoprune.targets}

@@ -105,6 +105,7 @@ class _Layer:
     input_norm: Tensor | None  # per input unit
     output_norm: Tensor | None  # per output unit
     inner: int  # entries per (output unit, input unit) pair: the kernel size
+    transposed: bool  # stored [in, out] (transformers' Conv1D) instead of [out, in, ...]
     fan_in: int
     fan_out: int
     mean_abs: float
@@ -137,7 +138,8 @@ class FeatureTable:
     ``log_output_norm``        ``log10`` of the output unit's activation norm over its global scale
     ``depth``                  tensor index / (number of tensors - 1), in the model's order
     ``log2_fan_in``            ``log2`` of the inputs per output unit (input units x kernel)
-    ``log2_fan_out``           ``log2`` of the output units
+    ``log2_fan_out``           ``log2`` of the output units (for a weight stored ``[in, out]``,
+                               named in ``inputs.transposed``, the units are read the other way)
     ``layer_density``          the tensor's kept fraction before this event
     ``parameter_share``        the tensor's share of all prunable weights
     ``progress``               training progress, ``epoch / max_epochs``
@@ -172,8 +174,11 @@ class FeatureTable:
         absw = w.abs()
         g = layer.grad[index]
         fisher = layer.fisher[index]
-        in_unit = (index // layer.inner) % layer.fan_in
-        out_unit = index // (layer.inner * layer.fan_in)
+        if layer.transposed:  # stored [in, out]: flat index = in_unit * fan_out + out_unit
+            in_unit, out_unit = index // layer.fan_out, index % layer.fan_out
+        else:
+            in_unit = (index // layer.inner) % layer.fan_in
+            out_unit = index // (layer.inner * layer.fan_in)
         x = layer.input_norm[in_unit] if layer.input_norm is not None else torch.full_like(absw, s["x"])
         columns = [
             _log(absw / s["w"]),
@@ -215,9 +220,8 @@ class FeatureTable:
         adam = _flat(inputs.exp_avg_sq, name, fisher)
         movement = _flat(inputs.movement, name, zeros)
         initial = _flat(inputs.initial_weights, name, flat_w)
-        fan_out = weight.shape[0] if weight.ndim >= 1 else 1
-        fan_in_units = weight.shape[1] if weight.ndim >= 2 else 1
-        inner = max(1, flat_w.numel() // max(1, fan_out * fan_in_units))
+        transposed = _is_transposed(inputs, name, weight)
+        fan_out, fan_in_units, inner = _geometry(weight, transposed)
         kept = int(flat_m.sum())
         mean_abs = float((flat_w.abs() * flat_m).sum()) / max(kept, 1) or 1.0
         index = self.names.index(name)
@@ -248,11 +252,28 @@ class FeatureTable:
             input_norm=_units(inputs.input_norms, name, fan_in_units),
             output_norm=_units(inputs.output_norms, name, fan_out),
             inner=inner,
+            transposed=transposed,
             fan_in=fan_in_units,
             fan_out=fan_out,
             mean_abs=mean_abs,
             constants=constants,
         )
+
+
+def _is_transposed(inputs: ScoreInputs, name: str, weight: Tensor) -> bool:
+    return name in inputs.transposed and weight.ndim == 2
+
+
+def _geometry(weight: Tensor, transposed: bool) -> tuple[int, int, int]:
+    """Output units, input units and entries per (output, input) pair of a weight.
+
+    ``[out, in, *kernel]`` for Linear, Conv, RNN and attention weights; ``[in, out]`` when ``transposed``.
+    """
+    if transposed:
+        return weight.shape[1], weight.shape[0], 1
+    fan_out = weight.shape[0] if weight.ndim >= 1 else 1
+    fan_in = weight.shape[1] if weight.ndim >= 2 else 1
+    return fan_out, fan_in, max(1, weight.numel() // max(1, fan_out * fan_in))
 
 
 def _flat(source: Mapping[str, Tensor] | None, name: str, default: Tensor) -> Tensor:
@@ -310,14 +331,16 @@ def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
         sums["adam"] += float((adam * keep).sum())
         sums["t2"] += float((taylor2_scores(w, g, fisher).abs() * keep).sum())
         sums["mv"] += float((mv.abs() * keep).sum())
-        fan_out = weight.shape[0] if weight.ndim >= 1 else 1
-        fan_in = weight.shape[1] if weight.ndim >= 2 else 1
+        transposed = _is_transposed(inputs, name, weight)
+        fan_out, fan_in, inner = _geometry(weight, transposed)
         x = _units(inputs.input_norms, name, fan_in)
         if x is not None:
             x_sum += float(x.sum())
             x_count += x.numel()
-            inner = max(1, w.numel() // max(1, fan_out * fan_in))
-            per_unit = (w.abs() * keep).view(fan_out, fan_in, inner).sum(dim=(0, 2))
+            if transposed:
+                per_unit = (w.abs() * keep).view(fan_in, fan_out).sum(dim=1)
+            else:
+                per_unit = (w.abs() * keep).view(fan_out, fan_in, inner).sum(dim=(0, 2))
             sums["wanda"] += float(per_unit @ x)
         y = _units(inputs.output_norms, name, fan_out)
         if y is not None:

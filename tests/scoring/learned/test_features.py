@@ -5,6 +5,9 @@ import math
 import pytest
 import torch
 
+from lightning_autoprune.core.calibration import ActivationRecorder
+from lightning_autoprune.core.flops import OutputPositions
+from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.scoring.base import ScoreInputs
 from lightning_autoprune.scoring.formulas import lamp_scores
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
@@ -107,3 +110,67 @@ def test_chunked_rows_equal_whole_rows(tiny: ScoreInputs) -> None:
         [table.rows("a", torch.arange(0, 4)), table.rows("b", torch.arange(2))[:0], table.rows("a", torch.arange(4, 6))]
     )
     assert torch.equal(whole, parts)
+
+
+class Conv1D(torch.nn.Module):
+    """transformers' ``Conv1D`` (GPT-2), copied to run without transformers: ``x @ W + b``, W ``[in, out]``."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf))
+        self.bias = torch.nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (*x.shape[:-1], self.nf)
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(size)
+
+
+def test_conv1d_rows_equal_those_of_the_equivalent_linear() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 3)
+    conv = Conv1D(nf=3, nx=5)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.T)
+        conv.bias.copy_(linear.bias)
+    x = torch.randn(4, 7, 5)
+    assert torch.allclose(conv(x), linear(x), atol=1e-6)
+
+    def inputs(layer: torch.nn.Module, transpose: bool) -> ScoreInputs:
+        with ActivationRecorder({"w": layer}) as recorder:
+            layer(x)
+        mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) > 0.3
+        grad = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+        stored = (lambda t: t.T.contiguous()) if transpose else (lambda t: t)
+        return ScoreInputs(
+            weights={"w": layer.weight.detach() * stored(mask)},
+            masks={"w": stored(mask)},
+            grad_mean={"w": stored(grad)},
+            grad_sq_mean={"w": stored(grad * grad)},
+            input_norms=recorder.input_norms(),
+            output_norms=recorder.output_norms(),
+            transposed=frozenset({"w"}) if transpose else frozenset(),
+        )
+
+    from_linear, from_conv = inputs(linear, False), inputs(conv, True)
+    assert from_conv.input_norms is not None
+    assert from_linear.input_norms is not None
+    assert torch.allclose(from_conv.input_norms["w"], from_linear.input_norms["w"])  # 5 input units
+    assert from_conv.output_norms is not None
+    assert from_linear.output_norms is not None
+    assert torch.allclose(from_conv.output_norms["w"], from_linear.output_norms["w"])  # 3 output units
+    out_unit, in_unit = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+    linear_rows = FeatureTable(from_linear).rows("w", (out_unit * 5 + in_unit).reshape(-1))
+    conv_rows = FeatureTable(from_conv).rows("w", (in_unit * 3 + out_unit).reshape(-1))
+    assert column(conv_rows, "log2_fan_in")[0] == pytest.approx(math.log2(5))
+    assert column(conv_rows, "log2_fan_out")[0] == pytest.approx(math.log2(3))
+    assert torch.allclose(conv_rows, linear_rows, atol=1e-5)
+
+
+def test_conv1d_flops_count_positions_over_every_dim_but_the_last() -> None:
+    model = torch.nn.Sequential(Conv1D(nf=3, nx=5), torch.nn.Linear(3, 2))
+    watcher = OutputPositions({})
+    watcher.watch(resolve_targets(model))
+    model(torch.randn(4, 7, 5))
+    watcher.remove()
+    assert watcher.positions == {"0.weight": 7, "1.weight": 7}
