@@ -24,7 +24,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["Link", "Plan", "Trace", "import_torch_pruning", "tensors_in", "trace"]
+__all__ = ["Link", "Plan", "Trace", "attention_layers", "import_torch_pruning", "tensors_in", "trace"]
 
 _INSTALL_HINT = (
     "lightning_autoprune.structured needs Torch-Pruning to trace layer coupling; "
@@ -281,6 +281,31 @@ def trace(
         for name, m in model.named_modules():
             m.training = training[name]
     return Trace(graph, names, _output_grad_fns(captured.get("output")))
+
+
+def attention_layers(model: nn.Module) -> set[int]:
+    """``id`` of every submodule inside an attention block, whose channels are split into heads.
+
+    An attention block is a module whose class name contains ``Attention`` (transformers'
+    ``BertSelfAttention``, ``ViTAttention``, ``LlamaAttention``, torch's ``MultiheadAttention``, ...).
+    Their projections reshape channels into heads of a fixed size, which Torch-Pruning traces as
+    plain channels: single channels of a head can be masked, but not removed exactly, so both
+    unit discovery and compaction keep them whole.
+
+    Example:
+        >>> class SelfAttention(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.query = nn.Linear(4, 4)
+        >>> net = nn.Sequential(SelfAttention(), nn.Linear(4, 2))
+        >>> id(net[0].query) in attention_layers(net), id(net[1]) in attention_layers(net)
+        (True, False)
+    """
+    found: set[int] = set()
+    for module in model.modules():
+        if "attention" in type(module).__name__.lower():
+            found.update(id(m) for m in module.modules())
+    return found
 
 
 def _output_grad_fns(output: object) -> set[int]:
