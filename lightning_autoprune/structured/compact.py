@@ -438,6 +438,8 @@ def _is_opaque(module: nn.Module) -> bool:
         return False
     if isinstance(module, _CHANNEL_MIXING):
         return True
+    if "attention" in type(module).__name__.lower():
+        return True  # heads of a fixed size; rotary embeddings inside send Torch-Pruning's tracing astray
     if isinstance(module, _CONTAINERS):
         return False
     if _has_state(module, recurse=False) and next(module.children(), None) is None:
@@ -586,7 +588,10 @@ class _Compactor:
         roots = [
             m
             for m in traced.modules
-            if isinstance(m, (nn.Linear, _ConvNd)) and id(m) not in self.ignored and self.names.get(id(m)) is not None
+            if isinstance(m, (nn.Linear, _ConvNd))
+            and id(m) not in self.ignored
+            and id(m) not in self.attention
+            and self.names.get(id(m)) is not None
         ]
 
         def failed(root: nn.Module, err: Exception) -> None:
@@ -611,6 +616,15 @@ class _Compactor:
         ]
         for plan in self._plans(traced):
             self.decisions.append(self._decide(plan))
+        traced_ids = {id(m) for m in traced.modules}
+        self.attention_dead = [
+            f"'{self.names[id(m)]}': {int(self._dead_producer(m).sum())} dead unit(s)"
+            for m in self.model.modules()
+            if isinstance(m, (nn.Linear, _ConvNd))
+            and id(m) in self.attention
+            and id(m) in traced_ids
+            and bool(self._dead_producer(m).any())
+        ]
 
     def _decide(self, plan: Plan) -> _Decision:
         """Which units of one coupled group are dead, and which of those can be removed."""
@@ -711,6 +725,11 @@ class _Compactor:
             )
         kept = [f"{d.name}: {d.kept_dead} dead unit(s), {'; '.join(d.reasons)}" for d in self.decisions if d.kept_dead]
         kept += [f"{failure}: coupling could not be traced" for failure in self.trace_failures]
+        if self.attention_dead:
+            kept.append(
+                f"{', '.join(self.attention_dead)}: attention projections, whose channels are split into heads "
+                "of a fixed size, are kept whole"
+            )
         if kept:
             warnings.warn(
                 "compact: kept dead units that cannot be removed exactly: " + " | ".join(kept),

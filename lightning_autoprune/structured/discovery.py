@@ -93,7 +93,9 @@ def find_unit_groups(
 
     groups: list[UnitGroup] = []
     kept: list[str] = []
-    for plan in traced.plans(layers, claims=_producers):
+    covered: set[int] = set()
+    for plan in traced.plans([m for m in layers if id(m) not in attention], claims=_producers):
+        covered.update(id(p) for p in _producers(plan))
         slices: list[Slice] = []
         block: str | None = None
         for link in plan.links:
@@ -145,6 +147,17 @@ def find_unit_groups(
                 depth=first / max(1, len(layers) - 1),
             )
         )
+    heads: dict[str, list[str]] = {}  # attention block -> its traced, selected projections no plan covered
+    in_graph = {id(m) for m in traced.modules}
+    for m in layers:
+        if (
+            id(m) in attention
+            and id(m) in in_graph
+            and id(m) not in covered
+            and _module_param(names[id(m)], "weight") in prunable
+        ):
+            heads.setdefault(attention[id(m)], []).append(f"'{names[id(m)]}'")
+    kept += [f"{', '.join(projections)} ({ATTENTION_REASON})" for projections in heads.values()]
     return groups, kept
 
 

@@ -283,14 +283,15 @@ def trace(
     return Trace(graph, names, _output_grad_fns(captured.get("output")))
 
 
-def attention_layers(model: nn.Module) -> set[int]:
-    """``id`` of every submodule inside an attention block, whose channels are split into heads.
+def attention_layers(model: nn.Module) -> dict[int, str]:
+    """The submodules inside attention blocks, whose channels are split into heads: ``id`` -> the block's name.
 
     An attention block is a module whose class name contains ``Attention`` (transformers'
-    ``BertSelfAttention``, ``ViTAttention``, ``LlamaAttention``, torch's ``MultiheadAttention``, ...).
-    Their projections reshape channels into heads of a fixed size, which Torch-Pruning traces as
-    plain channels: single channels of a head can be masked, but not removed exactly, so both
-    unit discovery and compaction keep them whole.
+    ``BertAttention``, ``ViTAttention``, ``LlamaAttention``, torch's ``MultiheadAttention``, ...);
+    a block inside another one belongs to the outer one. Their projections reshape channels into
+    heads of a fixed size, which Torch-Pruning traces as plain channels (and, through rotary
+    embeddings, may explore without end): single channels of a head can be masked but not
+    removed exactly, so unit discovery and compaction keep them whole and never trace from them.
 
     Example:
         >>> class SelfAttention(nn.Module):
@@ -298,13 +299,15 @@ def attention_layers(model: nn.Module) -> set[int]:
         ...         super().__init__()
         ...         self.query = nn.Linear(4, 4)
         >>> net = nn.Sequential(SelfAttention(), nn.Linear(4, 2))
-        >>> id(net[0].query) in attention_layers(net), id(net[1]) in attention_layers(net)
-        (True, False)
+        >>> found = attention_layers(net)
+        >>> found.get(id(net[0].query)), id(net[1]) in found
+        ('0', False)
     """
-    found: set[int] = set()
-    for module in model.modules():
-        if "attention" in type(module).__name__.lower():
-            found.update(id(m) for m in module.modules())
+    found: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if id(module) not in found and "attention" in type(module).__name__.lower():
+            for m in module.modules():
+                found.setdefault(id(m), name)
     return found
 
 

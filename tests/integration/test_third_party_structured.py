@@ -156,6 +156,55 @@ def test_bert_prunes_ffn_units_and_keeps_attention(trainer_kwargs: dict[str, Any
         torch.testing.assert_close(small(x), model(x))
 
 
+@pytest.mark.parametrize("family", ["llama", "vit"])
+def test_ffn_units_compact_and_attention_stays(family: str, trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    seed_everything(0)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            num_labels=CLASSES,
+            pad_token_id=0,
+        )
+        model = HFClassifier(transformers.LlamaForSequenceClassification(config))
+        data, block = _tokens(), model.model.model.layers[0]
+        ffn, attention = [block.mlp.gate_proj, block.mlp.up_proj], block.self_attn
+    else:
+        config = transformers.ViTConfig(
+            num_channels=1,
+            image_size=8,
+            patch_size=4,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=CLASSES,
+        )
+        model = HFClassifier(transformers.ViTForImageClassification(config))
+        data, block = _images(8), model.model.vit.layers[0]
+        ffn, attention = [block.mlp.fc1], block.attention
+    autoprune = _autoprune(tmp_path, compact_on_fit_end=True)
+    _fit(model, data, autoprune, trainer_kwargs)
+
+    dead = torch.stack([(layer.weight == 0).all(dim=1) for layer in ffn]).all(dim=0)
+    assert dead.any(), "FFN hidden units were pruned, in every coupled projection together"
+    for layer in attention.modules():
+        if isinstance(layer, nn.Linear):
+            assert (layer.weight != 0).any(dim=1).all(), "attention heads stay whole"
+    small = autoprune.compacted_model
+    assert small is not None
+    assert count_parameters(small) < count_parameters(model)
+    x = data.tensors[0][:8]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
 def test_gpt2_structured_fails_before_training(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
     config = transformers.GPT2Config(
         vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16, num_labels=CLASSES, pad_token_id=0
