@@ -96,6 +96,10 @@ class AutoPrune(Callback):
             weight slice, layer-normalised), ``"taylor"`` (group Taylor per parameter or FLOP
             removed), ``"learned"`` (single-unit ablations near the frontier teach a
             scikit-learn model, checked against Taylor on held-out units) or ``"random"``.
+            Attention projections (layers inside a module whose class name contains
+            ``Attention``) are kept whole, as their channels form heads; a transformer's FFN
+            hidden units are pruned. The units are traced when training starts, so a model with
+            nothing to prune raises a ``ValueError`` naming each candidate and why it is kept.
         target_unit: what ``target_sparsity`` (and the automatic mode's sparsity) counts:
             ``"params"``, the prunable parameters removed, or ``"flops"`` (``granularity="structured"``
             only), the multiply-accumulates of the pruned Linear and Conv layers removed per sample,
@@ -111,7 +115,9 @@ class AutoPrune(Callback):
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
             remove the pruned units (:func:`lightning_autoprune.compact`), keep the smaller model
             as ``callback.compacted_model`` and save it (``torch.save`` of the module, in eval
-            mode) as ``compacted_model.pt`` in ``report_dir``.
+            mode) as ``compacted_model.pt`` in ``report_dir``. The report is written first; if
+            compaction fails, a warning names the blocking layers, the masked model is kept and
+            the report records the failure.
         schedule: how sparsity grows between ``start_epoch`` and ``end_epoch``: ``"cubic"``
             (Zhu & Gupta 2017, fast early and gentle late), ``"linear"``, or ``"one_shot"`` (all
             at ``end_epoch``).

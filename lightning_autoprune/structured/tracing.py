@@ -288,10 +288,10 @@ def attention_layers(model: nn.Module) -> dict[int, str]:
 
     An attention block is a module whose class name contains ``Attention`` (transformers'
     ``BertAttention``, ``ViTAttention``, ``LlamaAttention``, torch's ``MultiheadAttention``, ...);
-    a block inside another one belongs to the outer one. Their projections reshape channels into
-    heads of a fixed size, which Torch-Pruning traces as plain channels (and, through rotary
-    embeddings, may explore without end): single channels of a head can be masked but not
-    removed exactly, so unit discovery and compaction keep them whole and never trace from them.
+    a block inside another one belongs to the outer one, and ``model`` itself is never one. Their
+    projections reshape channels into heads of a fixed size, which Torch-Pruning traces as plain
+    channels (and, through rotary embeddings, may explore without end): single channels of a head
+    can be masked but not removed exactly, so unit discovery and compaction keep them whole and never trace from them.
 
     Example:
         >>> class SelfAttention(nn.Module):
@@ -305,6 +305,8 @@ def attention_layers(model: nn.Module) -> dict[int, str]:
     """
     found: dict[int, str] = {}
     for name, module in model.named_modules():
+        if module is model:  # the model itself is no block, whatever its name
+            continue
         if id(module) not in found and "attention" in type(module).__name__.lower():
             for m in module.modules():
                 found.setdefault(id(m), name)
