@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -29,6 +30,7 @@ from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, 
 from lightning_autoprune.event import TrainingAccess
 from lightning_autoprune.reporting import record as report_record
 from lightning_autoprune.run import PruningRun, check_state_version
+from lightning_autoprune.structured import CompactionError
 
 
 class AutoPrune(Callback):
@@ -98,6 +100,10 @@ class AutoPrune(Callback):
             weight slice, layer-normalised), ``"taylor"`` (group Taylor per parameter or FLOP
             removed), ``"learned"`` (single-unit ablations near the frontier teach a
             scikit-learn model, checked against Taylor on held-out units) or ``"random"``.
+            Attention projections (layers inside a module whose class name contains
+            ``Attention``) are kept whole, as their channels form heads; a transformer's FFN
+            hidden units are pruned. The units are traced when training starts, so a model with
+            nothing to prune raises a ``ValueError`` naming each candidate and why it is kept.
         target_unit: what ``target_sparsity`` (and the automatic mode's sparsity) counts:
             ``"params"``, the prunable parameters removed, or ``"flops"`` (``granularity="structured"``
             only), the multiply-accumulates of the pruned Linear and Conv layers removed per sample,
@@ -113,7 +119,9 @@ class AutoPrune(Callback):
         compact_on_fit_end: ``granularity="structured"`` only: at the end of fit, physically
             remove the pruned units (:func:`lightning_autoprune.compact`), keep the smaller model
             as ``callback.compacted_model`` and save it (``torch.save`` of the module, in eval
-            mode) as ``compacted_model.pt`` in ``report_dir``.
+            mode) as ``compacted_model.pt`` in ``report_dir``. The report is written first; if
+            compaction fails, a warning names the blocking layers, the masked model is kept and
+            the report records the failure.
         schedule: how sparsity grows between ``start_epoch`` and ``end_epoch``: ``"cubic"``
             (Zhu & Gupta 2017, fast early and gentle late), ``"linear"``, or ``"one_shot"`` (all
             at ``end_epoch``).
@@ -328,10 +336,17 @@ class AutoPrune(Callback):
         self.run.start(targets, trainer.max_epochs, snapshot, say)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Apply a resumed state, then hook mask enforcement onto every optimizer step."""
+        """Apply a resumed state, trace the structured units, then hook mask enforcement onto every optimizer step.
+
+        ``granularity="structured"`` traces its unit groups here, before the first epoch trains:
+        tracing runs the model on one training batch, and Lightning builds the training loader
+        only after ``on_fit_start``, so this is the earliest hook that has one. A model with no
+        prunable unit raises a ``ValueError`` here instead of at the first pruning event.
+        """
         if self._pending_state is not None:
             self.run.load_state_dict(self._pending_state)
             self._pending_state = None
+        self.run.prepare(self._access(trainer, pl_module))
         self.run.engine.start(trainer.optimizers)
         self.run.positions.watch(self.targets)
 
@@ -412,7 +427,13 @@ class AutoPrune(Callback):
                 adapter.rank_zero_info(line)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """In automatic mode, end on a state within tolerance; compact, print a summary and write the report."""
+        """In automatic mode, end on a state within tolerance; print a summary, write the report, then compact.
+
+        The report is written before compacting, and a ``CompactionError`` only warns: the masked
+        model stays in ``pl_module`` and the failure is recorded in ``report.md`` and
+        ``summary.json``. (``ModelCheckpoint`` has saved the masked model already: Lightning
+        calls ``on_fit_end`` after the last checkpoint.)
+        """
         if not self.targets:
             return
         config = self.config
@@ -421,24 +442,29 @@ class AutoPrune(Callback):
         # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
         writes = config.report or config.compact_on_fit_end
         directory = adapter.report_directory(trainer, config.report_dir) if writes else None
-        compaction = None
-        if config.compact_on_fit_end and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        # Nothing else shows the record; its feature importances alone cost a third of a second.
+        record = self.report_record(pl_module) if config.verbose or config.report else None
+        if record is not None and config.verbose:
+            reporting.print_summary(record)
+        written = record is not None and config.report and directory is not None
+        if written:
+            assert record is not None
+            assert directory is not None
+            reporting.write_report(record, directory)
+        if config.compact_on_fit_end:
             assert directory is not None
             # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
-            self.compacted_model, compaction = self.run.compact(self._access(trainer, pl_module), directory)
-            if config.verbose:
-                adapter.info(compaction_line(compaction))
-        if not (config.verbose or config.report) or not trainer.is_global_zero:
-            return  # nothing shows the record; its feature importances alone cost a third of a second
-        record = self.report_record(pl_module)
-        if compaction is not None:
-            record["compaction"] = compaction
-        if config.verbose:
-            reporting.print_summary(record)
-        if config.report and directory is not None:
-            reporting.write_report(record, directory)
-            if config.verbose:
-                adapter.info(f"report written to {directory / 'report.md'}")
+            compaction = self._compact(trainer, pl_module, directory)
+            if written:
+                assert record is not None
+                assert directory is not None
+                record["compaction"] = compaction
+                reporting.rewrite_text(record, directory)
+        if written and config.verbose:
+            assert directory is not None
+            adapter.info(f"report written to {directory / 'report.md'}")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer and forward hooks."""
@@ -487,6 +513,22 @@ class AutoPrune(Callback):
         if warning is not None:
             warnings.warn(warning, UserWarning, stacklevel=3)
 
+    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
+        """Compact into ``compacted_model``; a ``CompactionError`` warns and keeps the masked model.
+
+        Returns:
+            What the report records: the parameter counts and path, or the error and the layers
+            that blocked compaction.
+        """
+        try:
+            self.compacted_model, compaction = self.run.compact(self._access(trainer, pl_module), directory)
+        except CompactionError as err:
+            warnings.warn(compaction_failure(err), UserWarning, stacklevel=3)
+            return {"error": str(err), "blocking_layers": list(err.layers)}
+        if self.config.verbose:
+            adapter.info(compaction_line(compaction))
+        return compaction
+
     def _warn_noise(self, trainer: pl.Trainer) -> None:
         """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
         samples, self._validation_samples = self._validation_samples, None
@@ -511,6 +553,29 @@ class AutoPrune(Callback):
                 f"{monitor.label} stayed within {self.config.max_metric_drop} of the dense reference "
                 f"{state.reference:.4f} on validation. Stopped because {state.stop_reason}."
             )
+
+
+def compaction_failure(err: CompactionError) -> str:
+    """The warning when compaction fails at fit end: the cause, the blocking layers and how to keep them.
+
+    Example:
+        >>> message = compaction_failure(CompactionError("It differs.", layers=["net.0"]))
+        >>> print(message.split("failure. ")[1])  # doctest: +NORMALIZE_WHITESPACE
+        It differs. Blocking layers: 'net.0'. To compact while keeping them whole:
+        `lightning_autoprune.compact(model, example_inputs, ignored_layers=[model.get_submodule('net.0')])`.
+    """
+    text = (
+        "compact_on_fit_end could not compact the model, so the masked model is kept (pruned units stay exact "
+        f"zeros) and the report records the failure. {err}"
+    )
+    if not err.layers:
+        return text
+    names = ", ".join(f"'{name}'" for name in err.layers)
+    ignored = ", ".join(f"model.get_submodule('{name}')" for name in err.layers)
+    return (
+        f"{text} Blocking layers: {names}. To compact while keeping them whole: "
+        f"`lightning_autoprune.compact(model, example_inputs, ignored_layers=[{ignored}])`."
+    )
 
 
 def compaction_line(compaction: dict[str, Any]) -> str:

@@ -82,7 +82,7 @@ class EventPipeline:
         self.scorer = scorer
         self.positions = positions
         self.say = say
-        self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced at the first event
+        self.unit_groups: list[structured.UnitGroup] | None = None  # structured: traced before training
         self._example: Inputs | None = None
 
     def example_inputs(self, access: TrainingAccess) -> Inputs:
@@ -183,24 +183,40 @@ class EventPipeline:
         return self.engine.mask_progress(self.cost_weights()) if self.engine.pruned else 0.0
 
     def traced_groups(self, access: TrainingAccess) -> list[structured.UnitGroup]:
-        """The unit groups, traced once with Torch-Pruning on the model's own inputs."""
+        """The unit groups, traced once with Torch-Pruning on the model's own inputs.
+
+        The callback calls this before the first epoch trains (``on_train_start``), so a model
+        with nothing to prune fails there, not at the first pruning event.
+
+        Raises:
+            ValueError: if no unit can be pruned (the message names every candidate layer and
+                why it is kept), or if Torch-Pruning cannot trace the model.
+        """
         if self.unit_groups is not None:
             return self.unit_groups
         args, kwargs = self.example_inputs(access)
         prunable = {t.name for t in self.engine.targets if t.param_name == "weight"}
-        groups, kept = structured.find_unit_groups(
-            access.module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
-        )
+        try:
+            groups, kept = structured.find_unit_groups(
+                access.module, args, prunable=prunable, forward_fn=lambda m, a: m(*a, **kwargs)
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"granularity='structured' cannot prune this model: {err} HINT: use granularity='unstructured'."
+            ) from err
+        if not groups:
+            unsupported = structured.unsupported_layers(access.module)
+            raise ValueError(
+                "granularity='structured' found no unit it can prune. The candidates, and why each is kept: "
+                f"{', '.join(kept) or 'none (no selected Linear or ordinary Conv layer)'}."
+                + (f" Layers structured pruning does not handle: {'; '.join(unsupported)}." if unsupported else "")
+                + " HINT: use granularity='unstructured'."
+            )
         if kept:
             warnings.warn(
                 f"AutoPrune (granularity='structured') keeps every unit of: {', '.join(kept)}.",
                 UserWarning,
                 stacklevel=2,
-            )
-        if not groups:
-            raise ValueError(
-                "granularity='structured' found no unit it can prune: every selected layer produces the model's "
-                "output or is coupled to a layer it cannot handle. HINT: use granularity='unstructured'."
             )
         self.unit_groups = groups
         return groups

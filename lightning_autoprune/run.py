@@ -156,6 +156,16 @@ class PruningRun:
             epoch, progress=self.events.progress(), last_target=last
         ) else None
 
+    def prepare(self, access: TrainingAccess) -> None:
+        """Before the first epoch trains: trace the structured unit groups, so nothing to prune fails now.
+
+        Raises:
+            ValueError: for ``granularity="structured"``, if no unit can be pruned or the model
+                cannot be traced (see :meth:`EventPipeline.traced_groups`).
+        """
+        if self.config.structured:
+            self.events.traced_groups(access)
+
     def compute_masks(self, access: TrainingAccess, epoch: int, target: float) -> dict[str, Tensor] | None:
         """The masks of a step to ``target`` (``None``: skip the event); see :class:`EventPipeline`."""
         return self.events.compute_masks(access, epoch, target, self.generator, self.search)

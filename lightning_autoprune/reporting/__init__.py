@@ -23,7 +23,7 @@ Lightning or the callback; ``rich`` and ``matplotlib`` are imported when a summa
 from __future__ import annotations
 
 from lightning_autoprune.reporting.console import print_summary, render_summary
-from lightning_autoprune.reporting.markdown import render_markdown, write_report
+from lightning_autoprune.reporting.markdown import render_markdown, rewrite_text, write_report
 from lightning_autoprune.reporting.plots import (
     DPI,
     FIGSIZE,
@@ -48,5 +48,6 @@ __all__ = [
     "print_summary",
     "render_markdown",
     "render_summary",
+    "rewrite_text",
     "write_report",
 ]

@@ -71,6 +71,26 @@ def write_report(record: Mapping[str, Any], directory: str | os.PathLike[str]) -
     return folder
 
 
+def rewrite_text(record: Mapping[str, Any], directory: str | os.PathLike[str]) -> Path:
+    """Rewrite ``report.md`` and ``summary.json`` of a report :func:`write_report` wrote, keeping its plots.
+
+    For what is known only after the report was first written (the result of compaction).
+
+    Example:
+        >>> import tempfile
+        >>> record = {"layers": [], "sparsity": 0.5, "compaction": {"error": "it failed"}}
+        >>> folder = rewrite_text(record, tempfile.mkdtemp())
+        >>> "compaction failed" in (folder / "report.md").read_text()
+        True
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = {key: name if (folder / name).exists() else None for key, name in PLOTS.items()}
+    atomic_write_text(folder / "report.md", render_markdown(record, plots))
+    atomic_write_text(folder / "summary.json", json.dumps(record, indent=2) + "\n")
+    return folder
+
+
 def render_markdown(record: Mapping[str, Any], plots: Mapping[str, str | None]) -> str:
     """The text of ``report.md``: settings, results, the plots that exist, and the tables behind them.
 
@@ -105,6 +125,14 @@ def render_markdown(record: Mapping[str, Any], plots: Mapping[str, str | None]) 
     note = speed_note(record)
     if note:
         out.append(f"- note: {note}")
+    compaction = record.get("compaction") or {}
+    if compaction.get("error"):
+        out.append(f"- compaction failed, the masked model was kept: {compaction['error']}")
+    elif compaction.get("params_after") is not None:
+        out.append(
+            f"- compacted model: {compaction['params_before']:,} -> {compaction['params_after']:,} parameters, "
+            f"saved to `{compaction['path']}`"
+        )
     overhead = record.get("overhead_seconds") or {}
     if overhead:
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in overhead.items() if isinstance(v, (int, float)))

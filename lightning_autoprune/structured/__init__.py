@@ -11,7 +11,7 @@
 """
 
 from lightning_autoprune.structured.compact import CompactionError, compact, count_flops, count_parameters
-from lightning_autoprune.structured.discovery import find_unit_groups
+from lightning_autoprune.structured.discovery import find_unit_groups, unsupported_layers
 from lightning_autoprune.structured.select import UnitSelector, round_kept_units, select_units
 from lightning_autoprune.structured.units import Slice, UnitGroup, kept_units, unit_costs, unit_masks, unit_sums
 
@@ -30,4 +30,5 @@ __all__ = [
     "unit_costs",
     "unit_masks",
     "unit_sums",
+    "unsupported_layers",
 ]

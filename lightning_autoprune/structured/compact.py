@@ -29,7 +29,15 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils import parametrize
 
-from lightning_autoprune.structured.tracing import Link, Plan, Trace, import_torch_pruning, tensors_in, trace
+from lightning_autoprune.structured.tracing import (
+    Link,
+    Plan,
+    Trace,
+    attention_layers,
+    import_torch_pruning,
+    tensors_in,
+    trace,
+)
 
 __all__ = ["CompactionError", "compact", "count_flops", "count_parameters"]
 
@@ -55,7 +63,25 @@ _CHANNEL_MIXING = (
 
 
 class CompactionError(RuntimeError):
-    """Raised when :func:`compact` cannot build a smaller model with the same outputs."""
+    """Raised when :func:`compact` cannot build a smaller model with the same outputs.
+
+    Attributes:
+        layers: qualified names of the layers whose units the failed attempt removed or tried
+            to remove; passing those submodules as ``ignored_layers`` keeps them whole. Empty when
+            the model could not be traced at all.
+
+    Example:
+        >>> CompactionError("fails", layers=["net.0"]).layers
+        ('net.0',)
+    """
+
+    def __init__(self, message: str, layers: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.layers = tuple(layers)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the layers (exceptions pickle their ``args`` only)."""
+        return (type(self), (str(self), self.layers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +145,9 @@ def compact(
     * the model's outputs (the classifier's units, and any tensor the model returns);
     * units of ``ignored_layers`` and every unit coupled to them;
     * layers compaction cannot shrink exactly, and every unit coupled to them: recurrent layers,
-      attention, embeddings, cross-channel normalisations (``LayerNorm``, ``GroupNorm``), grouped
+      attention (``nn.MultiheadAttention``, and the projections inside any module whose class
+      name contains ``Attention``, such as transformers' self-attention blocks), embeddings,
+      cross-channel normalisations (``LayerNorm``, ``GroupNorm``), grouped
       convolutions, parametrized layers and custom modules that hold their own parameters. A
       :class:`UserWarning` names them. Dead units kept for any reason other than the two above
       are named in a second warning.
@@ -195,7 +223,10 @@ def compact(
         for name, p in work.named_parameters():
             p.requires_grad_(grad_flags.get(name, True))
         work.eval()
-        _verify(work, inputs, reference, rtol=rtol, atol=atol, removed=compactor.removed_summary())
+        try:
+            _verify(work, inputs, reference, rtol=rtol, atol=atol, removed=compactor.removed_summary())
+        except CompactionError as err:
+            raise CompactionError(str(err), layers=compactor.removed_layers()) from err.__cause__
         for name, m in work.named_modules():
             m.training = training.get(name, m.training)
     return work
@@ -407,6 +438,8 @@ def _is_opaque(module: nn.Module) -> bool:
         return False
     if isinstance(module, _CHANNEL_MIXING):
         return True
+    if "attention" in type(module).__name__.lower():
+        return True  # heads of a fixed size; rotary embeddings inside send Torch-Pruning's tracing astray
     if isinstance(module, _CONTAINERS):
         return False
     if _has_state(module, recurse=False) and next(module.children(), None) is None:
@@ -461,6 +494,7 @@ class _Decision:
     remove: list[int] = field(default_factory=list)
     kept_dead: int = 0
     reasons: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
 
 
 class _Compactor:
@@ -481,6 +515,7 @@ class _Compactor:
             self.names.setdefault(id(m), name)
         self.ignored = {id(model.get_submodule(name)) for name in ignored_names}
         self.opaque = _find_opaque(model)
+        self.attention = attention_layers(model)
         self.barriers: dict[int, str] = {}
         for m in model.modules():
             reason = _barrier_reason(m)
@@ -553,7 +588,10 @@ class _Compactor:
         roots = [
             m
             for m in traced.modules
-            if isinstance(m, (nn.Linear, _ConvNd)) and id(m) not in self.ignored and self.names.get(id(m)) is not None
+            if isinstance(m, (nn.Linear, _ConvNd))
+            and id(m) not in self.ignored
+            and id(m) not in self.attention
+            and self.names.get(id(m)) is not None
         ]
 
         def failed(root: nn.Module, err: Exception) -> None:
@@ -578,6 +616,15 @@ class _Compactor:
         ]
         for plan in self._plans(traced):
             self.decisions.append(self._decide(plan))
+        traced_ids = {id(m) for m in traced.modules}
+        self.attention_dead = [
+            f"'{self.names[id(m)]}': {int(self._dead_producer(m).sum())} dead unit(s)"
+            for m in self.model.modules()
+            if isinstance(m, (nn.Linear, _ConvNd))
+            and id(m) in self.attention
+            and id(m) in traced_ids
+            and bool(self._dead_producer(m).any())
+        ]
 
     def _decide(self, plan: Plan) -> _Decision:
         """Which units of one coupled group are dead, and which of those can be removed."""
@@ -629,6 +676,7 @@ class _Compactor:
             remove=removable,
             kept_dead=len(kept),
             reasons=sorted({blocked[u] for u in kept}),
+            producers=producers or [plan.name],
         )
 
     def _block(self, link: Link, name: str, roots: tuple[int, ...], blocked: dict[int, str]) -> str | None:
@@ -646,6 +694,8 @@ class _Compactor:
             return None
         if id(m) in self.barriers:
             return f"coupled to '{name}' ({self.barriers[id(m)]})"
+        if isinstance(m, (nn.Linear, _ConvNd)) and link.out and id(m) in self.attention:
+            return f"'{name}' is an attention projection, whose channels are split into heads of a fixed size"
         if isinstance(m, (nn.Linear, _ConvNd)) and not link.out:
             # A consumer: the unit must arrive as an exact zero on the example inputs.
             seen = self.input_nonzero.get(id(m))
@@ -675,6 +725,11 @@ class _Compactor:
             )
         kept = [f"{d.name}: {d.kept_dead} dead unit(s), {'; '.join(d.reasons)}" for d in self.decisions if d.kept_dead]
         kept += [f"{failure}: coupling could not be traced" for failure in self.trace_failures]
+        if self.attention_dead:
+            kept.append(
+                f"{', '.join(self.attention_dead)}: attention projections, whose channels are split into heads "
+                "of a fixed size, are kept whole"
+            )
         if kept:
             warnings.warn(
                 "compact: kept dead units that cannot be removed exactly: " + " | ".join(kept),
@@ -694,8 +749,13 @@ class _Compactor:
                 raise CompactionError(
                     f"Torch-Pruning failed to remove {len(decision.remove)} unit(s) of "
                     f"{decision.name} ({type(err).__name__}: {err}); pass that layer in "
-                    "`ignored_layers` to keep its units."
+                    "`ignored_layers` to keep its units.",
+                    layers=decision.producers,
                 ) from err
+
+    def removed_layers(self) -> list[str]:
+        """Names of the layers whose units were removed, in the order of the groups."""
+        return [name for d in self.decisions if d.remove for name in d.producers]
 
     def removed_summary(self) -> str:
         parts = [f"{d.name} {len(d.remove)} of {d.units}" for d in self.decisions if d.remove]

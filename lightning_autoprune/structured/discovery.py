@@ -16,10 +16,17 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from lightning_autoprune.structured.tracing import Plan, trace
+from lightning_autoprune.structured.tracing import Plan, attention_layers, trace
 from lightning_autoprune.structured.units import Slice, UnitGroup
 
-__all__ = ["find_unit_groups"]
+__all__ = ["find_unit_groups", "unsupported_layers"]
+
+#: Why units produced inside an attention block stay (see
+#: :func:`~lightning_autoprune.structured.tracing.attention_layers`).
+ATTENTION_REASON = (
+    "attention projections, which structured pruning keeps: their channels are split into heads, "
+    "which compact() cannot shrink exactly"
+)
 
 
 def _module_param(module_name: str, attr: str) -> str:
@@ -52,7 +59,13 @@ def find_unit_groups(
 
     Returns:
         The prunable groups, and a list of ``"'layer' (reason)"`` strings for selected layers
-        whose units must stay (the model's output, an unsupported coupled layer, ...).
+        whose units must stay (the model's output, an unsupported coupled layer, attention
+        projections, ...).
+
+    Raises:
+        ImportError: if Torch-Pruning is not installed.
+        ValueError: if Torch-Pruning cannot trace the model; the message names the layers
+            structured pruning does not handle (:func:`unsupported_layers`), a common cause.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -62,14 +75,27 @@ def find_unit_groups(
         >>> kept
         ["'2' (produces the model's output)"]
     """
-    traced = trace(model, example_inputs, forward_fn=forward_fn)
+    try:
+        traced = trace(model, example_inputs, forward_fn=forward_fn)
+    except ImportError:
+        raise
+    except Exception as err:  # Torch-Pruning's index mapping fails on layouts it does not know
+        unsupported = unsupported_layers(model)
+        raise ValueError(
+            f"Torch-Pruning could not trace the model ({type(err).__name__}: {err}), so structured pruning "
+            "cannot tell which layers are coupled."
+            + (f" Layers structured pruning does not handle: {'; '.join(unsupported)}." if unsupported else "")
+        ) from err
     names = traced.names
+    attention = attention_layers(model)
     layers = [m for m in model.modules() if _plain_layer(m)]
     order = {id(m): i for i, m in enumerate(layers)}
 
     groups: list[UnitGroup] = []
     kept: list[str] = []
-    for plan in traced.plans(layers, claims=_producers):
+    covered: set[int] = set()
+    for plan in traced.plans([m for m in layers if id(m) not in attention], claims=_producers):
+        covered.update(id(p) for p in _producers(plan))
         slices: list[Slice] = []
         block: str | None = None
         for link in plan.links:
@@ -106,6 +132,8 @@ def find_unit_groups(
                 )
                 block = block or f"coupled to '{label}' ({type(m).__name__}), which structured pruning does not handle"
         producers = _producers(plan)
+        if block is None and any(id(p) in attention for p in producers):
+            block = ATTENTION_REASON
         if block is not None:
             if any(_module_param(names[id(p)], "weight") in prunable for p in producers) or not producers:
                 kept.append(f"'{plan.name}' ({block})")
@@ -119,7 +147,61 @@ def find_unit_groups(
                 depth=first / max(1, len(layers) - 1),
             )
         )
+    heads: dict[str, list[str]] = {}  # attention block -> its traced, selected projections no plan covered
+    in_graph = {id(m) for m in traced.modules}
+    for m in layers:
+        if (
+            id(m) in attention
+            and id(m) in in_graph
+            and id(m) not in covered
+            and _module_param(names[id(m)], "weight") in prunable
+        ):
+            heads.setdefault(attention[id(m)], []).append(f"'{names[id(m)]}'")
+    kept += [f"{', '.join(projections)} ({ATTENTION_REASON})" for projections in heads.values()]
     return groups, kept
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Leaf layers with a matrix ``weight`` that structured pruning cannot prune, grouped by type.
+
+    Embeddings and normalisation layers are left out: they are never structured pruning's
+    candidates. A transformers ``Conv1D`` (GPT-2's projections, a Linear with its weight stored
+    transposed) gets a note of its own.
+
+    Example:
+        >>> class Conv1D(nn.Module):  # the layout of transformers.pytorch_utils.Conv1D
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(4, 8))
+        >>> print(*unsupported_layers(nn.Sequential(Conv1D(), nn.Linear(8, 2), nn.Embedding(3, 4))))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Conv1D: '0' (transformers' Conv1D, as in GPT-2, is not supported by structured pruning,
+        which handles nn.Linear and ordinary convolutions only)
+    """
+    by_type: dict[str, list[str]] = {}
+    for name, m in model.named_modules():
+        weight = getattr(m, "weight", None)
+        if (
+            _plain_layer(m)
+            or next(m.children(), None) is not None
+            or not isinstance(weight, nn.Parameter)
+            or weight.dim() < 2
+            or isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+        ):
+            continue
+        by_type.setdefault(type(m).__name__, []).append(name)
+    out = []
+    for kind, layers in by_type.items():
+        more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
+        shown = ", ".join(f"'{n}'" for n in layers[:3]) + more
+        note = (
+            " (transformers' Conv1D, as in GPT-2, is not supported by structured pruning, which handles "
+            "nn.Linear and ordinary convolutions only)"
+            if kind == "Conv1D"
+            else ""
+        )
+        out.append(f"{kind}: {shown}{note}")
+    return out
 
 
 def _producers(plan: Plan) -> list[nn.Module]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["Link", "Plan", "Trace", "import_torch_pruning", "tensors_in", "trace"]
+__all__ = ["Link", "Plan", "Trace", "attention_layers", "import_torch_pruning", "tensors_in", "trace"]
 
 _INSTALL_HINT = (
     "lightning_autoprune.structured needs Torch-Pruning to trace layer coupling; "
@@ -281,6 +281,36 @@ def trace(
         for name, m in model.named_modules():
             m.training = training[name]
     return Trace(graph, names, _output_grad_fns(captured.get("output")))
+
+
+def attention_layers(model: nn.Module) -> dict[int, str]:
+    """The submodules inside attention blocks, whose channels are split into heads: ``id`` -> the block's name.
+
+    An attention block is a module whose class name contains ``Attention`` (transformers'
+    ``BertAttention``, ``ViTAttention``, ``LlamaAttention``, torch's ``MultiheadAttention``, ...);
+    a block inside another one belongs to the outer one, and ``model`` itself is never one. Their
+    projections reshape channels into heads of a fixed size, which Torch-Pruning traces as plain
+    channels (and, through rotary embeddings, may explore without end): single channels of a head
+    can be masked but not removed exactly, so unit discovery and compaction keep them whole and never trace from them.
+
+    Example:
+        >>> class SelfAttention(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.query = nn.Linear(4, 4)
+        >>> net = nn.Sequential(SelfAttention(), nn.Linear(4, 2))
+        >>> found = attention_layers(net)
+        >>> found.get(id(net[0].query)), id(net[1]) in found
+        ('0', False)
+    """
+    found: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if module is model:  # the model itself is no block, whatever its name
+            continue
+        if id(module) not in found and "attention" in type(module).__name__.lower():
+            for m in module.modules():
+                found.setdefault(id(m), name)
+    return found
 
 
 def _output_grad_fns(output: object) -> set[int]:

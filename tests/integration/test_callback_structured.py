@@ -197,11 +197,9 @@ def test_structured_model_without_prunable_units_fails_clearly(
     autoprune = AutoPrune(target_sparsity=0.5, granularity="structured", importance="magnitude", verbose=False)
     model = MLPClassifier(hidden=[])  # a single Linear: all its units are the model's outputs
     trainer = Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
-    with (
-        pytest.raises(RuntimeError, match="found no unit it can prune"),
-        pytest.warns(UserWarning, match="keeps every"),
-    ):
+    with pytest.raises(ValueError, match=r"found no unit it can prune.*'net.1' \(produces the model's output\)"):
         trainer.fit(model, datamodule=digits)
+    assert trainer.global_step == 0, "it fails before the first epoch trains, not at the first pruning event"
 
 
 def test_structured_prunes_only_when_the_schedule_moves(

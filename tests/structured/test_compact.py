@@ -319,8 +319,9 @@ def test_mistraced_model_raises_compaction_error() -> None:
     torch.manual_seed(9)
     model = HardCodedView().eval()
     kill_unit_(model.conv, 1)
-    with pytest.raises(CompactionError, match=r"fails on `example_inputs`.*'conv' 1 of 4"):
+    with pytest.raises(CompactionError, match=r"fails on `example_inputs`.*'conv' 1 of 4") as caught:
         compact(model, torch.randn(3, 1, 10))
+    assert caught.value.layers == ("conv",), "the error names the layers to pass as ignored_layers"
     # Keeping the offending layer makes it work.
     small = compact(model, torch.randn(3, 1, 10), ignored_layers=[model.conv])
     assert isinstance(small, HardCodedView)
@@ -408,3 +409,44 @@ def test_missing_torch_pruning_gives_install_hint(monkeypatch: pytest.MonkeyPatc
         compact(mlp(), torch.zeros(1, 12))
     with pytest.raises(ImportError, match=r"pip install lightning_autoprune\[structured\]"):
         count_flops(mlp(), torch.zeros(1, 12))
+
+
+class SelfAttention(nn.Module):
+    """Two heads of width 4: removing one channel of a head would break the reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.key = nn.Linear(8, 8)
+        self.value = nn.Linear(8, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, 2, 4).transpose(1, 2) for p in (self.query, self.key, self.value))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 8)
+
+
+class AttentionThenFFN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = SelfAttention()
+        self.fc1 = nn.Linear(8, 6)
+        self.fc2 = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.fc1(self.attention(x))))
+
+
+def test_attention_projections_are_kept_whole_with_a_warning() -> None:
+    torch.manual_seed(0)
+    model = AttentionThenFFN().eval()
+    with torch.no_grad():
+        for layer in (model.attention.query, model.attention.key, model.attention.value):
+            kill_unit_(layer, 1)
+    kill_unit_(model.fc1, 2)
+    x = torch.randn(3, 5, 8)
+    with pytest.warns(UserWarning, match=r"'attention' \(SelfAttention\)"):
+        small = compact(model, x)
+    assert small.attention.query.out_features == 8
+    assert small.fc1.out_features == 5
+    torch.testing.assert_close(small(x), model(x))

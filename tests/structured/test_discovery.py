@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from lightning_autoprune import compact
-from lightning_autoprune.structured import find_unit_groups, kept_units, unit_masks
+from lightning_autoprune.structured import find_unit_groups, kept_units, unit_masks, unsupported_layers
 
 
 class Residual(nn.Module):
@@ -90,3 +91,65 @@ def test_a_layer_not_selected_blocks_its_group() -> None:
     groups, kept = find_unit_groups(model, (torch.randn(3, 4),), prunable={"2.weight", "4.weight"})
     assert [g.name for g in groups] == ["2"]
     assert not any(k.startswith("'0'") for k in kept)  # excluded on purpose: no warning about it
+
+
+class SelfAttention(nn.Module):
+    """Two heads of width 4 (the class name marks an attention block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.key = nn.Linear(8, 8)
+        self.value = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, 2, 4).transpose(1, 2) for p in (self.query, self.key, self.value))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 8)
+
+
+def test_attention_projections_are_kept_and_the_ffn_is_prunable() -> None:
+    model = nn.Sequential(SelfAttention(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    groups, kept = find_unit_groups(model, (torch.randn(2, 5, 8),), prunable=_weights(model))
+    assert [g.name for g in groups] == ["1"]
+    assert "'0.query', '0.key', '0.value' (attention projections, which structured pruning keeps" in kept[-1]
+
+
+class Conv1D(nn.Module):
+    """The layout of transformers' Conv1D: a Linear whose weight is stored transposed."""
+
+    def __init__(self, nx: int, nf: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+def test_unsupported_layers_are_named_by_type() -> None:
+    model = nn.Sequential(Conv1D(4, 8), Conv1D(8, 8), nn.Linear(8, 2), nn.LayerNorm(2), nn.Embedding(3, 4))
+    assert unsupported_layers(model) == [
+        "Conv1D: '0', '1' (transformers' Conv1D, as in GPT-2, is not supported by structured pruning, which "
+        "handles nn.Linear and ordinary convolutions only)"
+    ]
+
+
+def test_a_model_torch_pruning_cannot_trace_is_a_value_error() -> None:
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = Conv1D(4, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.proj(x))
+
+    model = Broken()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            "lightning_autoprune.structured.discovery.trace",
+            lambda *args, **kwargs: (_ for _ in ()).throw(TypeError("no channels")),
+        )
+        with pytest.raises(ValueError, match=r"could not trace the model \(TypeError: no channels\).*Conv1D: 'proj'"):
+            find_unit_groups(model, (torch.randn(2, 4),), prunable=_weights(model))
