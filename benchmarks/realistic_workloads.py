@@ -116,6 +116,12 @@ class LargeMNIST1D(pl.LightningDataModule):
             "test": _tensors(arrays["x_test"], arrays["y_test"]),
         }
 
+    @property
+    def test_dataset(self) -> TensorDataset:
+        """The test split (the structured track takes its compaction examples from it)."""
+        self.setup()
+        return self.datasets["test"]
+
     def sizes(self) -> dict[str, int]:
         """Samples per split."""
         self.setup()
@@ -183,8 +189,8 @@ class ResNet1D(ClassifierModule):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits of ``(batch, 1, 40)`` signals."""
-        return self.net(x)
+        """Logits of ``(batch, 1, 40)`` signals (or ``(batch, 40)``, as the structured track counts FLOPs)."""
+        return self.net(x.unsqueeze(1) if x.dim() == 2 else x)
 
 
 # ---------------------------------------------------------------------------------------------- corpus

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import realistic as realistic_tier
+from benchmarks import realistic_structured
 from benchmarks import structured as structured_track
 from benchmarks.protocol import (
     METHODS,
@@ -561,8 +562,46 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
         ]
         if plots is not None:
             lines += ["", f"![{name}]({plots}/realistic-{name}.png)"]
+    lines += render_realistic_structured(realistic_structured.summarise(results))
     notes = [f"- `{m}`: {REALISTIC_NOTES.get(m, METHOD_NOTES.get(m, ''))}" for m in realistic_tier.METHODS]
     return [*lines, "", "Methods:", "", *notes]
+
+
+def render_realistic_structured(summary: Mapping[str, Any]) -> list[str]:
+    """The realistic tier's structured subsection (none while it has no run files)."""
+    if not summary["levels"]:
+        return []
+    lines = [
+        "",
+        "### mnist1d-resnet, structured (FLOPs targets, compacted)",
+        "",
+        "`benchmarks/realistic_structured.py`: the reference is AutoPrune's structured default, then `compact()`; "
+        "Torch-Pruning is steered to its FLOPs; `scratch` trains its compacted architecture from random weights. "
+        "Accuracy mean ± std over seeds; `reference − method` is a paired t-test over seeds.",
+    ]
+    for entry in summary["levels"].values():
+        rows = []
+        for method, cell in entry["methods"].items():
+            test = entry["comparisons"].get(method)
+            compared = "" if test is None else f"{100 * test['mean_diff']:+.2f} (p={_p(test['t_p'])})"
+            rows.append(
+                [
+                    f"`{method}`",
+                    _pm(cell["test_acc_mean"], cell["test_acc_std"]),
+                    f"{cell['flops_mean']:,.0f}",
+                    f"{cell['params_mean']:,.0f}",
+                    f"{cell['fit_seconds_median']:.0f}",
+                    f"**{compared} real**" if test is not None and test["real"] else compared,
+                ]
+            )
+        header = ["method", "test acc (%)", "FLOPs", "params", "fit s", "reference − method"]
+        speedups = ", ".join(
+            f"{cell['speedup_median']:.2f}x at {threads} thread(s)" for threads, cell in entry["latency"].items()
+        )
+        lines += ["", f"{entry['label']} fewer FLOPs:", "", *_table(header, rows)]
+        if speedups:
+            lines += ["", f"Compacted reference vs dense at batch 256 (median over seeds): {speedups}."]
+    return lines
 
 
 def write_realistic_plots(results: Path, directory: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import protocol, realistic, realistic_workloads, report
+from benchmarks import protocol, realistic, realistic_structured, realistic_workloads, report
 from benchmarks.realistic_workloads import ResNet1D, StdlibCorpus, generate_mnist1d, split_of
 
 TINY_CHARS = {"train": 20_000, "val": 4_000, "test": 4_000}
@@ -97,6 +97,22 @@ def test_realistic_section_says_not_run_yet_without_results(tmp_path: Path) -> N
 
 
 def test_docstring_examples() -> None:
-    for module in (realistic, realistic_workloads):
+    for module in (realistic, realistic_structured, realistic_workloads):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
     assert protocol.TRACK == "unstructured"
+
+
+def test_tiny_structured_track_compacts_and_times(tmp_path: Path) -> None:
+    workload = _tiny(realistic.WORKLOADS["mnist1d-resnet"], samples=300, widths=(8, 16), batch_size=32)
+    summary = realistic_structured.run_structured(
+        tmp_path, workload, [0], [0.5], latency_runs=(1, 2), threads=(1,), log=lambda _: None
+    )
+    level = summary["levels"]["0.50"]
+    assert set(level["methods"]) == set(realistic_structured.METHODS)
+    reference = level["methods"][realistic_structured.REFERENCE]
+    assert reference["flops_mean"] == level["methods"]["scratch"]["flops_mean"]
+    assert level["latency"]["1"]["runs"] == 1
+    assert "tp_taylor" in level["comparisons"]
+    text = "\n".join(report.render_realistic_structured(summary))
+    assert "2x fewer FLOPs" in text
+    assert "at 1 thread(s)" in text
