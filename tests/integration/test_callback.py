@@ -143,7 +143,7 @@ def test_pruned_weights_stay_zero_accumulation_and_mixed_precision(
     assert _prunable_sparsity(autoprune) == pytest.approx(0.7, abs=1e-3)
 
 
-@pytest.mark.parametrize("importance", ["lamp", "taylor", "random", "learned"])
+@pytest.mark.parametrize("importance", ["lamp", "taylor", "wanda", "random", "learned"])
 def test_resume_gives_identical_masks(
     importance: str,
     digits: DigitsDataModule,
