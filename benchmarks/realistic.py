@@ -351,14 +351,19 @@ def run_tier(
                 for m in methods
                 if not (resume and protocol.run_path(out, w.name, m, s, seed).exists())
             ]
-            dense_done = resume and _dense_state_path(out, w.name, seed).exists()
-            dense_done = dense_done and protocol.run_path(out, w.name, "dense", None, seed).exists()
+            dense_recorded = resume and protocol.run_path(out, w.name, "dense", None, seed).exists()
+            if dense_recorded and not todo:
+                continue  # every run of this seed is recorded: its dense state (not in git) is not needed
+            dense_done = dense_recorded and _dense_state_path(out, w.name, seed).exists()
             plan.setdefault(w.name, []).append((seed, todo, dense_done))
             pending[f"{w.name}/dense"] = pending.get(f"{w.name}/dense", 0) + (0 if dense_done else 1)
             pending[f"{w.name}/finetune"] = pending.get(f"{w.name}/finetune", 0) + len(todo) + (0 if dense_done else 1)
     progress = Progress(pending, log)
-    log(f"{sum(pending.values())} fits to run ({', '.join(f'{k}: {v}' for k, v in pending.items())})")
+    counts = ", ".join(f"{k}: {v}" for k, v in pending.items())
+    log(f"{sum(pending.values())} fits to run" + (f" ({counts})" if counts else ""))
     for w in workloads:
+        if not plan.get(w.name):
+            continue
         datamodule = w.datamodule()
         datamodule.setup("fit")
         for seed, todo, dense_done in plan[w.name]:

@@ -210,6 +210,8 @@ class WandaScorer(FormulaMixin):
     pass (no gradients) because ``needs_activations`` is true. Wanda's paper compares weights
     within each output row; here, as for every formula, scores are ranked across the whole model.
     Tensors with no recorded norm (an ``Embedding``, a layer the event could not hook) score ``|w|``.
+    The input units are along dimension 1 (the ``Linear``/``Conv`` layout); transformers' ``Conv1D``
+    stores ``(in, out)`` and its inputs are not recorded today, so its weights score ``|w|``.
 
     Example:
         >>> w = {"a": torch.tensor([[1.0, -2.0]]), "b": torch.tensor([3.0])}
