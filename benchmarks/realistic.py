@@ -35,7 +35,9 @@ fine-tunes of about 115 s (one pass in quarter-epochs, validation and test inclu
 training of about 400 s and 8 fine-tunes of about 235 s, and 8 structured runs of about 700 s per
 (seed, level) pair in all: about 19,400 s at those speeds, so about 3 hours if 2 threads on an idle
 machine run 1.8 times faster. That factor was not measured; the progress lines print the time left
-from the fits measured so far.
+from the fits measured so far. It leaves out the learned scorer's own cost on the LM: in the quick
+run its fine-tune (16 training batches) had not finished after 9 minutes with 512 calibration windows, so the LM
+now calibrates on 64 windows (8,192 characters), a cost not measured yet.
 
 Usage::
 
@@ -170,6 +172,9 @@ WORKLOADS: dict[str, Workload] = {
                 limit_train_batches=20,
                 pretrain_batches=80,
                 val_every=4,
+                # 64 windows = 8,192 characters per calibration set: 512 windows (the protocol's sample
+                # count) made each learned event evaluate 65k characters per ablation.
+                calibration_samples=64,
             ),
             include=tuple(LM_INCLUDE),
             widths=(4, 128),
