@@ -36,7 +36,7 @@ training of about 400 s and 8 fine-tunes of about 235 s, and 8 structured runs o
 (seed, level) pair in all: about 19,400 s at those speeds, so about 3 hours if 2 threads on an idle
 machine run 1.8 times faster. That factor was not measured; the progress lines print the time left
 from the fits measured so far. It leaves out the learned scorer's own cost on the LM: in the quick
-run its fine-tune (16 training batches) had not finished after 9 minutes with 512 calibration windows, so the LM
+run its fine-tune (16 training batches) had not finished after 15 minutes with 512 calibration windows, so the LM
 now calibrates on 64 windows (8,192 characters), a cost not measured yet.
 
 Usage::
