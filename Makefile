@@ -53,3 +53,20 @@ bench: $(STAMP)
 # with the committed full results; prints FLAGGED lines for metrics that moved beyond the seed spread.
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.protocol --quick
+
+# The realistic tier (benchmarks/realistic.py, issue #19): MNIST-1D at scale on a 1D ResNet and a character
+# GPT-2 on the stdlib sources, every method from the same dense model per seed. Resumable: a rerun skips the
+# runs whose files exist. About 3 hours on 2 cores (the estimate is in benchmarks/realistic.py).
+.PHONY: bench-real bench-real-quick
+
+bench-real: $(STAMP)
+	$(PY) -m benchmarks.realistic --resume
+	$(PY) -m benchmarks.realistic_structured --resume
+	$(PY) -m benchmarks.report
+
+# One seed, one sparsity per workload, dense + 3 methods, short fits on the full data, into results-quick/realistic;
+# then the structured reference and Torch-Pruning magnitude at 2x on the same short ResNet budget.
+bench-real-quick: $(STAMP)
+	$(PY) -m benchmarks.realistic --quick
+	$(PY) -m benchmarks.realistic_structured --quick --out results-quick/realistic --seeds 0 --levels 0.5 \
+		--methods autoprune_magnitude tp_magnitude

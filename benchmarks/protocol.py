@@ -408,8 +408,10 @@ def taylor2_scores(
     }
 
 
-def autoprune_callback(importance: str | None, sparsity: float, budget: Budget, seed: int) -> AutoPrune:
-    """The AutoPrune callback of a method; ``importance=None`` leaves AutoPrune's default."""
+def autoprune_callback(
+    importance: str | None, sparsity: float, budget: Budget, seed: int, include: Sequence[str] | None = None
+) -> AutoPrune:
+    """The AutoPrune callback of a method; ``importance=None`` leaves AutoPrune's default, ``include`` its targets."""
     kwargs: dict[str, Any] = {
         "target_sparsity": sparsity,
         "schedule": "cubic",
@@ -423,6 +425,8 @@ def autoprune_callback(importance: str | None, sparsity: float, budget: Budget, 
     }
     if importance is not None:
         kwargs["importance"] = importance
+    if include is not None:
+        kwargs["include"] = list(include)
     return AutoPrune(**kwargs)
 
 
@@ -446,13 +450,22 @@ def default_alias(methods: Sequence[str], budget: Budget) -> str | None:
 
 
 def make_callbacks(
-    method: str, sparsity: float, budget: Budget, seed: int, model: pl.LightningModule
+    method: str,
+    sparsity: float,
+    budget: Budget,
+    seed: int,
+    model: pl.LightningModule,
+    include: Sequence[str] | None = None,
 ) -> list[Callback]:
-    """The callbacks that implement ``method`` at ``sparsity`` (see the module docstring)."""
-    if method in AUTOPRUNE_METHODS:
-        return [autoprune_callback(method, sparsity, budget, seed)]
+    """The callbacks that implement ``method`` at ``sparsity`` (see the module docstring).
+
+    ``include`` (AutoPrune's argument) chooses the pruned tensors for the AutoPrune and ModelPruning
+    methods; ``None`` keeps AutoPrune's default tensors.
+    """
+    if method in AUTOPRUNE_METHODS or method == "wanda":
+        return [autoprune_callback(method, sparsity, budget, seed, include)]
     if method == "default":
-        return [autoprune_callback(None, sparsity, budget, seed)]
+        return [autoprune_callback(None, sparsity, budget, seed, include)]
     if method in BENCHMARK_METHODS:
         return [
             BenchmarkPruning(
@@ -466,7 +479,7 @@ def make_callbacks(
             )
         ]
     if method in MODELPRUNING_METHODS:
-        parameters = [(t.module, t.param_name) for t in resolve_targets(model)]
+        parameters = [(t.module, t.param_name) for t in resolve_targets(model, include=include)]
         return [
             ModelPruning(
                 pruning_fn="l1_unstructured",
@@ -481,13 +494,13 @@ def make_callbacks(
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def effective_weights(model: nn.Module) -> dict[str, Tensor]:
-    """The weights the forward pass uses, for AutoPrune's default tensors, in model order.
+def effective_weights(model: nn.Module, include: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """The weights the forward pass uses, for AutoPrune's tensors (default, or ``include``), in model order.
 
     Where ModelPruning's reparametrisation is still in place, that is ``weight_orig * weight_mask``.
     """
     result: dict[str, Tensor] = {}
-    for target in resolve_targets(model):
+    for target in resolve_targets(model, include=include):
         module, name = target.module, target.param_name
         if hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask"):
             weight = getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")

@@ -3,7 +3,8 @@
 The report is a pure function of the run files under ``benchmarks/results/<track>/``: the same
 results give a byte-identical ``BENCHMARKS.md`` (no clock, no host name; every time shown is one
 stored in the results). ``summary.json`` is rewritten from the same run files. The structured
-track (:mod:`benchmarks.structured`) gets its own section when its run files exist.
+track (:mod:`benchmarks.structured`) gets its own section when its run files exist; the realistic tier
+(:mod:`benchmarks.realistic`) always gets one, which says "Not run yet" while ``results/realistic/`` holds no run.
 
     python -m benchmarks.report [--results benchmarks/results] [--out BENCHMARKS.md] [--plots benchmarks/plots]
 """
@@ -17,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import realistic as realistic_tier
+from benchmarks import realistic_structured
 from benchmarks import structured as structured_track
 from benchmarks.protocol import (
     METHODS,
@@ -332,6 +335,7 @@ def render_report(
     plots: str = "benchmarks/plots",
     structured_results: Path | None = RESULTS,
     automatic_results: Path | None = RESULTS / "auto_target.json",
+    realistic_results: Path | None = RESULTS / realistic_tier.TIER,
 ) -> str:
     """The text of ``BENCHMARKS.md`` for a summary (see :func:`benchmarks.protocol.summarise`).
 
@@ -342,6 +346,8 @@ def render_report(
             section (none, or ``None``: no section).
         automatic_results: the results file of ``benchmarks/auto_target.py`` (the automatic-mode
             section; a missing file, or ``None``: no section).
+        realistic_results: the realistic tier's results root (its section says "Not run yet" while it
+            holds no run files; ``None``: no section).
     """
     env = summary.get("environment", {})
     budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
@@ -441,7 +447,170 @@ def render_report(
     structured = structured_track.load_summary(structured_results) if structured_results is not None else None
     if structured is not None:
         lines += ["", *render_structured(structured)]
+    if realistic_results is not None:
+        lines += ["", *render_realistic(realistic_results, plots)]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- realistic tier
+REALISTIC_NOTES: dict[str, str] = {
+    "wanda": "`AutoPrune(importance='wanda')`: `|w_ij| * ||x_j||`, the input unit's L2 norm over a forward pass "
+    "on the calibration samples (Sun et al. 2024), ranked globally.",
+    "default": "`AutoPrune(target_sparsity=s)` without `importance`: the learned scorer, the package default.",
+}
+
+
+def _loss_table(setup: Mapping[str, Any]) -> list[str]:
+    keys = _sparsity_keys(setup)
+    dense = setup["dense"]
+    rows = [["dense", *[f"{dense['test_loss_mean']:.4f} ± {dense['test_loss_std']:.4f}" for _ in keys]]]
+    for method in _methods(setup):
+        cells = setup["methods"][method]["by_sparsity"]
+        rows.append(
+            [
+                f"`{method}`",
+                *[
+                    f"{cells[k]['test_loss_mean']:.4f} ± {cells[k]['test_loss_std']:.4f} "
+                    f"({cells[k]['test_loss_mean'] / math.log(2):.3f} bpc)"
+                    if k in cells
+                    else ""
+                    for k in keys
+                ],
+            ]
+        )
+    return _table(["method", *[f"s={k}" for k in keys]], rows)
+
+
+def _loss_comparison_table(setup: Mapping[str, Any]) -> list[str]:
+    keys = _sparsity_keys(setup)
+    rows = []
+    for method, tests in setup.get("loss_comparisons", {}).items():
+        row = [f"`{method}`"]
+        for key in keys:
+            test = tests.get(key)
+            text = "" if test is None else f"{test['mean_diff']:+.4f} (p={_p(test['t_p'])})"
+            row.append(f"**{text} real**" if test is not None and test["real"] else text)
+        rows.append(row)
+    return _table(["loss: default − method (nats)", *[f"s={k}" for k in keys]], rows)
+
+
+def _cost_table(setup: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for method in _methods(setup):
+        for key, cell in setup["methods"][method]["by_sparsity"].items():
+            callback = cell["callback_seconds_median"]
+            rows.append(
+                [
+                    f"`{method}`",
+                    key,
+                    f"{cell['fit_seconds_median']:.0f}",
+                    "n/a" if callback is None else f"{callback:.1f}",
+                    f"{cell['events_mean']:.0f}",
+                    f"{cell['peak_rss_mib_max']:.0f}",
+                ]
+            )
+    header = ["method", "sparsity", "fit s (median)", "callback s (median)", "events", "peak RSS MiB (max)"]
+    return _table(header, rows)
+
+
+def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> list[str]:
+    """The "Realistic tier" section from the run files under ``results`` (``Not run yet`` while there are none)."""
+    lines = ["## Realistic tier", ""]
+    summary = realistic_tier.load_summary(results)
+    if summary is None or not summary["setups"]:
+        return [
+            *lines,
+            "Not run yet. `make bench-real` runs it (about 3 hours on 2 cores; see `benchmarks/realistic.py`) and "
+            "writes its run files under `benchmarks/results/realistic/`; `make bench-real-quick` checks it in "
+            "under 10 minutes.",
+        ]
+    lines += [
+        "Workloads that look like real use (issue #19): the protocol above, on larger data and models; "
+        "`benchmarks/realistic.py` documents it. Accuracy cells are mean ± std over seeds; the paired tests "
+        "compare `default` with each method over seeds (t-test, a difference is real at p < 0.05).",
+    ]
+    for name, setup in summary["setups"].items():
+        sizes = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in setup["eval_sizes"].items())
+        dense = setup["dense"]
+        lines += [
+            "",
+            f"### {name}",
+            "",
+            f"{setup['description']}. Seeds: {', '.join(map(str, setup['seeds']))}. Evaluation sets: {sizes}. "
+            f"Dense training took {dense['pretrain_seconds_median']:.0f} s (median); the test accuracy's binomial "
+            f"standard error is {100 * dense['test_acc_se_mean']:.2f} point.",
+            "",
+            "Test accuracy (%):",
+            "",
+            *_accuracy_table(setup),
+            "",
+            "Paired tests of accuracy:",
+            "",
+            *_comparison_table(setup),
+            "",
+            "Test loss, nats per character or sample (bits per character in brackets; mean ± std over seeds):",
+            "",
+            *_loss_table(setup),
+            "",
+            *_loss_comparison_table(setup),
+            "",
+            "Overheads:",
+            "",
+            *_overhead_table(setup),
+            "",
+            *_cost_table(setup),
+        ]
+        if plots is not None:
+            lines += ["", f"![{name}]({plots}/realistic-{name}.png)"]
+    lines += render_realistic_structured(realistic_structured.summarise(results))
+    notes = [f"- `{m}`: {REALISTIC_NOTES.get(m, METHOD_NOTES.get(m, ''))}" for m in realistic_tier.METHODS]
+    return [*lines, "", "Methods:", "", *notes]
+
+
+def render_realistic_structured(summary: Mapping[str, Any]) -> list[str]:
+    """The realistic tier's structured subsection (none while it has no run files)."""
+    if not summary["levels"]:
+        return []
+    lines = [
+        "",
+        "### mnist1d-resnet, structured (FLOPs targets, compacted)",
+        "",
+        "`benchmarks/realistic_structured.py`: the reference is AutoPrune's structured default, then `compact()`; "
+        "Torch-Pruning is steered to its FLOPs; `scratch` trains its compacted architecture from random weights. "
+        "Accuracy mean ± std over seeds; `reference − method` is a paired t-test over seeds.",
+    ]
+    for entry in summary["levels"].values():
+        rows = []
+        for method, cell in entry["methods"].items():
+            test = entry["comparisons"].get(method)
+            compared = "" if test is None else f"{100 * test['mean_diff']:+.2f} (p={_p(test['t_p'])})"
+            rows.append(
+                [
+                    f"`{method}`",
+                    _pm(cell["test_acc_mean"], cell["test_acc_std"]),
+                    f"{cell['flops_mean']:,.0f}",
+                    f"{cell['params_mean']:,.0f}",
+                    f"{cell['fit_seconds_median']:.0f}",
+                    f"**{compared} real**" if test is not None and test["real"] else compared,
+                ]
+            )
+        header = ["method", "test acc (%)", "FLOPs", "params", "fit s", "reference − method"]
+        speedups = ", ".join(
+            f"{cell['speedup_median']:.2f}x at {threads} thread(s)" for threads, cell in entry["latency"].items()
+        )
+        lines += ["", f"{entry['label']} fewer FLOPs:", "", *_table(header, rows)]
+        if speedups:
+            lines += ["", f"Compacted reference vs dense at batch 256 (median over seeds): {speedups}."]
+    return lines
+
+
+def write_realistic_plots(results: Path, directory: Path) -> list[Path]:
+    """One PNG per workload of the realistic tier (``realistic-<name>.png``); none while it has no results."""
+    summary = realistic_tier.load_summary(results)
+    if summary is None:
+        return []
+    renamed = {"setups": {f"realistic-{k}": v for k, v in summary["setups"].items()}}
+    return write_plots(renamed, directory)
 
 
 # ---------------------------------------------------------------------------------------------- structured track
@@ -764,10 +933,15 @@ def build(results: Path, out: Path, plots: Path | None) -> str:
     structured = structured_track.load_summary(results)
     if structured is not None:
         write_json(results / structured_track.TRACK / "summary.json", structured)
-    text = render_report(summary, structured_results=results)
+    realistic = results / realistic_tier.TIER
+    realistic_summary = realistic_tier.load_summary(realistic)
+    if realistic_summary is not None:
+        write_json(realistic / "summary.json", realistic_summary)
+    text = render_report(summary, structured_results=results, realistic_results=realistic)
     out.write_text(text)
     if plots is not None:
         write_plots(summary, plots)
+        write_realistic_plots(realistic, plots)
     return text
 
 

@@ -501,17 +501,21 @@ def run_method(
     budget: Budget,
     root: Path,
     reference: Mapping[str, Any] | None,
+    build_model: Callable[[], pl.LightningModule] | None = None,
 ) -> tuple[dict[str, Any], nn.Module]:
     """Run one method at one level from the dense ``state``; return its record fields and final model.
 
     ``reference`` is the :data:`REFERENCE` record of the same seed and level (its FLOPs and
-    widths); the Torch-Pruning methods and ``scratch`` need it.
+    widths); the Torch-Pruning methods and ``scratch`` need it. ``build_model`` makes the model the
+    AutoPrune and Torch-Pruning methods load ``state`` into (default: this track's CNN); it must
+    keep its layers in ``.net``, called on ``(batch, 1, 40)`` signals.
     """
+    build = build_model or SETUPS[SETUP].build_model
     test_loader = datamodule.test_dataloader()
     row: dict[str, Any] = {}
     if method in AUTOPRUNE_METHODS:
         seed_everything(seed, verbose=False)
-        model = SETUPS[SETUP].build_model()
+        model = build()
         model.load_state_dict(state)
         callback = autoprune_callback(method, level, budget, seed)
         row |= _fit(model, datamodule, budget.finetune_epochs, budget, root, [callback])
@@ -543,7 +547,7 @@ def run_method(
         if reference is None:
             raise ValueError(f"{method} needs the {REFERENCE} run of seed {seed} at level {level}.")
         seed_everything(seed, verbose=False)
-        final = SETUPS[SETUP].build_model()
+        final = build()
         final.load_state_dict(state)
         tp_callback = TorchPruningSchedule(
             TP_METHODS[method],

@@ -82,7 +82,10 @@ class AutoPrune(Callback):
             path to a ``.skops`` file starts from that importance model instead of the shipped
             one. Formulas: ``"lamp"``
             (layer-adaptive magnitude), ``"magnitude"`` (global ``|w|``), ``"taylor"``
-            (``|g * w|`` on calibration batches) or ``"random"``.
+            (``|g * w|`` on calibration batches), ``"wanda"`` (``|w_ij| * ||x_j||``, the weight
+            times the L2 norm of its input unit over a forward pass on calibration batches; Conv
+            input channel norms cover the whole kernel, and tensors whose inputs are not recorded
+            score ``|w|``) or ``"random"``.
         estimator: ``importance="learned"`` only: import path of a scikit-learn regressor or
             classifier fitted from scratch on the run's own labels (for example
             ``sklearn.ensemble.HistGradientBoostingRegressor``). ``None``: start from the shipped

@@ -133,6 +133,8 @@ class EventPipeline:
             assert inputs.grad_sq_mean is not None
             if _skip_non_finite(inputs.grad_sq_mean, epoch, "the calibration gradient of"):
                 return None
+        elif self.scorer.needs_activations:
+            self._record_activations(access, inputs, generator)
         # Scorers that measure ablations call `inputs.loss_fn` many times: enter eval mode and mute
         # logging once around the whole scoring, not around every call. Their scikit-learn fits
         # run on one BLAS thread: small matrix products gain nothing from more, and BLAS threads
@@ -221,6 +223,21 @@ class EventPipeline:
         self.unit_groups = groups
         return groups
 
+    def _record_activations(self, access: TrainingAccess, inputs: ScoreInputs, generator: torch.Generator) -> None:
+        """Fill ``input_norms``/``output_norms`` from forward passes over calibration batches (no gradients)."""
+        loader = access.loader(f"importance={self.config.importance!r}")
+        batches = calibration.calibration_batches(loader, self._calibration_size(loader), generator)
+        assert isinstance(batches, list)
+        recorder = calibration.ActivationRecorder(self._weight_layers())
+        with calibration.evaluation_mode(access.module), calibration.muted_logging(access.module), recorder:
+            calibration.mean_loss(access.loss_fn, batches)
+        inputs.input_norms = recorder.input_norms()
+        inputs.output_norms = recorder.output_norms()
+
+    def _weight_layers(self) -> dict[str, nn.Module]:
+        """The module owning each ``weight`` target, by parameter name (what activation hooks attach to)."""
+        return {t.name: t.module for t in self.engine.targets if t.param_name == "weight"}
+
     def _calibrate(self, access: TrainingAccess, inputs: ScoreInputs, generator: torch.Generator) -> None:
         """Fill the calibration fields of ``inputs``: gradient statistics, and the context a learned scorer uses."""
         module = access.module
@@ -242,8 +259,7 @@ class EventPipeline:
         )
         assert isinstance(drawn, tuple)
         feature_batches, label_batches = drawn
-        layers = {t.name: t.module for t in self.engine.targets if t.param_name == "weight"}
-        recorder = calibration.ActivationRecorder(layers)
+        recorder = calibration.ActivationRecorder(self._weight_layers())
         with calibration.evaluation_mode(module), calibration.muted_logging(module), recorder:
             inputs.grad_mean, inputs.grad_sq_mean = calibration.gradient_statistics(
                 access.loss_fn, feature_batches, params

@@ -35,7 +35,8 @@ class ScoreInputs:
     """Everything a scorer may look at, keyed by parameter name (in the model's parameter order).
 
     The fields after ``generator`` are filled only for scorers whose ``needs_context`` is true
-    (the learned scorers); formula scorers see ``None`` there.
+    (the learned scorers); formula scorers see ``None`` there, except ``input_norms`` and
+    ``output_norms``, which a scorer whose ``needs_activations`` is true (``wanda``) also gets.
 
     Attributes:
         weights: the current weights (already masked), detached.
@@ -95,6 +96,9 @@ class ScorerBase(Protocol):
     #: Whether scoring needs the context fields of :class:`ScoreInputs` (trajectory, activations,
     #: optimizer state, live parameters and the calibration loss).
     needs_context: bool
+    #: Whether scoring needs ``input_norms``/``output_norms`` (a forward pass over calibration
+    #: batches with activation hooks). Implied by ``needs_context``.
+    needs_activations: bool
     #: Receives progress lines during long measurements; ``None``: quiet.
     progress: Progress | None
     #: One dict per pruning event that checked a learned model (empty for formulas). The caller
@@ -152,6 +156,7 @@ class FormulaMixin:
 
     needs_gradients: bool = False
     needs_context: bool = False
+    needs_activations: bool = False
 
     def __init__(self) -> None:
         self.progress: Progress | None = None

@@ -8,6 +8,7 @@ scorer's priors and features, the benchmarks) calls, so each formula has one def
   (:func:`lamp_with_order` also returns that sort, for callers that need it);
 * :func:`taylor_scores`: first-order Taylor ``|w| * sqrt(F)`` (Molchanov et al., 2019);
 * :func:`taylor2_scores`: second-order Taylor loss change of removing a weight, ``-g*w + 1/2*w**2*F``;
+* :func:`wanda_scores`: activation-aware magnitude ``|w_ij| * ||x_j||`` (Wanda; Sun et al., ICLR 2024);
 * :func:`random_scores`: the control every method must beat.
 """
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from lightning_autoprune.scoring.base import FormulaMixin, ScoreInputs, Scorer
 
 #: Formula scorer names accepted by ``AutoPrune(importance=...)`` for weights.
-BASELINE_SCORERS = ("magnitude", "lamp", "taylor", "random")
+BASELINE_SCORERS = ("magnitude", "lamp", "taylor", "wanda", "random")
 
 
 def magnitude_scores(weight: Tensor) -> Tensor:
@@ -100,6 +101,33 @@ def taylor2_scores(weight: Tensor, grad: Tensor, fisher: Tensor, *, fisher_first
     return -grad * weight + 0.5 * weight * weight * fisher
 
 
+def wanda_scores(weight: Tensor, input_norm: Tensor | None) -> Tensor:
+    """Activation-aware magnitude of one tensor, ``|w_ij| * ||x_j||``; see :class:`WandaScorer`.
+
+    ``input_norm`` holds, per input unit ``j`` (dimension 1 of ``weight``: a Linear input feature or
+    a Conv input channel), the L2 norm of that unit over the calibration samples (and positions); a
+    Conv kernel's entries share their input channel's norm. Without a norm, or with one that does
+    not match dimension 1, the score is ``|w|``.
+
+    Example:
+        >>> w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+        >>> wanda_scores(w, torch.tensor([2.0, 0.5]))
+        tensor([[2.0000, 1.0000],
+                [6.0000, 0.2500]])
+        >>> wanda_scores(torch.ones(2, 2, 3), torch.tensor([1.0, 0.0]))[0]
+        tensor([[1., 1., 1.],
+                [0., 0., 0.]])
+        >>> wanda_scores(w, None)
+        tensor([[1.0000, 2.0000],
+                [3.0000, 0.5000]])
+    """
+    magnitude = magnitude_scores(weight)
+    if input_norm is None or weight.dim() < 2 or input_norm.numel() != weight.shape[1]:
+        return magnitude
+    shape = (1, -1, *([1] * (weight.dim() - 2)))
+    return magnitude * input_norm.detach().float().to(magnitude.device).view(shape)
+
+
 def random_scores(weight: Tensor, generator: torch.Generator) -> Tensor:
     """Uniform scores in ``[0, 1)`` shaped like ``weight``, drawn on the CPU from ``generator``.
 
@@ -174,6 +202,32 @@ class TaylorScorer(FormulaMixin):
         return {name: taylor_scores(w.detach().float(), fisher[name].float()) for name, w in inputs.weights.items()}
 
 
+class WandaScorer(FormulaMixin):
+    """Activation-aware magnitude (Wanda; Sun et al., ICLR 2024): ``|w_ij| * ||x_j||``, ranked globally.
+
+    ``||x_j||`` is the L2 norm over calibration samples of input unit ``j`` (Linear input feature,
+    Conv input channel broadcast over the kernel), which the pruning event records in a forward
+    pass (no gradients) because ``needs_activations`` is true. Wanda's paper compares weights
+    within each output row; here, as for every formula, scores are ranked across the whole model.
+    Tensors with no recorded norm (an ``Embedding``, a layer the event could not hook) score ``|w|``.
+    The input units are along dimension 1 (the ``Linear``/``Conv`` layout); transformers' ``Conv1D``
+    stores ``(in, out)`` and its inputs are not recorded today, so its weights score ``|w|``.
+
+    Example:
+        >>> w = {"a": torch.tensor([[1.0, -2.0]]), "b": torch.tensor([3.0])}
+        >>> m = {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
+        >>> WandaScorer().score(ScoreInputs(w, m, input_norms={"a": torch.tensor([4.0, 1.0])}))
+        {'a': tensor([[4., 2.]]), 'b': tensor([3.])}
+    """
+
+    needs_activations = True
+
+    def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
+        """``|w| * ||x||`` where an input norm was recorded, ``|w|`` elsewhere."""
+        norms = inputs.input_norms or {}
+        return {name: wanda_scores(w, norms.get(name)) for name, w in inputs.weights.items()}
+
+
 class RandomScorer(FormulaMixin):
     """Uniform random scores from the caller's seeded generator: the control every method must beat.
 
@@ -194,5 +248,6 @@ FORMULA_SCORERS: dict[str, Callable[[], Scorer]] = {
     "magnitude": MagnitudeScorer,
     "lamp": LampScorer,
     "taylor": TaylorScorer,
+    "wanda": WandaScorer,
     "random": RandomScorer,
 }

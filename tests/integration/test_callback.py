@@ -56,6 +56,25 @@ def test_reaches_target(importance: str, schedule: str, digits: DigitsDataModule
     assert _prunable_sparsity(callback) <= 0.8
 
 
+def test_wanda_scores_with_input_norms_recorded_in_the_event(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+    seed_everything(0)
+    callback = AutoPrune(report=False, target_sparsity=0.8, importance="wanda", end_epoch=2, verbose=False)
+    seen: list[dict[str, torch.Tensor]] = []
+    score = callback.scorer.score
+
+    def spy(inputs: Any) -> dict[str, torch.Tensor]:
+        seen.append(dict(inputs.input_norms))
+        return score(inputs)
+
+    callback.scorer.score = spy  # type: ignore[method-assign]
+    trainer = Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
+    trainer.fit(MLPClassifier(), datamodule=digits)
+    assert seen
+    assert set(seen[0]) == {t.name for t in callback.targets}
+    assert seen[0][callback.targets[0].name].shape == (64,)
+    assert _prunable_sparsity(callback) == pytest.approx(0.8, abs=0.005)
+
+
 def test_schedule_grows_then_holds(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
     callback = AutoPrune(report=False, target_sparsity=0.9, start_epoch=1, end_epoch=3, verbose=False)
@@ -124,7 +143,7 @@ def test_pruned_weights_stay_zero_accumulation_and_mixed_precision(
     assert _prunable_sparsity(autoprune) == pytest.approx(0.7, abs=1e-3)
 
 
-@pytest.mark.parametrize("importance", ["lamp", "taylor", "random", "learned"])
+@pytest.mark.parametrize("importance", ["lamp", "taylor", "wanda", "random", "learned"])
 def test_resume_gives_identical_masks(
     importance: str,
     digits: DigitsDataModule,

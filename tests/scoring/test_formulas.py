@@ -9,7 +9,9 @@ from lightning_autoprune.scoring.formulas import (
     MagnitudeScorer,
     RandomScorer,
     TaylorScorer,
+    WandaScorer,
     lamp_scores,
+    wanda_scores,
 )
 
 
@@ -60,7 +62,30 @@ def test_random_is_reproducible_from_the_generator() -> None:
     assert torch.equal(a["w"], b["w"])
 
 
-@pytest.mark.parametrize("name", ["magnitude", "lamp", "taylor", "random"])
+def test_wanda_scales_each_input_column_by_its_norm() -> None:
+    w = torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, 0.5]])
+    norm = torch.tensor([0.5, 2.0, 0.0])
+    scores = WandaScorer().score(inputs({"w": w}, input_norms={"w": norm}))
+    assert torch.equal(scores["w"], w.abs() * norm.view(1, 3))
+
+
+def test_wanda_broadcasts_conv_input_channel_norms_over_the_kernel() -> None:
+    w = torch.randn(4, 3, 5)
+    norm = torch.tensor([1.0, 2.0, 3.0])
+    scores = wanda_scores(w, norm)
+    for channel in range(3):
+        assert torch.allclose(scores[:, channel], w[:, channel].abs() * norm[channel])
+
+
+def test_wanda_without_a_recorded_norm_is_magnitude() -> None:
+    weights = {"w": torch.randn(2, 3), "bias_like": torch.randn(3), "mismatch": torch.randn(2, 4)}
+    scores = WandaScorer().score(inputs(weights, input_norms={"mismatch": torch.ones(3)}))
+    assert all(torch.equal(scores[k], weights[k].abs()) for k in weights)
+    assert WandaScorer().needs_activations
+    assert not WandaScorer().needs_gradients
+
+
+@pytest.mark.parametrize("name", ["magnitude", "lamp", "taylor", "wanda", "random"])
 def test_every_scorer_returns_one_tensor_per_weight(name: str) -> None:
     weights = {"a": torch.randn(3, 4), "b": torch.randn(5)}
     sq = {k: torch.rand_like(v) for k, v in weights.items()}
@@ -71,6 +96,7 @@ def test_every_scorer_returns_one_tensor_per_weight(name: str) -> None:
 
 def test_unknown_scorer() -> None:
     with pytest.raises(
-        ValueError, match=r"must be one of 'learned', 'magnitude', 'lamp', 'taylor', 'random' or a path .*got 'x'"
+        ValueError,
+        match=r"must be one of 'learned', 'magnitude', 'lamp', 'taylor', 'wanda', 'random' or a path .*got 'x'",
     ):
         make_scorer("x")

@@ -63,6 +63,7 @@ class LearnedUnitScorer:
 
     needs_gradients = True
     needs_context = True
+    needs_activations = True
 
     def __init__(self, estimator: str | None = None, label_units: int = 128) -> None:
         if estimator is None:

@@ -101,6 +101,7 @@ class LearnedScorer:
 
     needs_gradients = True
     needs_context = True
+    needs_activations = True
 
     def __init__(
         self,
