@@ -101,13 +101,14 @@ def taylor2_scores(weight: Tensor, grad: Tensor, fisher: Tensor, *, fisher_first
     return -grad * weight + 0.5 * weight * weight * fisher
 
 
-def wanda_scores(weight: Tensor, input_norm: Tensor | None) -> Tensor:
+def wanda_scores(weight: Tensor, input_norm: Tensor | None, *, transposed: bool = False) -> Tensor:
     """Activation-aware magnitude of one tensor, ``|w_ij| * ||x_j||``; see :class:`WandaScorer`.
 
     ``input_norm`` holds, per input unit ``j`` (dimension 1 of ``weight``: a Linear input feature or
-    a Conv input channel), the L2 norm of that unit over the calibration samples (and positions); a
-    Conv kernel's entries share their input channel's norm. Without a norm, or with one that does
-    not match dimension 1, the score is ``|w|``.
+    a Conv input channel; dimension 0 of a ``transposed`` weight stored ``[in, out]``, as
+    transformers' ``Conv1D`` stores it), the L2 norm of that unit over the calibration samples (and
+    positions); a Conv kernel's entries share their input channel's norm. Without a norm, or with
+    one that does not match the input dimension, the score is ``|w|``.
 
     Example:
         >>> w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
@@ -120,11 +121,15 @@ def wanda_scores(weight: Tensor, input_norm: Tensor | None) -> Tensor:
         >>> wanda_scores(w, None)
         tensor([[1.0000, 2.0000],
                 [3.0000, 0.5000]])
+        >>> wanda_scores(w.T, torch.tensor([2.0, 0.5]), transposed=True)  # the same layer stored [in, out]
+        tensor([[2.0000, 6.0000],
+                [1.0000, 0.2500]])
     """
     magnitude = magnitude_scores(weight)
-    if input_norm is None or weight.dim() < 2 or input_norm.numel() != weight.shape[1]:
+    in_dim = 0 if transposed else 1
+    if input_norm is None or weight.dim() < 2 or input_norm.numel() != weight.shape[in_dim]:
         return magnitude
-    shape = (1, -1, *([1] * (weight.dim() - 2)))
+    shape = (-1, 1) if transposed else (1, -1, *([1] * (weight.dim() - 2)))
     return magnitude * input_norm.detach().float().to(magnitude.device).view(shape)
 
 
@@ -225,7 +230,10 @@ class WandaScorer(FormulaMixin):
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
         """``|w| * ||x||`` where an input norm was recorded, ``|w|`` elsewhere."""
         norms = inputs.input_norms or {}
-        return {name: wanda_scores(w, norms.get(name)) for name, w in inputs.weights.items()}
+        return {
+            name: wanda_scores(w, norms.get(name), transposed=name in inputs.transposed)
+            for name, w in inputs.weights.items()
+        }
 
 
 class RandomScorer(FormulaMixin):
