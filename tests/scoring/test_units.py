@@ -10,32 +10,19 @@ from lightning_autoprune.scoring.units import magnitude_keys, taylor_keys
 from lightning_autoprune.structured import Slice, UnitGroup
 
 
-def _group() -> UnitGroup:
-    producer = Slice("w", 0, torch.arange(2), torch.arange(2), "producer")
-    consumer = Slice("v", 1, torch.arange(2), torch.arange(2), "consumer")
-    return UnitGroup("g", 2, (producer, consumer), 0.0)
-
-
-def _inputs() -> ScoreInputs:
-    weights = {"w": torch.tensor([[1.0, -2.0], [0.5, 0.5]]), "v": torch.tensor([[3.0, 1.0]])}
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
-    inputs = ScoreInputs(weights, masks, generator=torch.Generator().manual_seed(0))
-    inputs.grad_mean = {"w": torch.tensor([[0.1, 0.2], [0.0, 0.0]]), "v": torch.tensor([[0.5, 0.0]])}
-    inputs.grad_sq_mean = {"w": torch.full((2, 2), 0.04), "v": torch.tensor([[1.0, 0.25]])}
-    return inputs
-
-
-def test_taylor_key_is_second_order_loss_change_per_removed_entry() -> None:
+def test_taylor_key_is_second_order_loss_change_per_removed_entry(
+    unit_group: UnitGroup, unit_inputs: ScoreInputs
+) -> None:
     # unit 0: sum g*w = 0.1 - 0.4 + 1.5 = 1.2; 1/2 sum w^2 F = 0.5 * (0.04 + 0.16 + 9) = 4.6; 3 entries
     # unit 1: sum g*w = 0;                     1/2 sum w^2 F = 0.5 * (0.01 + 0.01 + 0.25) = 0.135
-    keys = taylor_keys([_group()], _inputs())["g"]
+    keys = taylor_keys([unit_group], unit_inputs)["g"]
     torch.testing.assert_close(keys, torch.tensor([5.8 / 3, 0.135 / 3], dtype=torch.float64))
 
 
-def test_magnitude_key_is_the_layer_normalised_group_norm() -> None:
+def test_magnitude_key_is_the_layer_normalised_group_norm(unit_group: UnitGroup, unit_inputs: ScoreInputs) -> None:
     # unit 0: producer row 1 + 4 = 5, consumer column 9 -> mean 7; unit 1: 0.25 + 0.25, 1 -> 0.75
     norm = torch.tensor([7.0, 0.75], dtype=torch.float64)
-    torch.testing.assert_close(magnitude_keys([_group()], _inputs())["g"], norm / norm.mean())
+    torch.testing.assert_close(magnitude_keys([unit_group], unit_inputs)["g"], norm / norm.mean())
 
 
 def test_magnitude_key_ignores_biases_and_is_normalised_over_kept_units() -> None:

@@ -12,26 +12,11 @@ from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned.features import UNIT_FEATURE_NAMES, unit_features
 from lightning_autoprune.scoring.learned.units import LearnedUnitScorer
 from lightning_autoprune.scoring.units import taylor_keys
-from lightning_autoprune.structured import Slice, UnitGroup, find_unit_groups
+from lightning_autoprune.structured import UnitGroup, find_unit_groups
 
 
-def _group() -> UnitGroup:
-    producer = Slice("w", 0, torch.arange(2), torch.arange(2), "producer")
-    consumer = Slice("v", 1, torch.arange(2), torch.arange(2), "consumer")
-    return UnitGroup("g", 2, (producer, consumer), 0.0)
-
-
-def _inputs() -> ScoreInputs:
-    weights = {"w": torch.tensor([[1.0, -2.0], [0.5, 0.5]]), "v": torch.tensor([[3.0, 1.0]])}
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
-    inputs = ScoreInputs(weights, masks, generator=torch.Generator().manual_seed(0))
-    inputs.grad_mean = {"w": torch.tensor([[0.1, 0.2], [0.0, 0.0]]), "v": torch.tensor([[0.5, 0.0]])}
-    inputs.grad_sq_mean = {"w": torch.full((2, 2), 0.04), "v": torch.tensor([[1.0, 0.25]])}
-    return inputs
-
-
-def test_features_have_documented_columns_and_are_finite() -> None:
-    rows = unit_features([_group()], _inputs())
+def test_features_have_documented_columns_and_are_finite(unit_group: UnitGroup, unit_inputs: ScoreInputs) -> None:
+    rows = unit_features([unit_group], unit_inputs)
     assert rows.shape == (2, len(UNIT_FEATURE_NAMES))
     assert rows.dtype == torch.float32
     assert torch.isfinite(rows).all()
