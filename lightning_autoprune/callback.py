@@ -10,9 +10,8 @@ draws the data flow.
 
 from __future__ import annotations
 
-import time
+import functools
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -28,9 +27,9 @@ from lightning_autoprune.core import targets as choose
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
 from lightning_autoprune.event import TrainingAccess
+from lightning_autoprune.outcome import close_run, run_record
 from lightning_autoprune.reporting import record as report_record
 from lightning_autoprune.run import PruningRun, check_state_version
-from lightning_autoprune.structured import CompactionError
 
 
 class AutoPrune(Callback):
@@ -83,9 +82,9 @@ class AutoPrune(Callback):
             one. Formulas: ``"lamp"``
             (layer-adaptive magnitude), ``"magnitude"`` (global ``|w|``), ``"taylor"``
             (``|g * w|`` on calibration batches), ``"wanda"`` (``|w_ij| * ||x_j||``, the weight
-            times the L2 norm of its input unit over a forward pass on calibration batches; Conv
-            input channel norms cover the whole kernel, and tensors whose inputs are not recorded
-            score ``|w|``) or ``"random"``.
+            times the root mean square of its input unit over the samples and positions of a
+            forward pass on calibration batches; Conv input channels cover the whole kernel, and
+            tensors whose inputs are not recorded score ``|w|``) or ``"random"``.
         estimator: ``importance="learned"`` only: import path of a scikit-learn regressor or
             classifier fitted from scratch on the run's own labels (for example
             ``sklearn.ensemble.HistGradientBoostingRegressor``). ``None``: start from the shipped
@@ -211,7 +210,7 @@ class AutoPrune(Callback):
         self._pending_state: dict[str, Any] | None = None
         self._skipped: dict[str, str] = {}
         self._validated_epoch = -1
-        self._validation_samples: int | None = None  # automatic mode, dense phase: samples of this validation
+        self._validation_samples = adapter.SampleCount()  # automatic mode, before the first step
 
     # ------------------------------------------------------------------ read-outs
     def __getattr__(self, name: str) -> Any:
@@ -287,7 +286,7 @@ class AutoPrune(Callback):
 
     def report_record(self, pl_module: pl.LightningModule | None = None) -> dict[str, Any]:
         """Everything the report shows, as JSON-ready primitives (what ``summary.json`` holds)."""
-        return self.run.record(pl_module, self.monitor_metric.resolved or (self.config.monitor, self.config.mode))
+        return run_record(self.run, pl_module, self.monitor_metric.resolved or (self.config.monitor, self.config.mode))
 
     # ------------------------------------------------------------------ state
     @property
@@ -316,27 +315,22 @@ class AutoPrune(Callback):
         if stage != "fit":
             return
         adapter.check_supported_strategy(trainer.strategy)
-        selection = choose.select_targets(pl_module, self.include, self.exclude)
-        self._tell_selection(selection)
-        targets = selection.targets
-        if self.config.structured:
-            targets, skipped = choose.structured_targets(pl_module, targets)
-            if skipped:
-                warnings.warn(
-                    "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
-                    f"pruning handles Linear and ordinary Conv layers only: {', '.join(skipped)}.",
-                    UserWarning,
-                    stacklevel=2,
-                )
         others = [c.targets for c in trainer.callbacks if isinstance(c, AutoPrune) and c is not self]  # type: ignore[attr-defined]
-        choose.check_disjoint(targets, others)
+        config = self.config
+        selection = choose.targets_for_run(
+            pl_module, self.include, self.exclude, structured=config.structured, others=others
+        )
+        self._skipped = dict(selection.skipped)
+        said = choose.skipped_message(selection)
+        if said is not None and config.verbose:
+            adapter.rank_zero_info(said)
 
         def snapshot(with_optimizers: bool) -> dict[str, Any]:
             epoch = trainer.current_epoch
             return take_snapshot(epoch, pl_module, trainer.optimizers, self.masks, with_optimizers=with_optimizers)
 
-        say = adapter.rank_zero_info if self.config.verbose else None
-        self.run.start(targets, trainer.max_epochs, snapshot, say)
+        say = adapter.rank_zero_info if config.verbose else None
+        self.run.start(selection.targets, trainer.max_epochs, snapshot, say)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply a resumed state, trace the structured units, then hook mask enforcement onto every optimizer step.
@@ -376,7 +370,7 @@ class AutoPrune(Callback):
         """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
         search = self.run.search
         before_first_step = search is not None and not search.state.decisions and search.state.pending is None
-        self._validation_samples = 0 if before_first_step and not trainer.sanity_checking else None
+        self._validation_samples.start(before_first_step and not trainer.sanity_checking)
 
     def on_validation_batch_end(
         self,
@@ -388,9 +382,7 @@ class AutoPrune(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Count validation samples while :meth:`on_validation_epoch_start` asked for it."""
-        if self._validation_samples is not None:
-            samples = adapter.batch_samples(batch)  # None: an opaque batch, the noise check is skipped
-            self._validation_samples = None if samples is None else self._validation_samples + samples
+        self._validation_samples.add(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the validated epoch; in automatic mode, update the reference or decide a pending step.
@@ -441,33 +433,26 @@ class AutoPrune(Callback):
             return
         config = self.config
         if self.run.search is not None:
-            self._finish_search(trainer, pl_module)
+            monitor = self.monitor_metric
+            lines, warning = self.run.finish_search(
+                trainer.current_epoch, monitor.resolved_mode, monitor.label, pl_module
+            )
+            for line in lines:
+                adapter.info(line)
+            if warning is not None:
+                warnings.warn(warning, UserWarning, stacklevel=2)
         # `trainer.log_dir` broadcasts, so every rank must ask for it; only rank 0 writes.
         writes = config.report or config.compact_on_fit_end
         directory = adapter.report_directory(trainer, config.report_dir) if writes else None
-        if not trainer.is_global_zero:
-            return
-        # Nothing else shows the record; its feature importances alone cost a third of a second.
-        record = self.report_record(pl_module) if config.verbose or config.report else None
-        if record is not None and config.verbose:
-            reporting.print_summary(record)
-        written = record is not None and config.report and directory is not None
-        if written:
-            assert record is not None
-            assert directory is not None
-            reporting.write_report(record, directory)
-        if config.compact_on_fit_end:
-            assert directory is not None
-            # Only rank 0 gets here: collectives inside `forward` (e.g. sync_dist logging) would hang.
-            compaction = self._compact(trainer, pl_module, directory)
-            if written:
-                assert record is not None
-                assert directory is not None
-                record["compaction"] = compaction
-                reporting.rewrite_text(record, directory)
-        if written and config.verbose:
-            assert directory is not None
-            adapter.info(f"report written to {directory / 'report.md'}")
+        if trainer.is_global_zero:
+            # Only rank 0 compacts: collectives inside `forward` (e.g. sync_dist logging) would hang.
+            self.compacted_model = close_run(
+                self.run,
+                record=lambda: self.report_record(pl_module),
+                access=lambda: self._access(trainer, pl_module),
+                directory=directory,
+                say=adapter.info,
+            )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the optimizer and forward hooks."""
@@ -480,111 +465,30 @@ class AutoPrune(Callback):
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, target: float) -> None:
         """One event: masks computed once on rank 0 and broadcast (with the generator and scorer state)."""
-        start, run = time.perf_counter(), self.run
-        try:
-            access = self._access(trainer, pl_module, epoch)
-            compute = lambda: run.compute_masks(access, epoch, target)  # noqa: E731
-            new_masks, sent = adapter.on_rank_zero(trainer, compute, run.sync_state)
-            if sent is not None:
-                run.load_sync_state(sent, is_rank_zero=trainer.is_global_zero)
-            run.engine.reset_movement()
-            if new_masks is not None:
-                before = self.monitor_metric.value(trainer)
-                run.apply(epoch, target, new_masks, trainer.optimizers, before)
-                if before is not None:
-                    adapter.log(pl_module, "autoprune/metric_before", before)
-                entry = run.new_diagnostics(epoch)
-                if entry is not None:
-                    adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
-                    if self.config.verbose:
-                        adapter.rank_zero_info(report_record.importance_line(epoch, entry))
-        except Exception as err:
-            raise RuntimeError(
-                f"AutoPrune failed while pruning at the start of epoch {epoch} towards sparsity {target:.4f} "
-                f"(importance={self.config.importance!r}, tensors: {', '.join(self.masks)}): {err}"
-            ) from err
-        finally:
-            run.seconds_pruning += time.perf_counter() - start
-
-    def _tell_selection(self, selection: choose.TargetSelection) -> None:
-        """Say once which tensors the defaults left dense and why; warn when many sit in layers no rule knows."""
-        self._skipped = dict(selection.skipped)
-        said = choose.skipped_message(selection)
-        if said is not None and self.config.verbose:
-            adapter.rank_zero_info(said)
-        warning = choose.uncovered_warning(selection)
-        if warning is not None:
-            warnings.warn(warning, UserWarning, stacklevel=3)
-
-    def _compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path) -> dict[str, Any]:
-        """Compact into ``compacted_model``; a ``CompactionError`` warns and keeps the masked model.
-
-        Returns:
-            What the report records: the parameter counts and path, or the error and the layers
-            that blocked compaction.
-        """
-        try:
-            self.compacted_model, compaction = self.run.compact(self._access(trainer, pl_module), directory)
-        except CompactionError as err:
-            warnings.warn(compaction_failure(err), UserWarning, stacklevel=3)
-            return {"error": str(err), "blocking_layers": list(err.layers)}
-        if self.config.verbose:
-            adapter.info(compaction_line(compaction))
-        return compaction
+        event = self.run.prune(
+            self._access(trainer, pl_module, epoch),
+            epoch,
+            target,
+            trainer.optimizers,
+            metric_before=lambda: self.monitor_metric.value(trainer),
+            exchange=functools.partial(adapter.on_rank_zero, trainer),
+            is_rank_zero=trainer.is_global_zero,
+        )
+        if event is None:
+            return
+        if event["metric_before"] is not None:
+            adapter.log(pl_module, "autoprune/metric_before", event["metric_before"])
+        entry = self.run.new_diagnostics(epoch)
+        if entry is not None:
+            adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
+            if self.config.verbose:
+                adapter.rank_zero_info(report_record.importance_line(epoch, entry))
 
     def _warn_noise(self, trainer: pl.Trainer) -> None:
         """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
-        samples, self._validation_samples = self._validation_samples, None
-        reference, resolved = self.search.reference, self.monitor_metric.resolved
-        if samples is not None and resolved is not None and reference is not None:
-            samples *= trainer.world_size  # each rank validated its own shard
-            message = tolerance.noise_warning(*resolved, reference, samples, self.config.max_metric_drop)
+        samples, resolved, search = self._validation_samples.take(), self.monitor_metric.resolved, self.run.search
+        if samples is not None and resolved is not None and search is not None:
+            # each rank validated its own shard
+            message = search.noise_warning(*resolved, samples * trainer.world_size)
             if message is not None:
                 warnings.warn(message, UserWarning, stacklevel=2)
-
-    def _finish_search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        monitor = self.monitor_metric
-        said, warning = self.run.finish_search(trainer.current_epoch, monitor.resolved_mode, monitor.label, pl_module)
-        if said is not None:
-            adapter.rank_zero_info(said)
-        if warning is not None:
-            warnings.warn(warning, UserWarning, stacklevel=2)
-        state = self.search
-        if self.config.verbose and state.reference is not None and monitor.resolved is not None:
-            adapter.info(
-                f"automatic mode finished at sparsity {self.sparsity:.4f}: the most-pruned state whose "
-                f"{monitor.label} stayed within {self.config.max_metric_drop} of the dense reference "
-                f"{state.reference:.4f} on validation. Stopped because {state.stop_reason}."
-            )
-
-
-def compaction_failure(err: CompactionError) -> str:
-    """The warning when compaction fails at fit end: the cause, the blocking layers and how to keep them.
-
-    Example:
-        >>> message = compaction_failure(CompactionError("It differs.", layers=["net.0"]))
-        >>> print(message.split("failure. ")[1])  # doctest: +NORMALIZE_WHITESPACE
-        It differs. Blocking layers: 'net.0'. To compact while keeping them whole:
-        `lightning_autoprune.compact(model, example_inputs, ignored_layers=[model.get_submodule('net.0')])`.
-    """
-    text = (
-        "compact_on_fit_end could not compact the model, so the masked model is kept (pruned units stay exact "
-        f"zeros) and the report records the failure. {err}"
-    )
-    if not err.layers:
-        return text
-    names = ", ".join(f"'{name}'" for name in err.layers)
-    ignored = ", ".join(f"model.get_submodule('{name}')" for name in err.layers)
-    return (
-        f"{text} Blocking layers: {names}. To compact while keeping them whole: "
-        f"`lightning_autoprune.compact(model, example_inputs, ignored_layers=[{ignored}])`."
-    )
-
-
-def compaction_line(compaction: dict[str, Any]) -> str:
-    """What the callback says after compacting the model."""
-    before, after = compaction["params_before"], compaction["params_after"]
-    return (
-        f"compacted model: {before:,} -> {after:,} parameters ({after / before:.1%}), saved to "
-        f"{compaction['path']} (load with torch.load(path, weights_only=False))"
-    )

@@ -8,19 +8,17 @@ reads the callback's checkpoint state. The callback only adapts Lightning's hook
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_autoprune import structured
 from lightning_autoprune.config import AutoPruneConfig, check_search_budget, resolve_window
 from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
 from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.engine import PruningEngine, WeightSelector
-from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.core.flops import OutputPositions, macs_per_weight
 from lightning_autoprune.core.masks import mask_sparsity
 from lightning_autoprune.core.snapshot import collect_rng_states
@@ -33,6 +31,8 @@ from lightning_autoprune.scoring import StatefulScorer
 STATE_VERSION = 1
 
 Snapshot = Callable[[bool], dict[str, Any]]
+#: Runs a computation on rank 0 and shares its result and a state with every rank.
+Exchange = Callable[[Callable[[], Any], Callable[[], Any]], tuple[Any, Any]]
 
 
 class PruningRun:
@@ -181,6 +181,53 @@ class PruningRun:
         if isinstance(self.scorer, StatefulScorer) and not is_rank_zero and sent[1] is not None:
             self.scorer.load_state_dict(sent[1])
 
+    def prune(
+        self,
+        access: TrainingAccess,
+        epoch: int,
+        target: float,
+        optimizers: Sequence[torch.optim.Optimizer],
+        metric_before: Callable[[], float | None],
+        exchange: Exchange,
+        *,
+        is_rank_zero: bool = True,
+    ) -> dict[str, Any] | None:
+        """One event: masks computed once (on rank 0, through ``exchange``), installed and recorded.
+
+        Args:
+            access: the training state the event reads.
+            epoch: the epoch whose start prunes.
+            target: the sparsity to prune to.
+            optimizers: the optimizers whose state of pruned weights is cleared.
+            metric_before: reads the monitored metric before the event (recorded with it).
+            exchange: ``exchange(compute, sync_state)`` runs ``compute`` on rank 0 and returns its
+                result and ``sync_state()`` on every rank (``lambda c, s: (c(), s())`` on one process).
+            is_rank_zero: whether this process is global rank 0.
+
+        Returns:
+            The event's history entry, or ``None`` when the event was skipped.
+
+        Raises:
+            RuntimeError: naming the epoch, target, importance and tensors, from any failure.
+        """
+        start = time.perf_counter()
+        try:
+            new_masks, sent = exchange(lambda: self.compute_masks(access, epoch, target), self.sync_state)
+            if sent is not None:
+                self.load_sync_state(sent, is_rank_zero=is_rank_zero)
+            self.engine.reset_movement()
+            if new_masks is None:
+                return None
+            self.apply(epoch, target, new_masks, optimizers, metric_before())
+            return self.history[-1]
+        except Exception as err:
+            raise RuntimeError(
+                f"AutoPrune failed while pruning at the start of epoch {epoch} towards sparsity {target:.4f} "
+                f"(importance={self.config.importance!r}, tensors: {', '.join(self.engine.masks)}): {err}"
+            ) from err
+        finally:
+            self.seconds_pruning += time.perf_counter() - start
+
     def apply(
         self,
         epoch: int,
@@ -232,73 +279,40 @@ class PruningRun:
 
     def finish_search(
         self, epoch: int, mode: Literal["max", "min"] | None, label: str, model: nn.Module
-    ) -> tuple[str | None, str | None]:
+    ) -> tuple[list[str], str | None]:
         """End the automatic search: restore the latest in-tolerance state if the last one broke it.
 
         ``mode`` and ``label`` are the monitored metric's (``mode=None``: it was never seen).
 
         Returns:
-            ``(info, warning)`` lines to show, either may be ``None``.
+            ``(info lines, warning)`` to show (the last info line, with ``verbose``, says where the
+            search ended and why); the warning may be ``None``.
         """
         search = self.search
         assert search is not None
         broken, restore = search.finish(epoch, mode)
-        reference, value = search.state.reference, search.last_value
-        if reference is None or value is None or mode is None:
-            return None, None
-        if restore is not None:
-            model.load_state_dict(restore["model"])
-            self.engine.set_masks(restore["masks"])
-        return report_record.finish_lines(
-            label=label,
-            value=value,
-            reference=reference,
-            drop=self.config.max_metric_drop,
-            restored_epoch=restore["epoch"] if restore is not None else None,
-            broken=broken,
-        )
-
-    def compact(self, access: TrainingAccess, directory: Path) -> tuple[nn.Module, dict[str, Any]]:
-        """Remove the pruned units physically; save the smaller model (eval mode) atomically in ``directory``."""
-        args, kwargs = self.events.example_inputs(access)
-        if kwargs:
-            raise ValueError(
-                "compact_on_fit_end traces positional inputs only, but the model was called with keyword "
-                f"arguments {sorted(kwargs)}. HINT: call compact(model, example_inputs) yourself."
+        reference, value, drop = search.state.reference, search.last_value, self.config.max_metric_drop
+        lines: list[str] = []
+        warning = None
+        if reference is not None and value is not None and mode is not None:
+            if restore is not None:
+                model.load_state_dict(restore["model"])
+                self.engine.set_masks(restore["masks"])
+            restored = restore["epoch"] if restore is not None else None
+            said, warning = report_record.finish_lines(
+                label=label, value=value, reference=reference, drop=drop, restored_epoch=restored, broken=broken
             )
-        small = structured.compact(access.module, args).eval()  # a deployment artifact: .train() to train it
-        directory.mkdir(parents=True, exist_ok=True)
-        path = atomic_torch_save(small, directory / "compacted_model.pt")
-        before, after = structured.count_parameters(access.module), structured.count_parameters(small)
-        return small, {"params_before": before, "params_after": after, "path": str(path)}
+            lines += [said] if said is not None else []
+        if self.config.verbose and reference is not None and mode is not None:
+            stop = search.state.stop_reason
+            lines.append(
+                report_record.finished_line(
+                    label=label, sparsity=self.sparsity(), reference=reference, drop=drop, stop_reason=stop
+                )
+            )
+        return lines, warning
 
-    # ------------------------------------------------------------------------------ report and state
-    def record(self, model: nn.Module | None, monitor: tuple[str | None, str | None]) -> dict[str, Any]:
-        """Everything the report shows (what ``summary.json`` holds)."""
-        return report_record.build_record(
-            settings=self.config.settings(),
-            targets=self.engine.targets,
-            per_weight=macs_per_weight(self.engine.targets, self.positions.positions),
-            model_params=sum(p.numel() for p in model.parameters()) if model is not None else None,
-            monitor=monitor,
-            timeline=self.timeline,
-            events=self.history,
-            search=self.search_state.to_dict(),
-            diagnostics=self._importance_diagnostics(),
-            overhead={"pruning": self.seconds_pruning, "enforcing": self.engine.seconds_enforcing},
-        )
-
-    def _importance_diagnostics(self) -> Any:
-        """Per-event diagnostics of the learned scorer, the last with its feature importances."""
-        diagnostics = self.scorer.diagnostics
-        if not diagnostics:
-            return None
-        entries = [dict(entry) for entry in diagnostics]
-        importances = self.scorer.feature_importances()
-        if importances is not None:
-            entries[-1]["feature_importances"] = importances
-        return report_record.jsonable(entries)
-
+    # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Masks (packed bits), schedule progress, generators and RNG states: tensors and primitives only.
 

@@ -192,6 +192,36 @@ def batch_samples(batch: Any) -> int | None:
         return None
 
 
+class SampleCount:
+    """Counts the samples of one validation run when asked to (the automatic mode's noise check).
+
+    Example:
+        >>> count = SampleCount()
+        >>> count.start(True)
+        >>> count.add(torch.zeros(4, 2)); count.add(torch.zeros(3, 2))
+        >>> count.take(), count.take()
+        (7, None)
+    """
+
+    def __init__(self) -> None:
+        self.samples: int | None = None
+
+    def start(self, counting: bool) -> None:
+        """Begin a validation run: count its samples if ``counting``, else count nothing."""
+        self.samples = 0 if counting else None
+
+    def add(self, batch: Any) -> None:
+        """Add a batch's samples; an opaque batch drops the count (the noise check is then skipped)."""
+        if self.samples is not None:
+            found = batch_samples(batch)
+            self.samples = None if found is None else self.samples + found
+
+    def take(self) -> int | None:
+        """The count (``None``: nothing counted), once."""
+        samples, self.samples = self.samples, None
+        return samples
+
+
 def on_rank_zero(trainer: pl.Trainer, compute: Callable[[], T], extra: Callable[[], Any]) -> tuple[T, Any]:
     """Run ``compute`` on global rank 0 and broadcast its result and ``extra()`` (taken after it) to every rank.
 

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_autoprune.event import TrainingAccess
 from lightning_autoprune.examples import QUIET_TRAINER_KWARGS, DigitsDataModule
 
 torch.set_num_threads(1)
@@ -48,3 +51,22 @@ class StopAfter(Callback):
 def stop_after() -> Callable[[int], Callback]:
     """``stop_after(epoch)``: a callback that ends fit after that epoch (resume tests interrupt with it)."""
     return StopAfter
+
+
+def plain_access(model: nn.Module, inputs: int, classes: int, samples: int = 128) -> TrainingAccess:
+    """What an event reads from training, for a plain classifier on random data (no Trainer)."""
+    data = TensorDataset(torch.randn(samples, inputs), torch.randint(0, classes, (samples,)))
+    loader = DataLoader(data, batch_size=32)
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+    return TrainingAccess(
+        module=model,
+        loader=lambda purpose: loader,
+        loss_fn=loss_fn,
+        second_moments=lambda params: None,
+        example_inputs=lambda: ((torch.zeros(1, inputs),), {}),
+        progress=0.5,
+    )

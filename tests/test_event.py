@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_autoprune.config import make_config
 from lightning_autoprune.control.controller import ToleranceSearch
@@ -15,29 +14,16 @@ from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.event import EventPipeline, TrainingAccess
 from lightning_autoprune.scoring import make_scorer
+from tests.conftest import plain_access
 
 
 def setup(importance: str) -> tuple[nn.Module, EventPipeline, TrainingAccess]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    data = TensorDataset(torch.randn(128, 8), torch.randint(0, 3, (128,)))
-    loader = DataLoader(data, batch_size=32)
-
-    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y)
-
+    access = plain_access(model, inputs=8, classes=3)
     config = make_config(target_sparsity=0.5, importance=importance, calibration_samples=64)
     engine = PruningEngine(resolve_targets(model, None, None), WeightSelector(config.min_layer_density))
     pipeline = EventPipeline(config, engine, make_scorer(importance), {})
-    access = TrainingAccess(
-        module=model,
-        loader=lambda purpose: loader,
-        loss_fn=loss_fn,
-        second_moments=lambda params: None,
-        example_inputs=lambda: ((torch.zeros(1, 8),), {}),
-        progress=0.5,
-    )
     return model, pipeline, access
 
 

@@ -10,6 +10,7 @@ from lightning_autoprune.config import make_config
 from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.run import STATE_VERSION, PruningRun, check_state_version
 from lightning_autoprune.scoring import make_scorer
+from tests.conftest import plain_access
 
 
 def started(**arguments: object) -> tuple[nn.Module, PruningRun]:
@@ -71,3 +72,42 @@ def test_a_run_pickles_with_its_generator() -> None:
     run.generator.manual_seed(7)
     copy = pickle.loads(pickle.dumps(run))
     assert torch.equal(copy.generator.get_state(), run.generator.get_state())
+
+
+def alone(compute, state):  # type: ignore[no-untyped-def]
+    """The single-process exchange: compute here, share with nobody."""
+    return compute(), state()
+
+
+def test_an_event_installs_its_masks_records_the_metric_and_times_itself() -> None:
+    model, run = started(target_sparsity=0.5, start_epoch=1, end_epoch=1)
+    event = run.prune(plain_access(model, 6, 2), 1, 0.5, [], metric_before=lambda: 0.8, exchange=alone)
+    assert event is run.history[-1]
+    assert event["metric_before"] == 0.8
+    assert event["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert run.sparsity() == event["sparsity"]
+    assert run.seconds_pruning > 0
+
+
+def test_a_failing_event_names_the_epoch_target_and_tensors() -> None:
+    model, run = started(target_sparsity=0.5, start_epoch=1, end_epoch=1)
+
+    def broken(compute, state):  # type: ignore[no-untyped-def]
+        raise OSError("disk gone")
+
+    with pytest.raises(RuntimeError, match=r"epoch 3 towards sparsity 0.5000 .*0.weight, 2.weight\): disk gone"):
+        run.prune(plain_access(model, 6, 2), 3, 0.5, [], metric_before=lambda: None, exchange=broken)
+    assert run.history == []
+
+
+def test_finishing_the_search_says_where_it_ended() -> None:
+    model, run = started(verbose=True)
+    search = run.search
+    assert search is not None
+    search.on_validation(0.9, epoch=0, mode="max", pruned=False)
+    lines, warning = run.finish_search(1, "max", "val_acc", model)
+    assert warning is None
+    assert lines[-1].startswith("automatic mode finished at sparsity 0.0000")
+    assert "dense reference 0.9000" in lines[-1]
+    quiet_model, quiet = started(verbose=False)
+    assert quiet.finish_search(1, None, "val_acc", quiet_model) == ([], None)

@@ -140,6 +140,14 @@ class ToleranceSearch:
         """The sparsity the search is trying (pending) or holds (accepted)."""
         return self.state.pending if self.state.pending is not None else self.state.accepted
 
+    def noise_warning(self, monitor: str, mode: Mode, samples: int) -> str | None:
+        """Before the first step: a warning when ``samples`` validation samples cannot resolve ``max_drop``.
+
+        ``None`` when they can, or while there is no reference (see :func:`search.noise_warning`).
+        """
+        reference = self.state.reference
+        return None if reference is None else search.noise_warning(monitor, mode, reference, samples, self.max_drop)
+
     def begin_epoch(
         self, epoch: int, *, ceiling: Callable[[], float], before_first_step: Callable[[], None] | None = None
     ) -> float | None:

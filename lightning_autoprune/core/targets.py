@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -510,3 +511,47 @@ def check_disjoint(mine: Sequence[PruneTarget], others: Sequence[Sequence[PruneT
                 f"Two AutoPrune callbacks claim the same tensors: {', '.join(shared)}. "
                 "HINT: give each callback disjoint `include`/`exclude` patterns."
             )
+
+
+def targets_for_run(
+    model: nn.Module,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    *,
+    structured: bool = False,
+    others: Sequence[Sequence[PruneTarget]] = (),
+) -> TargetSelection:
+    """The tensors one callback prunes, with the warnings setup gives about them.
+
+    :func:`select_targets`, narrowed to what structured pruning handles when ``structured``
+    (:func:`structured_targets`), and checked against the tensors other callbacks on the same
+    Trainer prune (:func:`check_disjoint`). Warns when more than a tenth of the weights sit in
+    layers no rule knows (:func:`uncovered_warning`) and when structured pruning leaves selected
+    tensors unpruned.
+
+    Returns:
+        The selection, whose ``targets`` are the tensors to mask.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        >>> [t.name for t in targets_for_run(model, None, None).targets]
+        ['0.weight', '2.weight']
+        >>> [t.name for t in targets_for_run(model, None, ["2.*"], structured=True).targets]
+        ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
+    selection = select_targets(model, include, exclude)
+    warning = uncovered_warning(selection)
+    if warning is not None:
+        warnings.warn(warning, UserWarning, stacklevel=3)
+    targets = selection.targets
+    if structured:
+        targets, left = structured_targets(model, targets)
+        if left:
+            warnings.warn(
+                "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
+                f"pruning handles Linear and ordinary Conv layers only: {', '.join(left)}.",
+                UserWarning,
+                stacklevel=3,
+            )
+    check_disjoint(targets, others)
+    return replace(selection, targets=targets)

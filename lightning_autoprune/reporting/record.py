@@ -265,11 +265,24 @@ def finish_lines(
         return None, None
     if restored_epoch is not None:
         return (
-            f"{PREFIX} the last validation ({value:.4f}) broke the tolerance; restored the weights of epoch "
+            f"the last validation ({value:.4f}) broke the tolerance; restored the weights of epoch "
             f"{restored_epoch}, the latest state within it.",
             None,
         )
     return None, (
         f"AutoPrune's final {label} ({value:.4f}) is more than {drop} worse than the dense reference "
         f"({reference:.4f}), and no state within tolerance was kept at this sparsity."
+    )
+
+
+def finished_line(*, label: str, sparsity: float, reference: float, drop: float, stop_reason: str | None) -> str:
+    """What the automatic mode says last: where it ended and why.
+
+    Example:
+        >>> print(finished_line(label="val_acc", sparsity=0.9, reference=0.97, drop=0.01, stop_reason="it ended"))
+        automatic mode finished at sparsity 0.9000: the most-pruned state whose val_acc stayed within 0.01 of ...
+    """
+    return (
+        f"automatic mode finished at sparsity {sparsity:.4f}: the most-pruned state whose {label} stayed within "
+        f"{drop} of the dense reference {reference:.4f} on validation. Stopped because {stop_reason}."
     )

@@ -148,3 +148,13 @@ def test_a_given_reference_is_kept_through_the_dense_phase():
     for epoch, value in enumerate([0.90, 0.99, 0.95]):
         search.on_validation(value, epoch=epoch, mode="max", pruned=False)
     assert search.state.reference == 0.97
+
+
+def test_the_noise_warning_needs_a_reference_and_too_few_samples():
+    search, _ = make_search(max_drop=0.01)
+    assert search.noise_warning("val_acc", "max", 360) is None  # no reference yet
+    search.on_validation(0.97, epoch=0, mode="max", pruned=False)
+    message = search.noise_warning("val_acc", "max", 360)
+    assert message is not None
+    assert "comes from 360 samples" in message
+    assert search.noise_warning("val_acc", "max", 1_000_000) is None

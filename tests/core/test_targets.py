@@ -10,6 +10,7 @@ from lightning_autoprune.core.targets import (
     select_targets,
     skipped_message,
     structured_targets,
+    targets_for_run,
     uncovered_warning,
 )
 
@@ -272,3 +273,25 @@ def test_bert_targets_cover_every_projection_not_embeddings() -> None:
         f"bert.embeddings.{k}_embeddings.weight" for k in ("word", "position", "token_type")
     }
     assert selection.uncovered == []
+
+
+def test_targets_for_run_warns_about_uncovered_weights_and_keeps_the_reasons() -> None:
+    with pytest.warns(UserWarning, match=r"include=\['head.weight', 'proj'\]"):
+        selection = targets_for_run(Matmul(), None, None)
+    assert [t.name for t in selection.targets] == ["head.weight"]
+    assert selection.uncovered == ["proj"]
+
+
+def test_targets_for_run_narrows_to_structured_layers_and_says_what_it_leaves() -> None:
+    model = nn.Sequential(Conv1D(nf=6, nx=4), nn.Linear(6, 3))
+    with pytest.warns(UserWarning, match=r"leaves these selected tensors unpruned: .*0\.weight \(transformers Conv1D"):
+        selection = targets_for_run(model, None, None, structured=True)
+    assert [t.name for t in selection.targets] == ["1.weight", "1.bias"]
+
+
+def test_targets_for_run_refuses_tensors_another_callback_prunes() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    theirs = resolve_targets(model, include=["1.weight"])
+    with pytest.raises(ValueError, match=r"Two AutoPrune callbacks claim the same tensors: 1\.weight"):
+        targets_for_run(model, None, None, others=[theirs])
+    assert [t.name for t in targets_for_run(model, None, ["1.*"], others=[theirs]).targets] == ["0.weight"]

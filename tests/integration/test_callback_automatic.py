@@ -170,7 +170,7 @@ def test_a_validation_set_too_small_for_the_tolerance_is_warned_about(
     # Two validation batches of 64: the count is what validation really saw, not the dataset's size.
     with pytest.warns(UserWarning, match=r"validation val_acc comes from 128 samples: .* standard error is 0\.0"):
         _trainer(trainer_kwargs, [autoprune], max_epochs=3, limit_val_batches=2).fit(MLPClassifier(), datamodule=digits)
-    assert autoprune._validation_samples is None  # counted once, before the first step, then no more
+    assert autoprune._validation_samples.samples is None  # counted once, before the first step, then no more
 
 
 def test_a_tolerance_above_the_validation_noise_is_not_warned_about(
