@@ -233,6 +233,7 @@ class EventPipeline:
             calibration.mean_loss(access.loss_fn, batches)
         inputs.input_norms = recorder.input_norms()
         inputs.output_norms = recorder.output_norms()
+        inputs.input_rms = recorder.input_rms()
 
     def _weight_layers(self) -> dict[str, nn.Module]:
         """The module owning each ``weight`` target, by parameter name (what activation hooks attach to)."""
@@ -266,6 +267,7 @@ class EventPipeline:
             )
         inputs.input_norms = recorder.input_norms()
         inputs.output_norms = recorder.output_norms()
+        inputs.input_rms = recorder.input_rms()
         inputs.initial_weights = self.engine.initial_weights
         inputs.movement = self.engine.movement
         inputs.params = {name: p.data for name, p in params.items()}

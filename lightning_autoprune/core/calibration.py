@@ -122,6 +122,7 @@ class ActivationRecorder:
         }
         self._in_sq: dict[str, Tensor] = {}
         self._out_sq: dict[str, Tensor] = {}
+        self._rows: dict[str, int] = {}  # input rows (samples x positions) seen per layer
         self._handles: list[Any] = []
 
     def __enter__(self) -> ActivationRecorder:
@@ -141,8 +142,10 @@ class ActivationRecorder:
             unit_dim = -1 if is_linear_map(module) else 1
             for store, value in ((self._in_sq, inputs[0]), (self._out_sq, output)):
                 x = value.detach().float().movedim(unit_dim, 0)
-                sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
-                store[name] = store[name] + sq if name in store else sq
+                x = x.reshape(x.shape[0], -1)
+                store[name] = store[name] + x.pow(2).sum(dim=1) if name in store else x.pow(2).sum(dim=1)
+                if store is self._in_sq:
+                    self._rows[name] = self._rows.get(name, 0) + x.shape[1]
 
         return hook
 
@@ -153,6 +156,21 @@ class ActivationRecorder:
     def output_norms(self) -> dict[str, Tensor]:
         """Per-output-unit L2 norms, for every layer that saw a forward pass."""
         return {name: sq.sqrt() for name, sq in self._out_sq.items()}
+
+    def input_rms(self) -> dict[str, Tensor]:
+        """Per-input-unit root mean square over the rows the layer saw (samples, times positions for a Conv).
+
+        Unlike :meth:`input_norms`, it does not grow with the number of positions, so layers that
+        see a sequence or a feature map compare with layers that see one vector per sample.
+
+        Example:
+            >>> conv, head = nn.Conv1d(1, 1, 3, bias=False), nn.Linear(1, 1, bias=False)
+            >>> with ActivationRecorder({"conv": conv, "head": head}) as rec:
+            ...     _ = conv(torch.full((2, 1, 8), 3.0)), head(torch.full((2, 1), 3.0))
+            >>> rec.input_norms()["conv"] / rec.input_norms()["head"], rec.input_rms()
+            (tensor([2.8284]), {'conv': tensor([3.]), 'head': tensor([3.])})
+        """
+        return {name: (sq / max(1, self._rows.get(name, 1))).sqrt() for name, sq in self._in_sq.items()}
 
 
 def mean_loss(loss_fn: Callable[[Any, int], Tensor], batches: Sequence[Any]) -> float:

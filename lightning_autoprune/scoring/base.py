@@ -35,8 +35,9 @@ class ScoreInputs:
     """Everything a scorer may look at, keyed by parameter name (in the model's parameter order).
 
     The fields after ``generator`` are filled only for scorers whose ``needs_context`` is true
-    (the learned scorers); formula scorers see ``None`` there, except ``input_norms`` and
-    ``output_norms``, which a scorer whose ``needs_activations`` is true (``wanda``) also gets.
+    (the learned scorers); formula scorers see ``None`` there, except ``input_norms``,
+    ``output_norms`` and ``input_rms``, which a scorer whose ``needs_activations`` is true (``wanda``)
+    also gets.
 
     Attributes:
         weights: the current weights (already masked), detached.
@@ -54,6 +55,8 @@ class ScoreInputs:
             it, shaped ``(fan_in,)`` (Linear inputs, Conv input channels); missing where unknown.
         output_norms: per tensor, the L2 norm over calibration samples of each output unit,
             shaped ``(fan_out,)``; missing where unknown.
+        input_rms: per tensor, the root mean square of each input unit over the rows its layer
+            saw (samples, times positions for a Conv or a sequence), shaped like ``input_norms``.
         params: the live parameters. A scorer may zero entries in place to measure an ablation,
             but must restore them before returning.
         loss_fn: mean loss, accumulated in float64, on held-out calibration batches (drawn from the
@@ -82,6 +85,7 @@ class ScoreInputs:
     movement: Mapping[str, Tensor] | None = None
     input_norms: Mapping[str, Tensor] | None = None
     output_norms: Mapping[str, Tensor] | None = None
+    input_rms: Mapping[str, Tensor] | None = None
     params: Mapping[str, Tensor] | None = None
     loss_fn: Callable[[], float] | None = None
     cost_weights: Mapping[str, float] | None = None

@@ -106,8 +106,9 @@ def wanda_scores(weight: Tensor, input_norm: Tensor | None, *, transposed: bool 
 
     ``input_norm`` holds, per input unit ``j`` (dimension 1 of ``weight``: a Linear input feature or
     a Conv input channel; dimension 0 of a ``transposed`` weight stored ``[in, out]``, as
-    transformers' ``Conv1D`` stores it), the L2 norm of that unit over the calibration samples (and
-    positions); a Conv kernel's entries share their input channel's norm. Without a norm, or with
+    transformers' ``Conv1D`` stores it), the size of that unit's input on the calibration samples
+    (its root mean square, for :class:`WandaScorer`); a Conv kernel's entries share their input
+    channel's value. Without a norm, or with
     one that does not match the input dimension, the score is ``|w|``.
 
     Example:
@@ -210,26 +211,29 @@ class TaylorScorer(FormulaMixin):
 class WandaScorer(FormulaMixin):
     """Activation-aware magnitude (Wanda; Sun et al., ICLR 2024): ``|w_ij| * ||x_j||``, ranked globally.
 
-    ``||x_j||`` is the L2 norm over calibration samples of input unit ``j`` (Linear input feature,
-    Conv input channel broadcast over the kernel), which the pruning event records in a forward
-    pass (no gradients) because ``needs_activations`` is true. Wanda's paper compares weights
-    within each output row; here, as for every formula, scores are ranked across the whole model.
-    Tensors with no recorded norm (an ``Embedding``, a layer the event could not hook) score ``|w|``.
-    The input units are along dimension 1 (the ``Linear``/``Conv`` layout); transformers' ``Conv1D``
-    stores ``(in, out)`` and its inputs are not recorded today, so its weights score ``|w|``.
+    ``||x_j||`` is the root mean square of input unit ``j`` (Linear input feature, Conv input
+    channel broadcast over the kernel) over the rows its layer saw on the calibration samples
+    (samples, times positions for a Conv or a sequence), which the pruning event records in a
+    forward pass (no gradients) because ``needs_activations`` is true. Wanda's paper compares
+    weights within each output row, where any per-layer scale cancels; here, as for every formula,
+    scores are ranked across the whole model, so the norm is taken per row: an L2 norm summed over
+    positions would grow with a feature map's length and strip the layers that see one vector per
+    sample (a classifier head after pooling). Tensors with no recorded input (an ``Embedding``, a
+    layer the event could not hook) score ``|w|``. Weights stored ``[in, out]`` (transformers'
+    ``Conv1D``) are read with their input units along dimension 0.
 
     Example:
         >>> w = {"a": torch.tensor([[1.0, -2.0]]), "b": torch.tensor([3.0])}
         >>> m = {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
-        >>> WandaScorer().score(ScoreInputs(w, m, input_norms={"a": torch.tensor([4.0, 1.0])}))
+        >>> WandaScorer().score(ScoreInputs(w, m, input_rms={"a": torch.tensor([4.0, 1.0])}))
         {'a': tensor([[4., 2.]]), 'b': tensor([3.])}
     """
 
     needs_activations = True
 
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
-        """``|w| * ||x||`` where an input norm was recorded, ``|w|`` elsewhere."""
-        norms = inputs.input_norms or {}
+        """``|w| * rms(x)`` where the input was recorded (``input_rms``, else ``input_norms``), ``|w|`` elsewhere."""
+        norms = inputs.input_rms if inputs.input_rms is not None else inputs.input_norms or {}
         return {
             name: wanda_scores(w, norms.get(name), transposed=name in inputs.transposed)
             for name, w in inputs.weights.items()
