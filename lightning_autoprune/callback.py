@@ -23,6 +23,7 @@ from lightning_autoprune import reporting, scoring
 from lightning_autoprune import trainer as adapter
 from lightning_autoprune.config import make_config
 from lightning_autoprune.control import search as tolerance
+from lightning_autoprune.control.controller import Observation
 from lightning_autoprune.core import targets as choose
 from lightning_autoprune.core.masks import sparsity as tensor_sparsity
 from lightning_autoprune.core.snapshot import restore_snapshot, set_rng_states, take_snapshot
@@ -58,15 +59,22 @@ class AutoPrune(Callback):
 
     Args:
         target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``. ``None`` (the
-            default) prunes as far as the monitored validation metric allows: within
-            ``max_metric_drop`` of the dense reference, with rollback of steps that break it.
+            default) prunes as far as the monitored validation metric allows: the model trains
+            dense until the metric's plateau (the mean of the last 3 validations gains at most a
+            quarter of ``max_metric_drop`` on the 3 before), then sparsity rises in steps that must
+            stay within ``max_metric_drop`` of the dense reference, less a noise margin; a step
+            that breaks it is rolled back. A reference at chance level (classification batches
+            whose labels show it) stops the search: nothing is pruned.
         max_metric_drop: automatic mode: allowed drop of the monitored metric in its own units
-            (0.01 = 1 point of accuracy). Before the first step a warning says when the monitored
-            accuracy's sampling standard error on the validation samples is at least half of it,
-            because steps are then judged partly on noise.
+            (0.01 = 1 point of accuracy, 0.02 nats of a loss). Every step keeps a margin from it:
+            the metric's noise (the binomial standard error of an accuracy on the counted
+            validation samples, or the spread of the plateau's values, whichever is larger),
+            capped at half of it; each decision line shows the margin. When the standard error is
+            at least half of the tolerance a warning says so, as steps are then judged partly on
+            noise.
         reference: automatic mode: the dense value of the monitored metric, when you know it (for
             example from the run that trained the checkpoint you fine-tune). ``None`` (the default)
-            measures it: the best validation value before pruning starts. Steps are judged against it.
+            measures it: the mean of the plateau's validation values. Steps are judged against it.
         monitor: the validation metric to report around pruning events. ``None`` picks a
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.
@@ -128,9 +136,12 @@ class AutoPrune(Callback):
             (Zhu & Gupta 2017, fast early and gentle late), ``"linear"``, or ``"one_shot"`` (all
             at ``end_epoch``).
         start_epoch: first epoch whose start prunes. ``None``: about a tenth of ``max_epochs``
-            (at least 1 when there is room).
+            (at least 1 when there is room) for a fixed target; in the automatic mode the epoch
+            after the monitored metric's plateau (epoch 6 at the earliest, for a model fine-tuned
+            from a trained state), and at the latest 6 epochs before ``end_epoch``, with a warning
+            when the metric was still improving or little room is left.
         end_epoch: epoch at whose start the target is reached; later epochs fine-tune.
-            ``None``: about two thirds of ``max_epochs``.
+            ``None``: about two thirds of ``max_epochs`` (the automatic search: about 80%).
         frequency: prune every this many epochs between ``start_epoch`` and ``end_epoch``.
         include: glob patterns over parameter names (``"net.*.weight"``) selecting the tensors to
             prune (a tensor tied under several names matches any of them and counts once).
@@ -210,7 +221,7 @@ class AutoPrune(Callback):
         self._pending_state: dict[str, Any] | None = None
         self._skipped: dict[str, str] = {}
         self._validated_epoch = -1
-        self._validation_samples = adapter.SampleCount()  # automatic mode, before the first step
+        self._tally = adapter.ValidationTally()  # automatic mode, dense phase: samples and labels
 
     # ------------------------------------------------------------------ read-outs
     def __getattr__(self, name: str) -> Any:
@@ -352,7 +363,8 @@ class AutoPrune(Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        scheduled, target = self.run.epoch_target(epoch, before_first_step=lambda: self._warn_noise(trainer))
+        scheduled, target = self.run.epoch_target(epoch)
+        self._warn_from_search()
         if target is not None:
             self._prune(trainer, pl_module, epoch, target)
         flops = self.flops_sparsity if self.config.target_unit == "flops" else None
@@ -367,10 +379,10 @@ class AutoPrune(Callback):
         self.run.engine.before_optimizer_step()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Automatic mode, before the first step: count this validation's samples (for the noise check)."""
+        """Automatic mode, dense phase: count this validation's samples and labels (noise, chance level)."""
         search = self.run.search
-        before_first_step = search is not None and not search.state.decisions and search.state.pending is None
-        self._validation_samples.start(before_first_step and not trainer.sanity_checking)
+        dense = search is not None and search.state.start_epoch is None
+        self._tally.start(dense and not trainer.sanity_checking)
 
     def on_validation_batch_end(
         self,
@@ -381,8 +393,8 @@ class AutoPrune(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Count validation samples while :meth:`on_validation_epoch_start` asked for it."""
-        self._validation_samples.add(batch)
+        """Count validation samples and labels while :meth:`on_validation_epoch_start` asked for it."""
+        self._tally.add(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the validated epoch; in automatic mode, update the reference or decide a pending step.
@@ -396,11 +408,17 @@ class AutoPrune(Callback):
         search = self.run.search
         if search is None:
             return
-        value = adapter.broadcast(trainer, self.monitor_metric.value(trainer))  # every rank decides on rank 0's
-        mode = self.monitor_metric.resolved_mode
+        samples, labels = self._tally.take()
+        if samples is not None:
+            samples *= trainer.world_size  # each rank validated its own shard
+        # Every rank decides on rank 0's value, count and labels.
+        value, samples, labels = adapter.broadcast(trainer, (self.monitor_metric.value(trainer), samples, labels))
+        monitor, mode = self.monitor_metric.label, self.monitor_metric.resolved_mode
         if value is None or mode is None:
             return
-        verdict = search.on_validation(value, epoch=trainer.current_epoch, mode=mode, pruned=bool(self.history))
+        seen = Observation(value, trainer.current_epoch, mode, monitor, samples, labels)
+        verdict = search.on_validation(seen, pruned=bool(self.history))
+        self._warn_from_search()
         if verdict.roll_back is not None:
             self.run.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
             self.run.engine.reset_movement()
@@ -484,11 +502,8 @@ class AutoPrune(Callback):
             if self.config.verbose:
                 adapter.rank_zero_info(report_record.importance_line(epoch, entry))
 
-    def _warn_noise(self, trainer: pl.Trainer) -> None:
-        """Warn once, before the first step, when validation is too small to resolve ``max_metric_drop``."""
-        samples, resolved, search = self._validation_samples.take(), self.monitor_metric.resolved, self.run.search
-        if samples is not None and resolved is not None and search is not None:
-            # each rank validated its own shard
-            message = search.noise_warning(*resolved, samples * trainer.world_size)
-            if message is not None:
-                warnings.warn(message, UserWarning, stacklevel=2)
+    def _warn_from_search(self) -> None:
+        """Give the automatic search's queued warnings (room, noise, chance level), each once."""
+        search = self.run.search
+        for message in search.take_warnings() if search is not None else ():
+            warnings.warn(message, UserWarning, stacklevel=3)

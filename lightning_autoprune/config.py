@@ -224,7 +224,7 @@ def resolve_window(config: AutoPruneConfig, max_epochs: int | None) -> tuple[int
 
     Example:
         >>> resolve_window(make_config(target_sparsity=0.9), 30), resolve_window(make_config(), 30)
-        ((3, 20), (9, 23))
+        ((3, 20), (6, 23))
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")

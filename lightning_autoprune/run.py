@@ -102,7 +102,12 @@ class PruningRun:
         if config.target_sparsity is None:
             check_search_budget(self.window, config.frequency)
             self.controller = ToleranceSearch(
-                self.window, config.frequency, config.max_metric_drop, snapshot=snapshot, reference=config.reference
+                self.window,
+                config.frequency,
+                config.max_metric_drop,
+                snapshot=snapshot,
+                reference=config.reference,
+                wait_for_plateau=config.start_epoch is None,
             )
         else:
             self.controller = FixedSchedule(
@@ -138,18 +143,12 @@ class PruningRun:
         return self.search.target if self.search is not None else self.config.target_sparsity or 0.0
 
     # ------------------------------------------------------------------------------ decisions
-    def epoch_target(
-        self, epoch: int, before_first_step: Callable[[], None] | None = None
-    ) -> tuple[float, float | None]:
+    def epoch_target(self, epoch: int) -> tuple[float, float | None]:
         """At an epoch start: ``(scheduled sparsity, sparsity to prune to now or None)``."""
         controller = self.controller
         if isinstance(controller, ToleranceSearch):
-            proposed = controller.begin_epoch(
-                epoch,
-                ceiling=lambda: self.engine.feasible_ceiling(self.config.min_layer_density),
-                before_first_step=before_first_step,
-            )
-            return controller.target, proposed
+            ceiling = lambda: self.engine.feasible_ceiling(self.config.min_layer_density)  # noqa: E731
+            return controller.target, controller.begin_epoch(epoch, ceiling=ceiling)
         scheduled = controller.target_for(epoch)
         last = self.history[-1]["target"] if self.history else 0.0
         return scheduled, scheduled if controller.due(

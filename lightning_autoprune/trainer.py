@@ -192,34 +192,65 @@ def batch_samples(batch: Any) -> int | None:
         return None
 
 
-class SampleCount:
-    """Counts the samples of one validation run when asked to (the automatic mode's noise check).
+class ValidationTally:
+    """Counts the samples (and, for classification batches, the labels) of one validation run when asked to.
+
+    The automatic mode uses the count for the metric's binomial noise and the label counts for the
+    chance level. Labels are read from ``(inputs, labels, ...)`` batches and from dict batches with
+    a ``"labels"``, ``"label"`` or ``"y"`` entry, when they are a 1-D integer tensor with one entry
+    per sample; other batches leave the labels unknown.
 
     Example:
-        >>> count = SampleCount()
-        >>> count.start(True)
-        >>> count.add(torch.zeros(4, 2)); count.add(torch.zeros(3, 2))
-        >>> count.take(), count.take()
-        (7, None)
+        >>> tally = ValidationTally()
+        >>> tally.start(True)
+        >>> tally.add((torch.zeros(4, 2), torch.tensor([0, 1, 1, 1])))
+        >>> tally.add((torch.zeros(1, 2), torch.tensor([2])))
+        >>> tally.take(), tally.take()
+        ((5, {0: 1, 1: 3, 2: 1}), (None, None))
     """
 
     def __init__(self) -> None:
         self.samples: int | None = None
+        self.labels: dict[int, int] | None = None
 
     def start(self, counting: bool) -> None:
         """Begin a validation run: count its samples if ``counting``, else count nothing."""
         self.samples = 0 if counting else None
+        self.labels = {} if counting else None
 
     def add(self, batch: Any) -> None:
-        """Add a batch's samples; an opaque batch drops the count (the noise check is then skipped)."""
-        if self.samples is not None:
-            found = batch_samples(batch)
-            self.samples = None if found is None else self.samples + found
+        """Add a batch; an opaque batch drops the count, a batch without labels drops the label counts."""
+        if self.samples is None:
+            return
+        found = batch_samples(batch)
+        self.samples = None if found is None else self.samples + found
+        labels = batch_labels(batch) if found is not None and self.labels is not None else None
+        if labels is None or labels.numel() != found:
+            self.labels = None
+            return
+        assert self.labels is not None
+        values, counts = torch.unique(labels, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            self.labels[int(value)] = self.labels.get(int(value), 0) + int(count)
 
-    def take(self) -> int | None:
-        """The count (``None``: nothing counted), once."""
-        samples, self.samples = self.samples, None
-        return samples
+    def take(self) -> tuple[int | None, dict[int, int] | None]:
+        """``(samples, label counts)`` (``None``: not counted or unknown), once."""
+        taken = (self.samples, self.labels if self.samples is not None else None)
+        self.samples, self.labels = None, None
+        return taken
+
+
+def batch_labels(batch: Any) -> Tensor | None:
+    """The class labels of a batch, if it carries them as a 1-D integer tensor; ``None`` otherwise."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        labels = batch[1]
+    elif isinstance(batch, Mapping):
+        labels = next((batch[k] for k in ("labels", "label", "y") if k in batch), None)
+    else:
+        return None
+    if isinstance(labels, Tensor) and labels.dim() == 1 and not labels.is_floating_point() and not labels.is_complex():
+        return labels.detach().cpu()
+    return None
 
 
 def on_rank_zero(trainer: pl.Trainer, compute: Callable[[], T], extra: Callable[[], Any]) -> tuple[T, Any]:

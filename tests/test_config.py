@@ -55,7 +55,7 @@ def test_every_constructor_argument_is_a_config_field():
 
 def test_window_defaults_differ_between_fixed_and_automatic_modes():
     assert resolve_window(make_config(target_sparsity=0.5), 10) == (1, 7)
-    assert resolve_window(make_config(), 10) == (3, 7)
+    assert resolve_window(make_config(), 10) == (6, 7)  # the earliest start a plateau allows
 
 
 def test_window_without_max_epochs_needs_end_epoch():

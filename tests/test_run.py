@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_autoprune.config import make_config
+from lightning_autoprune.control.controller import Observation
 from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.run import STATE_VERSION, PruningRun, check_state_version
 from lightning_autoprune.scoring import make_scorer
@@ -104,7 +105,7 @@ def test_finishing_the_search_says_where_it_ended() -> None:
     model, run = started(verbose=True)
     search = run.search
     assert search is not None
-    search.on_validation(0.9, epoch=0, mode="max", pruned=False)
+    search.on_validation(Observation(0.9, 0, "max"), pruned=False)
     lines, warning = run.finish_search(1, "max", "val_acc", model)
     assert warning is None
     assert lines[-1].startswith("automatic mode finished at sparsity 0.0000")

@@ -1,4 +1,4 @@
-"""The Trainer adapter's pure helpers: the progress line, monitor detection and the sample count."""
+"""The Trainer adapter's pure helpers: the progress line, monitor detection and the validation tally."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import torch
 
-from lightning_autoprune.trainer import ProgressLine, SampleCount, detect_monitor, infer_mode
+from lightning_autoprune.trainer import ProgressLine, ValidationTally, batch_labels, detect_monitor, infer_mode
 
 
 class Terminal(io.StringIO):
@@ -39,19 +39,33 @@ def test_monitor_detection_prefers_validation_accuracy() -> None:
     assert infer_mode("val_perplexity") == "min"
 
 
-def test_the_sample_count_counts_only_when_asked_and_drops_opaque_batches() -> None:
-    count = SampleCount()
-    count.add((torch.zeros(5, 3), torch.zeros(5)))
-    assert count.take() is None  # not asked
-    count.start(True)
-    count.add((torch.zeros(5, 3), torch.zeros(5)))
-    count.add({"x": torch.zeros(2, 3)})
-    assert count.take() == 7
-    assert count.take() is None  # taken once
-    count.start(True)
-    count.add(object())  # no size to read: the count is dropped
-    count.add(torch.zeros(4, 3))
-    assert count.take() is None
-    count.start(False)
-    count.add(torch.zeros(4, 3))
-    assert count.take() is None
+def test_the_tally_counts_samples_and_labels_only_when_asked() -> None:
+    tally = ValidationTally()
+    tally.add((torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)))
+    assert tally.take() == (None, None)  # not asked
+    tally.start(True)
+    tally.add((torch.zeros(5, 3), torch.tensor([0, 1, 1, 2, 2])))
+    tally.add({"x": torch.zeros(2, 3), "labels": torch.tensor([2, 2])})
+    assert tally.take() == (7, {0: 1, 1: 2, 2: 4})
+    assert tally.take() == (None, None)  # taken once
+
+
+def test_the_tally_drops_what_it_cannot_read() -> None:
+    tally = ValidationTally()
+    tally.start(True)
+    tally.add((torch.zeros(4, 3), torch.randn(4)))  # regression targets: samples known, labels not
+    assert tally.take() == (4, None)
+    tally.start(True)
+    tally.add(object())  # no size to read: nothing is known
+    tally.add((torch.zeros(4, 3), torch.tensor([0, 1, 0, 1])))
+    assert tally.take() == (None, None)
+    tally.start(False)
+    tally.add((torch.zeros(4, 3), torch.tensor([0, 1, 0, 1])))
+    assert tally.take() == (None, None)
+
+
+def test_labels_come_from_the_second_entry_or_a_labels_key() -> None:
+    assert batch_labels((torch.zeros(2, 3), torch.tensor([1, 0]))).tolist() == [1, 0]
+    assert batch_labels({"input_ids": torch.zeros(2, 3), "label": torch.tensor([3, 3])}).tolist() == [3, 3]
+    assert batch_labels(torch.zeros(2, 3)) is None
+    assert batch_labels((torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.long))) is None  # token labels

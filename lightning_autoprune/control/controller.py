@@ -9,7 +9,7 @@ epochs and values, and two callables that copy and restore the training state.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor
@@ -84,6 +84,27 @@ class Verdict:
     roll_back: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Observation:
+    """One validation as the search sees it.
+
+    Attributes:
+        value: the monitored metric.
+        epoch: the validated epoch.
+        mode: ``"max"`` or ``"min"``.
+        monitor: the metric's name (accuracy-like names get a binomial noise estimate).
+        samples: validation samples behind ``value``, when known.
+        labels: validation label counts (classification), when known: they give the chance level.
+    """
+
+    value: float
+    epoch: int
+    mode: Mode
+    monitor: str = ""
+    samples: int | None = None
+    labels: Mapping[int, int] | None = None
+
+
 class ToleranceSearch:
     """The automatic mode: raise sparsity while the monitored metric stays within ``max_drop``.
 
@@ -91,24 +112,30 @@ class ToleranceSearch:
     between hooks: the search, the rollback snapshot, the latest in-tolerance state and the scores
     of the latest step (reused after a rollback, since the restored state is the one they scored).
 
+    The dense phase ends at the plateau of the monitored metric (``wait_for_plateau``), or before
+    the window's first epoch when the caller fixed it; a metric still improving ``ROOM_EPOCHS``
+    before the window's end starts the search anyway. Warnings for the user (too little room, a
+    noisy or chance-level reference) queue in :attr:`warnings`.
+
     Args:
-        window: ``(start, end)`` epochs of the search.
+        window: ``(start, end)`` epochs of the search (``start``: the earliest, with ``wait_for_plateau``).
         frequency: a step every this many epochs.
         max_drop: the tolerance, in the metric's units.
         snapshot: copies the training state; called with ``with_optimizers``.
-        reference: the dense reference, when the user knows it; ``None`` measures it (the best
-            validation value before pruning starts).
+        reference: the dense reference, when the user knows it; ``None`` measures it (the mean of
+            the plateau's validation values).
+        wait_for_plateau: end the dense phase when the metric stops improving, not at ``window[0]``.
 
     Example:
         >>> snaps = []
         >>> controller = ToleranceSearch((1, 5), 1, 0.01, snapshot=lambda with_optimizers: {"n": len(snaps)})
-        >>> controller.on_validation(0.95, epoch=0, mode="max", pruned=False)
+        >>> controller.on_validation(Observation(0.95, 0, "max"), pruned=False)
         Verdict(roll_back=None)
         >>> controller.begin_epoch(1, ceiling=lambda: 0.99)
         0.5
-        >>> controller.on_validation(0.90, epoch=1, mode="max", pruned=True).roll_back is None  # one more epoch
+        >>> controller.on_validation(Observation(0.90, 1, "max"), pruned=True).roll_back is None  # one more epoch
         True
-        >>> controller.on_validation(0.90, epoch=2, mode="max", pruned=True).roll_back
+        >>> controller.on_validation(Observation(0.90, 2, "max"), pruned=True).roll_back
         {'n': 0}
         >>> controller.state.step, controller.state.accepted
         (0.25, 0.0)
@@ -122,35 +149,45 @@ class ToleranceSearch:
         *,
         snapshot: Callable[[bool], dict[str, Any]],
         reference: float | None = None,
+        wait_for_plateau: bool = False,
     ) -> None:
         self.window = window
         self.frequency = frequency
         self.max_drop = max_drop
         self._snapshot_fn = snapshot
         self.given_reference = reference
+        self.wait_for_plateau = wait_for_plateau
         self.state = SearchState(reference=reference)
         self.snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self.best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
         self.scores: dict[str, Tensor] | None = None  # scores of the latest step, at its snapshot's state
         self.reuse_scores = False
         self.last_value: float | None = None
+        self.last_seen: Observation | None = None  # the latest dense-phase validation
+        self.warnings: list[str] = []  # for the user, drained by the caller
 
     @property
     def target(self) -> float:
         """The sparsity the search is trying (pending) or holds (accepted)."""
         return self.state.pending if self.state.pending is not None else self.state.accepted
 
-    def noise_warning(self, monitor: str, mode: Mode, samples: int) -> str | None:
-        """Before the first step: a warning when ``samples`` validation samples cannot resolve ``max_drop``.
+    @property
+    def tolerance(self) -> float:
+        """What a decision allows: ``max_drop`` less the noise margin."""
+        return self.max_drop - self.state.margin
 
-        ``None`` when they can, or while there is no reference (see :func:`search.noise_warning`).
-        """
-        reference = self.state.reference
-        return None if reference is None else search.noise_warning(monitor, mode, reference, samples, self.max_drop)
+    @property
+    def latest_start(self) -> int:
+        """The epoch the search starts at the latest, to leave ``ROOM_EPOCHS`` before the window's end."""
+        start, end = self.window
+        return max(start, end - search.ROOM_EPOCHS + 1)
 
-    def begin_epoch(
-        self, epoch: int, *, ceiling: Callable[[], float], before_first_step: Callable[[], None] | None = None
-    ) -> float | None:
+    def take_warnings(self) -> list[str]:
+        """The queued warnings, once."""
+        queued, self.warnings = self.warnings, []
+        return queued
+
+    def begin_epoch(self, epoch: int, *, ceiling: Callable[[], float]) -> float | None:
         """At an epoch start: the sparsity of a new step to apply now, or ``None``.
 
         A snapshot of the state before the step is taken first, so a broken step can be undone.
@@ -162,19 +199,23 @@ class ToleranceSearch:
         state = self.state
         if state.done or state.pending is not None or epoch < start:
             return None
+        if state.start_epoch is None and (not self.wait_for_plateau or epoch > self.latest_start):
+            # the fixed start, or the latest one: no plateau ended the dense phase in time
+            if self.last_seen is None:
+                raise ValueError(
+                    f"The automatic mode needs the monitored metric before pruning starts at epoch {epoch}, but "
+                    "no validation value was seen. HINT: make sure validation runs in the first epochs (or set "
+                    "`target_sparsity`)."
+                )
+            self._end_dense_phase(epoch - 1, plateau=False)
+        state = self.state
+        if state.done or state.start_epoch is None or epoch < state.start_epoch:
+            return None
         if epoch > end:
             self.state = search.stop(state, epoch, f"the search window ended at epoch {end}")
             return None
-        if (epoch - start) % self.frequency:
+        if (epoch - state.start_epoch) % self.frequency:
             return None
-        if state.reference is None:
-            raise ValueError(
-                f"The automatic mode needs the monitored metric before pruning starts at epoch {start}, but no "
-                "validation value was seen. HINT: make sure validation runs in the first epochs (or set "
-                "`target_sparsity`)."
-            )
-        if not state.decisions and before_first_step is not None:
-            before_first_step()
         proposed = search.propose(state, epoch, ceiling=min(search.CEILING, ceiling()))
         if proposed.done:
             self.state = proposed
@@ -183,20 +224,27 @@ class ToleranceSearch:
         self.state = proposed
         return proposed.pending
 
-    def on_validation(self, value: float, *, epoch: int, mode: Mode, pruned: bool) -> Verdict:
-        """Fold ``value`` into the reference (dense phase), or decide the pending step.
+    def on_validation(self, seen: Observation, *, pruned: bool) -> Verdict:
+        """Record a dense-phase value (ending the phase at the plateau), or decide the pending step.
 
         Args:
-            value: the monitored metric at this validation.
-            epoch: the validated epoch.
-            mode: ``"max"`` or ``"min"``.
+            seen: the validation.
             pruned: whether any pruning event has happened yet.
         """
+        value, epoch, mode = seen.value, seen.epoch, seen.mode
         self.last_value = value
         state = self.state
-        if not pruned and state.pending is None and epoch < self.window[0]:
-            if self.given_reference is None:
-                self.state = search.update_reference(state, value, mode)
+        if not pruned and state.pending is None and state.start_epoch is None:
+            self.last_seen = seen
+            self.state = replace(state, dense_values=(*state.dense_values, (epoch, value)))
+            if self.given_reference is None:  # the best so far, until the plateau's mean replaces it
+                self.state = replace(self.state, reference=search.update_reference(state, value, mode).reference)
+            values = [v for _, v in self.state.dense_values]
+            if self.wait_for_plateau and epoch >= self.window[0] - 1:
+                if search.plateaued(values, mode, self.max_drop):
+                    self._end_dense_phase(epoch, plateau=True)
+                elif epoch >= self.latest_start - 1:
+                    self._end_dense_phase(epoch, plateau=False)
             return Verdict()
         if search.ready_to_decide(state, value, mode, self.max_drop, epoch):
             decided = search.decide(state, value, mode, self.max_drop, epoch)
@@ -216,10 +264,59 @@ class ToleranceSearch:
         if (
             self.state.pending is None
             and reference is not None
-            and search.within_tolerance(reference, value, mode, self.max_drop)
+            and search.within_tolerance(reference, value, mode, self.tolerance)
         ):
             self.best_final = self._snapshot_fn(False)
         return Verdict()
+
+    def _end_dense_phase(self, epoch: int, *, plateau: bool) -> None:
+        """Set the reference, noise and margin after ``epoch``'s validation; queue what the user must hear."""
+        seen = self.last_seen
+        if seen is None:
+            return  # no value yet: begin_epoch raises if pruning is due
+        state = search.end_dense_phase(
+            self.state,
+            epoch,
+            monitor=seen.monitor,
+            mode=seen.mode,
+            max_drop=self.max_drop,
+            samples=seen.samples,
+            given_reference=self.given_reference,
+        )
+        self.state = state
+        assert state.reference is not None
+        assert state.start_epoch is not None
+        label, dense = seen.monitor or "the monitored metric", len(state.dense_values)
+        room = max(self.window[1] - state.start_epoch + 1, 0)
+        if self.wait_for_plateau and not plateau:
+            self.warnings.append(
+                f"AutoPrune's {label} was still improving at epoch {epoch}; the search starts at epoch "
+                f"{state.start_epoch} anyway, after a dense phase of {state.start_epoch} epochs, to leave {room} "
+                f"epoch(s) for it before `end_epoch`={self.window[1]}. The reference may be lower than the converged "
+                "model's. HINT: raise max_epochs."
+            )
+        elif self.wait_for_plateau and room < search.ROOM_EPOCHS:
+            self.warnings.append(
+                f"AutoPrune's dense phase used {state.start_epoch} epochs ({label} reached its plateau at epoch "
+                f"{epoch}, after {dense} validations), which leaves {room} epoch(s) for the search before "
+                f"`end_epoch`={self.window[1]}; reaching 90% sparsity usually takes {search.ROOM_EPOCHS} or more. "
+                "It prunes as far as that allows. HINT: raise max_epochs."
+            )
+        if seen.samples is not None:
+            noisy = search.noise_warning(label, seen.mode, state.reference, seen.samples, self.max_drop)
+            if noisy is not None:
+                self.warnings.append(noisy)
+        chance = search.chance_level(seen.labels) if seen.labels and "acc" in label.lower() else None
+        if seen.mode == "max" and search.at_chance(state.reference, chance, self.max_drop, state.noise):
+            reason = f"the reference {label} {state.reference:.4f} is at chance level"
+            self.state = search.stop(state, epoch, reason)
+            counted = sum((seen.labels or {}).values())
+            self.warnings.append(
+                f"AutoPrune's reference {label} ({state.reference:.4f}) is no better than chance ({chance:.4f}, "
+                f"the share of the most frequent of {counted:,} validation labels): the model has not learned, so "
+                "no drop against it means anything. AutoPrune does not prune. HINT: train on more data or longer, "
+                "or check the labels."
+            )
 
     def finish(self, epoch: int, mode: Mode | None) -> tuple[bool, dict[str, Any] | None]:
         """At fit end: stop the search; whether the last value broke the tolerance, and the state to restore.
@@ -228,12 +325,13 @@ class ToleranceSearch:
             ``(broken, restore)``: ``broken`` when the last validation is out of tolerance;
             ``restore`` is the latest in-tolerance snapshot to go back to (``None`` if none was kept).
         """
+        stepped = self.state.pending is not None or any(d["decision"] != "stop" for d in self.state.decisions)
         if not self.state.done:
             self.state = search.stop(self.state, epoch, "training ended")
         value = self.last_value
-        if self.state.reference is None or value is None or mode is None:
-            return False, None
-        if search.within_tolerance(self.state.reference, value, mode, self.max_drop):
+        if not stepped or self.state.reference is None or value is None or mode is None:
+            return False, None  # nothing was pruned, or nothing to judge it by
+        if search.within_tolerance(self.state.reference, value, mode, self.tolerance):
             return False, None
         return True, self.best_final
 
@@ -251,6 +349,9 @@ class ToleranceSearch:
         """Restore :meth:`state_dict`; scores go back to their tensors' ``devices`` (unit keys stay on CPU)."""
         if "search" in state:
             self.state = SearchState.from_dict(state["search"])
+            if "start_epoch" not in state["search"] and (self.state.decisions or self.state.pending is not None):
+                # written before the dense phase ended at a plateau: the search had started at the window's start
+                self.state = replace(self.state, start_epoch=self.window[0])
             self.snapshot = state.get("snapshot")
             self.reuse_scores = bool(state.get("reuse_scores"))
         if state.get("snapshot_scores") is not None:

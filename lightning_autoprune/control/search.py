@@ -1,18 +1,26 @@
 """The automatic target: how far to prune, decided by a validation metric and a tolerance.
 
 Pure decision logic, no Lightning: the callback feeds it validation values and applies what it
-returns. The search raises sparsity in steps that each remove a fraction ``step`` of the weights
-still kept (so the density shrinks geometrically, like the cubic schedule's front-loaded shape).
-After each step and one epoch of recovery the monitored metric is compared with the dense
-reference: within ``max_metric_drop`` the step is accepted; beyond it the run rolls back to the
-last accepted state and the step is halved. Repeated rollbacks, a step too small to matter, the
-sparsity ceiling or the end of the search window stop the search; the model then fine-tunes at
-the last accepted sparsity.
+returns. The dense phase lasts until the monitored metric has stopped improving
+(:func:`plateaued`); the reference is then the mean of the plateau's values, and the metric's
+noise (its binomial standard error where it is an accuracy on a known number of samples, and the
+spread of the plateau's values) sets a margin that every decision keeps from the tolerance. A
+reference at chance level is no reference: the search then does not start.
+
+The search raises sparsity in steps that each remove a fraction ``step`` of the weights still kept
+(so the density shrinks geometrically, like the cubic schedule's front-loaded shape). After each
+step and one epoch of recovery the monitored metric is compared with the reference: within
+``max_metric_drop`` minus the margin the step is accepted; beyond it the run rolls back to the last
+accepted state and the step is halved. Repeated rollbacks, a step too small to matter, the sparsity
+ceiling or the end of the search window stop the search; the model then fine-tunes at the last
+accepted sparsity.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -35,6 +43,25 @@ RECOVERY_EPOCHS = 2
 #: from its validation drop by 1.1 points (standard deviation over 10 seeds).
 NOISE_WARNING_SHARE = 0.5
 
+#: The dense phase ends once the mean of the last ``PLATEAU_PATIENCE`` validations beats the mean of
+#: the ``PLATEAU_PATIENCE`` before them by at most ``PLATEAU_DELTA_SHARE * max_metric_drop``: the spirit
+#: of EarlyStopping's patience and ``min_delta``, scaled to the tolerance, on means because single
+#: validations of a few hundred samples move by more than the tolerance. On the digits MLP trained
+#: from scratch (Adam 1e-3, 30 epochs) it ends the dense phase at epochs 15-20, 0.5-0.8 point below
+#: the mean of the last five epochs; comparing best values instead ended it at epoch 8, 3 points below.
+PLATEAU_PATIENCE = 3
+PLATEAU_DELTA_SHARE = 0.25
+#: Search epochs a run should have after the plateau. Reaching 90% takes about three accepted steps,
+#: and a step takes one or two epochs. With fewer, the room warning says so; a metric still improving
+#: this close to ``end_epoch`` starts the search anyway.
+ROOM_EPOCHS = 6
+#: The decision margin is the metric's noise, capped at this share of the tolerance (with more noise
+#: than that the validation set cannot resolve the tolerance, and the noise warning says so).
+MARGIN_SHARE_CAP = 0.5
+#: A reference within ``max(max_metric_drop, CHANCE_NOISE_SIGMAS * noise)`` of chance level (the share
+#: of the most frequent validation label) is no reference: the search does not start.
+CHANCE_NOISE_SIGMAS = 2.0
+
 Mode = Literal["max", "min"]
 
 
@@ -50,6 +77,12 @@ class SearchState:
         pending: the proposed sparsity awaiting its validation, if any.
         pending_epoch: the epoch whose start applied ``pending``.
         stop_reason: why the search ended; ``None`` while it goes on.
+        decisions: one record per accept, rollback or stop.
+        dense_values: ``(epoch, value)`` of every validation of the dense phase.
+        start_epoch: the epoch whose start takes the first step, once the dense phase has ended.
+        reference_epochs: the epochs whose values the reference averages (``None``: given, or not yet).
+        noise: the monitored metric's estimated noise (see :func:`metric_noise`), once known.
+        margin: what every decision keeps from the tolerance: ``min(noise, MARGIN_SHARE_CAP * max_drop)``.
     """
 
     reference: float | None = None
@@ -60,6 +93,11 @@ class SearchState:
     pending_epoch: int | None = None
     stop_reason: str | None = None
     decisions: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    dense_values: tuple[tuple[int, float], ...] = ()
+    start_epoch: int | None = None
+    reference_epochs: tuple[int, int] | None = None
+    noise: float | None = None
+    margin: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -70,12 +108,22 @@ class SearchState:
         """Primitives for a checkpoint."""
         state = asdict(self)
         state["decisions"] = [dict(d) for d in self.decisions]
+        state["dense_values"] = [list(v) for v in self.dense_values]
+        state["reference_epochs"] = list(self.reference_epochs) if self.reference_epochs is not None else None
         return state
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> SearchState:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**state, "decisions": tuple(dict(d) for d in state.get("decisions", ()))})
+        """Inverse of :meth:`to_dict` (a state written before a field existed gets its default)."""
+        epochs = state.get("reference_epochs")
+        return cls(
+            **{
+                **state,
+                "decisions": tuple(dict(d) for d in state.get("decisions", ())),
+                "dense_values": tuple((int(e), float(v)) for e, v in state.get("dense_values", ())),
+                "reference_epochs": (int(epochs[0]), int(epochs[1])) if epochs is not None else None,
+            }
+        )
 
 
 def metric_drop(reference: float, value: float, mode: Mode) -> float:
@@ -115,6 +163,122 @@ def update_reference(state: SearchState, value: float, mode: Mode) -> SearchStat
     return replace(state, reference=value) if better else state
 
 
+def better(a: float, b: float, mode: Mode) -> bool:
+    """Whether ``a`` is a better value than ``b``.
+
+    Example:
+        >>> better(0.9, 0.8, "max"), better(0.9, 0.8, "min")
+        (True, False)
+    """
+    return a > b if mode == "max" else a < b
+
+
+def plateaued(values: Sequence[float], mode: Mode, max_drop: float, patience: int = PLATEAU_PATIENCE) -> bool:
+    """Whether the mean of the last ``patience`` values beat the mean of the ``patience`` before by at most the delta.
+
+    The delta is ``PLATEAU_DELTA_SHARE * max_drop``; non-finite values are left out.
+
+    Example:
+        >>> plateaued([0.80, 0.90, 0.93, 0.95, 0.96, 0.97], "max", 0.01)  # still climbing
+        False
+        >>> plateaued([0.80, 0.95, 0.953, 0.949, 0.951, 0.952, 0.95], "max", 0.01)
+        True
+        >>> plateaued([0.31, 0.30, 0.31, 0.30, 0.31, 0.305], "min", 0.02)  # a loss that stopped falling
+        True
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2 * patience:
+        return False
+    before = statistics.fmean(finite[-2 * patience : -patience])
+    recent = statistics.fmean(finite[-patience:])
+    return -metric_drop(before, recent, mode) <= PLATEAU_DELTA_SHARE * max_drop + 1e-9
+
+
+def metric_noise(
+    monitor: str, mode: Mode, reference: float, samples: int | None, plateau: Sequence[float]
+) -> float | None:
+    """The monitored metric's noise: the larger of its binomial standard error and the plateau's spread.
+
+    The binomial standard error applies where the metric is an accuracy (``"acc"`` in the name,
+    ``mode="max"``, a value in ``[0, 1]``) measured on a known number of ``samples``; the spread
+    (standard deviation) of the plateau's values applies to any metric with two or more of them.
+
+    Example:
+        >>> round(metric_noise("val_acc", "max", 0.97, 360, [0.97, 0.97]), 4)
+        0.009
+        >>> round(metric_noise("val_loss", "min", 0.3, None, [0.30, 0.32, 0.31]), 4)
+        0.01
+        >>> metric_noise("val_loss", "min", 0.3, None, [0.3]) is None
+        True
+    """
+    found = []
+    if samples and mode == "max" and "acc" in monitor.lower() and 0.0 <= reference <= 1.0:
+        found.append(accuracy_standard_error(reference, samples))
+    finite = [v for v in plateau if math.isfinite(v)]
+    if len(finite) >= 2:
+        found.append(statistics.stdev(finite))
+    return max(found) if found else None
+
+
+def end_dense_phase(
+    state: SearchState,
+    epoch: int,
+    *,
+    monitor: str,
+    mode: Mode,
+    max_drop: float,
+    samples: int | None,
+    given_reference: float | None = None,
+) -> SearchState:
+    """End the dense phase after the validation of ``epoch``: the search starts at the next epoch.
+
+    The reference is ``given_reference``, or the mean of the last ``PLATEAU_PATIENCE`` dense values
+    (the plateau); the noise and the decision margin are estimated from them.
+
+    Example:
+        >>> s = SearchState(dense_values=((0, 0.8), (1, 0.95), (2, 0.953), (3, 0.949), (4, 0.951)))
+        >>> s = end_dense_phase(s, 4, monitor="val_acc", mode="max", max_drop=0.01, samples=5000)
+        >>> s.start_epoch, round(s.reference, 4), s.reference_epochs, round(s.margin, 4)
+        (5, 0.951, (2, 4), 0.0031)
+    """
+    plateau = state.dense_values[-PLATEAU_PATIENCE:]
+    values = [v for _, v in plateau if math.isfinite(v)]
+    if given_reference is not None:
+        reference, epochs = given_reference, None
+    elif values:
+        reference, epochs = statistics.fmean(values), (plateau[0][0], plateau[-1][0])
+    else:
+        reference, epochs = None, None
+    noise = metric_noise(monitor, mode, reference, samples, values) if reference is not None else None
+    margin = min(noise, MARGIN_SHARE_CAP * max_drop) if noise is not None else 0.0
+    return replace(
+        state, start_epoch=epoch + 1, reference=reference, reference_epochs=epochs, noise=noise, margin=margin
+    )
+
+
+def chance_level(labels: Mapping[int, int]) -> float | None:
+    """The accuracy of always predicting the most frequent label: ``max count / total``.
+
+    Example:
+        >>> chance_level({0: 30, 1: 50, 2: 20}), chance_level({})
+        (0.5, None)
+    """
+    total = sum(labels.values())
+    return max(labels.values()) / total if total else None
+
+
+def at_chance(reference: float, chance: float | None, max_drop: float, noise: float | None) -> bool:
+    """Whether an accuracy reference is no better than chance: within ``max(max_drop, 2 * noise)`` of it.
+
+    Example:
+        >>> at_chance(0.11, 0.10, 0.01, 0.02), at_chance(0.95, 0.10, 0.01, 0.01), at_chance(0.5, None, 0.01, None)
+        (True, False, False)
+    """
+    if chance is None:
+        return False
+    return reference <= chance + max(max_drop, CHANCE_NOISE_SIGMAS * (noise or 0.0))
+
+
 def propose(state: SearchState, epoch: int, ceiling: float = CEILING) -> SearchState:
     """Propose the next sparsity: remove ``step`` of the weights kept at the accepted sparsity.
 
@@ -145,7 +309,7 @@ def ready_to_decide(state: SearchState, value: float, mode: Mode, max_drop: floa
     """
     if state.pending is None or state.pending_epoch is None or state.reference is None or epoch < state.pending_epoch:
         return False
-    if within_tolerance(state.reference, value, mode, max_drop) or not math.isfinite(value):
+    if within_tolerance(state.reference, value, mode, max_drop - state.margin) or not math.isfinite(value):
         return True
     return epoch >= state.pending_epoch + RECOVERY_EPOCHS - 1
 
@@ -183,19 +347,21 @@ def tolerance_noise(monitor: str, mode: Mode, reference: float, samples: int, ma
 
 
 def default_window(max_epochs: int) -> tuple[int, int]:
-    """Default search window of the automatic mode for a run of ``max_epochs`` epochs.
+    """Default search window of the automatic mode for a run of ``max_epochs`` epochs: ``(earliest start, end)``.
 
-    The dense phase is longer than the fixed schedule's (about 30% of the run) because it sets the
-    reference every later step is held to; the search runs to about 80%, and the rest fine-tunes.
+    The dense phase ends when the monitored metric reaches its plateau (:func:`plateaued`), which
+    takes at least ``2 * PLATEAU_PATIENCE`` validations, so the search starts at epoch
+    ``2 * PLATEAU_PATIENCE`` at the earliest (a model fine-tuned from a trained state) and later
+    for a model trained from scratch. It runs to about 80% of the run, and the rest fine-tunes.
 
     Example:
         >>> default_window(30), default_window(10), default_window(2)
-        ((9, 23), (3, 7), (1, 1))
+        ((6, 23), (6, 7), (1, 1))
     """
     if max_epochs < 1:
         raise ValueError(f"`max_epochs` must be at least 1 to prune, got {max_epochs}.")
     end = min(max_epochs - 1, max(0, round(0.8 * max_epochs) - 1))
-    start = min(end, max(1, round(0.3 * max_epochs)))
+    start = min(end, max(1, 2 * PLATEAU_PATIENCE))
     return start, max(start, end)
 
 
@@ -224,8 +390,9 @@ def decide(state: SearchState, value: float, mode: Mode, max_drop: float, epoch:
         "reference": state.reference,
         "drop": drop if math.isfinite(drop) else None,
         "step": state.step,
+        "margin": state.margin,
     }
-    if within_tolerance(state.reference, value, mode, max_drop):
+    if within_tolerance(state.reference, value, mode, max_drop - state.margin):
         accepted = replace(
             state,
             accepted=state.pending,

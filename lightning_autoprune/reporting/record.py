@@ -88,7 +88,10 @@ def build_record(
         totals["params_model"] = model_params
         totals["params_model_nonzero"] = model_params - (prunable - kept_total)
     final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
+    epochs = search.get("reference_epochs")
     measured = "given reference" if settings.get("reference_given") else "dense reference"
+    if epochs and not settings.get("reference_given"):
+        measured = f"dense reference (plateau mean, epochs {epochs[0]}-{epochs[1]})"
     reference, reference_label = search["reference"], measured if search["reference"] is not None else None
     if reference is None and events:  # a fixed target measures no dense reference: say what the value is
         reference, reference_label = events[0]["metric_before"], f"before pruning (epoch {events[0]['epoch']})"
@@ -185,9 +188,10 @@ def describe_decision(record: Mapping[str, Any], monitor: str) -> str:
         return f"{PREFIX} epoch {record['epoch']}: search stopped at sparsity {accepted:.4f} ({reason})"
     value = "nan" if record["value"] is None else f"{record['value']:.4f}"
     verdict = "accepted" if record["decision"] == "accept" else "rolled back, step halved"
+    margin = f", margin {record['margin']:.4f}" if record.get("margin") else ""
     return (
         f"{PREFIX} epoch {record['epoch']}: sparsity {record['proposed']:.4f} {verdict} "
-        f"({monitor} {value} vs reference {record['reference']:.4f}, step {record['step']:.3f})"
+        f"({monitor} {value} vs reference {record['reference']:.4f}{margin}, step {record['step']:.3f})"
     )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pytest
 
-from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
+from lightning_autoprune.control.controller import FixedSchedule, Observation, ToleranceSearch
 
 
 def make_search(window: tuple[int, int] = (2, 8), max_drop: float = 0.01) -> tuple[ToleranceSearch, list[bool]]:
@@ -48,17 +49,17 @@ def test_coarse_schedule_prunes_again_only_when_the_schedule_moves():
 def test_dense_phase_sets_the_reference_and_takes_no_snapshot():
     search, taken = make_search(window=(3, 8))
     for epoch, value in enumerate([0.90, 0.95, 0.94]):
-        search.on_validation(value, epoch=epoch, mode="max", pruned=False)
+        search.on_validation(Observation(value, epoch, "max"), pruned=False)
     assert search.state.reference == 0.95
     assert taken == []
 
 
 def test_a_step_snapshots_first_and_is_accepted_within_tolerance():
     search, taken = make_search()
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
+    search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     assert search.begin_epoch(2, ceiling=always(0.99)) == 0.5
     assert taken == [True]
-    verdict = search.on_validation(0.945, epoch=2, mode="max", pruned=True)
+    verdict = search.on_validation(Observation(0.945, 2, "max"), pruned=True)
     assert verdict.roll_back is None
     assert search.state.accepted == 0.5
     assert taken == [True, False], "an accepted state is kept as the latest in tolerance, without optimizers"
@@ -66,13 +67,13 @@ def test_a_step_snapshots_first_and_is_accepted_within_tolerance():
 
 def test_a_broken_step_gets_a_recovery_epoch_then_rolls_back_to_its_snapshot():
     search, _ = make_search()
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
+    search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
-    first = search.on_validation(0.90, epoch=2, mode="max", pruned=True)
+    first = search.on_validation(Observation(0.90, 2, "max"), pruned=True)
     assert first.roll_back is None
     assert search.state.pending == 0.5
     assert search.begin_epoch(3, ceiling=always(0.99)) is None, "no new step while one awaits its decision"
-    second = search.on_validation(0.90, epoch=3, mode="max", pruned=True)
+    second = search.on_validation(Observation(0.90, 3, "max"), pruned=True)
     assert second.roll_back == {"id": 1, "optimizers": True}
     assert search.state.step == 0.25
     assert search.reuse_scores, "the restored state is the one the broken step scored"
@@ -85,44 +86,34 @@ def test_reference_missing_when_pruning_is_due_is_an_error():
         search.begin_epoch(2, ceiling=always(0.99))
 
 
-def test_the_first_step_runs_the_noise_check_once():
-    search, _ = make_search()
-    calls: list[int] = []
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
-    search.begin_epoch(2, ceiling=always(0.99), before_first_step=lambda: calls.append(2))
-    search.on_validation(0.95, epoch=2, mode="max", pruned=True)
-    search.begin_epoch(3, ceiling=always(0.99), before_first_step=lambda: calls.append(3))
-    assert calls == [2]
-
-
 def test_a_loss_monitor_in_min_mode_rolls_back_when_the_loss_rises():
     search, _ = make_search(max_drop=0.02)
-    search.on_validation(0.50, epoch=1, mode="min", pruned=False)
+    search.on_validation(Observation(0.50, 1, "min"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
-    search.on_validation(0.515, epoch=2, mode="min", pruned=True)
+    search.on_validation(Observation(0.515, 2, "min"), pruned=True)
     assert search.state.accepted == 0.5
     search.begin_epoch(3, ceiling=always(0.99))
-    search.on_validation(0.60, epoch=3, mode="min", pruned=True)
-    verdict = search.on_validation(0.60, epoch=4, mode="min", pruned=True)
+    search.on_validation(Observation(0.60, 3, "min"), pruned=True)
+    verdict = search.on_validation(Observation(0.60, 4, "min"), pruned=True)
     assert verdict.roll_back is not None
 
 
 def test_the_window_end_stops_the_search():
     search, _ = make_search(window=(2, 3))
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
+    search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
-    search.on_validation(0.95, epoch=2, mode="max", pruned=True)
+    search.on_validation(Observation(0.95, 2, "max"), pruned=True)
     search.begin_epoch(3, ceiling=always(0.99))
-    search.on_validation(0.95, epoch=3, mode="max", pruned=True)
+    search.on_validation(Observation(0.95, 3, "max"), pruned=True)
     assert search.state.done
     assert "window ended" in str(search.state.stop_reason)
 
 
 def test_finish_restores_the_latest_state_within_tolerance():
     search, _ = make_search()
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
+    search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
-    search.on_validation(0.95, epoch=2, mode="max", pruned=True)
+    search.on_validation(Observation(0.95, 2, "max"), pruned=True)
     kept = search.best_final
     search.last_value = 0.80  # a later validation broke the tolerance
     broken, restore = search.finish(9, "max")
@@ -133,7 +124,7 @@ def test_finish_restores_the_latest_state_within_tolerance():
 
 def test_state_round_trips_with_the_pending_snapshot():
     search, _ = make_search()
-    search.on_validation(0.95, epoch=1, mode="max", pruned=False)
+    search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
     state = search.state_dict()
     assert state["snapshot"] == {"id": 1, "optimizers": True}
@@ -146,15 +137,92 @@ def test_state_round_trips_with_the_pending_snapshot():
 def test_a_given_reference_is_kept_through_the_dense_phase():
     search = ToleranceSearch((3, 8), 1, 0.01, snapshot=lambda with_optimizers: {}, reference=0.97)
     for epoch, value in enumerate([0.90, 0.99, 0.95]):
-        search.on_validation(value, epoch=epoch, mode="max", pruned=False)
+        search.on_validation(Observation(value, epoch, "max"), pruned=False)
     assert search.state.reference == 0.97
 
 
-def test_the_noise_warning_needs_a_reference_and_too_few_samples():
-    search, _ = make_search(max_drop=0.01)
-    assert search.noise_warning("val_acc", "max", 360) is None  # no reference yet
-    search.on_validation(0.97, epoch=0, mode="max", pruned=False)
-    message = search.noise_warning("val_acc", "max", 360)
-    assert message is not None
-    assert "comes from 360 samples" in message
-    assert search.noise_warning("val_acc", "max", 1_000_000) is None
+def plateau_search(window: tuple[int, int] = (4, 23), reference: float | None = None) -> ToleranceSearch:
+    return ToleranceSearch(
+        window,
+        1,
+        0.01,
+        snapshot=lambda with_optimizers: {"optimizers": with_optimizers},
+        reference=reference,
+        wait_for_plateau=True,
+    )
+
+
+def test_the_search_starts_after_the_plateau_not_at_the_window_start():
+    search = plateau_search()
+    climbing = [0.60, 0.80, 0.88, 0.92, 0.94, 0.955, 0.962, 0.963, 0.961]
+    for epoch, value in enumerate(climbing):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+        assert search.begin_epoch(epoch + 1, ceiling=always(0.99)) is None, "still climbing: no pruning"
+    for epoch, value in enumerate([0.962, 0.963], start=len(climbing)):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    # epoch 10: the mean of 0.961, 0.962, 0.963 gains 0.2 point (< a quarter of 1 point) on 0.955, 0.962, 0.963
+    assert search.state.start_epoch == 11
+    assert search.state.reference == pytest.approx((0.961 + 0.962 + 0.963) / 3)
+    assert search.state.reference_epochs == (8, 10)
+    assert 0 < search.state.margin <= 0.005
+    assert search.take_warnings() == [], "room enough, validation large enough, far from chance"
+    assert search.begin_epoch(11, ceiling=always(0.99)) == 0.5
+
+
+def test_a_plateau_late_in_the_run_warns_about_the_room_left():
+    search = plateau_search(window=(6, 9))  # max_epochs=12: a fine-tune plateaus at once, yet 4 epochs are few
+    for epoch, value in enumerate([0.95, 0.951, 0.95, 0.952, 0.95, 0.951]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.start_epoch == 6
+    (warning,) = search.take_warnings()
+    assert "dense phase used 6 epochs" in warning
+    assert "leaves 4 epoch(s) for the search before `end_epoch`=9" in warning
+
+
+def test_a_metric_still_improving_starts_the_search_in_time_and_says_so():
+    search = plateau_search(window=(4, 9))
+    for epoch in range(4):  # 0.5, 0.6, 0.7, 0.8
+        search.on_validation(Observation(0.5 + 0.1 * epoch, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.start_epoch == 4, "the latest start leaves ROOM_EPOCHS before the window's end"
+    warning = next(w for w in search.take_warnings() if "still improving" in w)
+    assert "still improving at epoch 3; the search starts at epoch 4 anyway" in warning
+    assert "leave 6 epoch(s)" in warning
+
+
+def test_a_reference_at_chance_level_stops_the_search_before_it_starts():
+    search = plateau_search()
+    labels = {digit: 36 for digit in range(10)}
+    for epoch, value in enumerate([0.10, 0.11, 0.10, 0.10, 0.11, 0.10]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 360, labels), pruned=False)
+    assert search.state.done
+    assert "chance level" in str(search.state.stop_reason)
+    assert any("no better than chance (0.1000" in w for w in search.take_warnings())
+    assert search.begin_epoch(search.state.start_epoch or 5, ceiling=always(0.99)) is None
+
+
+def test_a_small_validation_set_warns_once_the_reference_is_known():
+    search = plateau_search()
+    for epoch, value in enumerate([0.96, 0.97, 0.97, 0.965, 0.97, 0.968]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 128), pruned=False)
+    assert any("comes from 128 samples" in w for w in search.take_warnings())
+
+
+def test_a_given_reference_still_waits_for_the_plateau_and_is_kept():
+    search = plateau_search(reference=0.97)
+    for epoch, value in enumerate([0.95, 0.951, 0.95, 0.952, 0.951, 0.95]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.start_epoch == 6, "a fine-tuned model plateaus at once: after 2 x 3 validations"
+    assert search.state.reference == 0.97
+    assert search.state.reference_epochs is None
+
+
+def test_a_loss_monitor_plateaus_and_keeps_its_margin_in_nats():
+    search = ToleranceSearch((4, 23), 1, 0.02, snapshot=lambda with_optimizers: {}, wait_for_plateau=True)
+    for epoch, value in enumerate([2.0, 1.5, 1.3, 1.29, 1.3, 1.295, 1.29, 1.3]):
+        search.on_validation(Observation(value, epoch, "min", "val_loss"), pruned=False)
+    assert search.state.start_epoch == 8
+    assert search.state.reference == pytest.approx(1.295)
+    assert search.state.margin == pytest.approx(statistics.stdev([1.295, 1.29, 1.3]))
+    assert search.begin_epoch(8, ceiling=always(0.99)) == 0.5
+    search.on_validation(Observation(1.30, 8, "min", "val_loss"), pruned=True)
+    assert search.state.accepted == 0.5

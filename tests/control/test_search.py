@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -14,8 +16,12 @@ from lightning_autoprune.control.search import (
     RECOVERY_EPOCHS,
     SearchState,
     accuracy_standard_error,
+    at_chance,
+    chance_level,
     decide,
     default_window,
+    end_dense_phase,
+    plateaued,
     propose,
     ready_to_decide,
     stop,
@@ -114,7 +120,7 @@ def test_accepted_sparsity_never_decreases_and_pending_is_above_it(values: list[
 
 
 @pytest.mark.parametrize(
-    ("max_epochs", "window"), [(1, (0, 0)), (2, (1, 1)), (10, (3, 7)), (30, (9, 23)), (60, (18, 47))]
+    ("max_epochs", "window"), [(1, (0, 0)), (2, (1, 1)), (10, (6, 7)), (30, (6, 23)), (60, (6, 47))]
 )
 def test_default_window(max_epochs: int, window: tuple[int, int]) -> None:
     assert default_window(max_epochs) == window
@@ -147,3 +153,51 @@ def test_tolerance_noise_flags_only_accuracies_too_noisy_for_the_tolerance(
     if noisy:
         assert error == pytest.approx(accuracy_standard_error(reference, samples))
         assert error >= NOISE_WARNING_SHARE * max_drop
+
+
+def test_a_climbing_metric_has_no_plateau_and_a_flat_one_has() -> None:
+    rising = [0.50, 0.70, 0.80, 0.86, 0.90, 0.925, 0.94]
+    assert not plateaued(rising, "max", 0.01)
+    assert not plateaued([*rising, 0.944, 0.941, 0.943], "max", 0.01), "this mean still beats the one before"
+    flat = [*rising, 0.944, 0.941, 0.943, 0.942, 0.944, 0.943]
+    assert plateaued(flat, "max", 0.01), "the last three average what the three before did"
+    assert not plateaued([0.9] * 5, "max", 0.01), "too few values to tell"
+    assert plateaued([0.50, 0.45, 0.449, 0.451, 0.452, 0.450, 0.451], "min", 0.02)
+
+
+def test_the_dense_phase_ends_on_the_plateau_mean_with_a_noise_margin() -> None:
+    state = SearchState(dense_values=((0, 0.6), (1, 0.9), (2, 0.95), (3, 0.96), (4, 0.955), (5, 0.958)))
+    ended = end_dense_phase(state, 5, monitor="val_acc", mode="max", max_drop=0.02, samples=800)
+    assert ended.start_epoch == 6
+    assert ended.reference_epochs == (3, 5)
+    assert ended.reference == pytest.approx((0.96 + 0.955 + 0.958) / 3)
+    binomial = accuracy_standard_error(ended.reference, 800)
+    assert ended.noise == pytest.approx(max(binomial, statistics.stdev([0.96, 0.955, 0.958])))
+    assert ended.margin == pytest.approx(min(ended.noise, 0.01))
+    loss = end_dense_phase(state, 5, monitor="val_loss", mode="min", max_drop=0.02, samples=800)
+    assert loss.noise == pytest.approx(statistics.stdev([0.96, 0.955, 0.958])), "no binomial term for a loss"
+
+
+def test_a_decision_keeps_the_margin_from_the_tolerance() -> None:
+    state = replace(propose(SearchState(reference=0.95, margin=0.004), epoch=5), pending_epoch=5)
+    assert decide(state, 0.944, "max", 0.01, epoch=6).decisions[-1]["decision"] == "accept"
+    rolled = decide(state, 0.9405, "max", 0.01, epoch=6)
+    assert rolled.decisions[-1]["decision"] == "rollback", "a drop of 0.0095 plus the margin 0.004 breaks 0.01"
+    assert rolled.decisions[-1]["margin"] == 0.004
+
+
+def test_chance_level_is_the_most_frequent_label_share() -> None:
+    assert chance_level({0: 10, 1: 10, 2: 80}) == 0.8
+    assert at_chance(0.81, 0.8, 0.01, 0.02)
+    assert not at_chance(0.9, 0.8, 0.01, 0.02)
+
+
+def test_a_search_state_written_before_the_plateau_fields_loads_with_defaults() -> None:
+    old = {k: v for k, v in SearchState(reference=0.9, accepted=0.5).to_dict().items()}
+    for new_field in ("dense_values", "start_epoch", "reference_epochs", "noise", "margin"):
+        old.pop(new_field)
+    loaded = SearchState.from_dict(old)
+    assert loaded.reference == 0.9
+    assert loaded.margin == 0.0
+    assert loaded.dense_values == ()
+    assert SearchState.from_dict(loaded.to_dict()) == loaded

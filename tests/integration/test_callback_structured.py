@@ -126,7 +126,9 @@ def test_structured_automatic_mode_stays_within_tolerance(
     digits: DigitsDataModule, trainer_kwargs: dict[str, Any]
 ) -> None:
     seed_everything(0)
-    autoprune = AutoPrune(granularity="structured", importance="taylor", verbose=False, report=False)
+    autoprune = AutoPrune(
+        granularity="structured", importance="taylor", start_epoch=3, end_epoch=9, verbose=False, report=False
+    )
     scored: list[int] = []
     score_units = autoprune.scorer.score_units
     autoprune.scorer.score_units = lambda groups, inputs: (scored.append(1), score_units(groups, inputs))[1]
@@ -141,7 +143,7 @@ def test_structured_automatic_mode_stays_within_tolerance(
     assert autoprune.search.stop_reason
     final = trainer.callback_metrics["val_acc"].item()
     assert autoprune.search.reference is not None
-    assert final >= autoprune.search.reference - 0.01 - 1e-6
+    assert final >= autoprune.search.reference - 0.01 + autoprune.search.margin - 1e-6
     assert record["totals"]["macs_after"] <= record["totals"]["macs_before"]
 
 
