@@ -197,7 +197,7 @@ def quick_workloads() -> list[Workload]:
         replace(
             resnet,
             sparsities=(0.9,),
-            budget=replace(resnet.budget, dense_epochs=1, pretrain_batches=40, limit_train_batches=10, **one_event),
+            budget=replace(resnet.budget, dense_epochs=1, pretrain_batches=40, limit_train_batches=30, **one_event),
         ),
         replace(
             lm,
