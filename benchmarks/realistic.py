@@ -51,6 +51,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -266,7 +267,7 @@ def fit_and_test(
     callbacks = protocol.make_callbacks(method, sparsity, budget, seed, model, include) if method else []
     epochs = budget.dense_epochs if state is None else budget.finetune_epochs
     trainer = _trainer(budget, epochs, callbacks, root, pretrain=state is None)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=datamodule)
@@ -278,6 +279,9 @@ def fit_and_test(
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": fit_cpu_seconds,
         "events": _events(callbacks, budget),
+        # The machine's 1-minute load average around the fit: above the torch threads, other work shared
+        # the cores and the times above are not this fit's alone.
+        "load_average": [load_start, os.getloadavg()[0]],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     row |= eval_sizes(workload, datamodule)
@@ -477,6 +481,22 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     loss_tests.setdefault(method, {})[key] = test
         setup["loss_comparisons"] = loss_tests
     return summary
+
+
+def grid_progress(results: Path = RESULTS, workloads: Sequence[Workload] | None = None) -> tuple[int, int]:
+    """``(runs recorded, runs planned)`` of the unstructured grid: per workload and seed, dense plus every cell.
+
+    Example:
+        >>> grid_progress(Path("/nonexistent"), [WORKLOADS["mnist1d-resnet"]])
+        (0, 66)
+    """
+    recorded = planned = 0
+    for w in workloads if workloads is not None else WORKLOADS.values():
+        for seed in SEEDS:
+            cells = [("dense", None)] + [(m, s) for s in w.sparsities for m in METHODS]
+            planned += len(cells)
+            recorded += sum(protocol.run_path(results, w.name, m, s, seed).exists() for m, s in cells)
+    return recorded, planned
 
 
 def load_summary(results: Path = RESULTS) -> dict[str, Any] | None:

@@ -463,6 +463,7 @@ REALISTIC_NOTES: dict[str, str] = {
 def _loss_table(setup: Mapping[str, Any]) -> list[str]:
     keys = _sparsity_keys(setup)
     dense = setup["dense"]
+    per_char = "val_chars" in setup.get("eval_sizes", {})  # bits per character only mean something for the LM
     rows = [["dense", *[f"{dense['test_loss_mean']:.4f} ± {dense['test_loss_std']:.4f}" for _ in keys]]]
     for method in _methods(setup):
         cells = setup["methods"][method]["by_sparsity"]
@@ -470,8 +471,8 @@ def _loss_table(setup: Mapping[str, Any]) -> list[str]:
             [
                 f"`{method}`",
                 *[
-                    f"{cells[k]['test_loss_mean']:.4f} ± {cells[k]['test_loss_std']:.4f} "
-                    f"({cells[k]['test_loss_mean'] / math.log(2):.3f} bpc)"
+                    f"{cells[k]['test_loss_mean']:.4f} ± {cells[k]['test_loss_std']:.4f}"
+                    + (f" ({cells[k]['test_loss_mean'] / math.log(2):.3f} bpc)" if per_char else "")
                     if k in cells
                     else ""
                     for k in keys
@@ -529,6 +530,16 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
         "`benchmarks/realistic.py` documents it. Accuracy cells are mean ± std over seeds; the paired tests "
         "compare `default` with each method over seeds (t-test, a difference is real at p < 0.05).",
     ]
+    recorded, planned = realistic_tier.grid_progress(results)
+    if recorded < planned:
+        lines += [
+            "",
+            f"**Partial run: {recorded} of the grid's {planned} runs are recorded** (`make bench-real` resumes "
+            "it). Tables show what is recorded; a cell with fewer seeds than its row's dense run has no std.",
+        ]
+    status = results / "STATUS.md"
+    if status.exists():
+        lines += ["", status.read_text().strip()]
     for name, setup in summary["setups"].items():
         sizes = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in setup["eval_sizes"].items())
         dense = setup["dense"]
@@ -548,7 +559,7 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
             "",
             *_comparison_table(setup),
             "",
-            "Test loss, nats per character or sample (bits per character in brackets; mean ± std over seeds):",
+            "Test loss, nats per character (LM; bits per character in brackets) or per sample, mean ± std over seeds:",
             "",
             *_loss_table(setup),
             "",
