@@ -780,6 +780,13 @@ def load_records(out: Path) -> list[dict[str, Any]]:
     return records
 
 
+def quiet_benchmark() -> None:
+    """Silence Lightning's, Fabric's and transformers' info logs and Python warnings for a benchmark's own lines."""
+    for name in ("lightning.pytorch", "lightning.fabric", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as sorted, rounded, indented JSON, atomically (``--resume`` trusts any file it finds)."""
     _write(path, data)
@@ -1044,9 +1051,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_benchmark()
     preset: Mapping[str, Sequence[Any]] = (
         QUICK if args.quick else {"setups": tuple(SETUPS), "seeds": SEEDS, "sparsities": SPARSITIES, "methods": METHODS}
     )

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import resource
@@ -519,10 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    protocol.quiet_benchmark()
     workloads = quick_workloads() if args.quick else list(WORKLOADS.values())
     if args.workloads:
         workloads = [w for w in workloads if w.name in args.workloads]

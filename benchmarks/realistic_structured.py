@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import resource
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -249,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for training (default 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    protocol.quiet_benchmark()
     workload = realistic.quick_workloads()[0] if args.quick else realistic.WORKLOADS[WORKLOAD]
     summary = run_structured(
         args.out, workload, args.seeds, args.levels, args.methods, resume=args.resume, dense_states=args.out, log=_say

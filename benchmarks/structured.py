@@ -112,7 +112,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -141,6 +140,7 @@ from benchmarks.protocol import (
     environment,
     importance_fidelity,
     paired_test,
+    quiet_benchmark,
     write_json,
 )
 from lightning_autoprune import AutoPrune, compact
@@ -1071,9 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1)")
     args = parser.parse_args(argv)
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_benchmark()
     preset: Mapping[str, Sequence[Any]] = (
         QUICK if args.quick else {"seeds": SEEDS, "levels": tuple(LEVELS), "methods": METHODS}
     )
