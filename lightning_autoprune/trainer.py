@@ -235,7 +235,7 @@ class ValidationTally:
 
     def take(self) -> tuple[int | None, dict[int, int] | None]:
         """``(samples, label counts)`` (``None``: not counted or unknown), once."""
-        taken = (self.samples, self.labels if self.samples is not None else None)
+        taken = (self.samples, self.labels)  # an unknown count drops the labels with it (see add)
         self.samples, self.labels = None, None
         return taken
 

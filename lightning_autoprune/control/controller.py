@@ -236,10 +236,11 @@ class ToleranceSearch:
         state = self.state
         if not pruned and state.pending is None and state.start_epoch is None:
             self.last_seen = seen
-            self.state = replace(state, dense_values=(*state.dense_values, (epoch, value)))
+            state = replace(state, dense_values=(*state.dense_values, (epoch, value)))
             if self.given_reference is None:  # the best so far, until the plateau's mean replaces it
-                self.state = replace(self.state, reference=search.update_reference(state, value, mode).reference)
-            values = [v for _, v in self.state.dense_values]
+                state = search.update_reference(state, value, mode)
+            self.state = state
+            values = [v for _, v in state.dense_values]
             if self.wait_for_plateau and epoch >= self.window[0] - 1:
                 if search.plateaued(values, mode, self.max_drop):
                     self._end_dense_phase(epoch, plateau=True)
