@@ -97,8 +97,13 @@ class AutoPrune(Callback):
             classifier fitted from scratch on the run's own labels (for example
             ``sklearn.ensemble.HistGradientBoostingRegressor``). ``None``: start from the shipped
             pretrained importance model and refine it during the run.
-        label_groups: ``importance="learned"`` only: group ablations measured per pruning event
-            (each is one forward pass over ``calibration_samples`` held-out training samples).
+        label_groups: ``importance="learned"`` only: the most group ablations measured per pruning
+            event (each is one forward pass over ``calibration_samples`` held-out training samples).
+        label_budget: ``importance="learned"`` only: the most its calibration forward passes
+            (ablations and candidate steps) may cost, as a share of the training samples seen
+            before each event; ``0.05`` keeps the learned scorer's measurements within about 5%
+            of training's forward passes. An event the budget cannot label reuses the model
+            fitted so far. ``None``: no limit (``label_groups`` ablations at every event).
         granularity: ``"unstructured"`` prunes single weights. ``"structured"`` prunes whole
             neurons (Linear outputs) and channels (Conv outputs), with every coupled slice
             (bias, BatchNorm ``gamma``/``beta``, the next layer's input columns, branches joined
@@ -185,6 +190,7 @@ class AutoPrune(Callback):
         importance: str | None = None,
         estimator: str | None = None,
         label_groups: int = 128,
+        label_budget: float | None = 0.05,
         granularity: Literal["unstructured", "structured"] = "unstructured",
         target_unit: Literal["params", "flops"] = "params",
         round_to: int = 1,
@@ -212,6 +218,7 @@ class AutoPrune(Callback):
             granularity=config.granularity,
             estimator=config.estimator,
             label_groups=config.label_groups,
+            label_budget=config.label_budget,
         )
         if verbose:
             scorer.progress = adapter.ProgressLine()

@@ -44,6 +44,7 @@ class AutoPruneConfig:
     importance: str = "learned"
     estimator: str | None = None
     label_groups: int = 128
+    label_budget: float | None = 0.05
     granularity: Literal["unstructured", "structured"] = "unstructured"
     target_unit: Literal["params", "flops"] = "params"
     round_to: int = 1

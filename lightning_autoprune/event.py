@@ -48,6 +48,8 @@ class TrainingAccess:
         second_moments: Adam-style ``exp_avg_sq`` of the given parameters, or ``None``.
         example_inputs: what the model is called with, ``(args, kwargs)``.
         progress: training progress at the event, in ``[0, 1]``.
+        trained_samples: training samples seen before the event (every epoch so far), or
+            ``None`` where unknown; the learned scorer's label budget is a share of it.
     """
 
     module: nn.Module
@@ -56,6 +58,7 @@ class TrainingAccess:
     second_moments: Callable[[Mapping[str, Tensor]], dict[str, Tensor] | None]
     example_inputs: Callable[[], Inputs]
     progress: float
+    trained_samples: int | None = None
 
 
 class EventPipeline:
@@ -126,6 +129,7 @@ class EventPipeline:
             generator=generator,
             target_sparsity=target,
             progress=access.progress,
+            min_density=self.config.min_layer_density,
             transposed=frozenset(t.name for t in self.engine.targets if t.transposed),
         )
         if self.scorer.needs_gradients or self.scorer.needs_context:
@@ -274,6 +278,8 @@ class EventPipeline:
         inputs.exp_avg_sq = access.second_moments(params)
         loss_fn = access.loss_fn
         inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
+        inputs.loss_samples = samples
+        inputs.trained_samples = access.trained_samples
 
     def _calibration_size(self, loader: DataLoader) -> int:
         """``calibration_samples``, or the default: 512, capped by what the training set can supply."""

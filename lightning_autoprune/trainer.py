@@ -8,6 +8,7 @@ logging through ``pl_module.log``, and the check that the strategy keeps whole p
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -374,6 +375,19 @@ def progress(trainer: pl.Trainer, epoch: int) -> float:
     return epoch / trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0.0
 
 
+def trained_samples(trainer: pl.Trainer, epoch: int) -> int | None:
+    """Training samples seen before ``epoch`` on this rank: epochs so far x batches per epoch x batch size.
+
+    ``None`` where the batch size or the number of batches is unknown (a batch sampler, an
+    iterable dataset without a length).
+    """
+    batches = trainer.num_training_batches
+    size = getattr(trainer.train_dataloader, "batch_size", None)
+    if not isinstance(size, int) or not math.isfinite(batches) or batches <= 0:
+        return None
+    return epoch * int(batches) * size
+
+
 def training_access(
     trainer: pl.Trainer, pl_module: pl.LightningModule, importance: str, seed: int, epoch: int
 ) -> TrainingAccess:
@@ -385,4 +399,5 @@ def training_access(
         second_moments=lambda params: optimizer_second_moments(trainer, params),
         example_inputs=lambda: example_inputs(trainer, pl_module, seed),
         progress=progress(trainer, epoch),
+        trained_samples=trained_samples(trainer, epoch),
     )

@@ -196,17 +196,31 @@ def describe_decision(record: Mapping[str, Any], monitor: str) -> str:
 
 
 def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
-    """The learned scorer's held-out fidelity at an event, next to the prior's, and what it did."""
+    """The learned scorer's held-out fidelity at an event, next to the prior's, and which step it applied.
+
+    Example:
+        >>> entry = {"fidelity": {"learned": {"spearman": 0.9}, "taylor": {"spearman": 0.8}}, "best_prior": "taylor",
+        ...          "fell_back": True, "blend_weight": 0.0, "held_out": 32, "used": "lamp",
+        ...          "step_losses": {"learned": 0.31, "taylor": 0.3, "lamp": 0.29}}
+        >>> importance_line(3, entry).split("; ")[1]
+        'step by lamp (lowest calibration loss: learned 0.31, taylor 0.3, lamp 0.29)'
+    """
     learned = entry["fidelity"]["learned"]["spearman"]
-    prior = entry["fidelity"][entry["best_prior"]]["spearman"]
-    verdict = (
-        f"fell back to {entry['best_prior']}"
-        if entry["fell_back"]
-        else f"blend {entry['blend_weight']:.2f} learned + {1 - entry['blend_weight']:.2f} {entry['best_prior']}"
-    )
+    partner = "taylor" if "taylor" in entry["fidelity"] else entry["best_prior"]
+    prior = entry["fidelity"][partner]["spearman"]
+    used = entry.get("used", entry["best_prior"] if entry["fell_back"] else "learned")
+    if used == "learned":
+        verdict = f"step by blend {entry['blend_weight']:.2f} learned + {1 - entry['blend_weight']:.2f} {partner}"
+    elif "step_losses" in entry:
+        verdict = f"step by {used}"
+    else:
+        verdict = f"fell back to {used}"
+    if "step_losses" in entry:
+        losses = ", ".join(f"{name} {value:.4g}" for name, value in entry["step_losses"].items())
+        verdict += f" (lowest calibration loss: {losses})"
     return (
         f"{PREFIX} epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
-        f"{entry['best_prior']} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
+        f"{partner} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
     )
 
 
@@ -258,6 +272,8 @@ def importance_metrics(entry: Mapping[str, Any]) -> list[Metric]:
         rows.append((f"autoprune/fidelity/precision_at_k_{method}", numbers["precision_at_k"], False))
     rows.append(("autoprune/importance/blend_weight", entry["blend_weight"], False))
     rows.append(("autoprune/importance/fell_back", float(entry["fell_back"]), False))
+    for method, loss in entry.get("step_losses", {}).items():
+        rows.append((f"autoprune/importance/step_loss_{method}", loss, False))
     return rows
 
 

@@ -39,6 +39,7 @@ def make_scorer(
     granularity: Literal["unstructured", "structured"] = "unstructured",
     estimator: str | None = None,
     label_groups: int = 128,
+    label_budget: float | None = 0.05,
 ) -> Scorer | UnitScorer:
     """Build the scorer named ``importance``: a weight scorer, or a unit scorer for structured pruning.
 
@@ -50,6 +51,8 @@ def make_scorer(
             (a :class:`UnitScorer` of neurons and channels).
         estimator: for ``"learned"`` only: import path of a scikit-learn estimator to fit from scratch.
         label_groups: for ``"learned"`` only: ablations measured per event (weight groups, or units).
+        label_budget: for unstructured ``"learned"`` only: the share of the training samples its
+            calibration forward passes may cost (:class:`~lightning_autoprune.scoring.learned.LearnedScorer`).
 
     Returns:
         The scorer; formula scorers are not :class:`StatefulScorer`, learned ones are.
@@ -94,5 +97,7 @@ def make_scorer(
         )
     if learned:
         model_path = None if importance == "learned" else importance
-        return LearnedScorer(estimator=estimator, model_path=model_path, label_groups=label_groups)
+        return LearnedScorer(
+            estimator=estimator, model_path=model_path, label_groups=label_groups, label_budget=label_budget
+        )
     return FORMULA_SCORERS[importance]()

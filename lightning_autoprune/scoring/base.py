@@ -63,6 +63,11 @@ class ScoreInputs:
             training data, disjoint from the gradient batches) at the live parameters.
         cost_weights: structured pruning towards a FLOPs target: per parameter, what one of its
             entries costs (FLOPs per sample); ``None`` when the target counts parameters.
+        min_density: the per-layer floor of the event's selection (``min_layer_density``), for
+            scorers that build the masks of candidate steps.
+        trained_samples: training samples the fit has seen before this event (every epoch so
+            far), for scorers whose measurements are budgeted against training; ``None``: unknown.
+        loss_samples: calibration samples one call of ``loss_fn`` evaluates; ``None``: unknown.
         transposed: names of the 2-D weights stored ``[in, out]`` (transformers' ``Conv1D``):
             their output units run along dim 1 and their input units along dim 0. Every other
             weight has output units along dim 0 and input units along dim 1.
@@ -89,6 +94,9 @@ class ScoreInputs:
     params: Mapping[str, Tensor] | None = None
     loss_fn: Callable[[], float] | None = None
     cost_weights: Mapping[str, float] | None = None
+    min_density: float = 0.0
+    trained_samples: int | None = None
+    loss_samples: int | None = None
     transposed: Set[str] = frozenset()
 
 

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from lightning_autoprune.scoring.base import ScoreInputs
-from lightning_autoprune.scoring.formulas import lamp_with_order, taylor2_scores
+from lightning_autoprune.scoring.formulas import taylor2_scores
+from lightning_autoprune.scoring.learned.priors import SortedSquares
 from lightning_autoprune.scoring.units import EPS as UNIT_EPS
 from lightning_autoprune.scoring.units import taylor_parts
 from lightning_autoprune.structured import UnitGroup, kept_units, unit_costs, unit_sums
@@ -99,9 +100,8 @@ class _Layer:
     fisher: Tensor
     adam: Tensor
     movement: Tensor
-    drift: Tensor
-    percentile: Tensor
-    lamp: Tensor
+    initial: Tensor
+    squares: SortedSquares  # percentile and LAMP of any entries, from one values-only sort
     input_norm: Tensor | None  # per input unit
     output_norm: Tensor | None  # per output unit
     inner: int  # entries per (output unit, input unit) pair: the kernel size
@@ -122,7 +122,7 @@ class FeatureTable:
     ``log_abs_weight``         ``log10(|w| / S_w + 1e-6)``
     ``layer_normalised_weight`` ``|w|`` over the mean ``|w|`` of the tensor's kept weights
     ``layer_percentile``       rank of ``|w|`` among the tensor's kept weights, in ``[0, 1]``
-                               (pruned weights: 0)
+                               (pruned weights: 0; equal weights share the lowest rank)
     ``log_lamp``               ``log10(LAMP score + 1e-6)`` (:func:`~lightning_autoprune.scoring.formulas.lamp_scores`)
     ``gradient``               ``g / S_g``
     ``gradient_times_weight``  ``g * w / S_gw``
@@ -183,15 +183,15 @@ class FeatureTable:
         columns = [
             _log(absw / s["w"]),
             absw / layer.mean_abs,
-            layer.percentile[index],
-            _log(layer.lamp[index]),
+            layer.squares.percentile(index),
+            _log(layer.squares.lamp(index)),
             g / s["g"],
             g * w / s["gw"],
             _log(fisher / s["F"]),
             _log(layer.adam[index] / s["adam"]),
             taylor2_scores(w, g, fisher) / s["t2"],
             layer.movement[index] / s["mv"],
-            _log(layer.drift[index] / s["w"]),
+            _log((w - layer.initial[index]).abs() / s["w"]),
             _log(x / s["x"]),
             _log(absw * x / s["wanda"]),
             _log(layer.output_norm[out_unit] / s["y"]) if layer.output_norm is not None else torch.zeros_like(absw),
@@ -201,7 +201,7 @@ class FeatureTable:
 
     def _layer(self, name: str) -> _Layer:
         # One tensor's whole-tensor quantities are cached, so chunked calls for one tensor do not
-        # recompute the sorts behind the percentile and LAMP columns; only one tensor is held.
+        # recompute the sort behind the percentile and LAMP columns; only one tensor is held.
         if self._cache is not None and self._cache[0] == name:
             return self._cache[1]
         layer = self._build_layer(name)
@@ -238,7 +238,6 @@ class FeatureTable:
             dtype=torch.float32,
             device=weight.device,
         )
-        percentile, lamp = _percentile_and_lamp(flat_w, flat_m)
         return _Layer(
             weight=flat_w,
             mask=flat_m,
@@ -246,9 +245,8 @@ class FeatureTable:
             fisher=fisher,
             adam=adam,
             movement=movement,
-            drift=(flat_w - initial).abs(),
-            percentile=percentile,
-            lamp=lamp,
+            initial=initial,
+            squares=SortedSquares(flat_w, flat_m),
             input_norm=_units(inputs.input_norms, name, fan_in_units),
             output_norm=_units(inputs.output_norms, name, fan_out),
             inner=inner,
@@ -291,23 +289,6 @@ def _units(source: Mapping[str, Tensor] | None, name: str, count: int) -> Tensor
 
 def _log(values: Tensor) -> Tensor:
     return torch.log10(values + _EPS)
-
-
-def _percentile_and_lamp(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Within-tensor percentile of ``|w|`` among kept weights, and the LAMP score, from one sort.
-
-    Both follow the stable ascending order of ``w**2`` (pruned entries count as 0) that
-    :func:`~lightning_autoprune.scoring.formulas.lamp_with_order` sorts by; kept weights are ranked
-    by it, ties by index.
-    """
-    keep = mask.reshape(-1)
-    lamp, order = lamp_with_order(weight, keep)
-    kept_sorted = keep[order]
-    kept = int(kept_sorted.sum())
-    ranks = (kept_sorted.cumsum(0) - 1).to(lamp.dtype) / max(kept - 1, 1)
-    percentile = torch.empty_like(lamp)
-    percentile[order] = torch.where(kept_sorted, ranks, 0.0)
-    return percentile, lamp
 
 
 def _global_scales(inputs: ScoreInputs) -> dict[str, float]:

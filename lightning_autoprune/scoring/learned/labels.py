@@ -6,12 +6,11 @@ at once, on top of the ones already pruned, near the frontier of what is about t
 measure exactly that:
 
 1. :func:`frontier_groups` draws stratified groups of kept weights. For every tensor it takes its
-   lowest-ranked kept weights under a prior score (the frontier window: about twice the share of
-   the tensor that the next step removes on average), splits them into equal-count score bins, and
-   draws groups from each bin. A group is the tensor's proportional share of the next step (the
-   fraction ``p`` of all kept weights that the step removes, times the tensor's kept weights), so
-   the loss change per removed weight is measured at the same relative depth in every tensor and
-   is comparable across tensors of very different sizes.
+   frontier band (the kept weights the learned model re-ranks, ordered by a prior score; see
+   :func:`~lightning_autoprune.scoring.learned.priors.frontier_bands`), splits it into equal-count
+   score bins, and draws groups from each bin. Every group is the same fraction of its tensor's
+   kept weights, so the loss change per removed weight is measured at the same relative depth in
+   every tensor and is comparable across tensors of very different sizes.
 2. :func:`ablation_labels` zeroes each group on top of the current masks, measures the mean loss
    on held-out calibration batches (training data, never validation or test) in float64, restores
    the weights, and returns the loss change *per removed weight*.
@@ -76,63 +75,63 @@ def step_size(masks: Mapping[str, Tensor], target_sparsity: float) -> int:
 
 
 def frontier_groups(
-    prior: Mapping[str, Tensor],
+    bands: Mapping[str, Tensor],
     masks: Mapping[str, Tensor],
     target_sparsity: float,
     budget: int,
     generator: torch.Generator,
     *,
     bins: int = 4,
-    window: float = 2.0,
 ) -> list[Group]:
-    """Draw about ``budget`` stratified groups of kept weights near each tensor's pruning frontier.
+    """Draw about ``budget`` stratified groups of kept weights from each tensor's frontier band.
 
     Args:
-        prior: a score per weight (higher = keep) that defines the frontier within each tensor.
-        masks: current masks (``True`` = kept); only kept weights are drawn.
-        target_sparsity: the sparsity the next step prunes to; sets the group size and window.
+        bands: per tensor, flat indices of kept weights near its pruning frontier, in ascending
+            prior order (:func:`~lightning_autoprune.scoring.learned.priors.frontier_bands`).
+        masks: current masks (``True`` = kept).
+        target_sparsity: the sparsity the next step prunes to; sets the group size.
         budget: number of groups (ablations) in total, spread evenly over tensors and bins.
         generator: the caller's seeded generator.
-        bins: equal-count score bins per tensor inside the window.
-        window: the window holds the ``window * p`` lowest-scoring kept weights of each tensor,
-            where ``p`` is the fraction of all kept weights the step removes.
+        bins: equal-count bins of each band, from its lowest prior scores up.
+
+    Every group is the same fraction of its tensor's kept weights: the fraction ``p`` of all kept
+    weights that the step removes, but at most half a bin (so the groups of one bin are different
+    draws) and at most :data:`MAX_GROUP_SIZE` weights in the largest tensor.
 
     Returns:
         The groups, tensor by tensor and bin by bin; empty if the step removes nothing.
 
     Example:
-        >>> prior = {"a": torch.arange(8.0), "b": torch.arange(8.0)}
-        >>> masks = {k: torch.ones(8, dtype=torch.bool) for k in prior}
-        >>> groups = frontier_groups(prior, masks, 0.5, 4, torch.Generator().manual_seed(0), bins=2)
+        >>> bands = {"a": torch.arange(8), "b": torch.arange(8)}
+        >>> masks = {k: torch.ones(16, dtype=torch.bool) for k in bands}
+        >>> groups = frontier_groups(bands, masks, 0.25, 4, torch.Generator().manual_seed(0), bins=2)
         >>> [(g.name, g.stratum, len(g.index)) for g in groups]
-        [('a', 0, 4), ('a', 1, 4), ('b', 0, 4), ('b', 1, 4)]
+        [('a', 0, 2), ('a', 1, 2), ('b', 0, 2), ('b', 1, 2)]
     """
     if budget < 1:
         raise ValueError(f"`label_groups` must be >= 1, got {budget}.")
     step = step_size(masks, target_sparsity)
-    kept_total = sum(int(m.sum()) for m in masks.values())
-    if step == 0 or kept_total == 0:
+    kept = {name: int(mask.sum()) for name, mask in masks.items()}
+    kept_total = sum(kept.values())
+    names = [n for n, band in bands.items() if len(band) and kept[n]]
+    if step == 0 or kept_total == 0 or not names:
         return []
-    share = step / kept_total
-    fraction = min(1.0, window * share)
-    names = [n for n in prior if int(masks[n].sum()) > 0]
-    # Group sizes are the same fraction of every tensor; on large models that fraction shrinks so
-    # that no group exceeds MAX_GROUP_SIZE weights (memory and time stay bounded, and groups of
-    # different tensors stay proportional, so their per-weight loss changes stay comparable).
-    largest = max(int(masks[n].sum()) for n in names)
-    group_fraction = min(share, MAX_GROUP_SIZE / largest)
+    # Group sizes are the same fraction of every tensor, so their per-weight loss changes are
+    # comparable; on large models that fraction shrinks so that no group exceeds MAX_GROUP_SIZE.
+    group_fraction = min(
+        step / kept_total,
+        MAX_GROUP_SIZE / max(kept[n] for n in names),
+        min(len(bands[n]) / kept[n] for n in names) / (2 * bins),
+    )
     per_tensor = _spread(budget, len(names))
     groups: list[Group] = []
     for name, count in zip(names, per_tensor, strict=True):
-        kept_index = masks[name].reshape(-1).nonzero().squeeze(1)
-        group_size = max(1, round(group_fraction * len(kept_index)))
-        scores = prior[name].reshape(-1)[kept_index].float()
-        order = kept_index[torch.sort(scores, stable=True).indices]
-        frontier = order[: max(1, math.ceil(fraction * len(order)))]
-        edges = torch.linspace(0, len(frontier), bins + 1).round().long().tolist()
+        band = bands[name]
+        group_size = max(1, round(group_fraction * kept[name]))
+        edges = torch.linspace(0, len(band), bins + 1).round().long().tolist()
         per_bin = _spread(count, bins)
         for stratum in range(bins):
-            members = frontier[edges[stratum] : edges[stratum + 1]]
+            members = band[edges[stratum] : edges[stratum + 1]]
             if len(members) == 0:
                 continue
             size = min(group_size, len(members))

@@ -2,19 +2,25 @@
 
 At every pruning event :class:`LearnedScorer`:
 
-1. builds :class:`~lightning_autoprune.scoring.learned.features.FeatureTable` for the model;
-2. measures labels: stratified group ablations at each tensor's pruning frontier
+1. finds each tensor's frontier band under the Taylor prior: the kept weights the step could
+   take, or on a large model a band centred on the tensor's cut (at most
+   :data:`MAX_PREDICTED_ROWS` weights in all; :mod:`~lightning_autoprune.scoring.learned.priors`,
+   a values-only sort per tensor, no full argsort);
+2. measures labels: stratified group ablations drawn from those bands
    (:mod:`~lightning_autoprune.scoring.learned.labels`), on calibration batches carved from the
    training data;
-3. fits the estimator on the rows of this event and of every earlier one (online across events),
-   keeping a quarter of this event's groups out;
-4. predicts every kept weight's loss change per weight, tensor by tensor in chunks;
-5. checks itself on the held-out groups: Spearman correlation and precision@k of the learned
-   scores against the measured labels, next to the same numbers for the formula priors
-   (magnitude, LAMP, Taylor, second-order Taylor). It then blends its rank with the best prior's
-   rank, the weight chosen on those groups, and **falls back to the prior, with a warning**, when
-   the prior predicts the held-out ablations better than it does
-   (:func:`~lightning_autoprune.scoring.learned.fidelity.judge`, shared with the unit scorer).
+3. fits the estimator on the feature rows of a few members of each group, of this event and of
+   every earlier one (online across events), keeping a quarter of this event's groups out;
+4. checks itself on the held-out groups: Spearman correlation and precision@k of the learned
+   scores against the measured labels, next to the same numbers for every formula prior
+   (Taylor, LAMP, magnitude, Wanda, second-order Taylor). The best prior is the one it competes
+   with: it **falls back to that prior, with a warning**, when the prior predicts the held-out
+   ablations better than it does; otherwise it blends its rank with the prior's rank, the weight
+   chosen on those groups (:func:`~lightning_autoprune.scoring.learned.fidelity.judge`, shared
+   with the unit scorer);
+5. predicts the weights of the best prior's bands only (features exist for one chunk at a time)
+   and reorders each band by the learned (or blended) ranking. Every tensor keeps the prior's
+   values, so it loses as many weights as the prior would take from it.
 
 Selection afterwards is the same global top-k, with the per-layer floor
 (``min_layer_density``), as for every scorer.
@@ -39,7 +45,7 @@ import torch
 from torch import Tensor
 
 from lightning_autoprune.scoring.base import Progress, ScoreInputs
-from lightning_autoprune.scoring.formulas import lamp_scores, magnitude_scores, taylor2_scores, taylor_scores
+from lightning_autoprune.scoring.learned.budget import LabelBudget
 from lightning_autoprune.scoring.learned.estimators import RefinedModel, check_feature_count, resolve_estimator
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
 from lightning_autoprune.scoring.learned.fidelity import (
@@ -52,26 +58,33 @@ from lightning_autoprune.scoring.learned.fidelity import (
 )
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
+from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
+from lightning_autoprune.scoring.learned.steps import choose_step
 
 #: The pretrained default importance model shipped with the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
-#: Formula priors the learned scores are checked against.
-PRIORS: tuple[str, ...] = ("magnitude", "lamp", "taylor", "taylor2")
-#: The prior the learned scores are blended with, and fall back to: first-order Taylor, the
-#: strongest formula of the benchmark protocol at high sparsity (BENCHMARKS.md). A fixed prior keeps
-#: the comparison fair; picking the best of four on the same held-out groups would favour the priors.
-BLEND_PRIOR = "taylor"
+#: The prior whose frontier band the labels are drawn from: first-order Taylor, the strongest
+#: formula of the benchmark protocol at high sparsity (BENCHMARKS.md). The held-out check then
+#: compares every prior of :data:`~lightning_autoprune.scoring.learned.priors.PRIORS`.
+LABEL_PRIOR = "taylor"
 #: Candidate weights of the learned rank in the blend with the best prior.
 BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Rows predicted at once (bounds the memory of one chunk of the feature table).
 CHUNK_ROWS = 1 << 18
-#: The estimator predicts the rows of each tensor's frontier window: its lowest-scoring kept
-#: weights under the prior, ``WINDOW`` times the share of the tensor the step removes on average.
-#: Weights above the window rank above every weight inside it, in the prior's order.
+#: The estimator re-ranks each tensor's frontier band (see
+#: :func:`~lightning_autoprune.scoring.learned.priors.frontier_bands`): while it fits in
+#: :data:`MAX_PREDICTED_ROWS`, the lowest-scoring kept weights under the prior, ``WINDOW`` times
+#: the share of the tensor the step removes on average. Weights outside keep the prior's order.
 WINDOW = 3.0
-#: At most this many rows are predicted per event (the window shrinks to fit), which bounds the
-#: time of an event on large models; the rest are ordered by the prior.
-MAX_PREDICTED_ROWS = 1_000_000
+#: At most this many rows are predicted per event: on larger models the band is centred on each
+#: tensor's cut and shrinks to fit, which bounds the time and memory of an event.
+MAX_PREDICTED_ROWS = 500_000
+#: The default label budget: the scorer's calibration forward passes cost at most this share of
+#: the training samples seen so far.
+DEFAULT_LABEL_BUDGET = 0.05
+#: An event labels only when the budget pays for at least this many group ablations (a quarter
+#: is held out for the check); otherwise it reuses the model fitted so far.
+MIN_LABEL_GROUPS = 16
 #: Fewer groups than this at an event (a nearly empty model) leave too little to fit and check;
 #: the event then uses the prior.
 MIN_GROUPS = 8
@@ -79,6 +92,9 @@ MIN_GROUPS = 8
 MEMBER_ROWS = 8
 #: Weights sampled to map raw scores to global quantiles for the blend.
 QUANTILE_SAMPLE = 16384
+#: Members of each held-out group whose scores stand for the group in the check (the same members
+#: for the learned model and every prior).
+GROUP_SAMPLE = 256
 
 
 class LearnedScorer:
@@ -89,9 +105,13 @@ class LearnedScorer:
             labels. ``None``: the pretrained default (:data:`DEFAULT_MODEL_PATH`), refined online.
         model_path: a skops file with a fitted importance model to start from instead of the
             shipped default (refined online like it). Exclusive with ``estimator``.
-        label_groups: group ablations measured per event (the labelling budget). Each costs one
-            forward pass over the held-out calibration batches.
+        label_groups: the most group ablations measured per event. Each costs one forward pass
+            over the held-out calibration batches.
         holdout: fraction of each event's groups kept out of fitting, for fidelity and the blend.
+        label_budget: the most the scorer's calibration forward passes (ablations, base loss,
+            candidate steps) may cost, as a share of the training samples seen before each event
+            (:class:`~lightning_autoprune.scoring.learned.budget.LabelBudget`). ``None``: no limit,
+            ``label_groups`` ablations at every event.
 
     Example:
         >>> scorer = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
@@ -109,6 +129,7 @@ class LearnedScorer:
         model_path: str | None = None,
         label_groups: int = 128,
         holdout: float = 0.25,
+        label_budget: float | None = DEFAULT_LABEL_BUDGET,
     ) -> None:
         if estimator is not None and model_path is not None:
             raise ValueError(
@@ -123,6 +144,14 @@ class LearnedScorer:
             raise ValueError(f"`holdout` must be in (0, 1), got {holdout}.")
         self.label_groups = label_groups
         self.holdout = holdout
+        self.budget = LabelBudget(label_budget)
+        #: The learned rank's weight in its blend with Taylor at the last labelled event; ``None``
+        #: before one, or when the model ranked its held-out groups below Taylor.
+        self.blend: float | None = None
+        #: The candidate whose step the last event applied (``"learned"`` or a prior).
+        self.last_used: str | None = None
+        self._fitted: tuple[int, np.ndarray] | None = None  # the last fit's seed and training rows of its block
+        self._told_budget = False
         self.template: Any = resolve_estimator(estimator) if estimator is not None else None
         self.pretrained: Any = None
         if self.template is None:
@@ -140,11 +169,18 @@ class LearnedScorer:
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The labelled rows of every event so far (the model is refitted from them, so resume is exact)."""
-        return {
+        state: dict[str, Any] = {
             "rows_x": [torch.from_numpy(x) for x in self.rows_x],
             "rows_y": [torch.from_numpy(y) for y in self.rows_y],
             "diagnostics": copy.deepcopy(self.diagnostics),
+            "budget": self.budget.state_dict(),
+            "blend": self.blend,
+            "last_used": self.last_used,
+            "told_budget": self._told_budget,
         }
+        if self._fitted is not None:
+            state["fit_seed"], state["fit_rows"] = self._fitted[0], torch.from_numpy(self._fitted[1])
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; rows with another feature count are refused."""
@@ -159,20 +195,34 @@ class LearnedScorer:
         self._base_predictions = []
         self.rows_y = [y.numpy() for y in state.get("rows_y", [])]
         self.diagnostics = copy.deepcopy(list(state.get("diagnostics", [])))
+        self.budget.load_state_dict(state.get("budget", {}))
+        self.blend = state.get("blend")
+        self.last_used = state.get("last_used")
+        self._told_budget = bool(state.get("told_budget", False))
+        self.model = None  # refitted from the rows when needed
+        fit_rows = state.get("fit_rows")
+        self._fitted = (int(state["fit_seed"]), fit_rows.numpy()) if fit_rows is not None else None
 
     # ---------------------------------------------------------------------------------- scoring
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
-        """Learned (or blended, or fallback) scores for every weight; higher = keep."""
-        priors = _Priors(inputs)
+        """Learned (or blended, or a prior's) scores for every weight; higher = keep."""
+        priors = PriorScores(inputs)
         if inputs.params is None or inputs.loss_fn is None or step_size(inputs.masks, inputs.target_sparsity) == 0:
             return priors.full("lamp")
-        table = FeatureTable(inputs)
-        groups = frontier_groups(
-            priors.full("taylor"), inputs.masks, inputs.target_sparsity, self.label_groups, inputs.generator
-        )
+        allowed = self.budget.calls_allowed(inputs)
+        inputs = self.budget.counted(inputs)
+        steps = len(PRIORS) + 1
+        affordable = self.label_groups if allowed is None else min(self.label_groups, allowed - 1 - steps)
+        if affordable < MIN_LABEL_GROUPS:
+            return self._score_unlabelled(priors, inputs, allowed)
+        bands = self._bands(priors, inputs)
+        groups = frontier_groups(bands, inputs.masks, inputs.target_sparsity, affordable, inputs.generator)
         if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
-            return priors.full(BLEND_PRIOR)
+            return priors.full(LABEL_PRIOR)
+        table = FeatureTable(inputs)
         x, owner = _member_rows(table, groups, inputs.generator)
+        assert inputs.params is not None
+        assert inputs.loss_fn is not None
         y = rank_labels(ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress))
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
         n_hold = max(4, round(self.holdout * len(groups)))
@@ -185,67 +235,124 @@ class LearnedScorer:
         self.rows_x.append(x)
         self.rows_y.append(y[owner])
         self._last_rows = (x, y[owner])
+        self._fitted = (seed, train_rows)
 
-        windows = _frontier_windows(priors, inputs.masks, inputs.target_sparsity)
-        learned = {name: self._predict(table, name, windows[name]) for name in inputs.weights}
-        held = [groups[i] for i in hold]
-        truth = y[hold]
-        sample = _quantile_sample(windows, inputs.generator)  # the blend happens inside the windows
-        maps: dict[str, _QuantileMap] = {}
+        held = _HeldOut([groups[i] for i in hold], inputs.generator)
+        learned_held = held.learned(self.model, table)
+        prior_held = held.priors(priors)
+        band_scores = _BandScores.predict(self.model, table, priors, LABEL_PRIOR, bands, inputs.generator)
 
         def on_quantiles(prior: str) -> tuple[np.ndarray, np.ndarray]:
-            maps["learned"] = _QuantileMap(_sampled(sample, lambda name: learned[name]))
-            maps["prior"] = _QuantileMap(_sampled(sample, lambda name: priors.layer(prior, name)))
-            return (
-                _group_scores(held, lambda name: maps["learned"](learned[name])),
-                _group_scores(held, lambda name: maps["prior"](priors.layer(prior, name))),
-            )
+            learned_side = band_scores.learned_map(torch.from_numpy(learned_held)).double().numpy()
+            prior_side = band_scores.prior_map(torch.from_numpy(prior_held[prior])).double().numpy()
+            return held.means(learned_side), held.means(prior_side)
 
         verdict = judge(
-            _group_scores(held, lambda name: learned[name]),
-            {prior: _group_scores(held, functools.partial(priors.layer, prior)) for prior in PRIORS},
-            truth,
-            candidates=(BLEND_PRIOR,),
+            held.means(learned_held),
+            {prior: held.means(values) for prior, values in prior_held.items()},
+            y[hold],
+            candidates=(LABEL_PRIOR,),
             blend=on_quantiles,
             weights=tuple(reversed(BLEND_WEIGHTS)),  # ties go to the larger learned weight
         )
-        best_prior, alpha = verdict.best_prior, verdict.blend_weight
+        self.blend = None if verdict.fell_back else verdict.blend_weight
+        choice = choose_step(self._candidates(priors, band_scores), inputs)
+        self.last_used = choice.name
         self.diagnostics.append(
             {
                 "target_sparsity": inputs.target_sparsity,
                 "groups": len(groups),
                 "held_out": len(hold),
                 "rows_fitted": len(fit_y),
+                "band_rows": sum(len(b) for b in bands.values()),
                 "fidelity": verdict.fidelity,
-                "best_prior": best_prior,
-                "blend_weight": alpha,
-                "fell_back": verdict.fell_back,
+                "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
+                "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
+                "fell_back": choice.name != "learned",
+                "step_losses": choice.losses,
+                "used": choice.name,
+                "label_samples": self.budget.spent_samples,
             }
         )
-        if verdict.fell_back:
+        if verdict.fell_back:  # a prior's step being better is a decision; a model that cannot rank is a warning
             warn_fallback(
-                f"Learned importance fell back to the {best_prior!r} prior at sparsity {inputs.target_sparsity:.4f}: "
-                f"on {len(hold)} held-out group ablations its Spearman correlation "
-                f"({verdict.fidelity['learned']['spearman']:.3f}) is below the prior's "
-                f"({verdict.fidelity[best_prior]['spearman']:.3f}).",
+                f"Learned importance fell back to the {choice.name!r} prior at sparsity {inputs.target_sparsity:.4f}: "
+                f"its Spearman correlation on {len(hold)} held-out group ablations "
+                f"({verdict.fidelity['learned']['spearman']:.3f}) is below {LABEL_PRIOR}'s "
+                f"({verdict.fidelity[LABEL_PRIOR]['spearman']:.3f}); of the priors' steps, {choice.name}'s had the "
+                f"lowest calibration loss ({choice.losses[choice.name]:.4g}).",
                 stacklevel=2,
             )
-            return priors.full(best_prior)
-        inside: dict[str, Tensor] = {}
-        for name in inputs.weights:
-            index = windows[name].reshape(-1).nonzero().squeeze(1)
-            values = learned[name].reshape(-1)[index]
-            if alpha < 1.0:  # quantile maps only on the window's weights
-                prior_values = priors.layer(best_prior, name).reshape(-1)[index]
-                values = alpha * maps["learned"](values) + (1 - alpha) * maps["prior"](prior_values)
-            inside[name] = values
-        # Each tensor loses as many weights as the prior would take from it; the learned scores
-        # choose which ones (see prior_allocation).
-        scores = _above_window(inside, windows, priors, best_prior)
-        return {
-            name: prior_allocation(scores[name], priors.layer(best_prior, name), inputs.masks[name])
-            for name in inputs.weights
-        }
+        return choice.scores
+
+    def _candidates(
+        self, priors: PriorScores, band_scores: _BandScores | None
+    ) -> dict[str, Callable[[], dict[str, Tensor]]]:
+        """The steps an event chooses from: the learned ranking (while it ranks well) and every prior."""
+        candidates: dict[str, Callable[[], dict[str, Tensor]]] = {}
+        if band_scores is not None and self.blend is not None:
+            candidates["learned"] = functools.partial(band_scores.scores, priors, LABEL_PRIOR, self.blend)
+        candidates.update({prior: functools.partial(priors.full, prior) for prior in PRIORS})
+        return candidates
+
+    def _score_unlabelled(self, priors: PriorScores, inputs: ScoreInputs, allowed: int | None) -> dict[str, Tensor]:
+        """An event the label budget cannot label: the model fitted so far, and the steps the budget can measure.
+
+        With a fitted model that ranked its last held-out groups well, its ranking is a candidate
+        next to every prior. If the budget pays one forward pass per candidate, the step with the
+        lowest calibration loss is applied; otherwise the last event's choice is repeated (Taylor
+        before any).
+        """
+        band_scores = None
+        if self.blend is not None and self._refit():
+            band_scores = _BandScores.predict(
+                self.model, FeatureTable(inputs), priors, LABEL_PRIOR, self._bands(priors, inputs), inputs.generator
+            )
+        candidates = self._candidates(priors, band_scores)
+        measured = ""
+        if allowed is not None and allowed >= len(candidates):
+            choice = choose_step(candidates, inputs)
+            used, scores = choice.name, choice.scores
+            measured = " (the candidate step with the lowest calibration loss)"
+        else:
+            used = self.last_used if self.last_used in candidates else LABEL_PRIOR
+            scores = candidates[used]()
+        if not self._told_budget:
+            self._told_budget = True
+            warn_fallback(
+                f"the label budget (label_budget={self.budget.share}: the learned importance's calibration forward "
+                f"passes may cost that share of the {inputs.trained_samples} training samples so far) allows "
+                f"{allowed} passes of {inputs.loss_samples} samples at sparsity {inputs.target_sparsity:.4f}; "
+                f"labelling needs {MIN_LABEL_GROUPS + len(PRIORS) + 2}. This event used {used!r}"
+                f"{measured}"
+                f". Later events label once the budget has grown; raise `label_budget` to label at every event.",
+                stacklevel=3,
+            )
+        self.last_used = used
+        return scores
+
+    def _refit(self) -> bool:
+        """Whether a fitted model exists; after a resume it is refitted from the checkpoint's rows, as it was."""
+        if self.model is None and self._fitted is not None and self.rows_x:
+            seed, train_rows = self._fitted
+            x = np.concatenate([*self.rows_x[:-1], self.rows_x[-1][train_rows]])
+            y = np.concatenate([*self.rows_y[:-1], self.rows_y[-1][train_rows]])
+            base = None
+            if self.pretrained is not None:
+                base = np.asarray(self.pretrained.predict(x))
+            self.model = self._fit(x, y, seed, base)
+        return self.model is not None
+
+    def _bands(self, priors: PriorScores, inputs: ScoreInputs) -> dict[str, Tensor]:
+        return frontier_bands(
+            priors,
+            LABEL_PRIOR,
+            inputs.masks,
+            inputs.target_sparsity,
+            inputs.generator,
+            window=WINDOW,
+            max_rows=MAX_PREDICTED_ROWS,
+        )
 
     def _report_progress(self, done: int, total: int, seconds: float) -> None:
         if self.progress is not None:
@@ -298,70 +405,75 @@ class LearnedScorer:
             return RefinedModel(self.pretrained).fit(x, y, base_predictions=base)
         return fit_estimator(self.template, x, y, seed=seed)
 
-    def _predict(self, table: FeatureTable, name: str, window: Tensor) -> Tensor:
-        """Predictions for the weights in ``window`` (a boolean mask); 0 elsewhere (overwritten later)."""
-        flat = window.reshape(-1)
-        inside = flat.nonzero().squeeze(1)
-        out = torch.zeros(flat.numel(), dtype=torch.float32, device=window.device)
-        for start in range(0, len(inside), CHUNK_ROWS):
-            chunk = inside[start : start + CHUNK_ROWS]
-            rows = table.rows(name, chunk).cpu().numpy()
-            out[chunk] = torch.from_numpy(predict_scores(self.model, rows).astype(np.float32)).to(out.device)
-        return out.view_as(window)
 
+class _BandScores:
+    """The learned model's predictions on one prior's frontier bands, and the quantile maps of the blend.
 
-def prior_allocation(scores: Tensor, prior: Tensor, mask: Tensor) -> Tensor:
-    """Scores with the order of ``scores`` but the values of ``prior``, within one tensor's kept weights.
-
-    The kept weight with the j-th highest score gets the tensor's j-th highest prior value, so a
-    global selection over every tensor removes exactly as many weights from each tensor as the
-    prior would, choosing them by ``scores``.
-
-    Example:
-        >>> keep = torch.ones(3, dtype=torch.bool)
-        >>> prior_allocation(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([10.0, 20.0, 30.0]), keep)
-        tensor([30., 10., 20.])
+    Attributes:
+        bands: per tensor, the band's flat indices in ascending prior order.
+        predicted: per tensor, the learned prediction of each band weight (same order).
+        learned_map: maps learned predictions to their quantile in a sample of the bands.
+        prior_map: the same for the prior's scores.
     """
-    flat_scores, flat_prior, flat_mask = scores.reshape(-1), prior.reshape(-1).float(), mask.reshape(-1)
-    out = flat_prior.clone()
-    kept = flat_mask.nonzero().squeeze(1)
-    if len(kept):
-        by_score = kept[torch.sort(flat_scores[kept].float(), stable=True).indices]
-        out[by_score] = torch.sort(flat_prior[kept], stable=True).values
-    return out.view_as(scores)
 
+    def __init__(
+        self, bands: dict[str, Tensor], predicted: dict[str, Tensor], learned_map: _QuantileMap, prior_map: _QuantileMap
+    ) -> None:
+        self.bands, self.predicted = bands, predicted
+        self.learned_map, self.prior_map = learned_map, prior_map
 
-class _Priors:
-    """Formula prior scores, tensor by tensor, the last tensor cached (LAMP needs a sort per tensor)."""
+    @classmethod
+    def predict(
+        cls,
+        model: Any,
+        table: FeatureTable,
+        priors: PriorScores,
+        prior: str,
+        bands: dict[str, Tensor],
+        generator: torch.Generator,
+    ) -> _BandScores:
+        """Predict every band weight, tensor by tensor in chunks of :data:`CHUNK_ROWS` rows."""
+        predicted: dict[str, Tensor] = {}
+        for name, index in bands.items():
+            parts = [
+                torch.from_numpy(predict_scores(model, table.rows(name, index[i : i + CHUNK_ROWS]).cpu().numpy()))
+                for i in range(0, len(index), CHUNK_ROWS)
+            ]
+            predicted[name] = torch.cat(parts).float() if parts else torch.zeros(0)
+        total = sum(len(index) for index in bands.values())
+        learned_sample, prior_sample = [], []
+        for name, index in bands.items():
+            count = min(len(index), math.ceil(QUANTILE_SAMPLE * len(index) / max(total, 1)))
+            if count:
+                pick = torch.randperm(len(index), generator=generator)[:count]
+                learned_sample.append(predicted[name][pick])
+                prior_sample.append(priors.at(prior, name, index[pick.to(index.device)]).float().cpu())
+        empty = [torch.zeros(0)]
+        learned_map = _QuantileMap(torch.cat(learned_sample or empty))
+        return cls(bands, predicted, learned_map, _QuantileMap(torch.cat(prior_sample or empty)))
 
-    def __init__(self, inputs: ScoreInputs) -> None:
-        self.inputs = inputs
-        self._cache: dict[tuple[str, str], Tensor] = {}
+    def scores(self, priors: PriorScores, prior: str, alpha: float) -> dict[str, Tensor]:
+        """The prior's scores, with each band's values reordered by the learned (or blended) ranking.
 
-    def layer(self, prior: str, name: str) -> Tensor:
-        key = (prior, name)
-        if key not in self._cache:
-            if len(self._cache) >= 2 * len(PRIORS):
-                self._cache.clear()
-            self._cache[key] = self._compute(prior, name)
-        return self._cache[key]
-
-    def full(self, prior: str) -> dict[str, Tensor]:
-        return {name: self._compute(prior, name) for name in self.inputs.weights}
-
-    def _compute(self, prior: str, name: str) -> Tensor:
-        w = self.inputs.weights[name].detach().float()
-        fisher = self.inputs.grad_sq_mean[name].float() if self.inputs.grad_sq_mean is not None else torch.zeros_like(w)
-        grad = self.inputs.grad_mean[name].float() if self.inputs.grad_mean is not None else torch.zeros_like(w)
-        if prior == "magnitude":
-            return magnitude_scores(w)
-        if prior == "lamp":
-            return lamp_scores(w, self.inputs.masks[name])
-        if prior == "taylor":
-            return taylor_scores(w, fisher)
-        if prior == "taylor2":
-            return taylor2_scores(w, grad, fisher, fisher_first=True)
-        raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
+        Inside a band, the weight with the j-th lowest learned score gets the band's j-th lowest
+        prior value, so every tensor keeps the prior's multiset of values and a global selection
+        removes exactly as many weights from each tensor as the prior would; the learned ranking
+        chooses which ones.
+        """
+        out: dict[str, Tensor] = {}
+        for name in priors.inputs.weights:
+            full = priors.layer(prior, name).detach().float().clone()
+            index = self.bands[name].to(full.device)
+            if len(index):
+                flat = full.view(-1)
+                ascending = flat[index].clone()
+                values = self.predicted[name]
+                if alpha < 1.0:
+                    values = alpha * self.learned_map(values) + (1 - alpha) * self.prior_map(ascending.cpu())
+                order = torch.sort(values.float(), stable=True).indices.to(full.device)
+                flat[index[order]] = ascending
+            out[name] = full
+        return out
 
 
 class _QuantileMap:
@@ -372,7 +484,7 @@ class _QuantileMap:
         self.levels = torch.linspace(0.0, 1.0, len(self.sorted))
 
     def __call__(self, values: Tensor) -> Tensor:
-        flat = values.reshape(-1).float()
+        flat = values.reshape(-1).float().contiguous()
         knots = self.sorted.to(flat.device)
         levels = self.levels.to(flat.device)
         if len(knots) < 2:
@@ -382,61 +494,6 @@ class _QuantileMap:
         span = (knots[hi] - knots[lo]).clamp_min(1e-30)
         t = ((flat - knots[lo]) / span).clamp(0.0, 1.0)
         return (levels[lo] + t * (levels[hi] - levels[lo])).view_as(values)
-
-
-def _frontier_windows(priors: _Priors, masks: Mapping[str, Tensor], target_sparsity: float) -> dict[str, Tensor]:
-    """Per tensor, the kept weights whose prior rank is in the frontier window (see :data:`WINDOW`)."""
-    kept = {name: int(m.sum()) for name, m in masks.items()}
-    total = sum(kept.values())
-    share = step_size(masks, target_sparsity) / max(total, 1)
-    fraction = min(1.0, WINDOW * share)
-    if fraction * total > MAX_PREDICTED_ROWS:
-        fraction = MAX_PREDICTED_ROWS / total
-    windows = {}
-    for name, mask in masks.items():
-        flat_mask = mask.reshape(-1)
-        count = min(kept[name], math.ceil(fraction * kept[name]))
-        window = torch.zeros_like(flat_mask)
-        if count:
-            prior = priors.layer(BLEND_PRIOR, name).reshape(-1).float()
-            ranked = torch.where(flat_mask, prior, torch.tensor(math.inf, device=prior.device))
-            window[torch.topk(ranked, count, largest=False, sorted=False).indices] = True
-        windows[name] = window.view_as(mask)
-    return windows
-
-
-def _above_window(
-    inside: Mapping[str, Tensor], windows: Mapping[str, Tensor], priors: _Priors, prior: str
-) -> dict[str, Tensor]:
-    """Full score tensors: the window's values inside each window, and above them, in the prior's order, elsewhere.
-
-    ``inside[name]`` holds the values of the window's weights in flat index order.
-
-    The prior (Taylor) is non-negative, so ``top + 1 + prior`` ranks above the window in every tensor.
-    """
-    top = max((float(values.max()) for values in inside.values() if len(values)), default=0.0)
-    out = {}
-    for name, window in windows.items():
-        flat = (top + 1.0 + priors.layer(prior, name).reshape(-1).float().clamp_min(0.0)).clone()
-        flat[window.reshape(-1).nonzero().squeeze(1)] = inside[name].float()
-        out[name] = flat.view_as(window)
-    return out
-
-
-def _quantile_sample(masks: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-    """Flat indices of about :data:`QUANTILE_SAMPLE` kept weights, spread over tensors by their kept counts."""
-    kept = {name: m.reshape(-1).nonzero().squeeze(1) for name, m in masks.items()}
-    total = sum(len(k) for k in kept.values())
-    sample: dict[str, Tensor] = {}
-    for name, index in kept.items():
-        count = min(len(index), max(1, math.ceil(QUANTILE_SAMPLE * len(index) / max(total, 1))))
-        if count and len(index):
-            sample[name] = index[torch.randperm(len(index), generator=generator)[:count].to(index.device)]
-    return sample
-
-
-def _sampled(sample: Mapping[str, Tensor], scores_of: Callable[[str], Tensor]) -> Tensor:
-    return torch.cat([scores_of(name).reshape(-1)[index].float().cpu() for name, index in sample.items()])
 
 
 def _member_rows(table: FeatureTable, groups: list[Group], generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -468,11 +525,41 @@ def _by_tensor(groups: list[Group]) -> dict[str, list[int]]:
     return positions
 
 
-def _group_scores(groups: list[Group], scores_of: Callable[[str], Tensor]) -> np.ndarray:
-    """Mean score of each group's members; ``scores_of(name)`` is called once per tensor."""
-    out = np.empty(len(groups), dtype=np.float64)
-    for name, positions in _by_tensor(groups).items():
-        flat = scores_of(name).reshape(-1).float()
-        for i in positions:
-            out[i] = float(flat[groups[i].index].mean())
-    return out
+class _HeldOut:
+    """Up to :data:`GROUP_SAMPLE` members of each held-out group, gathered tensor by tensor.
+
+    A group's score under the learned model or a prior is the mean over these members (the same
+    members for every scorer). Each tensor's features and priors are computed once.
+    """
+
+    def __init__(self, groups: list[Group], generator: torch.Generator) -> None:
+        self.count = len(groups)
+        members: dict[str, list[tuple[int, Tensor]]] = {}
+        for position, group in enumerate(groups):
+            index = group.index
+            if len(index) > GROUP_SAMPLE:
+                pick = torch.randperm(len(index), generator=generator)[:GROUP_SAMPLE].to(index.device)
+                index = index[pick].sort().values
+            members.setdefault(group.name, []).append((position, index))
+        self.index = {name: torch.cat([i for _, i in parts]) for name, parts in members.items()}
+        self.owner = np.concatenate(
+            [np.repeat(position, len(i)) for parts in members.values() for position, i in parts]
+        ).astype(np.int64)
+
+    def learned(self, model: Any, table: FeatureTable) -> np.ndarray:
+        """The model's prediction for every member (one predict call)."""
+        rows = np.concatenate([table.rows(name, index).cpu().numpy() for name, index in self.index.items()])
+        return predict_scores(model, rows)
+
+    def priors(self, priors: PriorScores) -> dict[str, np.ndarray]:
+        """Every prior's score of every member."""
+        values: dict[str, list[np.ndarray]] = {prior: [] for prior in PRIORS}
+        for name, index in self.index.items():
+            for prior in PRIORS:
+                values[prior].append(priors.at(prior, name, index).double().cpu().numpy())
+        return {prior: np.concatenate(parts) for prior, parts in values.items()}
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Per group, the mean of its members' ``values``."""
+        counts = np.bincount(self.owner, minlength=self.count)
+        return np.bincount(self.owner, weights=values, minlength=self.count) / np.maximum(counts, 1)

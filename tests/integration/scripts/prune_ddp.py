@@ -51,6 +51,7 @@ def main() -> None:
             granularity=args.granularity,
             start_epoch=1,
             end_epoch=args.epochs - 1,
+            label_budget=None,  # label at every event, so the broadcast of the scorer's rows is tested
             verbose=False,
         )
     else:
@@ -59,6 +60,7 @@ def main() -> None:
             importance=args.importance,
             granularity=args.granularity,
             label_groups=32,
+            label_budget=None,  # label at every event, so the broadcast of the scorer's rows is tested
             start_epoch=1,
             end_epoch=args.epochs - 2,
             verbose=False,

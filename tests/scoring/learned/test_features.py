@@ -9,7 +9,6 @@ from lightning_autoprune.core.calibration import ActivationRecorder
 from lightning_autoprune.core.flops import OutputPositions
 from lightning_autoprune.core.targets import resolve_targets
 from lightning_autoprune.scoring.base import ScoreInputs
-from lightning_autoprune.scoring.formulas import lamp_scores
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
 
 
@@ -51,10 +50,11 @@ def test_feature_rows_match_hand_computed_values(tiny: ScoreInputs) -> None:
     assert column(rows, "layer_normalised_weight") == pytest.approx(
         [1 / 1.7, 2 / 1.7, 0.5 / 1.7, 4 / 1.7, 1 / 1.7, 0.0]
     )
-    # Ranks of |w| among the kept: 0.5 < 1 (index 0) = 1 (index 4, stable after 0) < 2 < 4; pruned -> 0.
-    assert column(rows, "layer_percentile") == pytest.approx([0.25, 0.75, 0.0, 1.0, 0.5, 0.0])
-    lamp = lamp_scores(tiny.weights["a"], tiny.masks["a"]).reshape(-1)
-    assert column(rows, "log_lamp") == pytest.approx([math.log10(v + 1e-6) for v in lamp.tolist()], abs=1e-5)
+    # Ranks of |w| among the kept: 0.5 < 1 (index 0) = 1 (index 4, the same rank) < 2 < 4; pruned -> 0.
+    assert column(rows, "layer_percentile") == pytest.approx([0.25, 0.75, 0.0, 1.0, 0.25, 0.0])
+    # LAMP w^2 / (sum of kept w^2 at least as large): squares .25, 1, 1, 4, 16; ties share a denominator.
+    lamp = [1 / 22, 4 / 20, 0.25 / 22.25, 16 / 16, 1 / 22, 0.0]
+    assert column(rows, "log_lamp") == pytest.approx([math.log10(v + 1e-6) for v in lamp], abs=1e-5)
     # |g| global scale: (.5 + 0 + 1 + .25 + 1 + 1 + 2) / 7 = 5.75 / 7.
     assert column(rows, "gradient") == pytest.approx([v / (5.75 / 7) for v in (0.5, 0.0, -1.0, 0.25, 1.0, 0.0)])
     # Second-order Taylor -g w + w^2 F / 2 per entry, over its global mean absolute value.

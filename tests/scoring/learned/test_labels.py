@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
+from lightning_autoprune.scoring.learned.priors import PriorScores, frontier_bands
 
 
 def test_step_size_counts_only_weights_still_kept() -> None:
@@ -13,36 +15,47 @@ def test_step_size_counts_only_weights_still_kept() -> None:
     assert step_size(masks, 0.1) == 0
 
 
+def bands_of(prior: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
+    inputs = ScoreInputs(prior, masks)
+    priors = PriorScores(inputs)
+    return frontier_bands(priors, "magnitude", masks, target, torch.Generator(), window=2.0, max_rows=10**6)
+
+
 def test_frontier_groups_are_stratified_kept_and_near_the_frontier() -> None:
     prior = {"a": torch.arange(100.0), "b": torch.arange(50.0)}
     masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in prior.items()}
     masks["a"][:10] = False  # already pruned: never drawn
-    groups = frontier_groups(prior, masks, 0.3, 16, torch.Generator().manual_seed(0), bins=4)
+    bands = bands_of(prior, masks, 0.3)
+    groups = frontier_groups(bands, masks, 0.3, 16, torch.Generator().manual_seed(0), bins=4)
     assert len(groups) == 16
     assert {g.name for g in groups} == {"a", "b"}
     assert sorted({g.stratum for g in groups}) == [0, 1, 2, 3]
-    step = step_size(masks, 0.3)  # 45 - 10 = 35 of 140 kept: p = 0.25, window = 0.5 of each tensor
+    # 45 - 10 = 35 of 140 kept go: p = 0.25, so each band is the lowest half of its tensor's kept
+    # weights, and a group is at most half a bin: 1/16 of the tensor's kept weights.
     for g in groups:
         assert bool(masks[g.name][g.index].all())
-        assert len(g.index) <= max(1, round(step / 2))
+        assert len(g.index) == round(int(masks[g.name].sum()) / 16)
         kept_sorted = prior[g.name][masks[g.name]]
         limit = kept_sorted[int(0.5 * len(kept_sorted))]
         assert bool((prior[g.name][g.index] <= limit).all())
-    # Higher strata hold higher prior scores.
+    # Higher strata hold higher prior scores, and the groups of one bin are different draws.
     lowest = max(float(prior["a"][g.index].max()) for g in groups if g.name == "a" and g.stratum == 0)
     highest = min(float(prior["a"][g.index].min()) for g in groups if g.name == "a" and g.stratum == 3)
     assert lowest < highest
+    first_bin = [tuple(g.index.tolist()) for g in groups if g.name == "a" and g.stratum == 0]
+    assert len(set(first_bin)) == len(first_bin) == 2
 
 
 def test_frontier_groups_are_reproducible_from_the_generator() -> None:
     prior = {"a": torch.rand(200, generator=torch.Generator().manual_seed(1))}
     masks = {"a": torch.ones(200, dtype=torch.bool)}
-    first = frontier_groups(prior, masks, 0.5, 8, torch.Generator().manual_seed(3))
-    second = frontier_groups(prior, masks, 0.5, 8, torch.Generator().manual_seed(3))
+    bands = bands_of(prior, masks, 0.5)
+    first = frontier_groups(bands, masks, 0.5, 8, torch.Generator().manual_seed(3))
+    second = frontier_groups(bands, masks, 0.5, 8, torch.Generator().manual_seed(3))
     assert all(torch.equal(a.index, b.index) for a, b in zip(first, second, strict=True))
-    assert frontier_groups(prior, masks, 0.0, 8, torch.Generator()) == []
+    assert frontier_groups(bands, masks, 0.0, 8, torch.Generator()) == []
     with pytest.raises(ValueError, match="`label_groups` must be >= 1, got 0"):
-        frontier_groups(prior, masks, 0.5, 0, torch.Generator())
+        frontier_groups(bands, masks, 0.5, 0, torch.Generator())
 
 
 def test_labels_reproduce_a_direct_ablation() -> None:

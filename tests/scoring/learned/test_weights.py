@@ -14,10 +14,11 @@ from torch import nn
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
 from lightning_autoprune.scoring import ScoreInputs, make_scorer
-from lightning_autoprune.scoring.formulas import TaylorScorer
 from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, LearnedScorer
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES
 from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
+from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores
+from lightning_autoprune.scoring.learned.steps import step_loss
 
 
 def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
@@ -86,7 +87,7 @@ def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
     assert set(scores) == set(inputs.weights)
     assert all(s.shape == inputs.weights[n].shape and torch.isfinite(s).all() for n, s in scores.items())
     entry = scorer.diagnostics[-1]
-    assert set(entry["fidelity"]) == {"learned", "magnitude", "lamp", "taylor", "taylor2"}
+    assert set(entry["fidelity"]) == {"learned", "magnitude", "lamp", "taylor", "taylor2", "wanda"}
     assert entry["held_out"] >= 4
     assert entry["groups"] >= 16
     assert all(-1.0 <= f["spearman"] <= 1.0 and 0.0 <= f["precision_at_k"] <= 1.0 for f in entry["fidelity"].values())
@@ -97,15 +98,33 @@ def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
     assert set(importances) == set(FEATURE_NAMES)
 
 
-def test_useless_estimator_falls_back_to_the_prior_loudly() -> None:
+def test_useless_estimator_falls_back_to_the_prior_with_the_best_step_loudly() -> None:
     scorer = LearnedScorer(estimator="sklearn.dummy.DummyRegressor", label_groups=32)
     inputs = real_inputs()
-    with pytest.warns(UserWarning, match="Learned importance fell back to the 'taylor' prior"):
+    with pytest.warns(UserWarning, match="Learned importance fell back to the '[a-z0-9]+' prior") as caught:
         scores = scorer.score(inputs)
-    taylor = TaylorScorer().score(inputs)
-    assert all(torch.equal(scores[n], taylor[n]) for n in taylor)
-    assert scorer.diagnostics[-1]["fell_back"] is True
-    assert scorer.diagnostics[-1]["blend_weight"] == 0.0
+    entry = scorer.diagnostics[-1]
+    used = entry["used"]
+    assert used in caught[0].message.args[0]
+    assert "held-out" in caught[0].message.args[0]
+    # A constant model cannot rank: it is not a candidate, and every prior's step was measured.
+    assert set(entry["step_losses"]) == set(PRIORS)
+    assert entry["step_losses"][used] == min(entry["step_losses"].values())
+    assert used == entry["best_prior"]
+    expected = PriorScores(inputs).full(used)
+    assert all(torch.equal(scores[n], expected[n]) for n in expected)
+    assert entry["fell_back"] is True
+    assert entry["blend_weight"] == 0.0
+
+
+def test_the_step_with_the_lowest_calibration_loss_is_applied() -> None:
+    scorer = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
+    inputs = real_inputs()
+    scores = scorer.score(inputs)
+    entry = scorer.diagnostics[-1]
+    assert entry["step_losses"][entry["used"]] == min(entry["step_losses"].values())
+    # Measuring the steps left the live weights as they were, and the applied step has that loss.
+    assert step_loss(scores, inputs) == pytest.approx(entry["step_losses"][entry["used"]], rel=1e-12)
 
 
 def test_classifier_estimators_work() -> None:
@@ -153,7 +172,9 @@ def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: d
     assert model.n_features_in_ == len(FEATURE_NAMES)
     seed_everything(0)
     datamodule = DigitsDataModule(batch_size=32)
-    callback = AutoPrune(target_sparsity=0.9, start_epoch=1, end_epoch=3, report_dir=str(tmp_path / "report"))
+    callback = AutoPrune(
+        target_sparsity=0.9, start_epoch=1, end_epoch=3, label_budget=None, report_dir=str(tmp_path / "report")
+    )
     assert callback.importance == "learned"
     assert isinstance(callback.scorer, LearnedScorer)
     trainer = Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=2, callbacks=[callback], **trainer_kwargs)
@@ -168,7 +189,7 @@ def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: d
     # The report shows the importance model: its plot, and the fidelity table with every scorer.
     report = (tmp_path / "report" / "report.md").read_text()
     assert "](importance_model.png)" in report
-    assert "| metric | learned | magnitude | lamp | taylor | taylor2 |" in report
+    assert "| metric | learned | taylor | lamp | magnitude | wanda | taylor2 |" in report
     assert (tmp_path / "report" / "importance_model.png").stat().st_size > 10_000
 
 

@@ -1,0 +1,68 @@
+"""The learned scorer's label budget: its calibration forward passes as a share of the training so far.
+
+Every measurement the learned scorer makes (a group ablation, the base loss, a candidate step)
+is one call of the calibration loss, a forward pass over ``loss_samples`` held-out training
+samples. :class:`LabelBudget` keeps their total, in samples, at most ``share`` of the samples the
+fit has trained on before the event, so the scorer's cost grows with training and not with the
+number of pruning events: what an event does not spend is left to the next ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from lightning_autoprune.scoring.base import ScoreInputs
+
+
+class LabelBudget:
+    """Counts the calibration forward passes of a fit against ``share`` of its training samples.
+
+    Args:
+        share: the most the scorer's forward passes may cost, as a fraction of the training
+            samples seen so far (``None``: no limit).
+
+    Example:
+        >>> budget = LabelBudget(0.05)
+        >>> inputs = ScoreInputs({}, {}, trained_samples=20_000, loss_samples=100, loss_fn=lambda: 0.0)
+        >>> budget.calls_allowed(inputs)
+        10
+        >>> counted = budget.counted(inputs)
+        >>> _ = [counted.loss_fn() for _ in range(4)]
+        >>> budget.spent_samples, budget.calls_allowed(inputs)
+        (400, 6)
+    """
+
+    def __init__(self, share: float | None) -> None:
+        if share is not None and not 0.0 < share <= 1.0:
+            raise ValueError(f"`label_budget` must be in (0, 1] or None, got {share!r}.")
+        self.share = share
+        self.spent_samples = 0
+
+    def calls_allowed(self, inputs: ScoreInputs) -> int | None:
+        """Calibration forward passes this event may make; ``None`` when unlimited or the sizes are unknown."""
+        if self.share is None or inputs.trained_samples is None or not inputs.loss_samples:
+            return None
+        left = self.share * inputs.trained_samples - self.spent_samples
+        return max(0, int(left // inputs.loss_samples))
+
+    def counted(self, inputs: ScoreInputs) -> ScoreInputs:
+        """``inputs`` whose ``loss_fn`` adds its samples to :attr:`spent_samples` at every call."""
+        loss_fn, cost = inputs.loss_fn, inputs.loss_samples or 0
+        if loss_fn is None:
+            return inputs
+
+        def counted_loss() -> float:
+            self.spent_samples += cost
+            return loss_fn()
+
+        return dataclasses.replace(inputs, loss_fn=counted_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the samples spent so far."""
+        return {"spent_samples": self.spent_samples}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a checkpoint without it has spent nothing)."""
+        self.spent_samples = int(state.get("spent_samples", 0))

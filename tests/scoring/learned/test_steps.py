@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_autoprune.core.selection import select_masks
+from lightning_autoprune.scoring import ScoreInputs
+from lightning_autoprune.scoring.learned import steps
+from lightning_autoprune.scoring.learned.steps import choose_step, step_loss
+
+
+def network_inputs(min_density: float = 0.0) -> tuple[nn.Sequential, ScoreInputs]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    params = {"0.weight": net[0].weight, "2.weight": net[2].weight}
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(net(x), y).double())
+
+    inputs = ScoreInputs(
+        {n: p.detach() for n, p in params.items()},
+        {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()},
+        target_sparsity=0.6,
+        params={n: p.data for n, p in params.items()},
+        loss_fn=loss,
+        min_density=min_density,
+    )
+    return net, inputs
+
+
+@pytest.mark.parametrize("min_density", [0.0, 0.3])
+def test_step_loss_is_the_loss_of_the_selected_masks_and_restores_the_weights(min_density: float) -> None:
+    net, inputs = network_inputs(min_density)
+    before = {n: p.clone() for n, p in net.state_dict().items()}
+    scores = {n: w.abs() for n, w in inputs.weights.items()}
+    measured = step_loss(scores, inputs)
+    assert all(torch.equal(before[n], p) for n, p in net.state_dict().items())
+    masks = select_masks(scores, inputs.masks, 0.6, min_density=min_density)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            inputs.params[name].mul_(mask)  # type: ignore[index]
+    assert measured == inputs.loss_fn()  # type: ignore[misc]
+
+
+def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> None:
+    _, inputs = network_inputs()
+    magnitude = {n: w.abs() for n, w in inputs.weights.items()}
+    reversed_ = {n: -w.abs() for n, w in inputs.weights.items()}
+    choice = choose_step({"reversed": lambda: reversed_, "magnitude": lambda: magnitude}, inputs)
+    assert choice.losses["magnitude"] < choice.losses["reversed"]
+    assert choice.name == "magnitude"
+    assert choice.scores is magnitude
+    tie = choose_step({"first": lambda: magnitude, "second": lambda: dict(magnitude)}, inputs)
+    assert tie.name == "first"
+    with pytest.raises(ValueError, match="`candidates` is empty"):
+        choose_step({}, inputs)
+
+
+def test_a_large_models_step_is_estimated_from_a_sample_within_a_few_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(steps, "CUT_SAMPLE", 2000)  # "large": more kept weights than the sample
+    g = torch.Generator().manual_seed(0)
+    scores = {"big": torch.rand(200, 200, generator=g), "small": torch.rand(10, 10, generator=g) * 0.01}
+    masks = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
+    inputs = ScoreInputs(scores, masks, generator=g, target_sparsity=0.7, min_density=0.2)
+    removed = steps.step_masks(scores, inputs)
+    exact = select_masks(scores, masks, 0.7, min_density=0.2)
+    exact_removed = sum(int((~m).sum()) for m in exact.values())
+    assert abs(sum(int(r.sum()) for r in removed.values()) - exact_removed) <= 0.02 * exact_removed
+    # The small tensor's scores are all below the cut: it keeps exactly its floor, its best weights.
+    assert int((~removed["small"]).sum()) == 20
+    assert torch.equal(~removed["small"], exact["small"].reshape(-1))
