@@ -386,10 +386,10 @@ class AutoPrune(Callback):
         self.run.engine.before_optimizer_step()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Automatic mode, dense phase: count this validation's samples and labels (noise, chance level)."""
+        """Before pruning starts: count this validation's samples and labels (noise, chance level)."""
         search = self.run.search
-        dense = search is not None and search.state.start_epoch is None
-        self._tally.start(dense and not trainer.sanity_checking)
+        before = search.state.start_epoch is None if search is not None else self.run.listens
+        self._tally.start(before and not trainer.sanity_checking)
 
     def on_validation_batch_end(
         self,
@@ -412,23 +412,35 @@ class AutoPrune(Callback):
         if trainer.sanity_checking or not self.targets:
             return
         self._validated_epoch = trainer.current_epoch
-        search = self.run.search
-        if search is None:
+        if not self.run.listens:
             return
         samples, labels = self._tally.take()
         if samples is not None:
             samples *= trainer.world_size  # each rank validated its own shard
         # Every rank decides on rank 0's value, count and labels.
-        value, samples, labels = adapter.broadcast(trainer, (self.monitor_metric.value(trainer), samples, labels))
+        value, samples, labels = adapter.broadcast(trainer, (self._monitored(trainer), samples, labels))
         monitor, mode = self.monitor_metric.label, self.monitor_metric.resolved_mode
         if value is None or mode is None:
             return
         seen = Observation(value, trainer.current_epoch, mode, monitor, samples, labels)
+        search = self.run.search
+        if search is None:
+            self.run.observe(seen)
+            return
         verdict = search.on_validation(seen, pruned=bool(self.history))
         self._warn_from_search()
         if verdict.roll_back is not None:
             self.run.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
             self.run.engine.reset_movement()
+
+    def _monitored(self, trainer: pl.Trainer) -> float | None:
+        """The monitored value; with a fixed target a metric that is not logged only means nothing to wait for."""
+        if self.run.search is not None:
+            return self.monitor_metric.value(trainer)
+        try:
+            return self.monitor_metric.value(trainer)
+        except ValueError:
+            return None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the metric after this epoch's event and any search decisions; print one line per event."""

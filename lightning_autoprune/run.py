@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_autoprune.config import AutoPruneConfig, check_search_budget, resolve_window
-from lightning_autoprune.control.controller import FixedSchedule, ToleranceSearch
+from lightning_autoprune.control.controller import FixedSchedule, Observation, ToleranceSearch
 from lightning_autoprune.control.search import SearchState
 from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.flops import OutputPositions, macs_per_weight
@@ -63,6 +63,7 @@ class PruningRun:
         self.events = EventPipeline(config, self.engine, scorer, self.positions.positions)
         self.controller: FixedSchedule | ToleranceSearch = FixedSchedule(config.target_sparsity or 0.0, (0, 0))
         self.window: tuple[int, int] | None = None
+        self.say: Callable[[str], None] | None = None
         self.history: list[dict[str, Any]] = []  # one entry per pruning event
         self.timeline: list[dict[str, Any]] = []  # one entry per trained epoch, for the report
         self.seconds_pruning = 0.0
@@ -98,6 +99,7 @@ class PruningRun:
         track = self.scorer.needs_context and not config.structured
         self.engine = PruningEngine(targets, WeightSelector(config.min_layer_density), track_trajectory=track)
         self.events = EventPipeline(config, self.engine, self.scorer, self.positions.positions, say)
+        self.say = say
         self.window = resolve_window(config, max_epochs)
         if config.target_sparsity is None:
             check_search_budget(self.window, config.frequency)
@@ -116,6 +118,8 @@ class PruningRun:
                 frequency=config.frequency,
                 kind=config.schedule,
                 coarse=config.structured,
+                wait_for_learning=config.start_epoch is None,
+                max_drop=config.max_metric_drop,
             )
 
     # ------------------------------------------------------------------------------ read-outs
@@ -138,6 +142,24 @@ class PruningRun:
         weights = macs_per_weight(self.engine.targets, self.positions.positions)
         return mask_sparsity(self.engine.masks, weights) if weights is not None else None
 
+    @property
+    def listens(self) -> bool:
+        """Whether the controller wants this validation: the automatic search, or a schedule waiting to start."""
+        return self.search is not None or (isinstance(self.controller, FixedSchedule) and self.controller.waiting)
+
+    def observe(self, seen: Observation) -> None:
+        """A fixed schedule waiting to start sees a validation; says when the metric moved and pruning starts."""
+        if not isinstance(self.controller, FixedSchedule):
+            return
+        started = self.controller.observe(seen)
+        nominal = self.controller.window[0]
+        if started is not None and started > nominal and self.say is not None:
+            self.say(
+                f"[AutoPrune] {seen.monitor} {seen.value:.4f} at epoch {seen.epoch} has left its starting value: "
+                f"pruning starts at epoch {started} (the default start, epoch {nominal}, came before "
+                "the model had learned anything)."
+            )
+
     def shown_target(self) -> float:
         """The target to show: the fixed target, or the sparsity the search is trying or holds."""
         return self.search.target if self.search is not None else self.config.target_sparsity or 0.0
@@ -149,6 +171,7 @@ class PruningRun:
         if isinstance(controller, ToleranceSearch):
             ceiling = lambda: self.engine.feasible_ceiling(self.config.min_layer_density)  # noqa: E731
             return controller.target, controller.begin_epoch(epoch, ceiling=ceiling)
+        controller.begin_epoch(epoch)
         scheduled = controller.target_for(epoch)
         last = self.history[-1]["target"] if self.history else 0.0
         return scheduled, scheduled if controller.due(

@@ -22,6 +22,14 @@ from lightning_autoprune.control.search import Mode, SearchState
 class FixedSchedule:
     """Prune on a schedule towards ``target`` between ``start`` and ``end``.
 
+    With ``wait_for_learning`` (the default start), the schedule begins only once the monitored
+    metric has clearly left its starting value (:meth:`observe`): an accuracy more than
+    ``max(max_drop, 2 standard errors)`` above chance level, any other metric better than its
+    first validation by more than ``max_drop``. Pruning then starts at the later of ``start`` and
+    the epoch after that validation, and ends at ``end`` (one step at the start if that is later).
+    A metric that never moves starts the schedule at ``end``; a run that has validated nothing by
+    ``start`` (no validation loop, or no monitored metric) starts it at ``start``.
+
     Args:
         target: the final sparsity.
         window: ``(start, end)`` epochs of the schedule.
@@ -29,6 +37,8 @@ class FixedSchedule:
         kind: ``"cubic"``, ``"linear"`` or ``"one_shot"``.
         coarse: selections stop just below a target (whole units); such a run prunes again only
             when the schedule moves on, not at every later epoch.
+        wait_for_learning: wait for the metric to move before the schedule starts.
+        max_drop: the metric change (in its units) that counts as having moved.
 
     Example:
         >>> schedule = FixedSchedule(0.9, (1, 3), frequency=1, kind="linear")
@@ -36,6 +46,12 @@ class FixedSchedule:
         [0.0, 0.3, 0.6, 0.9, 0.9]
         >>> schedule.due(2, progress=0.3, last_target=0.3), schedule.due(4, progress=0.9, last_target=0.9)
         (True, False)
+        >>> waiting = FixedSchedule(0.9, (1, 5), kind="linear", wait_for_learning=True)
+        >>> waiting.observe(Observation(0.11, 0, "max", "val_acc", 1000, {0: 100, 1: 100, 2: 800}))
+        >>> waiting.observe(Observation(0.95, 2, "max", "val_acc", 1000, {0: 100, 1: 100, 2: 800}))
+        3
+        >>> [round(waiting.target_for(e), 2) for e in range(7)]
+        [0.0, 0.0, 0.0, 0.3, 0.6, 0.9, 0.9]
     """
 
     def __init__(
@@ -46,26 +62,70 @@ class FixedSchedule:
         frequency: int = 1,
         kind: schedules.ScheduleKind = "cubic",
         coarse: bool = False,
+        wait_for_learning: bool = False,
+        max_drop: float = 0.01,
     ) -> None:
         self.target = target
         self.window = window
         self.frequency = frequency
         self.kind: schedules.ScheduleKind = kind
         self.coarse = coarse
+        self.max_drop = max_drop
+        #: The epoch the schedule starts (``None``: still waiting for the metric to move).
+        self.started_at: int | None = None if wait_for_learning else window[0]
+        self._first: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the schedule still waits for the monitored metric to leave its starting value."""
+        return self.started_at is None
+
+    def observe(self, seen: Observation) -> int | None:
+        """Note a validation while waiting; returns the start epoch when this one starts the schedule."""
+        if not self.waiting:
+            return None
+        first = self._first
+        if first is None:
+            self._first = seen.value
+        chance = search.chance_level(seen.labels) if seen.labels else None
+        if seen.mode == "max" and "acc" in seen.monitor.lower() and chance is not None and seen.samples:
+            noise = search.accuracy_standard_error(chance, seen.samples)
+            moved = not search.at_chance(seen.value, chance, self.max_drop, noise)
+        else:
+            moved = first is not None and search.metric_drop(first, seen.value, seen.mode) < -self.max_drop
+        if not moved:
+            return None
+        self.started_at = max(self.window[0], seen.epoch + 1)
+        return self.started_at
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Stop waiting at ``start`` when no validation has been observed: there is nothing to wait for."""
+        if self.waiting and self._first is None and epoch >= self.window[0]:
+            self.started_at = self.window[0]
+
+    def effective_window(self) -> tuple[int, int]:
+        """``(start, end)`` as it runs: the start moved to when the metric moved, ``end`` while waiting."""
+        end = self.window[1]
+        if self.started_at is None:
+            return end, end
+        return self.started_at, max(end, self.started_at)
 
     def target_for(self, epoch: int) -> float:
         """The scheduled sparsity at the start of ``epoch``."""
-        start, end = self.window
+        start, end = self.effective_window()
         return schedules.scheduled_sparsity(
             epoch, self.target, start=start, end=end, frequency=self.frequency, kind=self.kind
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """A fixed schedule keeps no state of its own; it writes the empty search the checkpoint format holds."""
-        return {"search": SearchState().to_dict(), "snapshot": None, "snapshot_scores": None, "reuse_scores": False}
+        """The checkpoint entries every controller writes; the search state holds the start epoch."""
+        state = SearchState(start_epoch=self.started_at).to_dict()
+        return {"search": state, "snapshot": None, "snapshot_scores": None, "reuse_scores": False}
 
     def load_state_dict(self, state: Mapping[str, Any], devices: Mapping[str, Any]) -> None:
-        """Nothing to restore: the schedule is a function of the epoch."""
+        """Restore the start epoch (a checkpoint without one started at the window's start)."""
+        started = (state.get("search") or {}).get("start_epoch")
+        self.started_at = int(started) if started is not None else self.window[0]
 
     def due(self, epoch: int, *, progress: float, last_target: float) -> bool:
         """Whether ``epoch`` prunes: the schedule asks for more than the masks hold (and moved, if coarse)."""

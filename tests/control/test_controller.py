@@ -226,3 +226,47 @@ def test_a_loss_monitor_plateaus_and_keeps_its_margin_in_nats():
     assert search.begin_epoch(8, ceiling=always(0.99)) == 0.5
     search.on_validation(Observation(1.30, 8, "min", "val_loss"), pruned=True)
     assert search.state.accepted == 0.5
+
+
+LABELS = {0: 90, 1: 110, 2: 800}  # chance level 0.8 on 1,000 validation samples
+
+
+def test_a_default_start_waits_until_the_accuracy_leaves_chance_level() -> None:
+    schedule = FixedSchedule(0.9, (2, 6), kind="linear", wait_for_learning=True, max_drop=0.01)
+    assert schedule.waiting
+    for epoch in range(4):  # at chance: 0.80 and 0.82 are within two standard errors (0.0126) of it
+        assert schedule.observe(Observation(0.80 + 0.005 * (epoch % 2), epoch, "max", "val_acc", 1000, LABELS)) is None
+        schedule.begin_epoch(epoch + 1)
+        assert schedule.target_for(epoch + 1) == 0.0
+    assert schedule.observe(Observation(0.9, 4, "max", "val_acc", 1000, LABELS)) == 5
+    assert [round(schedule.target_for(e), 2) for e in range(4, 8)] == [0.0, 0.45, 0.9, 0.9]
+    restored = FixedSchedule(0.9, (2, 6), kind="linear", wait_for_learning=True)
+    restored.load_state_dict(schedule.state_dict(), {})
+    assert restored.started_at == 5
+
+
+def test_a_metric_that_moves_early_starts_the_schedule_at_its_start() -> None:
+    schedule = FixedSchedule(0.9, (2, 6), wait_for_learning=True)
+    assert schedule.observe(Observation(0.95, 0, "max", "val_acc", 1000, LABELS)) == 2
+    assert schedule.effective_window() == (2, 6)
+
+
+def test_a_loss_monitor_moves_when_it_improves_on_its_first_value() -> None:
+    schedule = FixedSchedule(0.9, (1, 6), wait_for_learning=True, max_drop=0.02)
+    assert schedule.observe(Observation(2.30, 0, "min", "val_loss")) is None
+    assert schedule.observe(Observation(2.29, 1, "min", "val_loss")) is None  # within max_drop
+    assert schedule.observe(Observation(2.10, 2, "min", "val_loss")) == 3
+
+
+def test_without_any_validation_the_schedule_starts_at_its_start_and_a_stuck_metric_at_its_end() -> None:
+    blind = FixedSchedule(0.9, (2, 6), wait_for_learning=True)
+    blind.begin_epoch(1)
+    assert blind.waiting
+    blind.begin_epoch(2)
+    assert blind.effective_window() == (2, 6)
+    stuck = FixedSchedule(0.9, (2, 6), kind="linear", wait_for_learning=True)
+    stuck.observe(Observation(0.8, 0, "max", "val_acc", 1000, LABELS))
+    stuck.begin_epoch(5)
+    assert stuck.waiting
+    assert stuck.target_for(5) == 0.0
+    assert stuck.target_for(6) == pytest.approx(0.9)  # one step at the window's end

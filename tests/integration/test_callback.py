@@ -454,3 +454,35 @@ def test_context_for_learned_scorers(digits: DigitsDataModule, trainer_kwargs: d
     assert first["again"] == first["base"]  # and the scorer's restore leaves it exactly as it was
     assert inputs.target_sparsity == pytest.approx(autoprune.history[0]["target"])
     assert 0 < inputs.progress < 1
+
+
+class LateLearner(MLPClassifier):
+    """Learns nothing for its first three epochs (learning rate 0), like a fine-tune whose warm-up stalls."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
+        stalled = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.0 if epoch < 3 else 1.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": stalled, "interval": "epoch"}}
+
+
+def test_the_default_start_waits_for_the_model_to_leave_chance_level(
+    digits: DigitsDataModule, trainer_kwargs: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed_everything(0)
+    waiting = AutoPrune(report=False, target_sparsity=0.8, importance="magnitude")
+    trainer = Trainer(max_epochs=12, limit_train_batches=10, callbacks=[waiting], **trainer_kwargs)
+    with caplog.at_level("INFO"):
+        trainer.fit(LateLearner(), datamodule=digits)
+    nominal = waiting.run.controller.window[0]
+    events = [entry["epoch"] for entry in waiting.run.history]
+    # Validations at epochs 0-2 are at chance level; epoch 3 learns, so pruning starts at epoch 4.
+    assert nominal < 4
+    assert events[0] == 4
+    assert "has left its starting value: pruning starts at epoch 4" in caplog.text
+    assert waiting.sparsity == pytest.approx(0.8, abs=1e-3)
+    seed_everything(0)
+    explicit = AutoPrune(report=False, target_sparsity=0.8, importance="magnitude", start_epoch=1, verbose=False)
+    Trainer(max_epochs=12, limit_train_batches=10, callbacks=[explicit], **trainer_kwargs).fit(
+        LateLearner(), datamodule=digits
+    )
+    assert explicit.run.history[0]["epoch"] == 1  # an explicit start is obeyed
