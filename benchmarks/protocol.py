@@ -127,7 +127,11 @@ from lightning_autoprune.scoring import formulas
 TRACK = "unstructured"
 SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-AUTOPRUNE_METHODS: tuple[str, ...] = ("random", "magnitude", "lamp", "taylor", "learned")
+AUTOPRUNE_METHODS: tuple[str, ...] = ("random", "magnitude", "lamp", "taylor", "learned", "learned_unbudgeted")
+#: AutoPrune methods that are not an `importance` name: their arguments.
+METHOD_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "learned_unbudgeted": {"importance": "learned", "label_budget": None},
+}
 BENCHMARK_METHODS: tuple[str, ...] = ("layerwise_magnitude", "taylor2")
 MODELPRUNING_METHODS: tuple[str, ...] = ("modelpruning", "modelpruning_lth")
 METHODS: tuple[str, ...] = (*AUTOPRUNE_METHODS, *BENCHMARK_METHODS, "default", *MODELPRUNING_METHODS)
@@ -423,7 +427,9 @@ def autoprune_callback(
         "verbose": False,
         "report": False,
     }
-    if importance is not None:
+    if importance in METHOD_ARGUMENTS:
+        kwargs.update(METHOD_ARGUMENTS[importance])
+    elif importance is not None:
         kwargs["importance"] = importance
     if include is not None:
         kwargs["include"] = list(include)
@@ -877,6 +883,9 @@ def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out[f"{metric}_median"] = {s: statistics.median(v) for s, v in values.items()}
     out["fell_back_share"] = statistics.fmean(float(e["fell_back"]) for e in events)
     out["blend_weight_mean"] = statistics.fmean(e["blend_weight"] for e in events)
+    used = [e["used"] for e in events if "used" in e]
+    if used:  # which candidate's step each event applied (lowest measured calibration loss)
+        out["used_share"] = {name: used.count(name) / len(used) for name in sorted(set(used), key=used.index)}
     return out
 
 

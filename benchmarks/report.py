@@ -39,9 +39,13 @@ METHOD_NOTES: dict[str, str] = {
     "magnitude": "`AutoPrune(importance='magnitude')`: global `|w|`.",
     "lamp": "`AutoPrune(importance='lamp')`: layer-adaptive magnitude (Lee et al. 2021), global selection.",
     "taylor": "`AutoPrune(importance='taylor')`: `|w| * sqrt(E[g^2])` on 512 calibration samples.",
-    "learned": "`AutoPrune(importance='learned')`: the shipped pretrained importance model (a scikit-learn "
-    "regressor on 21 per-weight features), refined during the run on 128 group ablations per event, blended with "
-    "(or replaced by) Taylor according to held-out fidelity; see `lightning_autoprune/scoring/learned/weights.py`.",
+    "learned": "`AutoPrune(importance='learned')` with its default label budget (calibration passes at most 5% of "
+    "the training samples so far): on these small datasets that pays for few or no labels, so most steps are "
+    "Taylor's or the measured best of the priors' steps; see `lightning_autoprune/scoring/learned/weights.py`.",
+    "learned_unbudgeted": "`AutoPrune(importance='learned', label_budget=None)`: the shipped pretrained importance "
+    "model (a scikit-learn regressor on 21 per-weight features), refined on 128 group ablations per event and "
+    "blended with Taylor by held-out fidelity; each step is the one with the lowest measured calibration loss among "
+    "the learned ranking's and every prior's.",
     "layerwise_magnitude": "benchmark-side: `|w|`, every tensor pruned to the scheduled sparsity on its own "
     "(uniform per-layer sparsity), same schedule and mask enforcement as AutoPrune.",
     "taylor2": "benchmark-side: signed second-order Taylor `-g*w + 1/2*F*w^2` (F = mean squared per-batch "
@@ -209,6 +213,9 @@ def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
             f"It fell back to its prior at {fidelity['fell_back_share']:.0%} of events; mean blend weight of the "
             f"learned rank {fidelity['blend_weight_mean']:.2f}.",
         ]
+        if fidelity.get("used_share"):
+            shares = ", ".join(f"`{name}` {share:.0%}" for name, share in fidelity["used_share"].items())
+            lines.append(f"Step applied (the candidate with the lowest measured calibration loss): {shares}.")
     return lines
 
 
