@@ -164,6 +164,7 @@ def render_markdown(record: Mapping[str, Any], plots: Mapping[str, str | None]) 
         out.append(f"![{title}]({name})\n\n{caption}" if name else f"No plot: {skipped[key]}")
         if key == "importance":
             out += _fidelity_markdown(record.get("importance_diagnostics"))
+            out += _allocation_markdown(record.get("importance_diagnostics"))
 
     out += ["", "## Tensors", "", "| tensor | shape | density | kept | of |", "| --- | --- | ---: | ---: | ---: |"]
     for layer in record["layers"]:
@@ -196,6 +197,28 @@ def render_markdown(record: Mapping[str, Any], plots: Mapping[str, str | None]) 
 def _save_figure(figure: Figure, path: Path) -> None:
     """Write ``figure`` as a PNG at ``path``, atomically (fast compression; the files stay small)."""
     atomic_write(path, lambda out: figure.savefig(out, dpi=DPI, format="png", pil_kwargs={"compress_level": 1}))
+
+
+def _allocation_markdown(diagnostics: Any) -> list[str]:
+    """Why the last learned event pruned what it did: each tensor's share under the applied step and under Taylor."""
+    entries = [e for e in diagnostics_list(diagnostics) if isinstance(e.get("layer_removed"), Mapping)]
+    if not entries:
+        return []
+    last = entries[-1]
+    used = last.get("used", "learned")
+    losses = last.get("step_losses") or {}
+    out = [
+        "",
+        f"Epoch {last.get('epoch')}: the step applied was `{used}`'s, the lowest measured calibration loss "
+        f"({', '.join(f'{name} {fmt(value)}' for name, value in losses.items())}). Share of each tensor's kept "
+        "weights it pruned, against Taylor's step:",
+        "",
+        f"| tensor | `{used}` | `taylor` |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, shares in last["layer_removed"].items():
+        out.append(f"| `{name}` | {fmt(shares.get(used))} | {fmt(shares.get('taylor'))} |")
+    return out
 
 
 def _fidelity_markdown(diagnostics: Any) -> list[str]:

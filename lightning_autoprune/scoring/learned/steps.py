@@ -31,11 +31,14 @@ class StepChoice:
         name: the chosen candidate.
         scores: its scores (higher = keep).
         losses: per candidate, the calibration loss after its step, in the order measured.
+        removed: per candidate, per tensor, the share of its kept weights the step removes (how
+            the candidate allocates the step over layers).
     """
 
     name: str
     scores: dict[str, Tensor]
     losses: dict[str, float]
+    removed: dict[str, dict[str, float]]
 
 
 def step_masks(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -90,17 +93,25 @@ def step_loss(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> float:
         >>> step_loss({"a": w["a"].abs()}, inputs), w["a"].tolist()
         (5.0, [1.0, -3.0, 2.0, 0.5])
     """
+    return _measure(scores, inputs)[0]
+
+
+def _measure(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> tuple[float, dict[str, float]]:
+    """:func:`step_loss`, and the share of each tensor's kept weights the step removes."""
     if inputs.params is None or inputs.loss_fn is None:
         raise ValueError("A step's loss needs the live parameters (`params`) and a calibration loss (`loss_fn`).")
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
+    shares: dict[str, float] = {}
     with torch.no_grad():
         try:
             for name, gone in step_masks(scores, inputs).items():
                 flat = inputs.params[name].data.view(-1)
                 gone = gone.to(flat.device)
+                kept = int(torch.count_nonzero(inputs.masks[name]))
+                shares[name] = int(torch.count_nonzero(gone)) / kept if kept else 0.0
                 saved.append((flat, gone, flat[gone]))
                 flat.masked_fill_(gone, 0)
-            return float(inputs.loss_fn())
+            return float(inputs.loss_fn()), shares
         finally:
             for flat, gone, values in saved:
                 flat.masked_scatter_(gone, values)
@@ -126,6 +137,7 @@ def choose_step(candidates: Mapping[str, Callable[[], dict[str, Tensor]]], input
     """
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
-    losses = {name: step_loss(compute(), inputs) for name, compute in candidates.items()}
+    measured = {name: _measure(compute(), inputs) for name, compute in candidates.items()}
+    losses = {name: loss for name, (loss, _) in measured.items()}
     best = min(losses, key=losses.__getitem__)  # the first of equal losses
-    return StepChoice(best, candidates[best](), losses)
+    return StepChoice(best, candidates[best](), losses, {name: shares for name, (_, shares) in measured.items()})

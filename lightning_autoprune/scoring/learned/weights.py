@@ -271,6 +271,10 @@ class LearnedScorer:
                 "fell_back": choice.name != "learned",
                 "step_losses": choice.losses,
                 "used": choice.name,
+                "layer_removed": {
+                    name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
+                    for name, share in choice.removed[choice.name].items()
+                },
                 "label_samples": self.budget.spent_samples,
             }
         )

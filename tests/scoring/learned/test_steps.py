@@ -53,6 +53,10 @@ def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> 
     assert choice.losses["magnitude"] < choice.losses["reversed"]
     assert choice.name == "magnitude"
     assert choice.scores is magnitude
+    # Each candidate's allocation: the share of each tensor's kept weights its step removes.
+    masks = select_masks(magnitude, inputs.masks, 0.6)
+    expected = {n: float((~m).sum()) / m.numel() for n, m in masks.items()}
+    assert choice.removed["magnitude"] == pytest.approx(expected)
     tie = choose_step({"first": lambda: magnitude, "second": lambda: dict(magnitude)}, inputs)
     assert tie.name == "first"
     with pytest.raises(ValueError, match="`candidates` is empty"):

@@ -190,6 +190,11 @@ def test_shipped_default_loads_and_scores_a_model_it_never_saw(trainer_kwargs: d
     report = (tmp_path / "report" / "report.md").read_text()
     assert "](importance_model.png)" in report
     assert "| metric | learned | taylor | lamp | magnitude | wanda | taylor2 |" in report
+    # ...and why the last event pruned what it did: each tensor's share under the applied step and Taylor's.
+    assert "Share of each tensor's kept weights it pruned, against Taylor's step" in report
+    last = diagnostics[-1]
+    assert set(last["layer_removed"]) == {"net.1.weight", "net.3.weight", "net.5.weight", "net.7.weight"}
+    assert all(0.0 <= v <= 1.0 for shares in last["layer_removed"].values() for v in shares.values())
     assert (tmp_path / "report" / "importance_model.png").stat().st_size > 10_000
 
 
