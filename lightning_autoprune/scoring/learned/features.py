@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,10 +152,13 @@ class FeatureTable:
 
     Args:
         inputs: the scorer inputs of one pruning event.
+        squares: where a tensor's :class:`SortedSquares` come from, when the caller already sorts
+            them (the learned scorer's priors); ``None``: built here.
     """
 
-    def __init__(self, inputs: ScoreInputs) -> None:
+    def __init__(self, inputs: ScoreInputs, squares: Callable[[str], SortedSquares] | None = None) -> None:
         self.inputs = inputs
+        self._squares = squares
         self.names = list(inputs.weights)
         self._scales = _global_scales(inputs)
         self._total = sum(w.numel() for w in inputs.weights.values())
@@ -246,7 +249,7 @@ class FeatureTable:
             adam=adam,
             movement=movement,
             initial=initial,
-            squares=SortedSquares(flat_w, flat_m),
+            squares=self._squares(name) if self._squares is not None else SortedSquares(flat_w, flat_m),
             input_norm=_units(inputs.input_norms, name, fan_in_units),
             output_norm=_units(inputs.output_norms, name, fan_out),
             inner=inner,

@@ -16,7 +16,7 @@ tensor. This module gives the learned scorer what it needs from the formulas in 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -180,6 +180,35 @@ class PriorScores:
         raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
 
 
+def sampled_quantile(
+    scores_of: Callable[[str], Tensor],
+    masks: Mapping[str, Tensor],
+    kept: Mapping[str, int],
+    quantile: float,
+    generator: torch.Generator,
+) -> float:
+    """The ``quantile`` of the kept weights' scores, from :data:`CUT_SAMPLE` of them drawn with ``generator``.
+
+    Each tensor gives its share of the sample (by kept count), drawn with replacement, so a
+    global cut is found without a copy of every score.
+
+    Example:
+        >>> scores = {"a": torch.arange(100.0)}
+        >>> masks = {"a": torch.ones(100, dtype=torch.bool)}
+        >>> 40 < sampled_quantile(scores.__getitem__, masks, {"a": 100}, 0.5, torch.Generator().manual_seed(0)) < 60
+        True
+    """
+    total = sum(kept.values())
+    sample = []
+    for name, mask in masks.items():
+        if kept[name]:
+            values = scores_of(name).reshape(-1)[mask.reshape(-1)]
+            count = math.ceil(CUT_SAMPLE * kept[name] / total)
+            pick = torch.randint(0, len(values), (count,), generator=generator).to(values.device)
+            sample.append(values[pick].float().cpu())
+    return float(torch.quantile(torch.cat(sample).double(), min(1.0, max(0.0, quantile))))
+
+
 def _entries(source: Mapping[str, Tensor] | None, name: str, index: Tensor, like: Tensor) -> Tensor:
     """``source[name]`` at the flat entries ``index`` (zeros where the source is missing)."""
     if source is None or name not in source:
@@ -250,17 +279,13 @@ def _estimated_cuts(
 ) -> dict[str, float]:
     """Per tensor, about how many of its kept weights the prior's global ranking removes in the step."""
     total = sum(kept.values())
-    sample = []
-    exact = total <= CUT_SAMPLE  # a small model: every kept weight, and the exact step-th value
-    for name, mask in masks.items():
-        values = priors.layer(prior, name).reshape(-1)[mask.reshape(-1)]
-        if exact:
-            sample.append(values.float().cpu())
-        elif kept[name]:
-            count = math.ceil(CUT_SAMPLE * kept[name] / total)
-            sample.append(values[torch.randint(0, len(values), (count,), generator=generator).to(values.device)].cpu())
-    pool = torch.cat(sample).double()
-    threshold = float(torch.kthvalue(pool, step).values if exact else torch.quantile(pool, step / total))
+    if total <= CUT_SAMPLE:  # a small model: the exact step-th value of every kept weight
+        pool = torch.cat(
+            [priors.layer(prior, name).reshape(-1)[mask.reshape(-1)].float().cpu() for name, mask in masks.items()]
+        )
+        threshold = float(torch.kthvalue(pool.double(), step).values)
+    else:
+        threshold = sampled_quantile(lambda name: priors.layer(prior, name), masks, kept, step / total, generator)
     cuts = {}
     for name, mask in masks.items():
         values = priors.layer(prior, name).reshape(-1)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_autoprune.core.selection import layer_floors, pruned_count, select_masks, top_k_mask
 from lightning_autoprune.scoring.base import ScoreInputs
-from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE
+from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE, sampled_quantile
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,8 @@ def step_masks(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> dict[str, T
         new = select_masks(scores, masks, inputs.target_sparsity, min_density=inputs.min_density)
         return {name: masks[name].reshape(-1) & ~new[name].reshape(-1) for name in masks}
     remove = kept_total - (total - pruned_count(inputs.target_sparsity, total))
-    sample = []
-    for name, mask in masks.items():
-        kept = mask.reshape(-1).nonzero().squeeze(1)
-        count = math.ceil(CUT_SAMPLE * len(kept) / kept_total)
-        if count:
-            pick = kept[torch.randint(0, len(kept), (count,), generator=inputs.generator).to(kept.device)]
-            sample.append(scores[name].reshape(-1)[pick].float().cpu())
-    threshold = float(torch.quantile(torch.cat(sample).double(), min(1.0, max(0.0, remove / kept_total))))
+    kept = {name: int(mask.sum()) for name, mask in masks.items()}
+    threshold = sampled_quantile(scores.__getitem__, masks, kept, remove / kept_total, inputs.generator)
     floors = layer_floors(masks, inputs.min_density)
     removed = {}
     for name, mask in masks.items():

@@ -13,14 +13,18 @@ At every pruning event :class:`LearnedScorer`:
    every earlier one (online across events), keeping a quarter of this event's groups out;
 4. checks itself on the held-out groups: Spearman correlation and precision@k of the learned
    scores against the measured labels, next to the same numbers for every formula prior
-   (Taylor, LAMP, magnitude, Wanda, second-order Taylor). The best prior is the one it competes
-   with: it **falls back to that prior, with a warning**, when the prior predicts the held-out
-   ablations better than it does; otherwise it blends its rank with the prior's rank, the weight
-   chosen on those groups (:func:`~lightning_autoprune.scoring.learned.fidelity.judge`, shared
-   with the unit scorer);
-5. predicts the weights of the best prior's bands only (features exist for one chunk at a time)
-   and reorders each band by the learned (or blended) ranking. Every tensor keeps the prior's
-   values, so it loses as many weights as the prior would take from it.
+   (Taylor, LAMP, magnitude, Wanda, second-order Taylor). It blends its rank with Taylor's, the
+   weight chosen on those groups, and leaves itself out, **with a warning**, when Taylor predicts
+   the held-out ablations better than it does
+   (:func:`~lightning_autoprune.scoring.learned.fidelity.judge`, shared with the unit scorer);
+5. predicts the weights of Taylor's bands only (features exist for one chunk at a time) and
+   reorders each band by the learned (or blended) ranking: every tensor keeps Taylor's values,
+   so it loses as many weights as Taylor would take from it;
+6. chooses the step (:mod:`~lightning_autoprune.scoring.learned.steps`): the masks of the learned
+   ranking and of every prior, each measured with one forward pass, the lowest loss applied.
+
+An event that :class:`~lightning_autoprune.scoring.learned.budget.LabelBudget` cannot pay for
+skips 2-4 and reuses the model fitted so far.
 
 Selection afterwards is the same global top-k, with the per-layer floor
 (``min_layer_density``), as for every scorer.
@@ -85,6 +89,8 @@ DEFAULT_LABEL_BUDGET = 0.05
 #: An event labels only when the budget pays for at least this many group ablations (a quarter
 #: is held out for the check); otherwise it reuses the model fitted so far.
 MIN_LABEL_GROUPS = 16
+#: Candidate steps an event measures: the learned ranking and every prior.
+STEP_CANDIDATES = len(PRIORS) + 1
 #: Fewer groups than this at an event (a nearly empty model) leave too little to fit and check;
 #: the event then uses the prior.
 MIN_GROUPS = 8
@@ -211,15 +217,14 @@ class LearnedScorer:
             return priors.full("lamp")
         allowed = self.budget.calls_allowed(inputs)
         inputs = self.budget.counted(inputs)
-        steps = len(PRIORS) + 1
-        affordable = self.label_groups if allowed is None else min(self.label_groups, allowed - 1 - steps)
+        affordable = self.label_groups if allowed is None else min(self.label_groups, allowed - 1 - STEP_CANDIDATES)
         if affordable < MIN_LABEL_GROUPS:
             return self._score_unlabelled(priors, inputs, allowed)
         bands = self._bands(priors, inputs)
         groups = frontier_groups(bands, inputs.masks, inputs.target_sparsity, affordable, inputs.generator)
         if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
             return priors.full(LABEL_PRIOR)
-        table = FeatureTable(inputs)
+        table = FeatureTable(inputs, squares=priors.squares)
         x, owner = _member_rows(table, groups, inputs.generator)
         assert inputs.params is not None
         assert inputs.loss_fn is not None
@@ -310,7 +315,12 @@ class LearnedScorer:
         band_scores = None
         if self.blend is not None and self._refit():
             band_scores = _BandScores.predict(
-                self.model, FeatureTable(inputs), priors, LABEL_PRIOR, self._bands(priors, inputs), inputs.generator
+                self.model,
+                FeatureTable(inputs, squares=priors.squares),
+                priors,
+                LABEL_PRIOR,
+                self._bands(priors, inputs),
+                inputs.generator,
             )
         candidates = self._candidates(priors, band_scores)
         measured = ""
@@ -327,7 +337,7 @@ class LearnedScorer:
                 f"the label budget (label_budget={self.budget.share}: the learned importance's calibration forward "
                 f"passes may cost that share of the {inputs.trained_samples} training samples so far) allows "
                 f"{allowed} passes of {inputs.loss_samples} samples at sparsity {inputs.target_sparsity:.4f}; "
-                f"labelling needs {MIN_LABEL_GROUPS + len(PRIORS) + 2}. This event used {used!r}"
+                f"labelling needs {1 + MIN_LABEL_GROUPS + STEP_CANDIDATES}. This event used {used!r}"
                 f"{measured}"
                 f". Later events label once the budget has grown; raise `label_budget` to label at every event.",
                 stacklevel=3,
@@ -343,7 +353,8 @@ class LearnedScorer:
             y = np.concatenate([*self.rows_y[:-1], self.rows_y[-1][train_rows]])
             base = None
             if self.pretrained is not None:
-                base = np.asarray(self.pretrained.predict(x))
+                blocks = self._block_predictions()
+                base = np.concatenate([*blocks[:-1], blocks[-1][train_rows]])
             self.model = self._fit(x, y, seed, base)
         return self.model is not None
 
@@ -397,12 +408,16 @@ class LearnedScorer:
         """
         if self.pretrained is None:
             return None
-        while len(self._base_predictions) < len(self.rows_x):
-            self._base_predictions.append(self.pretrained.predict(self.rows_x[len(self._base_predictions)]))
         current = np.asarray(self.pretrained.predict(x))
-        base = np.concatenate([*self._base_predictions, current[train_rows]])
+        base = np.concatenate([*self._block_predictions(), current[train_rows]])
         self._base_predictions.append(current)
         return base
+
+    def _block_predictions(self) -> list[np.ndarray]:
+        """The pretrained model's predictions on every stored block of rows, each computed once."""
+        while len(self._base_predictions) < len(self.rows_x):
+            self._base_predictions.append(np.asarray(self.pretrained.predict(self.rows_x[len(self._base_predictions)])))
+        return self._base_predictions
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, base: np.ndarray | None = None) -> Any:
         if self.template is None:
