@@ -639,10 +639,7 @@ def _fit_and_test(
         if hasattr(c, "seconds_pruning")
     ]
     row["callback_seconds"] = sum(callback_seconds) if callback_seconds else None
-    for callback in callbacks:
-        diagnostics = getattr(getattr(callback, "scorer", None), "diagnostics", None)
-        if diagnostics:
-            row["importance_diagnostics"] = _rounded(diagnostics)
+    record_scorer(row, callbacks)
     weights = effective_weights(model)
     zeros, total = masks.count_zeros(weights.values())
     row["sparsity"] = zeros / total
@@ -859,6 +856,41 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def record_scorer(row: dict[str, Any], callbacks: Sequence[Any]) -> None:
+    """Add the learned scorer's per-event records to ``row``: held-out fidelity and the steps applied."""
+    for callback in callbacks:
+        scorer = getattr(callback, "scorer", None)
+        for key, attribute in (("importance_diagnostics", "diagnostics"), ("importance_steps", "steps")):
+            records = getattr(scorer, attribute, None)
+            if records:
+                row[key] = _rounded(records)
+
+
+def step_shares(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which step the learned scorer applied at every event of ``runs``, labelled or not.
+
+    Returns the number of events, the share of events per applied candidate, the share whose
+    step was measured, and the median calibration samples a measured step was compared on.
+    Empty when the runs carry no ``importance_steps``.
+
+    Example:
+        >>> steps = [{"used": "lamp", "samples": 64}, {"used": "taylor", "samples": 0}]
+        >>> step_shares([{"importance_steps": steps}])
+        {'events': 2, 'used_share': {'lamp': 0.5, 'taylor': 0.5}, 'measured_share': 0.5, 'samples_median': 64}
+    """
+    events = [e for r in runs for e in r.get("importance_steps") or []]
+    if not events:
+        return {}
+    used = [e["used"] for e in events]
+    measured = [e["samples"] for e in events if e["samples"] > 0]
+    return {
+        "events": len(events),
+        "used_share": {name: used.count(name) / len(used) for name in sorted(set(used), key=used.index)},
+        "measured_share": len(measured) / len(events),
+        "samples_median": statistics.median(measured) if measured else 0,
+    }
+
+
 def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Held-out fidelity of the learned scorer over every pruning event of ``runs``, next to the formulas'.
 
@@ -975,6 +1007,9 @@ def _summarise_setup(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         fidelity = importance_fidelity([grid[s][seed] for s in sparsities for seed in seeds])
         if fidelity:
             entry["importance_fidelity"] = fidelity
+        steps = step_shares([grid[s][seed] for s in sparsities for seed in seeds])
+        if steps:
+            entry["importance_steps"] = steps
         out["methods"][method] = entry
     if "default" in out["methods"]:
         reference = runs["default"]

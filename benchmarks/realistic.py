@@ -292,10 +292,7 @@ def fit_and_test(
     row["callback_seconds"] = (
         sum(c.seconds_pruning + getattr(c, "seconds_enforcing", 0.0) for c in timed) if timed else None
     )
-    for callback in callbacks:
-        diagnostics = getattr(getattr(callback, "scorer", None), "diagnostics", None)
-        if diagnostics:
-            row["importance_diagnostics"] = protocol._rounded(diagnostics)
+    protocol.record_scorer(row, callbacks)
     weights = protocol.effective_weights(model, include)
     zeros, total = masks.count_zeros(weights.values())
     row["sparsity"] = zeros / total

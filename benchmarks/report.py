@@ -193,8 +193,11 @@ def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
     """Held-out fidelity of the learned scorer's runs, next to the formulas' on the same ablations."""
     lines: list[str] = []
     for method in _methods(setup):
+        if setup["methods"][method].get("reused_from"):
+            continue
+        lines += _steps_line(method, setup["methods"][method].get("importance_steps"))
         fidelity = setup["methods"][method].get("importance_fidelity")
-        if not fidelity or setup["methods"][method].get("reused_from"):
+        if not fidelity:
             continue
         scorers = list(fidelity["spearman_mean"])
         lines += [
@@ -215,8 +218,22 @@ def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
         ]
         if fidelity.get("used_share"):
             shares = ", ".join(f"`{name}` {share:.0%}" for name, share in fidelity["used_share"].items())
-            lines.append(f"Step applied (the candidate with the lowest measured calibration loss): {shares}.")
+            lines.append(f"Step applied at the labelled events (lowest measured calibration loss): {shares}.")
     return lines
+
+
+def _steps_line(method: str, steps: Mapping[str, Any] | None) -> list[str]:
+    """Which step the learned scorer applied at every event (labelled or not), and on how many samples."""
+    if not steps:
+        return []
+    shares = ", ".join(f"`{name}` {share:.0%}" for name, share in steps["used_share"].items())
+    return [
+        "",
+        f"Steps the `{method}` runs applied ({steps['events']} pruning events): {shares}. "
+        f"{steps['measured_share']:.0%} of them were chosen by measuring every candidate's calibration loss "
+        f"(median {steps['samples_median']:g} samples per candidate, within the label budget); the rest repeated "
+        "the previous choice.",
+    ]
 
 
 def _overhead_table(setup: Mapping[str, Any]) -> list[str]:

@@ -515,11 +515,15 @@ class AutoPrune(Callback):
             return
         if event["metric_before"] is not None:
             adapter.log(pl_module, "autoprune/metric_before", event["metric_before"])
-        entry = self.run.new_diagnostics(epoch)
+        entry, step = self.run.new_diagnostics(epoch), self.run.new_step(epoch)
         if entry is not None:
             adapter.log_metrics(pl_module, report_record.importance_metrics(entry))
             if self.config.verbose:
                 adapter.rank_zero_info(report_record.importance_line(epoch, entry))
+        elif step is not None:  # an event without labels that still measured its step
+            adapter.log_metrics(pl_module, report_record.step_metrics(step))
+            if self.config.verbose:
+                adapter.rank_zero_info(report_record.step_line(epoch, step))
 
     def _warn_from_search(self) -> None:
         """Give the automatic search's queued warnings (room, noise, chance level), each once."""

@@ -279,6 +279,19 @@ class EventPipeline:
         loss_fn = access.loss_fn
         inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
         inputs.loss_samples = samples
+
+        def probe_fn(count: int, start: int = 0) -> Callable[[], float]:
+            probe = calibration.first_samples(label_batches, count, start)
+            if len(probe) > 1 and calibration.batch_size(probe[-1]) == 1:
+                probe = probe[:-1]  # BatchNorm cannot take a batch's statistics from one sample
+
+            def probe_loss() -> float:
+                with calibration.batch_statistics(module):
+                    return calibration.mean_loss(loss_fn, probe)
+
+            return probe_loss
+
+        inputs.probe_fn = probe_fn
         inputs.trained_samples = access.trained_samples
 
     def _calibration_size(self, loader: DataLoader) -> int:

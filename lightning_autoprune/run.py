@@ -299,6 +299,14 @@ class PruningRun:
         diagnostics[-1]["epoch"] = epoch
         return diagnostics[-1]
 
+    def new_step(self, epoch: int) -> dict[str, Any] | None:
+        """The learned scorer's record of the step just applied at ``epoch`` (stamped), if it measured one."""
+        steps = getattr(self.scorer, "steps", None)
+        if not steps or "epoch" in steps[-1]:
+            return None
+        steps[-1]["epoch"] = epoch
+        return steps[-1] if steps[-1]["samples"] else None
+
     def finish_search(
         self, epoch: int, mode: Literal["max", "min"] | None, label: str, model: nn.Module
     ) -> tuple[list[str], str | None]:

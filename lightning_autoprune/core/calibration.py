@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
@@ -173,6 +174,61 @@ class ActivationRecorder:
         return {name: (sq / max(1, self._rows.get(name, 1))).sqrt() for name, sq in self._in_sq.items()}
 
 
+def first_samples(batches: Sequence[Any], count: int, start: int = 0) -> list[Any]:
+    """Samples ``start`` to ``start + count`` of collated ``batches``, as batches of the same structure.
+
+    A batch's size is the first dimension of its first tensor; every tensor of the batch with
+    that first dimension is cut, anything else (scalars, strings, tensors of another length) is
+    kept as it is. Tuples, lists, dicts and other mappings keep their types.
+
+    Raises:
+        ValueError: when a batch holds no tensor with a batch dimension, so it cannot be cut.
+
+    Example:
+        >>> batches = [(torch.arange(4.0), torch.zeros(4)), (torch.arange(4.0, 8.0), torch.ones(4))]
+        >>> [b[0].tolist() for b in first_samples(batches, 6)]
+        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
+        >>> [b[0].tolist() for b in first_samples(batches, 3, start=3)]
+        [[3.0], [4.0, 5.0]]
+    """
+    out: list[Any] = []
+    skip, left = start, count
+    for batch in batches:
+        if left <= 0:
+            break
+        size = batch_size(batch)
+        if size is None:
+            raise ValueError(
+                f"A calibration batch of type {type(batch).__name__} holds no tensor with a batch dimension, so its "
+                "first samples cannot be taken."
+            )
+        if skip >= size:
+            skip -= size
+            continue
+        take = min(left, size - skip)
+        out.append(batch if take == size else _cut(batch, size, skip, take))
+        skip, left = 0, left - take
+    return out
+
+
+def batch_size(batch: Any) -> int | None:
+    """The first dimension of the first tensor in ``batch`` (``None``: no tensor with one).
+
+    Example:
+        >>> batch_size({"ids": torch.zeros(3, 5), "n": 7}), batch_size("text")
+        (3, None)
+    """
+    sizes: list[int] = []
+    apply_to_collection(batch, Tensor, lambda t: sizes.append(t.shape[0]) if t.dim() > 0 else None)
+    return sizes[0] if sizes else None
+
+
+def _cut(batch: Any, size: int, skip: int, take: int) -> Any:
+    return apply_to_collection(
+        batch, Tensor, lambda t: t[skip : skip + take] if t.dim() > 0 and t.shape[0] == size else t
+    )
+
+
 def mean_loss(loss_fn: Callable[[Any, int], Tensor], batches: Sequence[Any]) -> float:
     """Mean of ``loss_fn`` over ``batches``, without gradients, accumulated in float64.
 
@@ -269,6 +325,34 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags.items():
             m.training = flag
+
+
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Let every BatchNorm of ``module`` normalise with the statistics of the batch, updating nothing.
+
+    A pruning step shifts the activations, so the running statistics BatchNorm layers use in eval
+    mode no longer fit, and a loss measured with them mostly shows that mismatch, which the first
+    training steps repair. With each batch's own statistics the loss is that of the step after
+    the statistics are re-estimated (the adaptive-BatchNorm evaluation of EagleEye, Li et al.
+    2020). Running statistics and batch counters are left untouched; other layers keep their mode.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(1).eval()
+        >>> with batch_statistics(bn):
+        ...     out = bn(torch.tensor([[1.0], [3.0]]))
+        >>> out.view(-1).round(decimals=3).tolist(), bn.running_mean.tolist(), bn.training
+        ([-1.0, 1.0], [0.0], False)
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, training, track in saved:
+            m.training, m.track_running_stats = training, track
 
 
 @contextlib.contextmanager

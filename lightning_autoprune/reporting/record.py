@@ -224,6 +224,30 @@ def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
     )
 
 
+def step_line(epoch: int, step: Mapping[str, Any]) -> str:
+    """The step a learned event without labels applied, and every candidate's loss on the measured samples.
+
+    Example:
+        >>> step_line(2, {"used": "lamp", "samples": 83, "losses": {"learned": 0.71, "lamp": 0.16}}).split("; ")[1]
+        'step by lamp (lowest calibration loss on 83 samples: learned 0.71, lamp 0.16)'
+    """
+    losses = ", ".join(f"{name} {value:.4g}" for name, value in step["losses"].items())
+    return (
+        f"{PREFIX} epoch {epoch}: no labels this event (label budget); step by {step['used']} "
+        f"(lowest calibration loss on {step['samples']} samples: {losses})"
+    )
+
+
+def step_metrics(step: Mapping[str, Any]) -> list[Metric]:
+    """Every candidate step's measured loss at an event without labels (the names :func:`importance_metrics` uses).
+
+    Example:
+        >>> step_metrics({"used": "lamp", "samples": 83, "losses": {"lamp": 0.16}})
+        [('autoprune/importance/step_loss_lamp', 0.16, False)]
+    """
+    return [(f"autoprune/importance/step_loss_{name}", loss, False) for name, loss in step["losses"].items()]
+
+
 def sparsity_metrics(
     sparsity: float,
     flops: float | None,

@@ -68,6 +68,10 @@ class ScoreInputs:
         trained_samples: training samples the fit has seen before this event (every epoch so
             far), for scorers whose measurements are budgeted against training; ``None``: unknown.
         loss_samples: calibration samples one call of ``loss_fn`` evaluates; ``None``: unknown.
+        probe_fn: ``probe_fn(n, start=0)`` is the loss of a whole step: like ``loss_fn`` on (at
+            most) ``n`` of its samples from ``start`` on, the same ones at every call, with
+            BatchNorm layers using each batch's statistics (the loss after they are
+            re-estimated). ``None``: unavailable.
         transposed: names of the 2-D weights stored ``[in, out]`` (transformers' ``Conv1D``):
             their output units run along dim 1 and their input units along dim 0. Every other
             weight has output units along dim 0 and input units along dim 1.
@@ -97,6 +101,7 @@ class ScoreInputs:
     min_density: float = 0.0
     trained_samples: int | None = None
     loss_samples: int | None = None
+    probe_fn: Callable[..., Callable[[], float]] | None = None
     transposed: Set[str] = frozenset()
 
 

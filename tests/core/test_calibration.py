@@ -2,14 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_autoprune.core.calibration import (
+    batch_size,
     calibration_batches,
     evaluation_mode,
+    first_samples,
     gradient_statistics,
     muted_logging,
 )
@@ -82,3 +85,22 @@ def test_gradient_statistics_differentiate_frozen_parameters_and_refreeze_them()
     assert torch.equal(mean["w"], torch.tensor([[2.0, 1.0]]))
     assert not layer.weight.requires_grad
     assert layer.weight.grad is None
+
+
+def test_first_samples_cut_every_batch_structure_and_refuse_batches_without_tensors() -> None:
+    pairs = [(torch.arange(4.0), torch.zeros(4)), (torch.arange(4.0, 8.0), torch.ones(4))]
+    cut = first_samples(pairs, 5)
+    assert [b[0].tolist() for b in cut] == [[0.0, 1.0, 2.0, 3.0], [4.0]]
+    assert [b[1].tolist() for b in cut] == [[0.0] * 4, [1.0]]
+    assert isinstance(cut[1], tuple)
+    # A mapping batch keeps its keys; a tensor of another length and a scalar stay whole.
+    batch = {"ids": torch.zeros(8, 3), "table": torch.ones(2), "length": torch.tensor(3), "name": "x"}
+    (one,) = first_samples([batch], 3)
+    assert one["ids"].shape == (3, 3)
+    assert one["table"].shape == (2,)
+    assert one["length"].item() == 3
+    assert one["name"] == "x"
+    assert first_samples(pairs, 100) == pairs  # fewer samples than asked: all of them
+    assert batch_size(pairs[0]) == 4
+    with pytest.raises(ValueError, match="holds no tensor with a batch dimension"):
+        first_samples(["text"], 1)

@@ -10,7 +10,7 @@ number of pruning events: what an event does not spend is left to the next ones.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightning_autoprune.scoring.base import ScoreInputs
@@ -30,8 +30,8 @@ class LabelBudget:
         10
         >>> counted = budget.counted(inputs)
         >>> _ = [counted.loss_fn() for _ in range(4)]
-        >>> budget.spent_samples, budget.calls_allowed(inputs)
-        (400, 6)
+        >>> budget.spent_samples, budget.calls_allowed(inputs), budget.samples_left(inputs)
+        (400, 6, 600)
     """
 
     def __init__(self, share: float | None) -> None:
@@ -42,22 +42,37 @@ class LabelBudget:
 
     def calls_allowed(self, inputs: ScoreInputs) -> int | None:
         """Calibration forward passes this event may make; ``None`` when unlimited or the sizes are unknown."""
+        left = self.samples_left(inputs)
+        if left is None or not inputs.loss_samples:
+            return None
+        return left // inputs.loss_samples
+
+    def samples_left(self, inputs: ScoreInputs) -> int | None:
+        """Calibration samples this event may evaluate; ``None`` when unlimited or the sizes are unknown."""
         if self.share is None or inputs.trained_samples is None or not inputs.loss_samples:
             return None
-        left = self.share * inputs.trained_samples - self.spent_samples
-        return max(0, int(left // inputs.loss_samples))
+        return max(0, int(self.share * inputs.trained_samples - self.spent_samples))
 
     def counted(self, inputs: ScoreInputs) -> ScoreInputs:
-        """``inputs`` whose ``loss_fn`` adds its samples to :attr:`spent_samples` at every call."""
-        loss_fn, cost = inputs.loss_fn, inputs.loss_samples or 0
+        """``inputs`` whose ``loss_fn`` and probes add their samples to :attr:`spent_samples` at every call."""
+        loss_fn, probe_fn = inputs.loss_fn, inputs.probe_fn
         if loss_fn is None:
             return inputs
+        counted_loss = self._counting(loss_fn, inputs.loss_samples or 0)
+        if probe_fn is None:
+            return dataclasses.replace(inputs, loss_fn=counted_loss)
 
+        def counted_probe(count: int, start: int = 0) -> Callable[[], float]:
+            return self._counting(probe_fn(count, start), count)
+
+        return dataclasses.replace(inputs, loss_fn=counted_loss, probe_fn=counted_probe)
+
+    def _counting(self, loss_fn: Callable[[], float], cost: int) -> Callable[[], float]:
         def counted_loss() -> float:
             self.spent_samples += cost
             return loss_fn()
 
-        return dataclasses.replace(inputs, loss_fn=counted_loss)
+        return counted_loss
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the samples spent so far."""

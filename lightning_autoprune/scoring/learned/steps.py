@@ -12,7 +12,8 @@ forward pass over the held-out calibration batches, and keeps the candidate with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,9 @@ from torch import Tensor
 from lightning_autoprune.core.selection import layer_floors, pruned_count, select_masks, top_k_mask
 from lightning_autoprune.scoring.base import ScoreInputs
 from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE, sampled_quantile
+
+#: Standard errors by which a candidate's step must beat the incumbent's to replace it.
+NOISE_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,15 @@ class StepChoice:
         losses: per candidate, the calibration loss after its step, in the order measured.
         removed: per candidate, per tensor, the share of its kept weights the step removes (how
             the candidate allocates the step over layers).
+        margin: how much lower than the incumbent's a loss had to be to replace it (0: no
+            incumbent, or a single part).
     """
 
     name: str
     scores: dict[str, Tensor]
     losses: dict[str, float]
     removed: dict[str, dict[str, float]]
+    margin: float = 0.0
 
 
 def step_masks(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -87,13 +94,17 @@ def step_loss(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> float:
         >>> step_loss({"a": w["a"].abs()}, inputs), w["a"].tolist()
         (5.0, [1.0, -3.0, 2.0, 0.5])
     """
-    return _measure(scores, inputs)[0]
+    return _measure(scores, inputs)[0][0]
 
 
-def _measure(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> tuple[float, dict[str, float]]:
-    """:func:`step_loss`, and the share of each tensor's kept weights the step removes."""
+def _measure(
+    scores: Mapping[str, Tensor], inputs: ScoreInputs, parts: Callable[[], Sequence[float]] | None = None
+) -> tuple[list[float], dict[str, float]]:
+    """The losses ``parts`` (default: ``inputs.loss_fn``) gives after the step, and each tensor's removed share."""
     if inputs.params is None or inputs.loss_fn is None:
         raise ValueError("A step's loss needs the live parameters (`params`) and a calibration loss (`loss_fn`).")
+    loss_fn = inputs.loss_fn
+    measure = parts if parts is not None else lambda: [loss_fn()]
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
     shares: dict[str, float] = {}
     with torch.no_grad():
@@ -105,13 +116,20 @@ def _measure(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> tuple[float, 
                 shares[name] = int(torch.count_nonzero(gone)) / kept if kept else 0.0
                 saved.append((flat, gone, flat[gone]))
                 flat.masked_fill_(gone, 0)
-            return float(inputs.loss_fn()), shares
+            return [float(v) for v in measure()], shares
         finally:
             for flat, gone, values in saved:
                 flat.masked_scatter_(gone, values)
 
 
-def choose_step(candidates: Mapping[str, Callable[[], dict[str, Tensor]]], inputs: ScoreInputs) -> StepChoice:
+def choose_step(
+    candidates: Mapping[str, Callable[[], dict[str, Tensor]]],
+    inputs: ScoreInputs,
+    *,
+    parts: Callable[[], Sequence[float]] | None = None,
+    incumbent: str | None = None,
+    z: float = NOISE_Z,
+) -> StepChoice:
     """The candidate whose step has the lowest calibration loss; ties go to the earlier candidate.
 
     Args:
@@ -119,6 +137,12 @@ def choose_step(candidates: Mapping[str, Callable[[], dict[str, Tensor]]], input
             to measure its step, and the winner once more to return its scores, so memory holds
             one score set at a time.
         inputs: the event's inputs (masks, target, floor, live parameters, calibration loss).
+        parts: measures a step as the losses of disjoint parts of the calibration samples (a
+            step's loss is their mean); default: one part, ``inputs.loss_fn``.
+        incumbent: a candidate kept unless the lowest loss beats it by more than ``z`` standard
+            errors of the paired per-part differences (needs at least two parts). ``None``: the
+            lowest loss wins outright.
+        z: that margin, in standard errors.
 
     Example:
         >>> w = {"a": torch.tensor([1.0, -3.0, 2.0, 0.5])}
@@ -131,7 +155,15 @@ def choose_step(candidates: Mapping[str, Callable[[], dict[str, Tensor]]], input
     """
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
-    measured = {name: _measure(compute(), inputs) for name, compute in candidates.items()}
-    losses = {name: loss for name, (loss, _) in measured.items()}
+    measured = {name: _measure(compute(), inputs, parts) for name, compute in candidates.items()}
+    losses = {name: statistics.fmean(values) for name, (values, _) in measured.items()}
     best = min(losses, key=losses.__getitem__)  # the first of equal losses
-    return StepChoice(best, candidates[best](), losses, {name: shares for name, (_, shares) in measured.items()})
+    margin = 0.0
+    if incumbent in measured and best != incumbent:
+        gains = [a - b for a, b in zip(measured[incumbent][0], measured[best][0], strict=True)]
+        if len(gains) > 1:
+            margin = z * statistics.stdev(gains) / math.sqrt(len(gains))
+            if statistics.fmean(gains) <= margin:
+                best = incumbent
+    removed = {name: shares for name, (_, shares) in measured.items()}
+    return StepChoice(best, candidates[best](), losses, removed, margin)

@@ -20,9 +20,16 @@ def test_the_budget_grows_with_training_and_counts_every_pass() -> None:
     assert budget.calls_allowed(inputs) == 7
     inputs.trained_samples = 2000  # another epoch trained: the allowance grows
     assert budget.calls_allowed(inputs) == 17
+    # A probe of the first n calibration samples costs n.
+    inputs.probe_fn = lambda n, start=0: lambda: float(n)
+    probing = budget.counted(inputs)
+    assert probing.probe_fn is not None
+    assert probing.probe_fn(4)() == 4.0
+    assert budget.spent_samples == 34
+    assert budget.samples_left(inputs) == 166
     restored = LabelBudget(0.1)
     restored.load_state_dict(budget.state_dict())
-    assert restored.spent_samples == 30
+    assert restored.spent_samples == 34
 
 
 def test_unknown_sizes_or_no_share_mean_no_limit() -> None:
@@ -55,5 +62,9 @@ def test_a_fit_never_spends_more_than_its_share(trainer_kwargs: dict) -> None:
     # needs, so it measures the priors' steps only; by epoch 2 the rest has grown enough to label.
     assert 1 not in labelled
     assert 2 in labelled
+    # Every event records the step it applied; epoch 1's was measured on all 16 calibration samples.
+    assert [step["epoch"] for step in scorer.steps] == [1, 2, 3, 4, 5]
+    assert scorer.steps[0]["samples"] == 16
+    assert scorer.steps[0]["losses"][scorer.steps[0]["used"]] == min(scorer.steps[0]["losses"].values())
     assert autoprune.sparsity == pytest.approx(0.9, abs=1e-3)
     assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -76,3 +78,30 @@ def test_a_large_models_step_is_estimated_from_a_sample_within_a_few_weights(mon
     # The small tensor's scores are all below the cut: it keeps exactly its floor, its best weights.
     assert int((~removed["small"]).sum()) == 20
     assert torch.equal(~removed["small"], exact["small"].reshape(-1))
+
+
+def test_an_incumbent_is_kept_unless_beaten_beyond_the_noise() -> None:
+    w = {"a": torch.tensor([1.0, -3.0, 2.0, 0.5])}
+    inputs = ScoreInputs(w, {"a": torch.ones(4, dtype=torch.bool)}, target_sparsity=0.5, params=w)
+    inputs.loss_fn = lambda: 0.0
+    candidates = {"magnitude": lambda: {"a": w["a"].abs()}, "first": lambda: {"a": -torch.arange(4.0)}}
+
+    def parts(noise: list[float]) -> Callable[[], list[float]]:
+        # "first" removes weights 2 and 3 (a loss 2.0 lower than magnitude's step), plus per-part noise.
+        return lambda: [float(w["a"][2:].abs().sum()) + n for n in noise]
+
+    noisy = choose_step(candidates, inputs, parts=parts([0.0, 3.0, -3.0, 0.5]), incumbent="magnitude")
+    assert noisy.losses["first"] < noisy.losses["magnitude"]
+    # The same noise in both (paired): the gain is exactly 2.0 in every part, so "first" wins.
+    assert noisy.name == "first"
+    assert noisy.margin == 0.0
+
+    flips = iter([0.0, 3.0, -3.0, 0.5, 3.0, 0.0, 0.5, -3.0])  # magnitude's parts, then first's
+
+    def unpaired() -> list[float]:
+        return [float(w["a"][2:].abs().sum()) + next(flips) for _ in range(4)]
+
+    kept = choose_step(candidates, inputs, parts=unpaired, incumbent="magnitude")
+    assert kept.losses["first"] < kept.losses["magnitude"]
+    assert kept.name == "magnitude"  # a mean gain of 2.0 inside a margin of about 3.8
+    assert kept.margin > 2.0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from lightning_autoprune.scoring import ScoreInputs, make_scorer
 from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, LearnedScorer
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES
 from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
-from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores
+from lightning_autoprune.scoring.learned.priors import PriorScores
 from lightning_autoprune.scoring.learned.steps import step_loss
+from lightning_autoprune.scoring.learned.weights import STEP_PRIORS
 
 
 def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
@@ -108,7 +110,7 @@ def test_useless_estimator_falls_back_to_the_prior_with_the_best_step_loudly() -
     assert used in caught[0].message.args[0]
     assert "held-out" in caught[0].message.args[0]
     # A constant model cannot rank: it is not a candidate, and every prior's step was measured.
-    assert set(entry["step_losses"]) == set(PRIORS)
+    assert set(entry["step_losses"]) == set(STEP_PRIORS)
     assert entry["step_losses"][used] == min(entry["step_losses"].values())
     assert used == entry["best_prior"]
     expected = PriorScores(inputs).full(used)
@@ -125,6 +127,62 @@ def test_the_step_with_the_lowest_calibration_loss_is_applied() -> None:
     assert entry["step_losses"][entry["used"]] == min(entry["step_losses"].values())
     # Measuring the steps left the live weights as they were, and the applied step has that loss.
     assert step_loss(scores, inputs) == pytest.approx(entry["step_losses"][entry["used"]], rel=1e-12)
+
+
+def budgeted_inputs(trained_samples: int) -> ScoreInputs:
+    """:func:`real_inputs` with a 200-sample calibration loss, its probes, and a training count for the budget."""
+    inputs = real_inputs()
+    assert inputs.params is not None
+    torch.manual_seed(1)
+    x, y = torch.randn(200, 64).abs(), torch.randint(0, 10, (200,))
+    layers = [inputs.params["net.0.weight"], inputs.params["net.2.weight"]]
+
+    def probe(count: int, start: int = 0) -> Callable[[], float]:  # a loss on samples start..start+count
+        def loss() -> float:
+            hidden = torch.relu(x[start : start + count] @ layers[0].T)
+            return float(nn.functional.cross_entropy(hidden @ layers[1].T, y[start : start + count]).double())
+
+        return loss
+
+    inputs.loss_samples, inputs.trained_samples, inputs.probe_fn = 200, trained_samples, probe
+    return inputs
+
+
+def test_an_event_the_budget_cannot_label_measures_steps_on_a_probe() -> None:
+    """5% of 16,000 samples pays 800: short of labels (22 passes of 200), enough for 5 probes of 160 samples."""
+    scorer = LearnedScorer(label_groups=32)  # the pretrained default: its ranking is a candidate before any label
+    inputs = budgeted_inputs(trained_samples=16_000)
+    with pytest.warns(UserWarning, match=r"lowest calibration loss on 160 samples"):
+        scores = scorer.score(inputs)
+    assert scorer.diagnostics == []  # nothing was labelled
+    (step,) = scorer.steps
+    assert step["samples"] == 160
+    assert set(step["losses"]) == {"learned", *STEP_PRIORS}
+    # The lowest loss replaced the incumbent (Taylor) only if it beat it by more than the noise margin.
+    best = min(step["losses"], key=step["losses"].__getitem__)
+    assert step["used"] in (best, "taylor")
+    gain = step["losses"]["taylor"] - step["losses"][best]
+    assert (step["used"] == best) == (best == "taylor" or gain > step["margin"])
+    assert scorer.budget.spent_samples == 5 * 160 <= 800
+    assert scorer.last_used == step["used"]
+    assert all(torch.isfinite(s).all() for s in scores.values())
+
+
+def test_an_event_too_poor_to_probe_repeats_the_last_choice() -> None:
+    scorer = LearnedScorer(label_groups=32)
+    inputs = budgeted_inputs(trained_samples=2_000)  # pays 100 samples: 20 per candidate, under the minimum of 64
+    with pytest.warns(UserWarning, match="the budget pays for no step measurement"):
+        scores = scorer.score(inputs)
+    assert scorer.steps[-1] == {
+        "target_sparsity": 0.5,
+        "used": "taylor",
+        "samples": 0,
+        "losses": {},
+        "margin": 0.0,
+        "label_samples": 0,
+    }
+    expected = PriorScores(inputs).full("taylor")
+    assert all(torch.equal(scores[n], expected[n]) for n in expected)
 
 
 def test_classifier_estimators_work() -> None:
