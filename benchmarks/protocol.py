@@ -881,11 +881,10 @@ def step_shares(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     events = [e for r in runs for e in r.get("importance_steps") or []]
     if not events:
         return {}
-    used = [e["used"] for e in events]
     measured = [e["samples"] for e in events if e["samples"] > 0]
     return {
         "events": len(events),
-        "used_share": {name: used.count(name) / len(used) for name in sorted(set(used), key=used.index)},
+        "used_share": _shares([e["used"] for e in events]),
         "measured_share": len(measured) / len(events),
         "samples_median": statistics.median(measured) if measured else 0,
     }
@@ -917,8 +916,13 @@ def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out["blend_weight_mean"] = statistics.fmean(e["blend_weight"] for e in events)
     used = [e["used"] for e in events if "used" in e]
     if used:  # which candidate's step each event applied (lowest measured calibration loss)
-        out["used_share"] = {name: used.count(name) / len(used) for name in sorted(set(used), key=used.index)}
+        out["used_share"] = _shares(used)
     return out
+
+
+def _shares(names: Sequence[str]) -> dict[str, float]:
+    """The share of each name in ``names``, in order of first appearance."""
+    return {name: names.count(name) / len(names) for name in sorted(set(names), key=names.index)}
 
 
 def _summarise_setup(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

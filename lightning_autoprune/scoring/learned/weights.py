@@ -40,7 +40,6 @@ regressor or classifier named by import path (cloned, fitted on the run's own la
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -286,9 +285,9 @@ class LearnedScorer:
             weights=tuple(reversed(BLEND_WEIGHTS)),  # ties go to the larger learned weight
         )
         self.blend = None if verdict.fell_back else verdict.blend_weight
-        probe, samples, _ = _step_probe(inputs, None, STEP_CANDIDATES)
-        assert probe is not None
-        choice = choose_step(self._candidates(priors, band_scores, self.blend), probe)
+        measure, samples = _step_measure(inputs, None, STEP_CANDIDATES, parts=1)
+        assert measure is not None
+        choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
         self._log_step(inputs, choice.name, samples, choice.losses, 0.0)
         self.last_used = choice.name
         self.diagnostics.append(
@@ -351,10 +350,10 @@ class LearnedScorer:
             bands = self._bands(priors, inputs, MAX_UNLABELLED_ROWS)
             band_scores = _BandScores.predict(model, table, priors, LABEL_PRIOR, bands, inputs.generator)
         candidates = self._candidates(priors, band_scores, weight)
-        probe, samples, parts = _step_probe(inputs, self.budget.samples_left(inputs), len(candidates))
+        measure, samples = _step_measure(inputs, self.budget.samples_left(inputs), len(candidates), PROBE_PARTS)
         incumbent = self.last_used if self.last_used in candidates else LABEL_PRIOR
-        if probe is not None:
-            choice = choose_step(candidates, probe, parts=parts, incumbent=incumbent)
+        if measure is not None:
+            choice = choose_step(candidates, inputs, parts=measure, incumbent=incumbent)
             used, scores = choice.name, choice.scores
             self._log_step(inputs, used, samples, choice.losses, choice.margin)
         else:
@@ -364,7 +363,7 @@ class LearnedScorer:
             self._told_budget = True
             how = (
                 f"the candidate step with the lowest calibration loss on {samples} samples"
-                if probe is not None
+                if measure is not None
                 else "the last event's choice: the budget pays for no step measurement"
             )
             warn_fallback(
@@ -570,34 +569,33 @@ class _QuantileMap:
         return (levels[lo] + t * (levels[hi] - levels[lo])).view_as(values)
 
 
-def _step_probe(
-    inputs: ScoreInputs, left: int | None, candidates: int
-) -> tuple[ScoreInputs | None, int, Callable[[], list[float]] | None]:
-    """How to measure one candidate step within ``left`` samples: inputs, sample count, and parts.
+def _step_measure(
+    inputs: ScoreInputs, left: int | None, candidates: int, parts: int
+) -> tuple[Callable[[], list[float]] | None, int]:
+    """How one candidate step is measured within ``left`` samples: its per-part losses, and the sample count.
 
     The step is measured by :attr:`ScoreInputs.probe_fn` (BatchNorm on the batch's statistics) on
     every calibration sample when ``left`` pays for one pass per candidate (or is unlimited), else
     on the first ``left // candidates`` samples when that is at least :data:`MIN_PROBE_SAMPLES`;
-    else ``(None, 0, None)``. Those samples are also measured as :data:`PROBE_PARTS` disjoint
-    parts (the third item), whose paired differences tell a real gain from noise. Without
-    ``probe_fn``: ``loss_fn`` on every sample, if ``left`` pays for it, in one part.
+    else ``(None, 0)``. Those samples are measured as ``parts`` disjoint parts (one when a part
+    would hold fewer than two samples), whose paired differences tell a real gain from noise.
+    Without ``probe_fn``: ``loss_fn`` on every sample, if ``left`` pays for it, in one part.
     """
     full = inputs.loss_samples or 0
     samples = full if left is None else min(full, left // candidates)
-    probe_fn = inputs.probe_fn
+    probe_fn, loss_fn = inputs.probe_fn, inputs.loss_fn
     if probe_fn is None:  # no probes: all samples, as ``loss_fn`` measures them, or nothing
-        return (inputs, full, None) if samples == full else (None, 0, None)
+        if samples < full or loss_fn is None:
+            return None, 0
+        return lambda: [loss_fn()], full
     if samples < MIN_PROBE_SAMPLES and samples < full:
-        return None, 0, None
-    size = samples // PROBE_PARTS
-    if size < 2:  # too few to split (BatchNorm needs two samples per batch)
-        return dataclasses.replace(inputs, loss_fn=probe_fn(samples)), samples, None
-    measures = [probe_fn(size, i * size) for i in range(PROBE_PARTS)]
-    return (
-        dataclasses.replace(inputs, loss_fn=probe_fn(samples)),
-        size * PROBE_PARTS,
-        lambda: [measure() for measure in measures],
-    )
+        return None, 0
+    size = samples // parts
+    if parts == 1 or size < 2:  # one part (BatchNorm needs two samples per batch)
+        whole = probe_fn(samples)
+        return lambda: [whole()], samples
+    measures = [probe_fn(size, i * size) for i in range(parts)]
+    return lambda: [measure() for measure in measures], size * parts
 
 
 def _member_rows(table: FeatureTable, groups: list[Group], generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
