@@ -61,12 +61,14 @@ bench-quick: $(STAMP)
 
 bench-real: $(STAMP)
 	$(PY) -m benchmarks.realistic --resume
+	$(PY) -m benchmarks.realistic_auto --resume
 	$(PY) -m benchmarks.realistic_structured --resume
 	$(PY) -m benchmarks.report
 
 # One seed, one sparsity per workload, dense + 3 methods, short fits on the full data, into results-quick/realistic;
-# then the structured reference and Torch-Pruning magnitude at 2x on the same short ResNet budget.
+# then AutoPrune() against a dense fine-tune (8 short epochs); then the structured reference and Torch-Pruning magnitude at 2x on the same short ResNet budget.
 bench-real-quick: $(STAMP)
 	$(PY) -m benchmarks.realistic --quick
+	$(PY) -m benchmarks.realistic_auto --quick
 	$(PY) -m benchmarks.realistic_structured --quick --out results-quick/realistic --seeds 0 --levels 0.5 \
 		--methods autoprune_magnitude tp_magnitude

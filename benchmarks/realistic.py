@@ -255,15 +255,20 @@ def fit_and_test(
     root: Path,
     method: str | None = None,
     sparsity: float = 0.0,
+    callbacks: list[Callback] | None = None,
 ) -> tuple[pl.LightningModule, dict[str, Any]]:
-    """Train (dense when ``state`` is ``None``, else fine-tune ``state`` with ``method``), test, and record."""
+    """Train (dense when ``state`` is ``None``, else fine-tune ``state`` with ``method``), test, and record.
+
+    ``callbacks``, when given, replace ``method``'s (the automatic-mode benchmark passes ``AutoPrune()``).
+    """
     budget = workload.budget
     seed_everything(seed, verbose=False)
     model = workload.build_model()
     if state is not None:
         model.load_state_dict(state)
     include = list(workload.include) if workload.include is not None else None
-    callbacks = protocol.make_callbacks(method, sparsity, budget, seed, model, include) if method else []
+    if callbacks is None:
+        callbacks = protocol.make_callbacks(method, sparsity, budget, seed, model, include) if method else []
     epochs = budget.dense_epochs if state is None else budget.finetune_epochs
     trainer = _trainer(budget, epochs, callbacks, root, pretrain=state is None)
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
@@ -365,7 +370,7 @@ def run_tier(
             dense_recorded = resume and protocol.run_path(out, w.name, "dense", None, seed).exists()
             if dense_recorded and not todo:
                 continue  # every run of this seed is recorded: its dense state (not in git) is not needed
-            dense_done = dense_recorded and _dense_state_path(out, w.name, seed).exists()
+            dense_done = dense_recorded and dense_state_path(out, w.name, seed).exists()
             plan.setdefault(w.name, []).append((seed, todo, dense_done))
             pending[f"{w.name}/dense"] = pending.get(f"{w.name}/dense", 0) + (0 if dense_done else 1)
             pending[f"{w.name}/finetune"] = pending.get(f"{w.name}/finetune", 0) + len(todo) + (0 if dense_done else 1)
@@ -382,7 +387,7 @@ def run_tier(
             base |= {"seed": seed, "budget": asdict(w.budget), "environment": env, "description": w.description}
             if isinstance(datamodule, StdlibCharData) and datamodule.corpus is not None:
                 base |= {"corpus_sha256": datamodule.corpus.sha256, "corpus_files": datamodule.corpus.files}
-            state_path = _dense_state_path(out, w.name, seed)
+            state_path = dense_state_path(out, w.name, seed)
             if dense_done:
                 state = torch.load(state_path, weights_only=True)
                 tuned_seconds = json.loads(protocol.run_path(out, w.name, "dense", None, seed).read_text())
@@ -422,7 +427,7 @@ def run_tier(
     return summary
 
 
-def _dense_state_path(out: Path, workload: str, seed: int) -> Path:
+def dense_state_path(out: Path, workload: str, seed: int) -> Path:
     return protocol.run_path(out, workload, "dense", None, seed).with_suffix(".pt")
 
 

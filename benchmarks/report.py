@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import realistic as realistic_tier
-from benchmarks import realistic_structured
+from benchmarks import realistic_auto, realistic_structured
 from benchmarks import structured as structured_track
 from benchmarks.protocol import (
     METHODS,
@@ -598,8 +598,46 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
         if plots is not None:
             lines += ["", f"![{name}]({plots}/realistic-{name}.png)"]
     lines += render_realistic_structured(realistic_structured.summarise(results))
+    lines += render_realistic_automatic(realistic_auto.load_summary(results / "automatic"))
     notes = [f"- `{m}`: {REALISTIC_NOTES.get(m, METHOD_NOTES.get(m, ''))}" for m in realistic_tier.METHODS]
     return [*lines, "", "Methods:", "", *notes]
+
+
+def render_realistic_automatic(summary: Mapping[str, Any] | None) -> list[str]:
+    """The realistic tier's automatic-mode subsection (none while it has no run files)."""
+    if summary is None:
+        return []
+    fixed = summary["fixed_best_within_median"]
+    return [
+        "",
+        "### mnist1d-resnet, automatic mode",
+        "",
+        f"`benchmarks/realistic_auto.py`: `AutoPrune()` with every default fine-tunes the tier's dense state for "
+        f"{realistic_auto.AUTO_EPOCHS} quarter-epochs; a dense fine-tune of the same epochs is the reference for the "
+        f"test drop and the unit of time. Seeds: {', '.join(map(str, summary['seeds']))}.",
+        "",
+        *_table(
+            ["measure", "value"],
+            [
+                ["seeds within the 1-point tolerance on test (%)", _pct(summary["within_tolerance_share"])],
+                [
+                    "test drop, mean (max)",
+                    f"{100 * summary['test_drop_mean']:+.2f} ({100 * summary['test_drop_max']:+.2f}) pt",
+                ],
+                ["sparsity reached, median (min)", f"{summary['sparsity_median']:.3f} ({summary['sparsity_min']:.3f})"],
+                [
+                    "best fixed target within tolerance on test, median (tier runs, any method)",
+                    "n/a" if fixed is None else f"{fixed:.2f}",
+                ],
+                [
+                    "wall time vs dense, median (max)",
+                    f"{summary['time_vs_dense_median']:.2f}x ({summary['time_vs_dense_max']:.2f}x)",
+                ],
+                ["CPU time vs dense, median", f"{summary['cpu_vs_dense_median']:.2f}x"],
+                ["callback's own time, share of the fit (median, %)", _pct(summary["callback_share_median"])],
+            ],
+        ),
+    ]
 
 
 def render_realistic_structured(summary: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,70 @@
+"""The realistic tier's automatic-mode benchmark at miniature size: one seed end to end, its summary and section."""
+
+from __future__ import annotations
+
+import doctest
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import protocol, realistic, realistic_auto, report
+
+
+@pytest.fixture(scope="module")
+def tiny_auto(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tier = tmp_path_factory.mktemp("realistic")
+    torch.set_num_threads(1)
+    budget = realistic.TierBudget(
+        dense_epochs=2,
+        finetune_epochs=8,
+        start_epoch=1,
+        end_epoch=1,
+        limit_train_batches=8,
+        pretrain_batches=30,
+        calibration_samples=32,
+    )
+    workload = replace(
+        realistic.WORKLOADS["mnist1d-resnet"], samples=3000, widths=(8, 16), batch_size=32, budget=budget
+    )
+    datamodule = workload.datamodule()
+    datamodule.setup("fit")
+    record = realistic_auto.run_seed(workload, datamodule, 0, tier, tier / ".scratch", log=lambda _: None)
+    return tier, record
+
+
+def test_one_seed_records_both_fits_the_search_and_the_ratios(tiny_auto: tuple[Path, dict]) -> None:
+    tier, record = tiny_auto
+    # The dense state was trained and saved where the tier keeps it, so the tier's runs can reuse it.
+    assert realistic.dense_state_path(tier, "mnist1d-resnet", 0).exists()
+    dense, auto = record["dense"], record["auto"]
+    assert dense["events"] == 0
+    assert dense["sparsity"] == 0.0
+    assert auto["callback_seconds"] > 0
+    search = auto["search"]
+    assert search["reference"] is not None, search
+    assert search["decisions"], "a search over 8 epochs decides at least once (or records why it stopped)"
+    assert record["test_drop"] == pytest.approx(dense["test_acc"] - auto["test_acc"])
+    assert record["within_tolerance"] == (record["test_drop"] <= realistic_auto.TOLERANCE + 1e-9)
+    assert record["time_vs_dense"] == pytest.approx(auto["fit_seconds"] / dense["fit_seconds"])
+    assert record["fixed"]["sparsity"] is None, "the tiny tier has no fixed-target runs"
+
+
+def test_summary_and_section_come_from_the_seed_files(tiny_auto: tuple[Path, dict], tmp_path: Path) -> None:
+    _, record = tiny_auto
+    protocol.write_json(tmp_path / "mnist1d-resnet" / "seed0.json", record)
+    summary = realistic_auto.load_summary(tmp_path)
+    assert summary is not None
+    assert summary["seeds"] == [0]
+    assert summary["sparsity_median"] == pytest.approx(record["auto"]["sparsity"], abs=1e-6)
+    assert summary["fixed_best_within_median"] is None
+    lines = report.render_realistic_automatic(summary)
+    assert "### mnist1d-resnet, automatic mode" in lines
+    assert any(f"{summary['time_vs_dense_median']:.2f}x" in line for line in lines)
+    assert realistic_auto.load_summary(tmp_path / "empty") is None
+    assert report.render_realistic_automatic(None) == []
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(realistic_auto).failed == 0
