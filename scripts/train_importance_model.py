@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,20 +36,18 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lightning_autoprune import AutoPrune  # noqa: E402
-from lightning_autoprune.examples import (  # noqa: E402
+from lightning_autoprune import AutoPrune
+from lightning_autoprune.examples import (
     CNN1DClassifier,
     DigitsDataModule,
     MLPClassifier,
     MNIST1DDataModule,
     quiet_trainer,
 )
-from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, save_importance_model  # noqa: E402
-from lightning_autoprune.scoring.learned.features import FEATURE_NAMES  # noqa: E402
+from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, save_importance_model
+from lightning_autoprune.scoring.learned.features import FEATURE_NAMES
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "importance_model.json"
 #: (name, dataset, model kind, widths, epochs, seed)
 ZOO: tuple[tuple[str, str, str, list[int], int, int], ...] = (
