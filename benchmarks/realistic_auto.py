@@ -77,7 +77,7 @@ def dense_state(workload: realistic.Workload, datamodule: Any, seed: int, tier: 
 
 
 def search_record(callback: AutoPrune) -> dict[str, Any]:
-    """What the automatic search did: its reference, where it started, its decisions and why it stopped."""
+    """What the automatic search did: its dense-phase validations, reference, start, decisions and stop reason."""
     state = callback.search
     return {
         "reference": state.reference,
@@ -86,6 +86,7 @@ def search_record(callback: AutoPrune) -> dict[str, Any]:
         "margin": state.margin,
         "noise": state.noise,
         "stop_reason": state.stop_reason,
+        "dense_values": [list(v) for v in state.dense_values],
         "decisions": [dict(d) for d in state.decisions],
     }
 

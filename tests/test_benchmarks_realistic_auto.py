@@ -44,6 +44,7 @@ def test_one_seed_records_both_fits_the_search_and_the_ratios(tiny_auto: tuple[P
     assert auto["callback_seconds"] > 0
     search = auto["search"]
     assert search["reference"] is not None, search
+    assert search["dense_values"], "the dense phase validated before the search started"
     assert search["decisions"], "a search over 8 epochs decides at least once (or records why it stopped)"
     assert record["test_drop"] == pytest.approx(dense["test_acc"] - auto["test_acc"])
     assert record["within_tolerance"] == (record["test_drop"] <= realistic_auto.TOLERANCE + 1e-9)
