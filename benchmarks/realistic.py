@@ -393,11 +393,8 @@ def run_tier(
                 tuned_seconds = json.loads(protocol.run_path(out, w.name, "dense", None, seed).read_text())
                 tuned_seconds = tuned_seconds["fit_seconds"]
             else:
-                dense_model, dense = fit_and_test(w, datamodule, None, seed, scratch)
-                state = {k: v.detach().clone() for k, v in dense_model.state_dict().items()}
+                state, dense = train_dense(w, datamodule, seed, state_path, scratch)
                 progress.done(f"{w.name}/dense", dense["fit_seconds"], f"{w.name} seed {seed}: dense trained")
-                state_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(state, state_path)
                 _, tuned = fit_and_test(w, datamodule, state, seed, scratch)
                 record = base | {"method": "dense", "sparsity_target": 0.0, "pretrained_acc": dense["test_acc"]}
                 record |= {"pretrained_loss": dense["test_loss"], "pretrain_seconds": dense["fit_seconds"]}
@@ -428,7 +425,29 @@ def run_tier(
 
 
 def dense_state_path(out: Path, workload: str, seed: int) -> Path:
+    """Where the tier under ``out`` keeps ``seed``'s dense state (ignored by git)."""
     return protocol.run_path(out, workload, "dense", None, seed).with_suffix(".pt")
+
+
+def train_dense(
+    workload: Workload, datamodule: pl.LightningDataModule, seed: int, path: Path, root: Path
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Train ``seed``'s dense model, save its state to ``path``; return the state and the fit's record."""
+    model, row = fit_and_test(workload, datamodule, None, seed, root)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state, row
+
+
+def dense_state(
+    workload: Workload, datamodule: pl.LightningDataModule, seed: int, out: Path, root: Path
+) -> dict[str, Tensor]:
+    """The dense state of ``seed`` the tier under ``out`` saved, trained (and saved there) when it is missing."""
+    path = dense_state_path(out, workload.name, seed)
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    return train_dense(workload, datamodule, seed, path, root)[0]
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -530,21 +549,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick and not args.resume:
         shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    summary = run_tier(out, workloads, seeds, methods, resume=args.resume, log=_say)
-    _say(f"tier wall time {time.perf_counter() - start:.0f} s; summary in {out / 'summary.json'}")
+    summary = run_tier(out, workloads, seeds, methods, resume=args.resume, log=say)
+    say(f"tier wall time {time.perf_counter() - start:.0f} s; summary in {out / 'summary.json'}")
     for name, setup in summary["setups"].items():
         dense = setup["dense"]
-        _say(f"{name}: dense acc {dense['test_acc_mean']:.4f} loss {dense['test_loss_mean']:.4f}")
+        say(f"{name}: dense acc {dense['test_acc_mean']:.4f} loss {dense['test_loss_mean']:.4f}")
         for method, entry in setup["methods"].items():
             for key, cell in entry["by_sparsity"].items():
-                _say(
+                say(
                     f"{name} {method:>12} s={key}: acc {cell['test_acc_mean']:.4f} loss {cell['test_loss_mean']:.4f} "
                     f"fit {cell['fit_seconds_median']:.0f}s callback {cell['callback_seconds_median'] or 0:.1f}s"
                 )
     return 0
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
+    """Print one progress line of the benchmarks, prefixed as AutoPrune's own lines are."""
     print(f"[AutoPrune] {line}", flush=True)
 
 

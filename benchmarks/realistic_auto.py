@@ -57,23 +57,10 @@ WORKLOAD = "mnist1d-resnet"
 def auto_workload(epochs: int = AUTO_EPOCHS, quick: bool = False) -> realistic.Workload:
     """The tier's ResNet workload with ``epochs`` fine-tuning quarter-epochs, validated after each."""
     base = realistic.WORKLOADS[WORKLOAD]
-    if quick:
-        # A check of the command, not of quality: 15-batch "epochs", 8 validation batches.
-        budget = replace(base.budget, dense_epochs=1, pretrain_batches=40, limit_train_batches=15, limit_val_batches=8)
-        return replace(base, budget=replace(budget, finetune_epochs=epochs, val_every=1))
-    return replace(base, budget=replace(base.budget, finetune_epochs=epochs, val_every=1))
-
-
-def dense_state(workload: realistic.Workload, datamodule: Any, seed: int, tier: Path, scratch: Path) -> dict:
-    """The tier's dense state of ``seed``, trained (and saved for the tier) when it is missing."""
-    path = realistic.dense_state_path(tier, workload.name, seed)
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    model, _ = realistic.fit_and_test(workload, datamodule, None, seed, scratch)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return state
+    budget = replace(base.budget, finetune_epochs=epochs, val_every=1)
+    if quick:  # a check of the command, not of quality: 15-batch "epochs", 8 validation batches
+        budget = replace(budget, dense_epochs=1, pretrain_batches=40, limit_train_batches=15, limit_val_batches=8)
+    return replace(base, budget=budget)
 
 
 def search_record(callback: AutoPrune) -> dict[str, Any]:
@@ -117,7 +104,7 @@ def run_seed(
     workload: realistic.Workload, datamodule: Any, seed: int, tier: Path, scratch: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Dense and automatic fine-tunes of one seed, and what they say."""
-    state = dense_state(workload, datamodule, seed, tier, scratch)
+    state = realistic.dense_state(workload, datamodule, seed, tier, scratch)
     _, dense = realistic.fit_and_test(workload, datamodule, state, seed, scratch)
     log(f"{workload.name} seed {seed}: dense fine-tune acc {dense['test_acc']:.4f} ({dense['fit_seconds']:.0f}s)")
     callback = AutoPrune(verbose=False, report=False)
@@ -190,19 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = out / workload.name / f"seed{seed}.json"
         if args.resume and path.exists():
             continue
-        record = run_seed(workload, datamodule, seed, tier, scratch, _say)
+        record = run_seed(workload, datamodule, seed, tier, scratch, realistic.say)
         protocol.write_json(path, record)
         done = time.perf_counter() - start
-        _say(f"{index + 1}/{len(seeds)} seeds done in {done / 60:.0f} min")
+        realistic.say(f"{index + 1}/{len(seeds)} seeds done in {done / 60:.0f} min")
     summary = load_summary(out)
     if summary is not None:
         protocol.write_json(out / "summary.json", summary)
-        _say(f"summary: {summary}")
+        realistic.say(f"summary: {summary}")
     return 0
-
-
-def _say(line: str) -> None:
-    print(f"[AutoPrune] {line}", flush=True)
 
 
 if __name__ == "__main__":

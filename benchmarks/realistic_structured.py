@@ -103,14 +103,7 @@ def run_structured(
     left = len(seeds) * len(levels) * len(methods)
     times: list[float] = []
     for seed in seeds:
-        state_path = protocol.run_path(dense_states or out, workload.name, "dense", None, seed).with_suffix(".pt")
-        if state_path.exists():
-            state = torch.load(state_path, weights_only=True)
-        else:
-            dense_model, _ = realistic.fit_and_test(workload, datamodule, None, seed, scratch_root)
-            state = {k: v.detach().clone() for k, v in dense_model.state_dict().items()}
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, state_path)
+        state = realistic.dense_state(workload, datamodule, seed, dense_states or out, scratch_root)
         dense = workload.build_model()
         dense.load_state_dict(state)
         dense.eval()
@@ -250,18 +243,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocol.quiet_benchmark()
     workload = realistic.quick_workloads()[0] if args.quick else realistic.WORKLOADS[WORKLOAD]
     summary = run_structured(
-        args.out, workload, args.seeds, args.levels, args.methods, resume=args.resume, dense_states=args.out, log=_say
+        args.out,
+        workload,
+        args.seeds,
+        args.levels,
+        args.methods,
+        resume=args.resume,
+        dense_states=args.out,
+        log=realistic.say,
     )
     for entry in summary["levels"].values():
         for method, cell in entry["methods"].items():
-            _say(f"{entry['label']} {method:>20}: acc {cell['test_acc_mean']:.4f} flops {cell['flops_mean']:,.0f}")
+            realistic.say(
+                f"{entry['label']} {method:>20}: acc {cell['test_acc_mean']:.4f} flops {cell['flops_mean']:,.0f}"
+            )
         for count, cell in entry["latency"].items():
-            _say(f"{entry['label']} latency speedup at {count} thread(s): {cell['speedup_median']:.2f}x")
+            realistic.say(f"{entry['label']} latency speedup at {count} thread(s): {cell['speedup_median']:.2f}x")
     return 0
-
-
-def _say(line: str) -> None:
-    print(f"[AutoPrune] {line}", flush=True)
 
 
 if __name__ == "__main__":
