@@ -74,7 +74,9 @@ class AutoPrune(Callback):
             noise.
         reference: automatic mode: the dense value of the monitored metric, when you know it (for
             example from the run that trained the checkpoint you fine-tune). ``None`` (the default)
-            measures it: the mean of the plateau's validation values. Steps are judged against it.
+            measures it: the mean of the plateau's validation values, or their best value when
+            they spread by more than ``max_metric_drop`` (unsteady training; a warning shows the
+            values). Steps are judged against it.
         monitor: the validation metric to report around pruning events. ``None`` picks a
             validation accuracy-like metric (``val_acc``...) if one is logged, else ``val_loss``.
         mode: whether larger (``"max"``) or smaller (``"min"``) ``monitor`` values are better.

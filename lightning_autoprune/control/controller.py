@@ -8,6 +8,8 @@ epochs and values, and two callables that copy and restore the training state.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -362,6 +364,17 @@ class ToleranceSearch:
                 f"{epoch}, after {dense} validations), which leaves {room} epoch(s) for the search before "
                 f"`end_epoch`={self.window[1]}; reaching 90% sparsity usually takes {search.ROOM_EPOCHS} or more. "
                 "It prunes as far as that allows. HINT: raise max_epochs."
+            )
+        if plateau and state.reference_rule == "best" and state.reference_epochs is not None:
+            swings = [v for _, v in state.dense_values[-search.PLATEAU_PATIENCE :] if math.isfinite(v)]
+            first, last = state.reference_epochs
+            self.warnings.append(
+                f"AutoPrune's {label} is unsteady at the dense plateau: epochs {first}-{last} gave "
+                f"{', '.join(f'{v:.4f}' for v in swings)} (standard deviation {statistics.stdev(swings):.4f}, "
+                f"more than `max_metric_drop`={self.max_drop}). Their mean would "
+                f"understate the dense model, so the reference is their best value, {state.reference:.4f}, and "
+                "single validations judge each step partly on that unsteadiness. HINT: a lower or decaying "
+                "learning rate steadies the metric; `reference=` sets the reference directly."
             )
         if seen.samples is not None:
             noisy = search.noise_warning(label, seen.mode, state.reference, seen.samples, self.max_drop)

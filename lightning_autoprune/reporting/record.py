@@ -91,7 +91,8 @@ def build_record(
     epochs = search.get("reference_epochs")
     measured = "given reference" if settings.get("reference_given") else "dense reference"
     if epochs and not settings.get("reference_given"):
-        measured = f"dense reference (plateau mean, epochs {epochs[0]}-{epochs[1]})"
+        how = "best" if search.get("reference_rule") == "best" else "mean"
+        measured = f"dense reference (plateau {how}, epochs {epochs[0]}-{epochs[1]})"
     reference, reference_label = search["reference"], measured if search["reference"] is not None else None
     if reference is None and events:  # a fixed target measures no dense reference: say what the value is
         reference, reference_label = events[0]["metric_before"], f"before pruning (epoch {events[0]['epoch']})"

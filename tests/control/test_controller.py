@@ -207,6 +207,18 @@ def test_a_small_validation_set_warns_once_the_reference_is_known():
     assert any("comes from 128 samples" in w for w in search.take_warnings())
 
 
+def test_an_unsteady_plateau_takes_its_best_value_and_says_why():
+    search = plateau_search()
+    for epoch, value in enumerate([0.97, 0.99, 0.95, 0.985, 0.93, 0.99]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.start_epoch == 6
+    assert search.state.reference == 0.99
+    (warning,) = search.take_warnings()
+    assert "val_acc is unsteady at the dense plateau: epochs 3-5 gave 0.9850, 0.9300, 0.9900" in warning
+    assert "standard deviation 0.0333" in warning
+    assert "the reference is their best value, 0.9900" in warning
+
+
 def test_a_given_reference_still_waits_for_the_plateau_and_is_kept():
     search = plateau_search(reference=0.97)
     for epoch, value in enumerate([0.95, 0.951, 0.95, 0.952, 0.951, 0.95]):

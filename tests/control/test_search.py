@@ -171,11 +171,27 @@ def test_the_dense_phase_ends_on_the_plateau_mean_with_a_noise_margin() -> None:
     assert ended.start_epoch == 6
     assert ended.reference_epochs == (3, 5)
     assert ended.reference == pytest.approx((0.96 + 0.955 + 0.958) / 3)
+    assert ended.reference_rule == "mean"
     binomial = accuracy_standard_error(ended.reference, 800)
     assert ended.noise == pytest.approx(max(binomial, statistics.stdev([0.96, 0.955, 0.958])))
     assert ended.margin == pytest.approx(min(ended.noise, 0.01))
     loss = end_dense_phase(state, 5, monitor="val_loss", mode="min", max_drop=0.02, samples=800)
     assert loss.noise == pytest.approx(statistics.stdev([0.96, 0.955, 0.958])), "no binomial term for a loss"
+
+
+def test_an_unsteady_plateau_is_judged_by_its_best_value_not_its_mean() -> None:
+    # The realistic ResNet's seed 1 pattern: one validation of the plateau collapsed by 6 points.
+    swings = SearchState(dense_values=((3, 0.95), (4, 0.991), (5, 0.93), (6, 0.988)))
+    ended = end_dense_phase(swings, 6, monitor="val_acc", mode="max", max_drop=0.01, samples=5000)
+    assert ended.reference_rule == "best"
+    assert ended.reference == 0.991
+    assert ended.reference_epochs == (4, 6)
+    assert ended.margin == pytest.approx(0.005), "the margin stays capped at half the tolerance"
+    loss = SearchState(dense_values=((0, 2.0), (1, 1.31), (2, 1.42), (3, 1.30)))
+    ended = end_dense_phase(loss, 3, monitor="val_loss", mode="min", max_drop=0.02, samples=None)
+    assert (ended.reference_rule, ended.reference) == ("best", 1.30), "for a loss the best value is the lowest"
+    given = end_dense_phase(swings, 6, monitor="val_acc", mode="max", max_drop=0.01, samples=5000, given_reference=0.9)
+    assert (given.reference, given.reference_rule) == (0.9, None)
 
 
 def test_a_decision_keeps_the_margin_from_the_tolerance() -> None:
@@ -194,10 +210,11 @@ def test_chance_level_is_the_most_frequent_label_share() -> None:
 
 def test_a_search_state_written_before_the_plateau_fields_loads_with_defaults() -> None:
     old = {k: v for k, v in SearchState(reference=0.9, accepted=0.5).to_dict().items()}
-    for new_field in ("dense_values", "start_epoch", "reference_epochs", "noise", "margin"):
+    for new_field in ("dense_values", "start_epoch", "reference_epochs", "reference_rule", "noise", "margin"):
         old.pop(new_field)
     loaded = SearchState.from_dict(old)
     assert loaded.reference == 0.9
     assert loaded.margin == 0.0
     assert loaded.dense_values == ()
+    assert loaded.reference_rule is None
     assert SearchState.from_dict(loaded.to_dict()) == loaded

@@ -275,9 +275,12 @@ def test_from_scratch_the_search_starts_at_the_plateau_and_keeps_the_accuracy(
     assert search.start_epoch >= 12
     assert search.reference_epochs == (search.start_epoch - 3, search.start_epoch - 1)
     assert dense - pruned <= 0.015, f"test accuracy {pruned:.4f} against {dense:.4f} dense"
-    # Issue #20 asks for 85%: not met. Measured: 0.80 when the learned scorer labelled every event;
-    # 0.789 with the label budget when every unlabelled step was Taylor's; 0.719 since unlabelled
-    # events measure their steps on 64-sample probes (a regression on this run, kept visible here).
+    # Issue #20 asks for 85%: not met, and on this model not within a 1-point tolerance. Fixed targets
+    # of this same setup (AutoPrune(target_sparsity=s), seeds 0-4) lost on validation at 0.85: 1.94,
+    # 1.11, 0.00, 1.11, 0.83 points; on test 1.11, 1.67, 0.56, 1.11, 1.39; at 0.9 on test 0.83-2.50.
+    # The search here reached 0.72, 0.75, 0.81, 0.63, 0.75 on seeds 0-4 (0.80 on seed 0 when the
+    # learned scorer labelled every event; 0.719 since unlabelled events measure their steps on
+    # 64-sample probes).
     assert autoprune.sparsity >= 0.71
     assert all(d["margin"] > 0 for d in search.decisions if d["decision"] != "stop")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -125,5 +126,6 @@ def test_a_failed_write_leaves_the_previous_report_intact(
 
 def test_the_automatic_mode_labels_its_reference_as_dense(automatic_run: dict[str, Any]) -> None:
     record = _record(automatic_run)
-    assert record["reference_label"].startswith("dense reference (plateau mean, epochs ")
+    # A 10-epoch fit from scratch may still climb when the search must start: then the plateau's best.
+    assert re.match(r"dense reference \(plateau (mean|best), epochs \d+-\d+\)$", record["reference_label"])
     assert "dense reference" in reporting.render_summary(record)
