@@ -56,7 +56,7 @@ bench-quick: $(STAMP)
 
 # The realistic tier (benchmarks/realistic.py, issue #19): MNIST-1D at scale on a 1D ResNet and a character
 # GPT-2 on the stdlib sources, every method from the same dense model per seed. Resumable: a rerun skips the
-# runs whose files exist. About 3 hours on 2 cores (the estimate is in benchmarks/realistic.py).
+# runs whose files exist. Several hours: BENCHMARKS.md states the summed wall time of the recorded fits.
 .PHONY: bench-real bench-real-quick
 
 bench-real: $(STAMP)
@@ -66,7 +66,7 @@ bench-real: $(STAMP)
 	$(PY) -m benchmarks.report
 
 # One seed, one sparsity per workload, dense + 3 methods, short fits on the full data, into results-quick/realistic;
-# then AutoPrune() against a dense fine-tune (8 short epochs); then the structured reference and Torch-Pruning magnitude at 2x on the same short ResNet budget.
+# then automatic-mode AutoPrune against a dense fine-tune (8 short epochs) on each workload; then the structured reference and Torch-Pruning magnitude at 2x on the same short ResNet budget.
 bench-real-quick: $(STAMP)
 	$(PY) -m benchmarks.realistic --quick
 	$(PY) -m benchmarks.realistic_auto --quick

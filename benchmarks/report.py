@@ -545,7 +545,7 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
     if summary is None or not summary["setups"]:
         return [
             *lines,
-            "Not run yet. `make bench-real` runs it (about 3 hours on 2 cores; see `benchmarks/realistic.py`) and "
+            "Not run yet. `make bench-real` runs it (several hours; see `benchmarks/realistic.py`) and "
             "writes its run files under `benchmarks/results/realistic/`; `make bench-real-quick` checks it in "
             "under 10 minutes.",
         ]
@@ -560,6 +560,15 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
             "",
             f"**Partial run: {recorded} of the grid's {planned} runs are recorded** (`make bench-real` resumes "
             "it). Tables show what is recorded; a cell with fewer seeds than its row's dense run has no std.",
+        ]
+    seconds = realistic_tier.recorded_seconds(results)
+    if seconds:
+        parts = ", ".join(f"{track} {value / 3600:.1f} h" for track, value in seconds.items())
+        lines += [
+            "",
+            f"Time: the recorded fits of this tier add up to {sum(seconds.values()) / 3600:.1f} hours of wall time "
+            f"({parts}), mostly at 1 torch thread on the shared 2-core VM. A `make bench-real` from empty results "
+            "runs them one after the other.",
         ]
     status = results / "STATUS.md"
     if status.exists():
@@ -603,41 +612,59 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
     return [*lines, "", "Methods:", "", *notes]
 
 
-def render_realistic_automatic(summary: Mapping[str, Any] | None) -> list[str]:
-    """The realistic tier's automatic-mode subsection (none while it has no run files)."""
-    if summary is None:
-        return []
-    fixed = summary["fixed_best_within_median"]
-    return [
-        "",
-        "### mnist1d-resnet, automatic mode",
-        "",
-        f"`benchmarks/realistic_auto.py`: `AutoPrune()` with every default fine-tunes the tier's dense state for "
-        f"{realistic_auto.AUTO_EPOCHS} quarter-epochs; a dense fine-tune of the same epochs is the reference for the "
-        f"test drop and the unit of time. Seeds: {', '.join(map(str, summary['seeds']))}.",
-        "",
-        *_table(
-            ["measure", "value"],
-            [
-                ["seeds within the 1-point tolerance on test (%)", _pct(summary["within_tolerance_share"])],
+def render_realistic_automatic(summaries: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """The realistic tier's automatic-mode subsections, one per workload (none while there are no run files)."""
+    lines: list[str] = []
+    for name, summary in (summaries or {}).items():
+        fixed = summary["fixed_best_within_median"]
+        accuracy = summary["mode"] == "max"
+        scale, unit, places = (100, "pt", 2) if accuracy else (1, "nats", 3)
+        tolerance = f"{scale * summary['tolerance']:g}-{'point' if accuracy else 'nat'}"
+        drops = ", ".join(f"{scale * d:+.{places}f}" for d in summary.get("test_drops", []))
+        batches = summary.get("train_batches")
+        if isinstance(batches, float) and batches < 1:
+            epochs = f"{summary['epochs']} epochs of {batches:.0%} of the training set each"
+        elif isinstance(batches, int):
+            epochs = f"{summary['epochs']} epochs of {batches} training batches each"
+        else:
+            epochs = f"{summary['epochs']} epochs"
+        lines += [
+            "",
+            f"### {name}, automatic mode",
+            "",
+            f"`benchmarks/realistic_auto.py`: {summary['configuration']} fine-tunes the tier's dense state for "
+            f"{epochs}; a dense fine-tune of the same epochs is the reference for the test drop "
+            f"({summary['metric']}, dense minus pruned for an accuracy, pruned minus dense for a loss) and the unit "
+            f"of time. Seeds: {', '.join(map(str, summary['seeds']))}.",
+            "",
+            *_table(
+                ["measure", "value"],
                 [
-                    "test drop, mean (max)",
-                    f"{100 * summary['test_drop_mean']:+.2f} ({100 * summary['test_drop_max']:+.2f}) pt",
+                    [f"seeds within the {tolerance} tolerance on test (%)", _pct(summary["within_tolerance_share"])],
+                    [
+                        "test drop, mean (max)",
+                        f"{scale * summary['test_drop_mean']:+.{places}f} "
+                        f"({scale * summary['test_drop_max']:+.{places}f}) {unit}",
+                    ],
+                    *([[f"test drop per seed ({unit})", drops]] if drops else []),
+                    [
+                        "sparsity reached, median (min)",
+                        f"{summary['sparsity_median']:.3f} ({summary['sparsity_min']:.3f})",
+                    ],
+                    [
+                        "best fixed target within tolerance on test, median (tier runs, any method)",
+                        "n/a" if fixed is None else f"{fixed:.2f}",
+                    ],
+                    [
+                        "wall time vs dense, median (max)",
+                        f"{summary['time_vs_dense_median']:.2f}x ({summary['time_vs_dense_max']:.2f}x)",
+                    ],
+                    ["CPU time vs dense, median", f"{summary['cpu_vs_dense_median']:.2f}x"],
+                    ["callback's own time, share of the fit (median, %)", _pct(summary["callback_share_median"])],
                 ],
-                ["sparsity reached, median (min)", f"{summary['sparsity_median']:.3f} ({summary['sparsity_min']:.3f})"],
-                [
-                    "best fixed target within tolerance on test, median (tier runs, any method)",
-                    "n/a" if fixed is None else f"{fixed:.2f}",
-                ],
-                [
-                    "wall time vs dense, median (max)",
-                    f"{summary['time_vs_dense_median']:.2f}x ({summary['time_vs_dense_max']:.2f}x)",
-                ],
-                ["CPU time vs dense, median", f"{summary['cpu_vs_dense_median']:.2f}x"],
-                ["callback's own time, share of the fit (median, %)", _pct(summary["callback_share_median"])],
-            ],
-        ),
-    ]
+            ),
+        ]
+    return lines
 
 
 def render_realistic_structured(summary: Mapping[str, Any]) -> list[str]:
