@@ -26,6 +26,9 @@ fine-tune of the same budget) give, per seed, the largest sparsity any method re
 tolerance on test. The automatic runs train longer than those: the comparison of sparsity says
 whether the search finds what the fixed sweep finds, not which is cheaper.
 
+Each seed file also holds the dense fine-tune's validation value after every epoch (``dense.val_trace``):
+the trajectory the search's reference stands for.
+
 Results: one JSON per (workload, seed) under ``<out>/<workload>/seed<seed>.json`` and ``<out>/summary.json``.
 
 Usage::
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from benchmarks import protocol, realistic
 from lightning_autoprune import AutoPrune
@@ -136,6 +140,25 @@ def auto_workload(setup: AutoSetup, quick: bool = False) -> realistic.Workload:
     return replace(base, budget=budget)
 
 
+class ValidationTrace(Callback):
+    """Records ``(epoch, value)`` of ``monitor`` after each validation of a fit (the dense fine-tune's trajectory).
+
+    The dense fine-tune's curve is what the automatic search's reference stands for; recorded, it
+    shows how far the dense model moved after the search started (issue #20: on the language model
+    the dense loss kept falling, and the search's reference did not follow it).
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.values: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Keep this validation's value of ``monitor`` (nothing during the sanity check)."""
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking:
+            self.values.append((trainer.current_epoch, round(float(value), 6)))
+
+
 def search_record(callback: AutoPrune) -> dict[str, Any]:
     """What the automatic search did: its dense-phase validations, reference, start, decisions and stop reason."""
     state = callback.search
@@ -188,7 +211,9 @@ def run_seed(
     key, unit = setup.test_metric, ("pt" if setup.mode == "max" else "nats")
     scale = 100 if setup.mode == "max" else 1
     state = realistic.dense_state(workload, datamodule, seed, tier, scratch)
-    _, dense = realistic.fit_and_test(workload, datamodule, state, seed, scratch)
+    trace = ValidationTrace(setup.monitor)
+    _, dense = realistic.fit_and_test(workload, datamodule, state, seed, scratch, callbacks=[trace])
+    dense["val_trace"] = [list(v) for v in trace.values]
     log(f"{workload.name} seed {seed}: dense fine-tune {key} {dense[key]:.4f} ({dense['fit_seconds']:.0f}s)")
     callback = setup.callback(workload.include)
     _, auto = realistic.fit_and_test(workload, datamodule, state, seed, scratch, callbacks=[callback])

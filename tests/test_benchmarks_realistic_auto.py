@@ -64,6 +64,8 @@ def test_one_seed_records_both_fits_the_search_and_the_ratios(tiny_auto: tuple[P
     dense, auto = record["dense"], record["auto"]
     assert dense["events"] == 0
     assert dense["sparsity"] == 0.0
+    assert [epoch for epoch, _ in dense["val_trace"]] == list(range(8)), "one validation per fine-tuning epoch"
+    assert all(0.0 <= value <= 1.0 for _, value in dense["val_trace"]), "val_acc values"
     assert auto["callback_seconds"] > 0
     search = auto["search"]
     assert search["reference"] is not None, search
@@ -81,6 +83,8 @@ def test_the_language_model_is_judged_on_its_loss_in_nats(tiny_lm_auto: dict) ->
     assert (record["metric"], record["mode"], record["tolerance"]) == ("test_loss", "min", 0.02)
     dense, auto = record["dense"], record["auto"]
     assert record["test_drop"] == pytest.approx(auto["test_loss"] - dense["test_loss"]), "a loss drops upward"
+    assert len(dense["val_trace"]) == 8
+    assert all(value > 0.5 for _, value in dense["val_trace"]), "values are losses in nats"
     search = auto["search"]
     assert search["dense_values"], "the dense phase validated val_loss"
     assert all(v > 0.5 for _, v in search["dense_values"]), "values are losses in nats, not accuracies"
