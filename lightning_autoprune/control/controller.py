@@ -9,7 +9,6 @@ epochs and values, and two callables that copy and restore the training state.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -370,7 +369,7 @@ class ToleranceSearch:
             first, last = state.reference_epochs
             self.warnings.append(
                 f"AutoPrune's {label} is unsteady at the dense plateau: epochs {first}-{last} gave "
-                f"{', '.join(f'{v:.4f}' for v in swings)} (standard deviation {statistics.stdev(swings):.4f}, "
+                f"{', '.join(f'{v:.4f}' for v in swings)} (standard deviation {search.spread(swings):.4f}, "
                 f"more than `max_metric_drop`={self.max_drop}). Their mean would "
                 f"understate the dense model, so the reference is their best value, {state.reference:.4f}, and "
                 "single validations judge each step partly on that unsteadiness. HINT: a lower or decaying "

@@ -205,6 +205,17 @@ def plateaued(values: Sequence[float], mode: Mode, max_drop: float, patience: in
     return -metric_drop(before, recent, mode) <= PLATEAU_DELTA_SHARE * max_drop + 1e-9
 
 
+def spread(values: Sequence[float]) -> float | None:
+    """Standard deviation of the finite ``values``; ``None`` with fewer than two of them.
+
+    Example:
+        >>> round(spread([0.30, 0.32, 0.31, float("nan")]), 4), spread([0.3])
+        (0.01, None)
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.stdev(finite) if len(finite) >= 2 else None
+
+
 def metric_noise(
     monitor: str, mode: Mode, reference: float, samples: int | None, plateau: Sequence[float]
 ) -> float | None:
@@ -225,9 +236,9 @@ def metric_noise(
     found = []
     if samples and mode == "max" and "acc" in monitor.lower() and 0.0 <= reference <= 1.0:
         found.append(accuracy_standard_error(reference, samples))
-    finite = [v for v in plateau if math.isfinite(v)]
-    if len(finite) >= 2:
-        found.append(statistics.stdev(finite))
+    plateau_spread = spread(plateau)
+    if plateau_spread is not None:
+        found.append(plateau_spread)
     return max(found) if found else None
 
 
@@ -289,8 +300,8 @@ def unsteady(values: Sequence[float], max_drop: float) -> bool:
         >>> unsteady([0.99, 0.93, 0.985], 0.01), unsteady([0.951, 0.953, 0.949], 0.01), unsteady([0.9], 0.01)
         (True, False, False)
     """
-    finite = [v for v in values if math.isfinite(v)]
-    return len(finite) >= 2 and statistics.stdev(finite) > UNSTEADY_SHARE * max_drop
+    plateau_spread = spread(values)
+    return plateau_spread is not None and plateau_spread > UNSTEADY_SHARE * max_drop
 
 
 def chance_level(labels: Mapping[int, int]) -> float | None:
