@@ -321,7 +321,7 @@ class PruningRun:
         search = self.search
         assert search is not None
         broken, restore = search.finish(epoch, mode)
-        reference, value, drop = search.state.reference, search.last_value, self.config.max_metric_drop
+        reference, value, drop = search.state.final_reference, search.last_value, self.config.max_metric_drop
         lines: list[str] = []
         warning = None
         if reference is not None and value is not None and mode is not None:

@@ -224,6 +224,7 @@ class ToleranceSearch:
         self.scores: dict[str, Tensor] | None = None  # scores of the latest step, at its snapshot's state
         self.reuse_scores = False
         self.last_value: float | None = None
+        self.last_epoch: int | None = None  # the epoch of ``last_value``
         self.last_seen: Observation | None = None  # the latest dense-phase validation
         self.warnings: list[str] = []  # for the user, drained by the caller
 
@@ -293,7 +294,7 @@ class ToleranceSearch:
             pruned: whether any pruning event has happened yet.
         """
         value, epoch, mode = seen.value, seen.epoch, seen.mode
-        self.last_value = value
+        self.last_value, self.last_epoch = value, epoch
         state = self.state
         if not pruned and state.pending is None and state.start_epoch is None:
             self.last_seen = seen
@@ -322,13 +323,13 @@ class ToleranceSearch:
                 # (smaller) step ranks with the same scores instead of scoring one state twice.
                 self.reuse_scores = not decided.done
                 return Verdict(roll_back=self.snapshot)
-        reference = self.state.reference
+        reference = search.reference_at(self.state, epoch)
         if (
             self.state.pending is None
             and reference is not None
             and search.within_tolerance(reference, value, mode, self.tolerance)
         ):
-            self.best_final = self._snapshot_fn(False)
+            self.best_final = {**self._snapshot_fn(False), "value": value}
         return Verdict()
 
     def _end_dense_phase(self, epoch: int, *, plateau: bool) -> None:
@@ -344,6 +345,7 @@ class ToleranceSearch:
             max_drop=self.max_drop,
             samples=seen.samples,
             given_reference=self.given_reference,
+            still_improving=self.wait_for_plateau and not plateau,
         )
         self.state = state
         assert state.reference is not None
@@ -351,11 +353,22 @@ class ToleranceSearch:
         label, dense = seen.monitor or "the monitored metric", len(state.dense_values)
         room = max(self.window[1] - state.start_epoch + 1, 0)
         if self.wait_for_plateau and not plateau:
+            if state.reference_rule == "trend" and state.reference_epochs is not None:
+                first, last = state.reference_epochs
+                ahead = search.reference_at(state, self.window[1])
+                follows = (
+                    f"The reference follows the dense trend instead of standing still: {state.reference:.4f} at "
+                    f"epoch {epoch} (a line fitted to epochs {first}-{last}, changing {state.trend_slope:+.4f} per "
+                    f"epoch and slowing as training goes on), {ahead:.4f} predicted at epoch {self.window[1]}; a "
+                    "prediction, so the tolerance holds only as far as it does."
+                )
+            else:
+                follows = "The reference may be lower than the converged model's."
             self.warnings.append(
                 f"AutoPrune's {label} was still improving at epoch {epoch}; the search starts at epoch "
                 f"{state.start_epoch} anyway, after a dense phase of {state.start_epoch} epochs, to leave {room} "
-                f"epoch(s) for it before `end_epoch`={self.window[1]}. The reference may be lower than the converged "
-                "model's. HINT: raise max_epochs."
+                f"epoch(s) for it before `end_epoch`={self.window[1]}. {follows} HINT: raise max_epochs, or "
+                "start from a trained checkpoint."
             )
         elif self.wait_for_plateau and room < search.ROOM_EPOCHS:
             self.warnings.append(
@@ -395,18 +408,26 @@ class ToleranceSearch:
         """At fit end: stop the search; whether the last value broke the tolerance, and the state to restore.
 
         Returns:
-            ``(broken, restore)``: ``broken`` when the last validation is out of tolerance;
-            ``restore`` is the latest in-tolerance snapshot to go back to (``None`` if none was kept).
+            ``(broken, restore)``: ``broken`` when the last validation is out of tolerance (judged
+            against :attr:`SearchState.final_reference`); ``restore`` is the latest in-tolerance
+            snapshot to go back to (``None`` if none was kept, or if its value was no better than the
+            last one: with a reference that follows a dense trend, an earlier state judged against an
+            earlier reference can be worse than the final one).
         """
         stepped = self.state.pending is not None or any(d["decision"] != "stop" for d in self.state.decisions)
         if not self.state.done:
             self.state = search.stop(self.state, epoch, "training ended")
-        value = self.last_value
-        if not stepped or self.state.reference is None or value is None or mode is None:
+        judged = self.last_epoch if self.last_epoch is not None else epoch
+        self.state = replace(self.state, final_reference=search.reference_at(self.state, judged))
+        value, reference = self.last_value, self.state.final_reference
+        if not stepped or reference is None or value is None or mode is None:
             return False, None  # nothing was pruned, or nothing to judge it by
-        if search.within_tolerance(self.state.reference, value, mode, self.tolerance):
+        if search.within_tolerance(reference, value, mode, self.tolerance):
             return False, None
-        return True, self.best_final
+        kept = self.best_final
+        if kept is not None and "value" in kept and not search.better(kept["value"], value, mode):
+            kept = None
+        return True, kept
 
     def state_dict(self) -> dict[str, Any]:
         """The search, and the rollback snapshot and scores while a step awaits its decision."""

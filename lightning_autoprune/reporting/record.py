@@ -90,10 +90,15 @@ def build_record(
     final = next((e["metric"] for e in reversed(timeline) if e["metric"] is not None), None)
     epochs = search.get("reference_epochs")
     measured = "given reference" if settings.get("reference_given") else "dense reference"
+    reference = search["reference"]
     if epochs and not settings.get("reference_given"):
         how = "best" if search.get("reference_rule") == "best" else "mean"
         measured = f"dense reference (plateau {how}, epochs {epochs[0]}-{epochs[1]})"
-    reference, reference_label = search["reference"], measured if search["reference"] is not None else None
+        if search.get("reference_rule") == "trend":
+            measured = f"dense reference (trend of epochs {epochs[0]}-{epochs[1]}, at the last validation)"
+            final_reference = search.get("final_reference")
+            reference = final_reference if final_reference is not None else reference
+    reference_label = measured if reference is not None else None
     if reference is None and events:  # a fixed target measures no dense reference: say what the value is
         reference, reference_label = events[0]["metric_before"], f"before pruning (epoch {events[0]['epoch']})"
     return {

@@ -20,10 +20,12 @@ from lightning_autoprune.control.search import (
     chance_level,
     decide,
     default_window,
+    dense_trend,
     end_dense_phase,
     plateaued,
     propose,
     ready_to_decide,
+    reference_at,
     stop,
     tolerance_noise,
     update_reference,
@@ -218,3 +220,61 @@ def test_a_search_state_written_before_the_plateau_fields_loads_with_defaults() 
     assert loaded.dense_values == ()
     assert loaded.reference_rule is None
     assert SearchState.from_dict(loaded.to_dict()) == loaded
+
+
+# The realistic character GPT-2's seed 0: its dense validation loss in the automatic mode's dense phase
+# (epochs 0-6, no plateau), then the dense fine-tune's loss at epochs 7-15 of the same run.
+LM_DENSE = (2.71755, 2.641112, 2.60034, 2.569324, 2.548707, 2.524155, 2.50672)
+LM_LATER = (2.509442, 2.483703, 2.476637, 2.45925, 2.442083, 2.425913, 2.411457, 2.401228, 2.378352)
+
+
+def test_a_dense_phase_ended_still_improving_follows_the_dense_trend() -> None:
+    state = SearchState(dense_values=tuple(enumerate(LM_DENSE)))
+    ended = end_dense_phase(state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None, still_improving=True)
+    assert ended.reference_rule == "trend"
+    assert ended.reference_epochs == (3, 6), "the last half of the dense values, at least four"
+    assert ended.trend_slope == pytest.approx(-0.0212, abs=1e-4)
+    assert ended.margin < 0.005, "the spread around the line, not the fall along it, is the noise"
+    # the prediction stays within 0.02 nats of the dense run it stands for, on the strict side at the end
+    predicted = [reference_at(ended, epoch) for epoch in range(7, 16)]
+    errors = [p - actual for p, actual in zip(predicted, LM_LATER, strict=True)]
+    assert max(abs(e) for e in errors) < 0.025
+    assert errors[-1] < 0
+    assert predicted == sorted(predicted, reverse=True)
+    # the plateau's rule, when the phase ended on a plateau, and a given reference, stand still
+    plateau = end_dense_phase(state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None)
+    assert plateau.reference_rule == "best"
+    assert reference_at(plateau, 15) == plateau.reference
+    given = end_dense_phase(
+        state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None, given_reference=2.4, still_improving=True
+    )
+    assert (given.reference_rule, reference_at(given, 15)) == (None, 2.4)
+
+
+def test_a_step_is_judged_against_the_reference_of_its_epoch() -> None:
+    state = SearchState(dense_values=tuple(enumerate(LM_DENSE)))
+    ended = end_dense_phase(state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None, still_improving=True)
+    pending = propose(ended, epoch=7)
+    # 2.5146 is what the search saw at 50% after one epoch: 0.008 above the epoch-6 value, 0.027 above the trend
+    assert not ready_to_decide(pending, 2.5146, "min", 0.02, epoch=7), "one more epoch to recover"
+    rolled = decide(pending, 2.5146, "min", 0.02, epoch=8)
+    assert rolled.decisions[-1]["decision"] == "rollback"
+    assert rolled.decisions[-1]["reference"] == pytest.approx(reference_at(ended, 8))
+
+
+def test_no_trend_in_a_flat_or_worsening_metric() -> None:
+    noisy_flat = [(e, 0.95 + (0.01 if e % 2 else -0.01)) for e in range(8)]
+    assert dense_trend(noisy_flat, "max") is None
+    assert dense_trend([(e, 0.9 - 0.01 * e) for e in range(8)], "max") is None, "falling accuracy is no improvement"
+    assert dense_trend([(0, 0.5), (1, 0.6), (2, 0.7)], "max") is None, "three values are too few"
+    slow = [(e, 0.90 + 0.002 * e) for e in range(8)]
+    assert dense_trend(slow, "max") is not None, "a clean climb is a trend"
+    assert dense_trend(slow, "max", noise_floor=0.01) is None, "but not within the sampling error of 0.01"
+
+
+def test_reference_at_needs_a_trend_and_a_start() -> None:
+    assert reference_at(SearchState(), 4) is None
+    assert reference_at(SearchState(reference=0.9, trend_slope=0.01, trend_center=2.0), 9) == 0.9, "no start yet"
+    state = SearchState(reference=0.9, start_epoch=5, trend_slope=0.01, trend_center=2.0)
+    assert reference_at(state, 4) == 0.9
+    assert 0.9 < reference_at(state, 5) < reference_at(state, 9) < 0.9 + 0.01 * 5, "slowing after the anchor"
