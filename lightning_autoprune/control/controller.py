@@ -140,9 +140,14 @@ class Verdict:
 
     Attributes:
         roll_back: restore this snapshot (weights, optimizers, masks): the pending step broke the tolerance.
+        keep_training: undo only the step's pruning: install the snapshot's masks and give the weights
+            the step removed their snapshot values, keeping every other weight and the optimizers as
+            trained since. Set while the reference follows a dense trend: the dense model would have
+            kept improving over those epochs, and restoring the snapshot whole would throw that away.
     """
 
     roll_back: dict[str, Any] | None = None
+    keep_training: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ class ToleranceSearch:
         >>> snaps = []
         >>> controller = ToleranceSearch((1, 5), 1, 0.01, snapshot=lambda with_optimizers: {"n": len(snaps)})
         >>> controller.on_validation(Observation(0.95, 0, "max"), pruned=False)
-        Verdict(roll_back=None)
+        Verdict(roll_back=None, keep_training=False)
         >>> controller.begin_epoch(1, ceiling=lambda: 0.99)
         0.5
         >>> controller.on_validation(Observation(0.90, 1, "max"), pruned=True).roll_back is None  # one more epoch
@@ -318,11 +323,13 @@ class ToleranceSearch:
             if rolled_back:
                 if self.snapshot is None:
                     raise ValueError("A step broke the tolerance, but no snapshot to roll back to was kept.")
-                self.best_final = self.snapshot
-                # The rollback restores exactly the state the broken step was scored at, so the next
+                keep_training = decided.reference_rule == "trend"
+                if not keep_training:
+                    self.best_final = self.snapshot
+                # A whole rollback restores exactly the state the broken step was scored at, so the next
                 # (smaller) step ranks with the same scores instead of scoring one state twice.
-                self.reuse_scores = not decided.done
-                return Verdict(roll_back=self.snapshot)
+                self.reuse_scores = not decided.done and not keep_training
+                return Verdict(roll_back=self.snapshot, keep_training=keep_training)
         reference = search.reference_at(self.state, epoch)
         if (
             self.state.pending is None

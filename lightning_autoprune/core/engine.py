@@ -88,6 +88,19 @@ class PruningEngine:
         for target in self.targets:
             masking.apply_mask_(target.param.data, self.masks[target.name])
 
+    def regrow(self, masks: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> None:
+        """Go back to the denser ``masks`` but keep the training since.
+
+        Only the weights ``masks`` keep and the current masks prune get values, from ``weights`` (a
+        snapshot's state dict, keyed like the targets); every other weight keeps its current value.
+        """
+        for target in self.targets:
+            param = target.param.data
+            regrown = masks[target.name].to(param.device) & ~self.masks[target.name]
+            if bool(regrown.any()):
+                param[regrown] = weights[target.name].to(param.device, param.dtype)[regrown]
+        self.set_masks(masks)
+
     def select(self, scores: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:
         """The selector's masks for ``scores`` at ``target`` sparsity (nothing is installed)."""
         return self.selector(scores, self.masks, target)

@@ -189,6 +189,31 @@ def test_a_metric_still_improving_starts_the_search_in_time_and_says_so():
     assert "leave 6 epoch(s)" in warning
 
 
+def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_moving_reference():
+    search = plateau_search(window=(4, 9))
+    for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):  # still climbing 2-3 points per epoch
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.reference_rule == "trend"
+    warning = next(w for w in search.take_warnings() if "still improving" in w)
+    assert "The reference follows the dense trend" in warning
+    assert search.begin_epoch(4, ceiling=always(0.99)) == 0.5
+    search.on_validation(Observation(0.90, 4, "max", "val_acc", 5000), pruned=True)  # one more epoch
+    verdict = search.on_validation(Observation(0.905, 5, "max", "val_acc", 5000), pruned=True)
+    (decision,) = [d for d in search.state.decisions if d["decision"] == "rollback"]
+    assert decision["reference"] > 0.93, "judged against where the dense model would be at epoch 5"
+    assert verdict.roll_back is not None
+    assert verdict.keep_training, "the dense model would have kept learning: only the step is undone"
+    assert not search.reuse_scores, "the state after the rollback is not the one the step was scored at"
+    # At fit end a state judged against an earlier, lower reference is not brought back if it is worse.
+    search.best_final = {"epoch": 3, "value": 0.89}
+    search.on_validation(Observation(0.91, 9, "max", "val_acc", 5000), pruned=True)
+    broken, restore = search.finish(10, "max")
+    assert broken
+    assert restore is None
+    assert search.state.final_reference is not None
+    assert search.state.final_reference > decision["reference"]
+
+
 def test_a_reference_at_chance_level_stops_the_search_before_it_starts():
     search = plateau_search()
     labels = {digit: 36 for digit in range(10)}

@@ -39,6 +39,26 @@ def test_applied_masks_zero_weights_and_optimizer_buffers():
     assert engine.sparsity() == engine.mask_progress()
 
 
+def test_regrow_undoes_a_step_but_keeps_the_training_since():
+    model, engine = make_engine()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    engine.start([optimizer])
+    engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.5), [optimizer])
+    before = {name: weight.detach().clone() for name, weight in model.state_dict().items()}
+    masks = {name: mask.clone() for name, mask in engine.masks.items()}
+    engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.8), [optimizer])
+    train_steps(model, engine, optimizer, 3)
+    trained = model[0].weight.detach().clone()
+    engine.regrow(masks, before)
+    weight, kept_both = model[0].weight, masks["0.weight"] & (trained != 0)
+    assert torch.equal(engine.masks["0.weight"], masks["0.weight"])
+    assert torch.equal(weight[kept_both], trained[kept_both]), "weights both masks keep keep their training"
+    removed = masks["0.weight"] & (trained == 0)
+    assert bool(removed.any())
+    assert torch.equal(weight[removed], before["0.weight"][removed]), "the step's removals come back as they were"
+    assert bool((weight[~masks["0.weight"]] == 0).all())
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.sampled_from(["adam", "sgd"]), st.floats(0.1, 0.95))
 def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(kind: str, target: float):
