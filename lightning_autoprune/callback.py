@@ -458,7 +458,8 @@ class AutoPrune(Callback):
         if event is not None and value is not None:
             adapter.log(pl_module, "autoprune/metric_after", value)
         if self.automatic:
-            adapter.log_metrics(pl_module, report_record.search_metrics(self.search.to_dict(), decisions))
+            reference = tolerance.reference_at(self.search, epoch)
+            adapter.log_metrics(pl_module, report_record.search_metrics(self.search.to_dict(), decisions, reference))
         if self.config.verbose:
             label, importance = self.monitor_metric.label, self.config.importance
             for line in report_record.event_lines(epoch, event, decisions, label, importance, self.automatic):

@@ -275,12 +275,15 @@ def sparsity_metrics(
     return rows
 
 
-def search_metrics(state: Mapping[str, Any], decisions: Sequence[Mapping[str, Any]]) -> list[Metric]:
+def search_metrics(
+    state: Mapping[str, Any], decisions: Sequence[Mapping[str, Any]], reference: float | None = None
+) -> list[Metric]:
     """What the automatic mode logs at an epoch end: its new decisions, the reference, accepted sparsity and step.
 
     Args:
         state: the search's state (``SearchState.to_dict()``).
         decisions: the decisions taken since the last call.
+        reference: the reference at this epoch, where it moves with a dense trend (default: ``state``'s).
 
     Example:
         >>> state = {"reference": 0.97, "accepted": 0.5, "step": 0.5}
@@ -288,8 +291,9 @@ def search_metrics(state: Mapping[str, Any], decisions: Sequence[Mapping[str, An
         ['autoprune/decision', 'autoprune/reference', 'autoprune/accepted_sparsity', 'autoprune/step']
     """
     rows: list[Metric] = [("autoprune/decision", DECISION_CODES[d["decision"]], False) for d in decisions]
-    if state["reference"] is not None:
-        rows.append(("autoprune/reference", state["reference"], False))
+    reference = reference if reference is not None else state["reference"]
+    if reference is not None:
+        rows.append(("autoprune/reference", reference, False))
     rows += [("autoprune/accepted_sparsity", state["accepted"], False), ("autoprune/step", state["step"], False)]
     return rows
 
