@@ -85,9 +85,10 @@ TREND_SIGNIFICANCE = 2.0
 #: The predicted dense improvement per epoch falls as ``epochs_trained ** -TREND_DECAY_POWER`` from the
 #: slope measured at the centre of the fitted values. Measured on the realistic character GPT-2 (16
 #: epochs of 10 batches from a briefly trained state; a slope of 0.021-0.024 nats per epoch fitted on
-#: epochs 3-6): the prediction for epoch 15 was 0.008 and 0.019 nats below the dense fine-tune's
-#: validation loss there (seeds 0, 1; predictions on the strict side), where a constant slope
-#: predicted 0.06-0.08 nats too low and a geometric decay of 0.8 per epoch 0.07 nats too high.
+#: epochs 3-6): the prediction for epoch 15 was 0.008, 0.019 and 0.007 nats below the dense fine-tune's
+#: validation loss there (seeds 0-2; at epochs 7-15 between 0.033 below and 0.002 above: the strict
+#: side), where a constant slope predicted 0.06-0.08 nats too low and a geometric decay of 0.8 per
+#: epoch 0.07 nats too high (seeds 0, 1).
 TREND_DECAY_POWER = 0.5
 
 Mode = Literal["max", "min"]
