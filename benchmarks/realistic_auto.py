@@ -165,6 +165,9 @@ def search_record(callback: AutoPrune) -> dict[str, Any]:
     return {
         "reference": state.reference,
         "reference_epochs": list(state.reference_epochs) if state.reference_epochs else None,
+        "reference_rule": state.reference_rule,
+        "trend_slope": state.trend_slope,
+        "final_reference": state.final_reference,
         "start_epoch": state.start_epoch,
         "margin": state.margin,
         "noise": state.noise,
