@@ -88,7 +88,8 @@ TREND_SIGNIFICANCE = 2.0
 #: epochs 3-6): the prediction for epoch 15 was 0.008, 0.019 and 0.007 nats below the dense fine-tune's
 #: validation loss there (seeds 0-2; at epochs 7-15 between 0.033 below and 0.002 above: the strict
 #: side), where a constant slope predicted 0.06-0.08 nats too low and a geometric decay of 0.8 per
-#: epoch 0.07 nats too high (seeds 0, 1).
+#: epoch 0.07 nats too high (seeds 0, 1). Seeds 3 and 4 ran from 0.021 below to 0.042 above (seed 3's
+#: dense curve did not slow): a prediction, not a measurement.
 TREND_DECAY_POWER = 0.5
 
 Mode = Literal["max", "min"]
