@@ -432,8 +432,7 @@ class AutoPrune(Callback):
         verdict = search.on_validation(seen, pruned=bool(self.history))
         self._warn_from_search()
         if verdict.roll_back is not None:
-            if verdict.keep_training and self.config.granularity == "unstructured":
-                # (structured steps also zero the channels' coupled tensors, which only the whole snapshot restores)
+            if verdict.keep_training:
                 self.run.engine.regrow(verdict.roll_back["masks"], verdict.roll_back["model"])
             else:
                 self.run.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))

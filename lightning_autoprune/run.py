@@ -110,6 +110,8 @@ class PruningRun:
                 snapshot=snapshot,
                 reference=config.reference,
                 wait_for_plateau=config.start_epoch is None,
+                # structured steps also zero coupled tensors that only the whole snapshot restores
+                regrow=config.granularity == "unstructured",
             )
         else:
             self.controller = FixedSchedule(

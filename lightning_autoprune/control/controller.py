@@ -191,6 +191,8 @@ class ToleranceSearch:
         reference: the dense reference, when the user knows it; ``None`` measures it (the mean of
             the plateau's validation values).
         wait_for_plateau: end the dense phase when the metric stops improving, not at ``window[0]``.
+        regrow: whether the caller can undo only a step's pruning (``Verdict.keep_training``); where it
+            cannot (structured steps also zero tensors the masks do not cover), rollbacks are whole.
 
     Example:
         >>> snaps = []
@@ -216,6 +218,7 @@ class ToleranceSearch:
         snapshot: Callable[[bool], dict[str, Any]],
         reference: float | None = None,
         wait_for_plateau: bool = False,
+        regrow: bool = True,
     ) -> None:
         self.window = window
         self.frequency = frequency
@@ -223,6 +226,7 @@ class ToleranceSearch:
         self._snapshot_fn = snapshot
         self.given_reference = reference
         self.wait_for_plateau = wait_for_plateau
+        self.regrow = regrow
         self.state = SearchState(reference=reference)
         self.snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self.best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
@@ -323,7 +327,7 @@ class ToleranceSearch:
             if rolled_back:
                 if self.snapshot is None:
                     raise ValueError("A step broke the tolerance, but no snapshot to roll back to was kept.")
-                keep_training = decided.reference_rule == "trend"
+                keep_training = self.regrow and decided.reference_rule == "trend"
                 if not keep_training:
                     self.best_final = self.snapshot
                 # A whole rollback restores exactly the state the broken step was scored at, so the next

@@ -384,24 +384,14 @@ def end_dense_phase(
     plateau = state.dense_values[-PLATEAU_PATIENCE:]
     values = [v for _, v in plateau if math.isfinite(v)]
     rule: Literal["mean", "best", "trend"] | None = None
+    trend = None
     if given_reference is None and still_improving:
         sampling = metric_noise(monitor, mode, values[-1], samples, []) if values else None
         trend = dense_trend(state.dense_values, mode, sampling or 0.0)
-        if trend is not None:
-            around = max(trend.residual, sampling or 0.0)
-            return replace(
-                state,
-                start_epoch=epoch + 1,
-                reference=trend.value,
-                reference_epochs=trend.epochs,
-                reference_rule="trend",
-                noise=around,
-                margin=min(around, MARGIN_SHARE_CAP * max_drop),
-                trend_slope=trend.slope,
-                trend_center=trend.center,
-                trend_origin=state.dense_values[0][0],
-            )
-    if given_reference is not None:
+    if trend is not None:
+        rule, reference, epochs = "trend", trend.value, trend.epochs
+        noise: float | None = max(trend.residual, sampling or 0.0)
+    elif given_reference is not None:
         reference, epochs = given_reference, None
     elif values:
         rule = "best" if unsteady(values, max_drop) else "mean"
@@ -409,7 +399,8 @@ def end_dense_phase(
         reference, epochs = best if rule == "best" else statistics.fmean(values), (plateau[0][0], plateau[-1][0])
     else:
         reference, epochs = None, None
-    noise = metric_noise(monitor, mode, reference, samples, values) if reference is not None else None
+    if trend is None:
+        noise = metric_noise(monitor, mode, reference, samples, values) if reference is not None else None
     margin = min(noise, MARGIN_SHARE_CAP * max_drop) if noise is not None else 0.0
     return replace(
         state,
@@ -419,6 +410,9 @@ def end_dense_phase(
         reference_rule=rule,
         noise=noise,
         margin=margin,
+        trend_slope=trend.slope if trend is not None else 0.0,
+        trend_center=trend.center if trend is not None else None,
+        trend_origin=state.dense_values[0][0] if trend is not None else 0,
     )
 
 

@@ -307,3 +307,18 @@ def test_without_any_validation_the_schedule_starts_at_its_start_and_a_stuck_met
     assert stuck.waiting
     assert stuck.target_for(5) == 0.0
     assert stuck.target_for(6) == pytest.approx(0.9)  # one step at the window's end
+
+
+def test_a_caller_that_cannot_regrow_gets_whole_rollbacks_under_a_trend():
+    search = ToleranceSearch(
+        (4, 9), 1, 0.01, snapshot=lambda with_optimizers: {"n": 0}, wait_for_plateau=True, regrow=False
+    )
+    for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.reference_rule == "trend"
+    search.begin_epoch(4, ceiling=always(0.99))
+    search.on_validation(Observation(0.90, 4, "max", "val_acc", 5000), pruned=True)
+    verdict = search.on_validation(Observation(0.905, 5, "max", "val_acc", 5000), pruned=True)
+    assert verdict.roll_back is not None
+    assert not verdict.keep_training
+    assert search.reuse_scores, "a whole rollback restores the state the step was scored at"
