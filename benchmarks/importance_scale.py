@@ -1,13 +1,14 @@
-"""Scale of one learned-importance pruning event on a model of about 25M prunable weights.
+"""Scale of one learned-importance pruning event on models of about 1M, 5M and 25M prunable weights.
 
-A stack of five ``Linear(2240, 2240)`` layers (25.1M weights, 100 MB in float32), with trained-like
-weights (Kaiming-scaled normal), calibration gradient statistics and activation norms of
-plausible size, and a calibration loss on a batch of 512 random inputs. Three events are timed on
-2 CPU threads, each from the masks of the previous step: 0 -> 0.5 (the first, largest step),
-0.8 -> 0.9 and 0.95 -> 0.98. For each: wall time of the whole event (features + labels + fit +
-scoring + selection), the part of it spent in the label ablations' forward passes, and the peak
-extra resident memory over the process before the event (``ru_maxrss`` high-water mark; run each
-event in a fresh process so the mark is its own).
+A stack of five ``Linear(d, d)`` layers (d = 448, 1000, 2240: 1.0M, 5.0M and 25.1M weights; 100 MB
+in float32 at the largest), with trained-like weights (Kaiming-scaled normal), calibration
+gradient statistics and activation norms of plausible size, and a calibration loss on a batch of
+512 random inputs. Three events are timed per size on 2 CPU threads, each from the masks of the
+previous step: 0 -> 0.5 (the first, largest step), 0.8 -> 0.9 and 0.95 -> 0.98. For each: wall
+time of the whole event (features + labels + fit + scoring + selection), the part of it spent in
+the model's forward passes (ablations and candidate steps), the rest (the scorer's own work), and
+the peak extra resident memory over the process before the event (``ru_maxrss`` high-water mark;
+each event runs in a fresh process so the mark is its own).
 
 The event measures ``label_groups=128`` ablations plus one pass per candidate step
 (``label_budget=None``). That is what the default 5% budget pays for once a fit has seen about
@@ -38,7 +39,7 @@ from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned import LearnedScorer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "importance_scale.json"
-WIDTH = 2240
+WIDTHS = (448, 1000, 2240)
 LAYERS = 5
 EVENTS = ((0.0, 0.5), (0.8, 0.9), (0.95, 0.98))
 
@@ -48,16 +49,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _event(before: float, after: float, queue: Any) -> None:
+def _event(width: int, before: float, after: float, queue: Any) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    net = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    net = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
     params = {f"{i}.weight": layer.weight for i, layer in enumerate(net)}
     generator = torch.Generator().manual_seed(0)
     masks = {}
     with torch.no_grad():
         for name, p in params.items():
-            p.normal_(0.0, (2.0 / WIDTH) ** 0.5)
+            p.normal_(0.0, (2.0 / width) ** 0.5)
             mask = (
                 p.abs() >= torch.quantile(p.abs().view(-1)[::97], before)
                 if before > 0
@@ -65,8 +66,8 @@ def _event(before: float, after: float, queue: Any) -> None:
             )
             p.mul_(mask)
             masks[name] = mask
-    x = torch.randn(512, WIDTH)
-    target = torch.randn(512, WIDTH)
+    x = torch.randn(512, width)
+    target = torch.randn(512, width)
     label_seconds = [0.0]
     calls = [0]
 
@@ -87,8 +88,8 @@ def _event(before: float, after: float, queue: Any) -> None:
         generator=generator,
         target_sparsity=after,
         progress=0.5,
-        input_norms={n: torch.rand(WIDTH) + 0.5 for n in params},
-        output_norms={n: torch.rand(WIDTH) + 0.5 for n in params},
+        input_norms={n: torch.rand(width) + 0.5 for n in params},
+        output_norms={n: torch.rand(width) + 0.5 for n in params},
         params={n: p.data for n, p in params.items()},
         loss_fn=loss,
     )
@@ -104,6 +105,7 @@ def _event(before: float, after: float, queue: Any) -> None:
     kept = sum(int(m.sum()) for m in new_masks.values())
     queue.put(
         {
+            "width": width,
             "sparsity_before": before,
             "sparsity_after": after,
             "reached": 1 - kept / sum(m.numel() for m in new_masks.values()),
@@ -124,23 +126,24 @@ def _event(before: float, after: float, queue: Any) -> None:
 def main() -> None:
     context = mp.get_context("spawn")
     results = []
-    for before, after in EVENTS:
-        queue = context.Queue()
-        process = context.Process(target=_event, args=(before, after, queue))
-        process.start()
-        result = queue.get()
-        process.join()
-        results.append(result)
-        print(
-            f"[AutoPrune] {before:.2f} -> {after:.2f}: event {result['event_seconds']:.1f} s "
-            f"({result['forward_passes']} calibration forwards {result['label_forward_seconds']:.1f} s, "
-            f"rest {result['event_seconds_without_labels']:.1f} s), "
-            f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
-            flush=True,
-        )
+    for width in WIDTHS:
+        for before, after in EVENTS:
+            queue = context.Queue()
+            process = context.Process(target=_event, args=(width, before, after, queue))
+            process.start()
+            result = queue.get()
+            process.join()
+            results.append(result)
+            print(
+                f"[AutoPrune] {result['prunable_weights'] / 1e6:.1f}M weights, {before:.2f} -> {after:.2f}: "
+                f"event {result['event_seconds']:.1f} s ({result['forward_passes']} calibration forwards "
+                f"{result['label_forward_seconds']:.1f} s, rest {result['event_seconds_without_labels']:.1f} s), "
+                f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
+                flush=True,
+            )
     record = {
         "script": "benchmarks/importance_scale.py",
-        "model": f"{LAYERS} x Linear({WIDTH}, {WIDTH})",
+        "model": f"{LAYERS} x Linear(d, d), d in {list(WIDTHS)}",
         "threads": 2,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
         "events": results,

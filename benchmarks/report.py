@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -360,6 +361,7 @@ def render_report(
     structured_results: Path | None = RESULTS,
     automatic_results: Path | None = RESULTS / "auto_target.json",
     realistic_results: Path | None = RESULTS / realistic_tier.TIER,
+    scale_results: Path | None = RESULTS / "importance_scale.json",
 ) -> str:
     """The text of ``BENCHMARKS.md`` for a summary (see :func:`benchmarks.protocol.summarise`).
 
@@ -372,6 +374,8 @@ def render_report(
             section; a missing file, or ``None``: no section).
         realistic_results: the realistic tier's results root (its section says "Not run yet" while it
             holds no run files; ``None``: no section).
+        scale_results: the results file of ``benchmarks/importance_scale.py`` (the scale section; a
+            missing file, or ``None``: no section).
     """
     env = summary.get("environment", {})
     budget = Budget(**summary["budget"]) if "budget" in summary else Budget()
@@ -473,7 +477,52 @@ def render_report(
         lines += ["", *render_structured(structured)]
     if realistic_results is not None:
         lines += ["", *render_realistic(realistic_results, plots)]
+    if scale_results is not None and scale_results.exists():
+        lines += ["", *render_scale(json.loads(scale_results.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def render_scale(payload: Mapping[str, Any]) -> list[str]:
+    """The scale section from ``benchmarks/results/importance_scale.json`` (``benchmarks/importance_scale.py``)."""
+    events = payload["events"]
+    rows = [
+        [
+            f"{e['prunable_weights'] / 1e6:.1f}M",
+            f"{e['sparsity_before']:.2f} -> {e['sparsity_after']:.2f}",
+            f"{e['event_seconds']:.1f}",
+            f"{e['forward_passes']} in {e['label_forward_seconds']:.1f}",
+            f"{e['event_seconds_without_labels']:.1f}",
+            f"{e['peak_extra_mb']:.0f} ({e['peak_extra_over_weights']:.2f}x)",
+            str(e["diagnostics"].get("used", "")),
+        ]
+        for e in events
+    ]
+    lines = [
+        "## Scale of one learned event",
+        "",
+        f"`python -m benchmarks.importance_scale`: {payload['model']}, {payload['threads']} CPU threads, "
+        "128 group ablations and the candidate steps, each measured with one forward pass of 512 calibration "
+        "samples (`label_budget=None`). Each event runs in a fresh process; peak extra memory is the resident "
+        "high-water mark over the process before the event, against the prunable weights' float32 size. "
+        '"Own work" is the event without the model\'s forward passes.',
+        "",
+        *_table(["weights", "step", "event s", "forward passes (s)", "own work s", "peak extra MB", "step used"], rows),
+    ]
+    by_size: dict[int, list[Mapping[str, Any]]] = {}
+    for e in events:
+        by_size.setdefault(e["prunable_weights"], []).append(e)
+    sizes = sorted(by_size)
+    if len(sizes) > 1:
+        per_weight = {n: statistics.median(e["event_seconds_without_labels"] for e in by_size[n]) / n for n in sizes}
+        smallest, largest = sizes[0], sizes[-1]
+        lines += [
+            "",
+            "Own work per million weights (median over the events of a size): "
+            + ", ".join(f"{n / 1e6:.1f}M {per_weight[n] * 1e6:.2f} s" for n in sizes)
+            + f"; from {smallest / 1e6:.1f}M to {largest / 1e6:.1f}M weights ({largest / smallest:.0f}x) the own "
+            f"work grows {per_weight[largest] * largest / (per_weight[smallest] * smallest):.1f}x.",
+        ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- realistic tier

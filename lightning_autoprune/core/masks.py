@@ -72,7 +72,7 @@ def count_zeros(params: Iterable[Tensor]) -> tuple[int, int]:
     """
     zeros = total = 0
     for p in params:
-        zeros += int((p == 0).sum())
+        zeros += p.numel() - int(torch.count_nonzero(p))
         total += p.numel()
     return zeros, total
 
@@ -99,8 +99,10 @@ def mask_cost(masks: Mapping[str, Tensor], weights: Mapping[str, float] | None =
         (3.0, 6.0)
     """
     if weights is None:
-        return float(sum(int((~m).sum()) for m in masks.values())), float(sum(m.numel() for m in masks.values()))
-    pruned = sum(weights.get(n, 0.0) * int((~m).sum()) for n, m in masks.items())
+        return float(sum(m.numel() - int(torch.count_nonzero(m)) for m in masks.values())), float(
+            sum(m.numel() for m in masks.values())
+        )
+    pruned = sum(weights.get(n, 0.0) * (m.numel() - int(torch.count_nonzero(m))) for n, m in masks.items())
     return pruned, sum(weights.get(n, 0.0) * m.numel() for n, m in masks.items())
 
 

@@ -48,7 +48,7 @@ def top_k_mask(scores: Tensor, k: int) -> Tensor:
     threshold = torch.kthvalue(scores, n - k + 1).values
     above = scores > threshold
     at = scores == threshold
-    missing = k - int(above.sum())
+    missing = k - int(torch.count_nonzero(above))
     at_index = at.nonzero().view(-1)[:missing]
     above[at_index] = True
     return above

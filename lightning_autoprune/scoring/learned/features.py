@@ -68,6 +68,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 _EPS = 1e-6
 _TINY = 1e-30
+#: The most entries :func:`_global_scales` reads of a tensor at once (whole rows, at least one).
+SCALE_BLOCK = 1 << 18
 
 #: Columns of :func:`unit_features`, in order.
 UNIT_FEATURE_NAMES: tuple[str, ...] = (
@@ -217,7 +219,7 @@ class FeatureTable:
         mask = inputs.masks[name].to(weight.device)
         flat_w = weight.reshape(-1)
         flat_m = mask.reshape(-1)
-        zeros = torch.zeros_like(flat_w)
+        zeros = flat_w.new_zeros(1).expand(flat_w.numel())  # a view: no tensor-sized allocation
         grad = _flat(inputs.grad_mean, name, zeros)
         fisher = _flat(inputs.grad_sq_mean, name, zeros)
         adam = _flat(inputs.exp_avg_sq, name, fisher)
@@ -225,8 +227,12 @@ class FeatureTable:
         initial = _flat(inputs.initial_weights, name, flat_w)
         transposed = _is_transposed(inputs, name, weight)
         fan_out, fan_in_units, inner = _geometry(weight, transposed)
-        kept = int(flat_m.sum())
-        mean_abs = float((flat_w.abs() * flat_m).sum()) / max(kept, 1) or 1.0
+        kept = int(torch.count_nonzero(flat_m))
+        abs_sum = sum(
+            float((flat_w[i : i + SCALE_BLOCK].abs() * flat_m[i : i + SCALE_BLOCK]).sum())
+            for i in range(0, flat_w.numel(), SCALE_BLOCK)
+        )
+        mean_abs = abs_sum / max(kept, 1) or 1.0
         index = self.names.index(name)
         constants = torch.tensor(
             [
@@ -295,37 +301,63 @@ def _log(values: Tensor) -> Tensor:
 
 
 def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
-    """Mean absolute value over every kept weight of every tensor, per scaled quantity (see :class:`FeatureTable`)."""
+    """Mean absolute value over every kept weight of every tensor, per scaled quantity (see :class:`FeatureTable`).
+
+    Each tensor is read in blocks of rows of at most :data:`SCALE_BLOCK` entries, so the
+    temporaries stay a few MB however large the tensor.
+    """
     sums = dict.fromkeys(("w", "g", "gw", "F", "adam", "t2", "mv", "wanda"), 0.0)
     count = 0
     x_sum, x_count, y_sum, y_count = 0.0, 0, 0.0, 0
     for name, weight in inputs.weights.items():
-        w = weight.detach().float().reshape(-1)
-        keep = inputs.masks[name].reshape(-1).to(w.device).float()
-        zeros = torch.zeros_like(w)
-        g = _flat(inputs.grad_mean, name, zeros)
-        fisher = _flat(inputs.grad_sq_mean, name, zeros)
-        adam = _flat(inputs.exp_avg_sq, name, fisher)
-        mv = _flat(inputs.movement, name, zeros)
-        count += int(keep.sum())
-        sums["w"] += float((w.abs() * keep).sum())
-        sums["g"] += float((g.abs() * keep).sum())
-        sums["gw"] += float(((g * w).abs() * keep).sum())
-        sums["F"] += float((fisher * keep).sum())
-        sums["adam"] += float((adam * keep).sum())
-        sums["t2"] += float((taylor2_scores(w, g, fisher).abs() * keep).sum())
-        sums["mv"] += float((mv.abs() * keep).sum())
         transposed = _is_transposed(inputs, name, weight)
         fan_out, fan_in, inner = _geometry(weight, transposed)
         x = _units(inputs.input_norms, name, fan_in)
+        rows = weight.shape[0] if weight.ndim >= 1 else 1
+        w_all = weight.detach().float().reshape(rows, -1)
+        keep_all = inputs.masks[name].reshape(rows, -1).to(w_all.device)
+        sources = {
+            key: _rows(source, name, rows)
+            for key, source in (
+                ("g", inputs.grad_mean),
+                ("F", inputs.grad_sq_mean),
+                ("adam", inputs.exp_avg_sq),
+                ("mv", inputs.movement),
+            )
+        }
+        unit_parts: list[Tensor] = []
+        per_unit = None
+        step = max(1, SCALE_BLOCK // max(1, w_all.shape[1]))
+        for start in range(0, rows, step):
+            block = slice(start, start + step)
+            w = w_all[block]
+            keep = keep_all[block].float()
+            zeros = torch.zeros_like(w)
+            g = sources["g"][block] if sources["g"] is not None else zeros
+            fisher = sources["F"][block] if sources["F"] is not None else zeros
+            adam = sources["adam"][block] if sources["adam"] is not None else fisher
+            mv = sources["mv"][block] if sources["mv"] is not None else zeros
+            count += int(torch.count_nonzero(keep))
+            kept_abs = w.abs() * keep
+            sums["w"] += float(kept_abs.sum())
+            sums["g"] += float((g.abs() * keep).sum())
+            sums["gw"] += float(((g * w).abs() * keep).sum())
+            sums["F"] += float((fisher * keep).sum())
+            sums["adam"] += float((adam * keep).sum())
+            sums["t2"] += float((taylor2_scores(w, g, fisher).abs() * keep).sum())
+            sums["mv"] += float((mv.abs() * keep).sum())
+            if x is not None:
+                if transposed:  # rows are input units
+                    unit_parts.append(kept_abs.view(-1, fan_out).sum(dim=1))
+                else:  # rows are output units
+                    part = kept_abs.reshape(-1, fan_in, inner).sum(dim=(0, 2))
+                    per_unit = part if per_unit is None else per_unit + part
         if x is not None:
             x_sum += float(x.sum())
             x_count += x.numel()
-            if transposed:
-                per_unit = (w.abs() * keep).view(fan_in, fan_out).sum(dim=1)
-            else:
-                per_unit = (w.abs() * keep).view(fan_out, fan_in, inner).sum(dim=(0, 2))
-            sums["wanda"] += float(per_unit @ x)
+            per_unit = torch.cat(unit_parts) if transposed else per_unit
+            if per_unit is not None:
+                sums["wanda"] += float(per_unit @ x)
         y = _units(inputs.output_norms, name, fan_out)
         if y is not None:
             y_sum += float(y.sum())
@@ -338,6 +370,13 @@ def _global_scales(inputs: ScoreInputs) -> dict[str, float]:
     for key, value in scales.items():
         scales[key] = max(value, _TINY)
     return scales
+
+
+def _rows(source: Mapping[str, Tensor] | None, name: str, rows: int) -> Tensor | None:
+    """``source[name]`` as float32 ``[rows, -1]`` (a view where it can be), or ``None`` where missing."""
+    if source is None or name not in source:
+        return None
+    return source[name].detach().float().reshape(rows, -1)
 
 
 def _unit_log(x: Tensor) -> Tensor:

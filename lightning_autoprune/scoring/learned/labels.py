@@ -70,7 +70,7 @@ def step_size(masks: Mapping[str, Tensor], target_sparsity: float) -> int:
         1
     """
     total = sum(m.numel() for m in masks.values())
-    already = total - sum(int(m.sum()) for m in masks.values())
+    already = total - sum(int(torch.count_nonzero(m)) for m in masks.values())
     return max(0, pruned_count(target_sparsity, total) - already)
 
 
@@ -111,7 +111,7 @@ def frontier_groups(
     if budget < 1:
         raise ValueError(f"`label_groups` must be >= 1, got {budget}.")
     step = step_size(masks, target_sparsity)
-    kept = {name: int(mask.sum()) for name, mask in masks.items()}
+    kept = {name: int(torch.count_nonzero(mask)) for name, mask in masks.items()}
     kept_total = sum(kept.values())
     names = [n for n, band in bands.items() if len(band) and kept[n]]
     if step == 0 or kept_total == 0 or not names:

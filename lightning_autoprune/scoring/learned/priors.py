@@ -36,20 +36,36 @@ from lightning_autoprune.scoring.learned.labels import step_size
 #: in held-out fidelity the earlier one is preferred (first-order Taylor, the strongest formula of
 #: the benchmark protocol at high sparsity).
 PRIORS: tuple[str, ...] = ("taylor", "lamp", "magnitude", "wanda", "taylor2")
-#: Kept weights sampled to estimate a prior's global cut when the band is centred on it.
+#: On a model with more kept weights than this, global cuts (a prior's, a candidate step's) are
+#: estimated from a :class:`KeptSample`; up to it, they are exact.
 CUT_SAMPLE = 1 << 20
+#: Kept positions a :class:`KeptSample` draws (a global cut's rank is then off by about 0.1% of
+#: the kept weights, a few hundredths of a percent of sparsity, whatever the model's size).
+KEPT_SAMPLE = 1 << 18
+#: A tensor with more kept weights than this gets a sampled :class:`SortedSquares`.
+EXACT_SQUARES = 1 << 20
+#: About this many kept squares form a large tensor's :class:`SortedSquares`.
+SQUARES_SAMPLE = 1 << 18
 
 
 class SortedSquares:
     """One tensor's kept ``w**2``, sorted, with suffix sums: LAMP scores and percentiles of any entries.
 
-    Ties share the lowest rank (and the largest LAMP denominator) of their value. Holds two
-    float32 arrays of the kept count (the sorted squares and their suffix sums, accumulated in
-    float64), nothing of the tensor's size beyond that.
+    Ties share the lowest rank (and the largest LAMP denominator) of their value. On a tensor of
+    at most ``exact`` kept weights the arrays hold every kept square and the results are exact.
+    On a larger one they hold a systematic sample (the kept ones among every k-th entry in flat
+    order, about :data:`SQUARES_SAMPLE` entries), each standing for ``kept / len(sample)`` weights
+    (:attr:`stride`): percentiles are then read off
+    the sample (standard error about ``0.5 / sqrt(SQUARES_SAMPLE)``, 0.001) and a LAMP denominator
+    is the sample's suffix sum times ``k`` (never below the weight's own square, so a score stays
+    at most 1). Building it costs one pass over the tensor and a sort of the sample, and holds two
+    float32 arrays of the sample's size.
 
     Args:
         weight: the tensor's weights.
         mask: its mask (``True`` = kept).
+        exact: the most kept weights sorted in full.
+        sample: about how many kept squares a larger tensor's sample holds.
 
     Example:
         >>> squares = SortedSquares(torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([True, True, True, False]))
@@ -59,15 +75,28 @@ class SortedSquares:
         [0.0, 0.5, 1.0, 0.0]
     """
 
-    def __init__(self, weight: Tensor, mask: Tensor) -> None:
+    def __init__(
+        self, weight: Tensor, mask: Tensor, *, exact: int = EXACT_SQUARES, sample: int = SQUARES_SAMPLE
+    ) -> None:
         self.weight = weight.detach().reshape(-1)
         self.mask = mask.reshape(-1).to(self.weight.device)
-        kept = self.weight[self.mask].float().pow(2).cpu().numpy()
-        kept.sort()
-        self.sorted = kept
-        suffix = np.cumsum(kept[::-1], dtype=np.float64)[::-1].astype(np.float32)
-        self.suffix = np.append(suffix, np.float32(0.0))
-        self.kept = len(kept)
+        self.kept = int(torch.count_nonzero(self.mask))
+        if self.kept <= exact:
+            ordered = self.weight[self.mask].float().pow(2).cpu().numpy()
+        else:  # every k-th entry in flat order, k coprime with the last dimension (no column aliasing)
+            k = max(1, self.kept // sample)
+            while math.gcd(k, weight.shape[-1] if weight.ndim else 1) != 1:
+                k += 1
+            ordered = self.weight[::k][self.mask[::k]].float().pow(2).cpu().numpy()
+        ordered.sort()
+        self.sorted = ordered
+        #: Kept weights each entry of :attr:`sorted` stands for (1: exact).
+        self.stride = self.kept / max(len(ordered), 1)
+        running = np.cumsum(ordered[::-1], dtype=np.float64)  # accumulated in float64, stored in float32
+        if self.stride != 1:
+            running *= self.stride
+        self.suffix = np.zeros(len(ordered) + 1, dtype=np.float32)
+        self.suffix[:-1] = running[::-1]
 
     def _positions(self, index: Tensor) -> tuple[np.ndarray, np.ndarray, Tensor]:
         kept = self.mask[index]
@@ -78,18 +107,33 @@ class SortedSquares:
         """LAMP score ``w**2 / sum(w_j**2 over kept j at least as large)`` of flat entries ``index`` (0 if pruned)."""
         values, positions, kept = self._positions(index)
         denominator = np.maximum(self.suffix[positions], np.finfo(np.float32).tiny)
+        if self.stride != 1:
+            denominator = np.maximum(denominator, values)
         scores = torch.from_numpy((values / denominator).astype(np.float32)).to(index.device)
         return torch.where(kept.to(index.device), scores, 0.0)
+
+    def knot_lamps(self) -> np.ndarray:
+        """The LAMP score of every entry of :attr:`sorted` (ascending, as the entries are)."""
+        positions = np.searchsorted(self.sorted, self.sorted, side="left")
+        denominator = np.maximum(np.maximum(self.suffix[positions], self.sorted), np.finfo(np.float32).tiny)
+        return np.maximum.accumulate(self.sorted / denominator)
 
     def percentile(self, index: Tensor) -> Tensor:
         """Rank of ``|w|`` among the kept weights, over ``kept - 1``, in ``[0, 1]`` (0 if pruned)."""
         _, positions, kept = self._positions(index)
-        ranks = torch.from_numpy(positions.astype(np.float32) / max(self.kept - 1, 1)).to(index.device)
+        ranks = torch.from_numpy(positions.astype(np.float32) / max(len(self.sorted) - 1, 1)).to(index.device)
         return torch.where(kept.to(index.device), ranks, 0.0)
 
 
 class PriorScores:
     """Formula prior scores of one event, tensor by tensor (higher = keep); only the last tensor is cached.
+
+    On a model of more than :data:`CUT_SAMPLE` kept weights, a tensor's full LAMP scores
+    (:meth:`layer`, :meth:`full`) are its step's: ``w**2`` scaled so that the global cut falls in
+    each tensor where LAMP's cut falls, estimated from every tensor's :class:`SortedSquares`
+    (:meth:`lamp_cuts`). They select the same weights as LAMP's scores for this event's target
+    (every tensor's order is ``|w|`` under both), without a full sort of any tensor. :meth:`at`
+    gives LAMP's own scores (estimated on large tensors, see :class:`SortedSquares`).
 
     Args:
         inputs: the event's scorer inputs.
@@ -110,6 +154,7 @@ class PriorScores:
         self._name: str | None = None
         self._layers: dict[str, Tensor] = {}
         self._squares: SortedSquares | None = None
+        self._lamp_cuts: tuple[float, dict[str, float]] | None = None
 
     def layer(self, prior: str, name: str) -> Tensor:
         """The prior's scores of every entry of tensor ``name``, shaped like it."""
@@ -155,7 +200,44 @@ class PriorScores:
 
     def full(self, prior: str) -> dict[str, Tensor]:
         """The prior's scores of every tensor."""
-        return {name: self._compute(prior, name) for name in self.inputs.weights}
+        return {name: self.tensor(prior, name) for name in self.inputs.weights}
+
+    def tensor(self, prior: str, name: str) -> Tensor:
+        """The prior's scores of tensor ``name``, a new tensor (not cached, unlike :meth:`layer`)."""
+        return self._compute(prior, name)
+
+    def lamp_cuts(self) -> tuple[float, dict[str, float]]:
+        """LAMP's global cut for this event's step, and each tensor's ``w**2`` at it (computed once).
+
+        Every tensor's :class:`SortedSquares` gives the LAMP score of its sorted entries, each
+        standing for as many kept weights as its stride (each tensor sampled to its share of
+        :data:`SQUARES_SAMPLE` entries in all); the cut is the score below which the
+        step's count of weights lies, and a tensor's cut the largest square whose score is at
+        most it (``-1``: the step takes none of it).
+        """
+        if self._lamp_cuts is None:
+            inputs = self.inputs
+            step = step_size(inputs.masks, inputs.target_sparsity)
+            knots: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # sorted squares, their LAMP, stride
+            kept_total = max(1, sum(int(torch.count_nonzero(m)) for m in inputs.masks.values()))
+            for name, mask in inputs.masks.items():
+                share = max(1024, SQUARES_SAMPLE * int(torch.count_nonzero(mask)) // kept_total)
+                squares = SortedSquares(inputs.weights[name], mask, exact=share, sample=share)
+                if squares.kept:
+                    knots[name] = (squares.sorted, squares.knot_lamps(), squares.stride)
+            threshold = -1.0
+            if knots and step > 0:
+                lamps = np.concatenate([lamps_of for _, lamps_of, _ in knots.values()])
+                counts = np.concatenate([np.full(len(v), stride) for v, _, stride in knots.values()])
+                order = np.argsort(lamps, kind="stable")
+                covered = np.cumsum(counts[order])
+                threshold = float(lamps[order][min(len(order) - 1, int(np.searchsorted(covered, step)))])
+            cuts = {}
+            for name, (values, lamps_of, _) in knots.items():
+                last = int(np.searchsorted(lamps_of, threshold, side="right")) - 1
+                cuts[name] = float(values[last]) if last >= 0 else -1.0
+            self._lamp_cuts = (threshold, cuts)
+        return self._lamp_cuts
 
     def _switch(self, name: str) -> None:
         if name != self._name:
@@ -168,7 +250,14 @@ class PriorScores:
         if prior == "magnitude":
             return magnitude_scores(w)
         if prior == "lamp":
-            return lamp_scores(w, inputs.masks[name])
+            mask = inputs.masks[name]
+            if sum(int(torch.count_nonzero(m)) for m in inputs.masks.values()) <= CUT_SAMPLE:
+                return lamp_scores(w, mask)
+            threshold, cuts = self.lamp_cuts()
+            cut = cuts.get(name, -1.0)
+            scaled = w.pow(2)  # a new tensor, scaled in place
+            scaled.mul_(threshold / cut) if cut > 0 else scaled.add_(2 * threshold + 1.0)
+            return scaled.masked_fill_(~mask.to(w.device), 0.0)
         if prior == "taylor":
             return taylor_scores(w, fisher)
         if prior == "taylor2":
@@ -180,33 +269,56 @@ class PriorScores:
         raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
 
 
-def sampled_quantile(
-    scores_of: Callable[[str], Tensor],
-    masks: Mapping[str, Tensor],
-    kept: Mapping[str, int],
-    quantile: float,
-    generator: torch.Generator,
-) -> float:
-    """The ``quantile`` of the kept weights' scores, from :data:`CUT_SAMPLE` of them drawn with ``generator``.
+class KeptSample:
+    """A seeded sample of the kept weights' positions, :data:`KEPT_SAMPLE` in all, for global cuts.
 
-    Each tensor gives its share of the sample (by kept count), drawn with replacement, so a
-    global cut is found without a copy of every score.
+    Each tensor gives its share of the sample (by kept count), drawn with replacement from
+    ``generator``. Drawn once per event, it estimates the global cut of any scores from those
+    positions alone: no copy of every score, and no sort.
+
+    Args:
+        masks: the event's masks (``True`` = kept).
+        generator: the event's generator.
+        size: the sample's size.
 
     Example:
-        >>> scores = {"a": torch.arange(100.0)}
         >>> masks = {"a": torch.ones(100, dtype=torch.bool)}
-        >>> 40 < sampled_quantile(scores.__getitem__, masks, {"a": 100}, 0.5, torch.Generator().manual_seed(0)) < 60
+        >>> sample = KeptSample(masks, torch.Generator().manual_seed(0))
+        >>> 40 < sample.quantile({"a": torch.arange(100.0)}.__getitem__, 0.5) < 60
         True
     """
-    total = sum(kept.values())
-    sample = []
-    for name, mask in masks.items():
-        if kept[name]:
-            values = scores_of(name).reshape(-1)[mask.reshape(-1)]
-            count = math.ceil(CUT_SAMPLE * kept[name] / total)
-            pick = torch.randint(0, len(values), (count,), generator=generator).to(values.device)
-            sample.append(values[pick].float().cpu())
-    return float(torch.quantile(torch.cat(sample).double(), min(1.0, max(0.0, quantile))))
+
+    def __init__(self, masks: Mapping[str, Tensor], generator: torch.Generator, size: int = KEPT_SAMPLE) -> None:
+        kept = {name: int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+        total = sum(kept.values())
+        self.positions: dict[str, Tensor] = {}
+        for name, mask in masks.items():
+            if kept[name]:
+                count = math.ceil(size * kept[name] / total)
+                ranks = torch.randint(0, kept[name], (count,), generator=generator).sort().values
+                self.positions[name] = _kept_positions(mask.reshape(-1), ranks.to(mask.device))
+
+    def quantile(self, scores_of: Callable[[str], Tensor], quantile: float) -> float:
+        """The ``quantile`` (an order statistic of the sample) of the kept weights' scores ``scores_of(name)``."""
+        values = torch.cat([scores_of(name).reshape(-1)[where].float().cpu() for name, where in self.positions.items()])
+        if not len(values):
+            return 0.0
+        k = min(len(values), max(1, math.ceil(min(1.0, max(0.0, quantile)) * len(values))))
+        return float(torch.kthvalue(values, k).values)
+
+
+def _kept_positions(flat_mask: Tensor, ranks: Tensor) -> Tensor:
+    """Flat positions of the kept entries of ranks ``ranks`` (ascending) in ``flat_mask``.
+
+    The mask is read in blocks of :data:`KEPT_SAMPLE` entries (no index of every kept weight).
+    """
+    parts, seen = [], 0
+    for start in range(0, flat_mask.numel(), KEPT_SAMPLE):
+        where = flat_mask[start : start + KEPT_SAMPLE].nonzero().squeeze(1)
+        low, high = torch.searchsorted(ranks, torch.tensor([seen, seen + len(where)], device=ranks.device)).tolist()
+        parts.append(where[ranks[low:high] - seen] + start)
+        seen += len(where)
+    return torch.cat(parts)
 
 
 def _entries(source: Mapping[str, Tensor] | None, name: str, index: Tensor, like: Tensor) -> Tensor:
@@ -232,7 +344,7 @@ def frontier_bands(
     at most ``max_rows``, each tensor's band is its lowest ``window * p`` share under ``prior``
     (every weight the step could take from it, and the next ones). Otherwise each tensor's band is
     its proportional share of ``max_rows``, centred on the tensor's cut under the prior's global
-    ranking, which is estimated from a sample of :data:`CUT_SAMPLE` kept weights drawn from
+    ranking, which is estimated from a sample of :data:`KEPT_SAMPLE` kept weights drawn from
     ``generator`` (exact on a model with fewer kept weights). Weights below a band rank below it
     (they go), weights above it stay.
 
@@ -251,7 +363,7 @@ def frontier_bands(
         >>> {n: b.tolist() for n, b in bands.items()}
         {'a': [3, 4], 'b': [0]}
     """
-    kept = {name: int(mask.sum()) for name, mask in masks.items()}
+    kept = {name: int(torch.count_nonzero(mask)) for name, mask in masks.items()}
     total = sum(kept.values())
     step = step_size(masks, target_sparsity)
     if step == 0 or total == 0:
@@ -283,30 +395,49 @@ def _estimated_cuts(
         pool = torch.cat(
             [priors.layer(prior, name).reshape(-1)[mask.reshape(-1)].float().cpu() for name, mask in masks.items()]
         )
-        threshold = float(torch.kthvalue(pool.double(), step).values)
+        threshold = float(torch.kthvalue(pool, step).values)
     else:
-        threshold = sampled_quantile(lambda name: priors.layer(prior, name), masks, kept, step / total, generator)
+        threshold = KeptSample(masks, generator).quantile(lambda name: priors.layer(prior, name), step / total)
     cuts = {}
     for name, mask in masks.items():
         values = priors.layer(prior, name).reshape(-1)
-        cuts[name] = float(((values <= threshold) & mask.reshape(-1).to(values.device)).sum())
+        cuts[name] = float(torch.count_nonzero((values <= threshold) & mask.reshape(-1).to(values.device)))
     return cuts
 
 
 def _rank_range(priors: PriorScores, prior: str, name: str, mask: Tensor, low: int, high: int) -> Tensor:
-    """Flat indices of the kept weights ranked ``low`` to ``high - 1`` (ascending, ties by index) under the prior."""
+    """Flat indices of the kept weights ranked ``low`` to ``high - 1`` (ascending, ties by index) under the prior.
+
+    On a tensor of more than :data:`EXACT_SQUARES` kept weights the two edge values are read off a
+    systematic sample of its kept scores (as :class:`SortedSquares` samples), so the band holds
+    about ``high - low`` weights (never more) and no copy of the tensor's kept scores is sorted.
+    """
     if high <= low:
         return torch.zeros(0, dtype=torch.long, device=mask.device)
     values = priors.layer(prior, name).reshape(-1).float()
     flat_mask = mask.reshape(-1).to(values.device)
-    ordered = np.sort(values[flat_mask].cpu().numpy())
-    lo, hi = float(ordered[low]), float(ordered[high - 1])
-    parts = []
-    for edge in sorted({lo, hi}):
-        below = int(np.searchsorted(ordered, edge, side="left"))
-        upto = int(np.searchsorted(ordered, edge, side="right"))
-        need = min(high, upto) - max(low, below)
-        parts.append(((values == edge) & flat_mask).nonzero().squeeze(1)[:need])
-    parts.append(((values > lo) & (values < hi) & flat_mask).nonzero().squeeze(1))
+    kept = int(torch.count_nonzero(flat_mask))
+    if kept <= EXACT_SQUARES:
+        ordered = np.sort(values[flat_mask].cpu().numpy())
+        lo, hi = float(ordered[low]), float(ordered[high - 1])
+        parts = []
+        for edge in sorted({lo, hi}):
+            below = int(np.searchsorted(ordered, edge, side="left"))
+            upto = int(np.searchsorted(ordered, edge, side="right"))
+            need = min(high, upto) - max(low, below)
+            parts.append(((values == edge) & flat_mask).nonzero().squeeze(1)[:need])
+        parts.append(((values > lo) & (values < hi) & flat_mask).nonzero().squeeze(1))
+    else:
+        k = max(1, kept // SQUARES_SAMPLE)
+        ordered = np.sort(values[::k][flat_mask[::k]].cpu().numpy())
+        last = len(ordered) - 1
+        lo = float(ordered[min(last, low * len(ordered) // kept)])
+        hi = float(ordered[min(last, (high - 1) * len(ordered) // kept)])
+        inside = ((values > lo) & (values < hi) & flat_mask).nonzero().squeeze(1)[: high - low]
+        room = high - low - len(inside)
+        at_hi = ((values == hi) & flat_mask).nonzero().squeeze(1) if hi > lo else inside[:0]
+        at_lo = ((values == lo) & flat_mask).nonzero().squeeze(1)
+        take_hi = min(len(at_hi), room // 2 if len(at_lo) else room)
+        parts = [at_lo[: room - take_hi], at_hi[:take_hi], inside]
     band = torch.cat(parts)
     return band[torch.sort(values[band], stable=True).indices]

@@ -21,10 +21,13 @@ from torch import Tensor
 
 from lightning_autoprune.core.selection import layer_floors, pruned_count, select_masks, top_k_mask
 from lightning_autoprune.scoring.base import ScoreInputs
-from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE, sampled_quantile
+from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE, KeptSample
 
 #: Standard errors by which a candidate's step must beat the incumbent's to replace it.
 NOISE_Z = 2.0
+#: A candidate's scores, one tensor at a time: called with a tensor's name, returns its scores
+#: (higher = keep). A step is measured from these without every tensor's scores in memory at once.
+TensorScores = Callable[[str], Tensor]
 
 
 @dataclass(frozen=True)
@@ -48,36 +51,46 @@ class StepChoice:
     margin: float = 0.0
 
 
-def step_masks(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> dict[str, Tensor]:
+def step_masks(
+    scores: Mapping[str, Tensor] | TensorScores, inputs: ScoreInputs, sample: KeptSample | None = None
+) -> dict[str, Tensor]:
     """Per tensor, the kept weights the step ``scores`` would remove (boolean, flat).
+
+    ``scores`` is every tensor's scores, or a function giving one tensor's at a time (then a
+    large model's tensors are scored twice, once for the cut and once for the masks, and never
+    held all at once).
 
     On a model of at most :data:`~lightning_autoprune.scoring.learned.priors.CUT_SAMPLE` kept
     weights these are exactly the event's selection (global top-k with the per-layer floor
-    ``inputs.min_density``). On a larger one the global cut is the quantile of a sample of that
-    many kept scores, and a tensor that would fall below its floor keeps its highest-scoring
+    ``inputs.min_density``). On a larger one the global cut is the quantile of a sample of the
+    kept scores (at ``sample``'s positions, drawn here if not given; an event draws one for
+    all its candidates), and a tensor that would fall below its floor keeps its highest-scoring
     weights up to the floor: an estimate that differs from the exact selection by a few weights
     in ten thousand, without a global sort or a copy of every score.
     """
     masks = inputs.masks
+    scores_of = scores.__getitem__ if isinstance(scores, Mapping) else scores
     total = sum(m.numel() for m in masks.values())
-    kept_total = sum(int(m.sum()) for m in masks.values())
+    kept_total = sum(int(torch.count_nonzero(m)) for m in masks.values())
     if kept_total <= CUT_SAMPLE:
-        new = select_masks(scores, masks, inputs.target_sparsity, min_density=inputs.min_density)
+        every = {name: scores_of(name) for name in masks}
+        new = select_masks(every, masks, inputs.target_sparsity, min_density=inputs.min_density)
         return {name: masks[name].reshape(-1) & ~new[name].reshape(-1) for name in masks}
     remove = kept_total - (total - pruned_count(inputs.target_sparsity, total))
-    kept = {name: int(mask.sum()) for name, mask in masks.items()}
-    threshold = sampled_quantile(scores.__getitem__, masks, kept, remove / kept_total, inputs.generator)
+    sample = sample if sample is not None else KeptSample(masks, inputs.generator)
+    threshold = sample.quantile(scores_of, remove / kept_total)
     floors = layer_floors(masks, inputs.min_density)
     removed = {}
     for name, mask in masks.items():
         flat_mask = mask.reshape(-1)
-        values = scores[name].reshape(-1).float()
+        values = scores_of(name).reshape(-1).float()
         gone = flat_mask & (values <= threshold)
-        keep_count = int(flat_mask.sum()) - int(gone.sum())
+        keep_count = int(torch.count_nonzero(flat_mask)) - int(torch.count_nonzero(gone))
         if keep_count < floors[name]:
             ranked = torch.where(flat_mask, values, torch.tensor(-math.inf, device=values.device))
             gone = flat_mask & ~top_k_mask(ranked, floors[name])
         removed[name] = gone
+        del values  # before the next tensor is scored: one tensor's scores in memory at a time
     return removed
 
 
@@ -98,7 +111,10 @@ def step_loss(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> float:
 
 
 def _measure(
-    scores: Mapping[str, Tensor], inputs: ScoreInputs, parts: Callable[[], Sequence[float]] | None = None
+    scores: Mapping[str, Tensor] | TensorScores,
+    inputs: ScoreInputs,
+    parts: Callable[[], Sequence[float]] | None = None,
+    sample: KeptSample | None = None,
 ) -> tuple[list[float], dict[str, float]]:
     """The losses ``parts`` (default: ``inputs.loss_fn``) gives after the step, and each tensor's removed share."""
     if inputs.params is None or inputs.loss_fn is None:
@@ -109,7 +125,7 @@ def _measure(
     shares: dict[str, float] = {}
     with torch.no_grad():
         try:
-            for name, gone in step_masks(scores, inputs).items():
+            for name, gone in step_masks(scores, inputs, sample).items():
                 flat = inputs.params[name].data.view(-1)
                 gone = gone.to(flat.device)
                 kept = int(torch.count_nonzero(inputs.masks[name]))
@@ -123,7 +139,7 @@ def _measure(
 
 
 def choose_step(
-    candidates: Mapping[str, Callable[[], dict[str, Tensor]]],
+    candidates: Mapping[str, TensorScores],
     inputs: ScoreInputs,
     *,
     parts: Callable[[], Sequence[float]] | None = None,
@@ -133,9 +149,10 @@ def choose_step(
     """The candidate whose step has the lowest calibration loss; ties go to the earlier candidate.
 
     Args:
-        candidates: per name, a function computing that candidate's scores. Each is called once
-            to measure its step, and the winner once more to return its scores, so memory holds
-            one score set at a time.
+        candidates: per name, that candidate's scores, one tensor at a time. Each tensor is
+            scored once or twice to measure a step (:func:`step_masks`), and the winner's once
+            more to return its scores, so memory holds one tensor's scores of a candidate at a
+            time, and all of them only for the winner.
         inputs: the event's inputs (masks, target, floor, live parameters, calibration loss).
         parts: measures a step as the losses of disjoint parts of the calibration samples (a
             step's loss is their mean); default: one part, ``inputs.loss_fn``.
@@ -148,14 +165,16 @@ def choose_step(
         >>> w = {"a": torch.tensor([1.0, -3.0, 2.0, 0.5])}
         >>> inputs = ScoreInputs(w, {"a": torch.ones(4, dtype=torch.bool)}, target_sparsity=0.5, params=w)
         >>> inputs.loss_fn = lambda: float((w["a"] - torch.tensor([1.0, -3.0, 0.0, 0.0])).abs().sum())
-        >>> choice = choose_step({"magnitude": lambda: {"a": w["a"].abs()}, "first": lambda: {"a": -torch.arange(4.0)}},
+        >>> choice = choose_step({"magnitude": lambda name: w[name].abs(), "first": lambda name: -torch.arange(4.0)},
         ...                      inputs)
         >>> choice.name, choice.losses
         ('first', {'magnitude': 3.0, 'first': 0.0})
     """
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
-    measured = {name: _measure(compute(), inputs, parts) for name, compute in candidates.items()}
+    kept_total = sum(int(torch.count_nonzero(m)) for m in inputs.masks.values())
+    sample = KeptSample(inputs.masks, inputs.generator) if kept_total > CUT_SAMPLE else None
+    measured = {name: _measure(scores_of, inputs, parts, sample) for name, scores_of in candidates.items()}
     losses = {name: statistics.fmean(values) for name, (values, _) in measured.items()}
     best = min(losses, key=losses.__getitem__)  # the first of equal losses
     margin = 0.0
@@ -166,4 +185,4 @@ def choose_step(
             if statistics.fmean(gains) <= margin:
                 best = incumbent
     removed = {name: shares for name, (_, shares) in measured.items()}
-    return StepChoice(best, candidates[best](), losses, removed, margin)
+    return StepChoice(best, {name: candidates[best](name) for name in inputs.masks}, losses, removed, margin)

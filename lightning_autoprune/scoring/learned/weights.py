@@ -65,7 +65,7 @@ from lightning_autoprune.scoring.learned.fidelity import (
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
 from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
-from lightning_autoprune.scoring.learned.steps import choose_step
+from lightning_autoprune.scoring.learned.steps import TensorScores, choose_step
 
 #: The pretrained default importance model shipped with the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
@@ -75,8 +75,9 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_
 LABEL_PRIOR = "taylor"
 #: Candidate weights of the learned rank in the blend with the best prior.
 BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Rows predicted at once (bounds the memory of one chunk of the feature table).
-CHUNK_ROWS = 1 << 18
+#: Rows predicted at once (bounds the memory of one chunk of the feature table: about 6 MB of
+#: float32 rows, and the estimator's own copy).
+CHUNK_ROWS = 1 << 16
 #: The estimator re-ranks each tensor's frontier band (see
 #: :func:`~lightning_autoprune.scoring.learned.priors.frontier_bands`): while it fits in
 #: :data:`MAX_PREDICTED_ROWS`, the lowest-scoring kept weights under the prior, ``WINDOW`` times
@@ -323,12 +324,12 @@ class LearnedScorer:
 
     def _candidates(
         self, priors: PriorScores, band_scores: _BandScores | None, learned_weight: float | None
-    ) -> dict[str, Callable[[], dict[str, Tensor]]]:
+    ) -> dict[str, TensorScores]:
         """The steps an event chooses from: the learned ranking (when it has a weight) and :data:`STEP_PRIORS`."""
-        candidates: dict[str, Callable[[], dict[str, Tensor]]] = {}
+        candidates: dict[str, TensorScores] = {}
         if band_scores is not None and learned_weight is not None:
-            candidates["learned"] = functools.partial(band_scores.scores, priors, LABEL_PRIOR, learned_weight)
-        candidates.update({prior: functools.partial(priors.full, prior) for prior in STEP_PRIORS})
+            candidates["learned"] = functools.partial(band_scores.tensor_scores, priors, LABEL_PRIOR, learned_weight)
+        candidates.update({prior: functools.partial(priors.tensor, prior) for prior in STEP_PRIORS})
         return candidates
 
     def _score_unlabelled(self, priors: PriorScores, inputs: ScoreInputs, allowed: int | None) -> dict[str, Tensor]:
@@ -357,7 +358,7 @@ class LearnedScorer:
             used, scores = choice.name, choice.scores
             self._log_step(inputs, used, samples, choice.losses, choice.margin)
         else:
-            used, scores = incumbent, candidates[incumbent]()
+            used, scores = incumbent, {name: candidates[incumbent](name) for name in inputs.masks}
             self._log_step(inputs, used, 0, {}, 0.0)
         if not self._told_budget:
             self._told_budget = True
@@ -526,27 +527,28 @@ class _BandScores:
         return cls(bands, predicted, learned_map, _QuantileMap(torch.cat(prior_sample or empty)))
 
     def scores(self, priors: PriorScores, prior: str, alpha: float) -> dict[str, Tensor]:
-        """The prior's scores, with each band's values reordered by the learned (or blended) ranking.
+        """:meth:`tensor_scores` of every tensor."""
+        return {name: self.tensor_scores(priors, prior, alpha, name) for name in priors.inputs.weights}
+
+    def tensor_scores(self, priors: PriorScores, prior: str, alpha: float, name: str) -> Tensor:
+        """The prior's scores of tensor ``name``, with its band's values reordered by the learned (or blended) ranking.
 
         Inside a band, the weight with the j-th lowest learned score gets the band's j-th lowest
         prior value, so every tensor keeps the prior's multiset of values and a global selection
         removes exactly as many weights from each tensor as the prior would; the learned ranking
         chooses which ones.
         """
-        out: dict[str, Tensor] = {}
-        for name in priors.inputs.weights:
-            full = priors.layer(prior, name).detach().float().clone()
-            index = self.bands[name].to(full.device)
-            if len(index):
-                flat = full.view(-1)
-                ascending = flat[index].clone()
-                values = self.predicted[name]
-                if alpha < 1.0:
-                    values = alpha * self.learned_map(values) + (1 - alpha) * self.prior_map(ascending.cpu())
-                order = torch.sort(values.float(), stable=True).indices.to(full.device)
-                flat[index[order]] = ascending
-            out[name] = full
-        return out
+        full = priors.tensor(prior, name).detach().float()
+        index = self.bands[name].to(full.device)
+        if len(index):
+            flat = full.view(-1)
+            ascending = flat[index].clone()
+            values = self.predicted[name]
+            if alpha < 1.0:
+                values = alpha * self.learned_map(values) + (1 - alpha) * self.prior_map(ascending.cpu())
+            order = torch.sort(values.float(), stable=True).indices.to(full.device)
+            flat[index[order]] = ascending
+        return full
 
 
 class _QuantileMap:

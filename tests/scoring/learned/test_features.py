@@ -174,3 +174,27 @@ def test_conv1d_flops_count_positions_over_every_dim_but_the_last() -> None:
     model(torch.randn(4, 7, 5))
     watcher.remove()
     assert watcher.positions == {"0.weight": 7, "1.weight": 7}
+
+
+def test_global_scales_read_in_blocks_of_rows_equal_the_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_autoprune.scoring.learned import features
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"fc": (30, 20), "conv": (8, 6, 3, 3), "proj": (20, 12), "vec": (50,)}  # "proj" is stored [in, out]
+    weights = {n: torch.randn(s, generator=g) for n, s in shapes.items()}
+    inputs = ScoreInputs(
+        weights,
+        {n: torch.rand(s, generator=g) > 0.3 for n, s in shapes.items()},
+        grad_mean={n: torch.randn(s, generator=g) for n, s in shapes.items()},
+        grad_sq_mean={n: torch.rand(s, generator=g) for n, s in shapes.items()},
+        movement={n: torch.randn(s, generator=g) for n, s in shapes.items()},
+        input_norms={n: torch.rand(size, generator=g) for n, size in (("fc", 20), ("conv", 6), ("proj", 20))},
+        output_norms={"fc": torch.rand(30, generator=g)},
+        transposed=frozenset({"proj"}),
+    )
+    whole = features._global_scales(inputs)
+    monkeypatch.setattr(features, "SCALE_BLOCK", 7)  # a few rows (or one) per block
+    blocked = features._global_scales(inputs)
+    assert blocked.keys() == whole.keys()
+    for key, value in whole.items():
+        assert blocked[key] == pytest.approx(value, rel=1e-5), key

@@ -91,3 +91,93 @@ def test_band_edges_with_ties_hold_exactly_the_count() -> None:
         PriorScores(inputs), "magnitude", inputs.masks, 0.1, torch.Generator(), window=2.0, max_rows=10**6
     )
     assert bands["a"].tolist() == list(range(20))
+
+
+def test_a_large_tensors_sorted_squares_estimate_lamp_and_ranks_from_a_sample() -> None:
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(400, 301, generator=g)
+    mask = torch.rand(400, 301, generator=g) > 0.3
+    exact = SortedSquares(weight, mask)
+    sampled = SortedSquares(weight, mask, exact=1000, sample=20000)
+    assert exact.stride == 1.0
+    assert sampled.stride > 3.0
+    assert 15000 < len(sampled.sorted) < 25000  # about `sample` kept squares, not the tensor's 84k
+    index = torch.arange(weight.numel())
+    kept = mask.reshape(-1)
+    assert float((sampled.percentile(index) - exact.percentile(index))[kept].abs().max()) < 0.01
+    assert bool((sampled.percentile(index)[~kept] == 0).all())
+    lamp, true = sampled.lamp(index)[kept], exact.lamp(index)[kept]
+    assert float(lamp.max()) <= 1.0
+    # Where a denominator sums at least a tenth of the kept weights, within 2% (the largest weights'
+    # denominators are sums of a few sampled squares, so only their order is kept there).
+    error = (lamp - true).abs() / true
+    body = true < torch.quantile(true, 0.9)
+    assert float(error[body].max()) < 0.02
+    assert float(error[body].median()) < 0.002
+
+
+def test_lamp_on_a_large_model_selects_what_exact_lamp_selects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_autoprune.core.selection import select_masks
+    from lightning_autoprune.scoring.learned import priors as priors_module
+
+    g = torch.Generator().manual_seed(5)
+    weights = {
+        "a": torch.randn(200, 100, generator=g),
+        "b": torch.randn(50, 40, generator=g) * 3,
+        "c": torch.randn(400, generator=g),
+    }
+    masks = {n: torch.rand(w.shape, generator=g) > 0.2 for n, w in weights.items()}
+    inputs = ScoreInputs(weights, masks, target_sparsity=0.6)
+    exact = select_masks({n: lamp_scores(w, masks[n]) for n, w in weights.items()}, masks, 0.6)
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 1000)  # "large": the step's scores come from the cuts
+    monkeypatch.setattr(priors_module, "SQUARES_SAMPLE", 4000)
+    priors = PriorScores(inputs)
+    scores = priors.full("lamp")
+    estimated = select_masks(scores, masks, 0.6)
+    step = sum(int((m & ~exact[n]).sum()) for n, m in masks.items())
+    for name, mask in masks.items():
+        # Each tensor loses about as many weights as under LAMP, and, within it, the smallest |w|.
+        assert abs(int((mask & ~estimated[name]).sum()) - int((mask & ~exact[name]).sum())) <= 0.02 * step
+        kept_abs = weights[name].abs()
+        removed = kept_abs[mask & ~estimated[name]]
+        if len(removed):
+            assert float(removed.max()) <= float(kept_abs[estimated[name]].min())
+    assert all(bool((s[~masks[n]] == 0).all()) for n, s in scores.items())
+
+
+def test_kept_samples_draw_only_kept_positions_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_autoprune.scoring.learned import priors as priors_module
+
+    monkeypatch.setattr(priors_module, "KEPT_SAMPLE", 64)  # many blocks in each mask
+    g = torch.Generator().manual_seed(6)
+    masks = {"a": torch.rand(3000, generator=g) > 0.7, "b": torch.rand(40, 30, generator=g) > 0.1}
+    sample = priors_module.KeptSample(masks, torch.Generator().manual_seed(0), size=5000)
+    for name, positions in sample.positions.items():
+        assert bool(masks[name].reshape(-1)[positions].all())
+    # Each tensor's share of the sample follows its kept count.
+    kept = {n: int(m.sum()) for n, m in masks.items()}
+    share = len(sample.positions["a"]) / (len(sample.positions["a"]) + len(sample.positions["b"]))
+    assert share == pytest.approx(kept["a"] / sum(kept.values()), abs=0.01)
+    scores = {"a": torch.rand(3000, generator=g), "b": torch.rand(40, 30, generator=g)}
+    pooled = torch.cat([scores[n].reshape(-1)[masks[n].reshape(-1)] for n in masks])
+    assert sample.quantile(scores.__getitem__, 0.3) == pytest.approx(float(torch.quantile(pooled, 0.3)), abs=0.03)
+
+
+def test_a_large_tensors_band_holds_about_its_count_around_its_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_autoprune.scoring.learned import priors as priors_module
+
+    monkeypatch.setattr(priors_module, "EXACT_SQUARES", 500)
+    monkeypatch.setattr(priors_module, "SQUARES_SAMPLE", 2000)
+    g = torch.Generator().manual_seed(7)
+    weights = {"a": torch.randn(20000, generator=g)}
+    masks = {"a": torch.rand(20000, generator=g) > 0.25}
+    priors = PriorScores(ScoreInputs(weights, masks))
+    band = priors_module._rank_range(priors, "magnitude", "a", masks["a"], 6000, 9000)
+    assert 2400 <= len(band) <= 3000  # about the count (the edges come from a sample of 2000), never more
+    assert bool(masks["a"][band].all())
+    magnitudes = weights["a"].abs()
+    ranks = (magnitudes[masks["a"]].unsqueeze(0) < magnitudes[band].unsqueeze(1)).sum(dim=1)
+    # Ranks 6000-8999, give or take the sample's error.
+    assert int(ranks.min()) > 5400
+    assert int(ranks.max()) < 9600
+    assert bool((magnitudes[band][1:] >= magnitudes[band][:-1]).all())

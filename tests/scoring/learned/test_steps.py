@@ -51,15 +51,15 @@ def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> 
     _, inputs = network_inputs()
     magnitude = {n: w.abs() for n, w in inputs.weights.items()}
     reversed_ = {n: -w.abs() for n, w in inputs.weights.items()}
-    choice = choose_step({"reversed": lambda: reversed_, "magnitude": lambda: magnitude}, inputs)
+    choice = choose_step({"reversed": reversed_.__getitem__, "magnitude": magnitude.__getitem__}, inputs)
     assert choice.losses["magnitude"] < choice.losses["reversed"]
     assert choice.name == "magnitude"
-    assert choice.scores is magnitude
+    assert choice.scores == magnitude  # the winner's scores, tensor by tensor
     # Each candidate's allocation: the share of each tensor's kept weights its step removes.
     masks = select_masks(magnitude, inputs.masks, 0.6)
     expected = {n: float((~m).sum()) / m.numel() for n, m in masks.items()}
     assert choice.removed["magnitude"] == pytest.approx(expected)
-    tie = choose_step({"first": lambda: magnitude, "second": lambda: dict(magnitude)}, inputs)
+    tie = choose_step({"first": magnitude.__getitem__, "second": dict(magnitude).__getitem__}, inputs)
     assert tie.name == "first"
     with pytest.raises(ValueError, match="`candidates` is empty"):
         choose_step({}, inputs)
@@ -84,7 +84,7 @@ def test_an_incumbent_is_kept_unless_beaten_beyond_the_noise() -> None:
     w = {"a": torch.tensor([1.0, -3.0, 2.0, 0.5])}
     inputs = ScoreInputs(w, {"a": torch.ones(4, dtype=torch.bool)}, target_sparsity=0.5, params=w)
     inputs.loss_fn = lambda: 0.0
-    candidates = {"magnitude": lambda: {"a": w["a"].abs()}, "first": lambda: {"a": -torch.arange(4.0)}}
+    candidates = {"magnitude": lambda name: w[name].abs(), "first": lambda name: -torch.arange(4.0)}
 
     def parts(noise: list[float]) -> Callable[[], list[float]]:
         # "first" removes weights 2 and 3 (a loss 2.0 lower than magnitude's step), plus per-part noise.
@@ -105,3 +105,25 @@ def test_an_incumbent_is_kept_unless_beaten_beyond_the_noise() -> None:
     assert kept.losses["first"] < kept.losses["magnitude"]
     assert kept.name == "magnitude"  # a mean gain of 2.0 inside a margin of about 3.8
     assert kept.margin > 2.0
+
+
+def test_a_step_scored_one_tensor_at_a_time_equals_the_step_of_all_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    scores = {"big": torch.rand(300, 100, generator=g), "small": torch.rand(20, 10, generator=g)}
+    masks = {n: torch.rand(s.shape, generator=g) > 0.2 for n, s in scores.items()}
+    inputs = ScoreInputs(scores, masks, generator=torch.Generator().manual_seed(0), target_sparsity=0.5)
+    calls: list[str] = []
+
+    def one_at_a_time(name: str) -> torch.Tensor:
+        calls.append(name)
+        return scores[name]
+
+    exact = steps.step_masks(scores, inputs)
+    assert all(torch.equal(steps.step_masks(one_at_a_time, inputs)[n], exact[n]) for n in scores)
+    monkeypatch.setattr(steps, "CUT_SAMPLE", 2000)  # large: a sampled cut, each tensor scored twice
+    calls.clear()
+    inputs.generator = torch.Generator().manual_seed(0)
+    sampled = steps.step_masks(one_at_a_time, inputs)
+    inputs.generator = torch.Generator().manual_seed(0)
+    assert all(torch.equal(sampled[n], m) for n, m in steps.step_masks(scores, inputs).items())
+    assert sorted(calls) == ["big", "big", "small", "small"]
