@@ -256,7 +256,10 @@ class PriorScores:
             threshold, cuts = self.lamp_cuts()
             cut = cuts.get(name, -1.0)
             scaled = w.pow(2)  # a new tensor, scaled in place
-            scaled.mul_(threshold / cut) if cut > 0 else scaled.add_(2 * threshold + 1.0)
+            if cut > 0:  # this tensor's cut lands on the global one
+                scaled.mul_(threshold / cut)
+            else:  # the step takes none of it: every kept weight above the global cut
+                scaled.add_(2 * threshold + 1.0)
             return scaled.masked_fill_(~mask.to(w.device), 0.0)
         if prior == "taylor":
             return taylor_scores(w, fisher)
