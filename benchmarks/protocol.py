@@ -122,6 +122,7 @@ from lightning_autoprune.examples import (
     MNIST1DDataModule,
     quiet_trainer,
 )
+from lightning_autoprune.examples.models import OptimizerName
 from lightning_autoprune.scoring import formulas
 
 TRACK = "unstructured"
@@ -151,19 +152,29 @@ DIGITS = 6
 
 @dataclass(frozen=True)
 class Setup:
-    """One (dataset, model) pair.
+    """One (dataset, model, training recipe) triple.
 
     Attributes:
         name: identifier used in paths and tables, e.g. ``"digits-mlp"``.
         dataset: dataset name.
         model: model name.
         description: one line for the report.
+        hidden: the MLP's hidden widths.
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``), for dense training and fine-tuning.
+        lr: the learning rate.
+        weight_decay: the optimizer's weight decay.
+        momentum: SGD's momentum.
     """
 
     name: str
     dataset: str
     model: str
     description: str
+    hidden: tuple[int, ...] = (256, 256)
+    optimizer: OptimizerName = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
 
     def datamodule(self) -> pl.LightningDataModule:
         """A fresh datamodule with the fixed split."""
@@ -176,7 +187,14 @@ class Setup:
         if self.model == "cnn":
             return CNN1DClassifier()
         in_features = 64 if self.dataset == "digits" else 40
-        return MLPClassifier(in_features=in_features, hidden=[256, 256], lr=1e-3)
+        return MLPClassifier(
+            in_features=in_features,
+            hidden=list(self.hidden),
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+        )
 
 
 SETUPS: dict[str, Setup] = {
@@ -186,6 +204,24 @@ SETUPS: dict[str, Setup] = {
         Setup("mnist1d-mlp", "mnist1d", "mlp", "MNIST-1D (3200/800/1000), MLP 40-256-256-10, Adam 1e-3"),
         Setup(
             "mnist1d-cnn", "mnist1d", "cnn", "MNIST-1D (3200/800/1000), CNN1DClassifier (3x Conv1d 32 + BN), Adam 1e-3"
+        ),
+        # Training recipes other than Adam on a wide MLP: gradient-based features and the pretrained
+        # model see other optimiser statistics (no Adam second moments) and other layer shapes.
+        Setup(
+            "mnist1d-mlp-sgd",
+            "mnist1d",
+            "mlp",
+            "MNIST-1D (3200/800/1000), MLP 40-256-256-10, SGD 0.05 with momentum 0.9 and weight decay 5e-4",
+            optimizer="sgd",
+            lr=0.05,
+            weight_decay=5e-4,
+        ),
+        Setup(
+            "mnist1d-deep-narrow",
+            "mnist1d",
+            "mlp",
+            "MNIST-1D (3200/800/1000), deep narrow MLP 40-(64 x 6)-10, Adam 1e-3",
+            hidden=(64,) * 6,
         ),
     )
 }
