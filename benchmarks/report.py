@@ -98,6 +98,29 @@ def _sparsity_keys(setup: Mapping[str, Any]) -> list[str]:
     return sorted(keys, key=float)
 
 
+def _partial(setup: Mapping[str, Any], method: str) -> str | None:
+    """``None`` when ``method`` has every sparsity of the setup's grid, else the range it has.
+
+    The normalised AUC of a method run on part of the grid is not comparable with the others'.
+    """
+    have = sorted(setup["methods"][method]["by_sparsity"], key=float)
+    return None if len(have) == len(_sparsity_keys(setup)) else f"s={have[0]}-{have[-1]} only"
+
+
+def _auc_ranking(setup: Mapping[str, Any]) -> str:
+    """Methods ranked by normalised AUC; those run on part of the grid follow, unranked."""
+    methods = _methods(setup)
+    auc = {m: setup["methods"][m]["auc_mean"] for m in methods}
+    full = sorted((m for m in methods if _partial(setup, m) is None), key=lambda m: (-round(auc[m], 4), m))
+    text = "Ranked by normalised AUC: " + ", ".join(f"`{m}` {auc[m]:.4f}" for m in full)
+    partial = [m for m in methods if _partial(setup, m) is not None]
+    if partial:
+        text += "; over part of the grid only, not ranked: " + ", ".join(
+            f"`{m}` {auc[m]:.4f} ({_partial(setup, m)})" for m in partial
+        )
+    return text + "."
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -115,7 +138,8 @@ def _accuracy_table(setup: Mapping[str, Any]) -> list[str]:
             if key in setup["methods"][m]["by_sparsity"]
         ]
         best[key] = round(max(means), 4)
-    best_auc = round(max(setup["methods"][m]["auc_mean"] for m in methods), 4)
+    complete = [m for m in methods if _partial(setup, m) is None] or methods
+    best_auc = round(max(setup["methods"][m]["auc_mean"] for m in complete), 4)
     rows = []
     for method in methods:
         entry = setup["methods"][method]
@@ -128,7 +152,10 @@ def _accuracy_table(setup: Mapping[str, Any]) -> list[str]:
             text = _pm(cell["test_acc_mean"], cell["test_acc_std"])
             row.append(f"**{text}**" if round(cell["test_acc_mean"], 4) == best[key] else text)
         auc = f"{entry['auc_mean']:.4f} ± {entry['auc_std']:.4f}"
-        row.append(f"**{auc}**" if round(entry["auc_mean"], 4) == best_auc else auc)
+        if _partial(setup, method) is not None:
+            row.append(f"{auc} ({_partial(setup, method)})")
+        else:
+            row.append(f"**{auc}**" if round(entry["auc_mean"], 4) == best_auc else auc)
         per_seed = ", ".join(f"{s:g}" for s in entry["max_sparsity_within_1pt_per_seed"])
         curve = entry["max_sparsity_within_1pt_of_mean_curve"]
         row.append(f"{entry['max_sparsity_within_1pt_mean']:.3f} ({per_seed}); {curve:g}")
@@ -444,12 +471,7 @@ def render_report(
             "",
             *_accuracy_table(setup),
             "",
-            "Ranked by normalised AUC: "
-            + ", ".join(
-                f"`{m}` {setup['methods'][m]['auc_mean']:.4f}"
-                for m in sorted(_methods(setup), key=lambda m: (-round(setup["methods"][m]["auc_mean"], 4), m))
-            )
-            + ".",
+            _auc_ranking(setup),
             "",
             "Where the default loses (mean over seeds):",
             "",

@@ -109,6 +109,25 @@ def test_report_renders_tables_and_plots(tiny_run: tuple[Path, dict], tmp_path: 
     assert plots[0].stat().st_size > 1000
 
 
+def test_a_method_run_on_part_of_the_grid_is_not_ranked_by_its_auc(tiny_run: tuple[Path, dict]) -> None:
+    import copy
+
+    _, summary = tiny_run
+    partial = copy.deepcopy(summary)
+    setup = partial["setups"]["digits-mlp"]
+    entry = setup["methods"]["modelpruning"]
+    del entry["by_sparsity"]["0.90"]  # as if its 90% runs were never made: its AUC covers 50% alone
+    entry["auc_mean"] = 1.4  # higher than any complete method's
+    text = report.render_report(partial)
+    row = next(line for line in text.splitlines() if line.startswith("| `modelpruning` |"))
+    assert "(s=0.50-0.50 only)" in row
+    assert "**1.4000" not in row
+    ranking = next(line for line in text.splitlines() if line.startswith("Ranked by normalised AUC"))
+    ranked, _, unranked = ranking.partition("not ranked:")
+    assert "`modelpruning`" not in ranked
+    assert "`modelpruning` 1.4000 (s=0.50-0.50 only)" in unranked
+
+
 def test_compounding_amount_reaches_the_cumulative_schedule() -> None:
     amount = CompoundingAmount(0.99, start=1, end=8)
     remaining = 1.0
