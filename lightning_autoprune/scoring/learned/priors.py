@@ -83,11 +83,9 @@ class SortedSquares:
         self.kept = int(torch.count_nonzero(self.mask))
         if self.kept <= exact:
             ordered = self.weight[self.mask].float().pow(2).cpu().numpy()
-        else:  # every k-th entry in flat order, k coprime with the last dimension (no column aliasing)
-            k = max(1, self.kept // sample)
-            while math.gcd(k, weight.shape[-1] if weight.ndim else 1) != 1:
-                k += 1
-            ordered = self.weight[::k][self.mask[::k]].float().pow(2).cpu().numpy()
+        else:
+            last_dim = weight.shape[-1] if weight.ndim else 1
+            ordered = _systematic(self.weight, self.mask, self.kept, sample, last_dim).float().pow(2).cpu().numpy()
         ordered.sort()
         self.sorted = ordered
         #: Kept weights each entry of :attr:`sorted` stands for (1: exact).
@@ -155,6 +153,7 @@ class PriorScores:
         self._layers: dict[str, Tensor] = {}
         self._squares: SortedSquares | None = None
         self._lamp_cuts: tuple[float, dict[str, float]] | None = None
+        self._kept_total: int | None = None
 
     def layer(self, prior: str, name: str) -> Tensor:
         """The prior's scores of every entry of tensor ``name``, shaped like it."""
@@ -219,7 +218,7 @@ class PriorScores:
             inputs = self.inputs
             step = step_size(inputs.masks, inputs.target_sparsity)
             knots: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # sorted squares, their LAMP, stride
-            kept_total = max(1, sum(int(torch.count_nonzero(m)) for m in inputs.masks.values()))
+            kept_total = max(1, self.kept_total())
             for name, mask in inputs.masks.items():
                 share = max(1024, SQUARES_SAMPLE * int(torch.count_nonzero(mask)) // kept_total)
                 squares = SortedSquares(inputs.weights[name], mask, exact=share, sample=share)
@@ -239,6 +238,12 @@ class PriorScores:
             self._lamp_cuts = (threshold, cuts)
         return self._lamp_cuts
 
+    def kept_total(self) -> int:
+        """Kept weights over every tensor of the event (counted once)."""
+        if self._kept_total is None:
+            self._kept_total = sum(int(torch.count_nonzero(m)) for m in self.inputs.masks.values())
+        return self._kept_total
+
     def _switch(self, name: str) -> None:
         if name != self._name:
             self._name, self._layers, self._squares = name, {}, None
@@ -251,7 +256,7 @@ class PriorScores:
             return magnitude_scores(w)
         if prior == "lamp":
             mask = inputs.masks[name]
-            if sum(int(torch.count_nonzero(m)) for m in inputs.masks.values()) <= CUT_SAMPLE:
+            if self.kept_total() <= CUT_SAMPLE:
                 return lamp_scores(w, mask)
             threshold, cuts = self.lamp_cuts()
             cut = cuts.get(name, -1.0)
@@ -308,6 +313,18 @@ class KeptSample:
             return 0.0
         k = min(len(values), max(1, math.ceil(min(1.0, max(0.0, quantile)) * len(values))))
         return float(torch.kthvalue(values, k).values)
+
+
+def _systematic(flat: Tensor, flat_mask: Tensor, kept: int, size: int, last_dim: int) -> Tensor:
+    """The kept entries among every k-th entry of ``flat`` (about ``size`` of ``kept``), in flat order.
+
+    ``k`` is coprime with ``last_dim`` (the tensor's last dimension), so the sample does not keep
+    landing in the same few columns.
+    """
+    k = max(1, kept // size)
+    while math.gcd(k, last_dim) != 1:
+        k += 1
+    return flat[::k][flat_mask[::k]]
 
 
 def _kept_positions(flat_mask: Tensor, ranks: Tensor) -> Tensor:
@@ -431,8 +448,8 @@ def _rank_range(priors: PriorScores, prior: str, name: str, mask: Tensor, low: i
             parts.append(((values == edge) & flat_mask).nonzero().squeeze(1)[:need])
         parts.append(((values > lo) & (values < hi) & flat_mask).nonzero().squeeze(1))
     else:
-        k = max(1, kept // SQUARES_SAMPLE)
-        ordered = np.sort(values[::k][flat_mask[::k]].cpu().numpy())
+        last_dim = priors.inputs.weights[name].shape[-1] if priors.inputs.weights[name].ndim else 1
+        ordered = np.sort(_systematic(values, flat_mask, kept, SQUARES_SAMPLE, last_dim).cpu().numpy())
         last = len(ordered) - 1
         lo = float(ordered[min(last, low * len(ordered) // kept)])
         hi = float(ordered[min(last, (high - 1) * len(ordered) // kept)])
