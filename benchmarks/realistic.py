@@ -34,11 +34,14 @@ track at about 19,400 s, about 3 hours if 2 threads ran 1.8 times faster than on
 never measured. Measured instead: the recorded fits of the tier (this grid, the structured track and
 the automatic mode; :func:`recorded_seconds`, stated in BENCHMARKS.md) add up to more than 5 hours
 at 1 torch thread on shared cores, so ``make bench-real`` from empty results takes longer than the
-3 hours the issue asked for; the progress lines print the time left from the fits measured so far.
+3 hours the issue asked for when it runs them one at a time; it now runs this grid and the automatic
+mode as two single-thread jobs, one (workload, seed) unit each (``benchmarks/parallel.py``), untimed
+end to end so far. The progress lines print the time left from the fits measured so far.
 
 Usage::
 
-    python -m benchmarks.realistic --resume     # the tier into benchmarks/results/realistic (make bench-real)
+    python -m benchmarks.realistic --resume     # the tier into benchmarks/results/realistic, one fit at a time
+    python -m benchmarks.parallel realistic     # the same in two single-thread jobs (make bench-real)
     python -m benchmarks.realistic --quick      # one seed, one sparsity, 3 methods, short fits (make bench-real-quick)
 """
 
@@ -353,7 +356,7 @@ def run_tier(
 ) -> dict[str, Any]:
     """Run the grid, one JSON per run under ``out/unstructured/``, and write ``out/summary.json``; return it."""
     env = protocol.environment()
-    scratch = out / ".scratch"
+    scratch = out / f".scratch-{os.getpid()}"  # its own: parallel jobs (benchmarks.parallel) share `out`
     plan: dict[str, list[tuple[int, list[tuple[str, float]], bool]]] = {}
     pending: dict[str, int] = {}
     for w in workloads:

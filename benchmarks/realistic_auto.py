@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -293,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     tier = out.parent
     seeds = [args.seeds[0]] if args.quick else args.seeds
-    scratch = out / ".scratch"
+    scratch = out / f".scratch-{os.getpid()}"  # its own: parallel jobs (benchmarks.parallel) share `out`
     start, done, total = time.perf_counter(), 0, len(seeds) * len(args.workloads)
     for name in args.workloads:
         setup = SETUPS[name]
@@ -308,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = run_seed(workload, datamodule, seed, tier, scratch, realistic.say, setup)
             protocol.write_json(path, record)
             realistic.say(f"{done}/{total} (workload, seed) runs done in {(time.perf_counter() - start) / 60:.0f} min")
+    shutil.rmtree(scratch, ignore_errors=True)
     summary = load_summary(out)
     if summary is not None:
         protocol.write_json(out / "summary.json", summary)

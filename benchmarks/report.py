@@ -639,7 +639,8 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
             "",
             f"Time: the recorded fits of this tier add up to {sum(seconds.values()) / 3600:.1f} hours of wall time "
             f"({parts}), mostly at 1 torch thread on the shared 2-core VM. A `make bench-real` from empty results "
-            "runs them one after the other.",
+            "runs the unstructured and automatic tracks as two single-thread jobs (`benchmarks/parallel.py`) and the "
+            "structured track alone; that parallel run has not been timed end to end yet.",
         ]
     status = results / "STATUS.md"
     if status.exists():

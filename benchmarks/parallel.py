@@ -1,0 +1,148 @@
+"""Run a realistic-tier script as parallel single-thread jobs, one (workload, seed) unit per job.
+
+``make bench-real`` fits one model at a time; recorded at one torch thread, its fits add up to more
+than the 3 hours the tier may take. Two single-thread jobs use both cores of the machine, and
+different (workload, seed) units share nothing but the results directory: each writes its own run
+files, trains or reads its own dense state and keeps its own scratch directory. Units start longest
+first (the language model's before the ResNet's), each as ``python -m benchmarks.<script> --resume
+--threads 1 --workloads W --seeds S``, so a rerun resumes where the last one stopped. When every unit
+is done the script runs once more without a unit filter, which finds nothing left to fit and writes
+the summary of every record.
+
+The structured track is not run this way: its latency is measured at 1 and 2 threads, which a job on
+the other core would distort.
+
+Usage::
+
+    python -m benchmarks.parallel realistic --jobs 2          # the fixed-sparsity grid
+    python -m benchmarks.parallel realistic_auto --jobs 2     # the automatic mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Relative cost of one unit of each workload (a language-model fine-tune costs about twice a
+#: ResNet one, BENCHMARKS.md): the longest units start first, so the last job to finish ends soonest.
+WORKLOAD_COST = {"stdlib-charlm": 2.0, "mnist1d-resnet": 1.0}
+SCRIPTS = ("realistic", "realistic_auto")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One job: a workload and a seed of a script.
+
+    Attributes:
+        workload: the workload's name.
+        seed: the seed.
+    """
+
+    workload: str
+    seed: int
+
+    def args(self) -> list[str]:
+        """The script's arguments that select this unit."""
+        return ["--workloads", self.workload, "--seeds", str(self.seed)]
+
+
+def longest_first(workloads: Sequence[str], seeds: Sequence[int]) -> list[Unit]:
+    """Every (workload, seed) unit, the costliest workloads first, seeds in order.
+
+    Example:
+        >>> [(u.workload, u.seed) for u in longest_first(["mnist1d-resnet", "stdlib-charlm"], [0, 1])]
+        [('stdlib-charlm', 0), ('stdlib-charlm', 1), ('mnist1d-resnet', 0), ('mnist1d-resnet', 1)]
+    """
+    ranked = sorted(workloads, key=lambda w: -WORKLOAD_COST.get(w, 1.0))
+    return [Unit(w, s) for w in ranked for s in seeds]
+
+
+def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], None] = print) -> list[int]:
+    """Run ``commands`` as subprocesses, at most ``jobs`` at a time, in order; return their exit codes.
+
+    Each child's output lines are passed to ``log`` prefixed with its index. After each command ends,
+    one line says how many are done, the time so far, and the time left estimated from the mean
+    duration of the finished commands.
+
+    Raises:
+        ValueError: if ``jobs`` is below 1.
+
+    Example:
+        >>> run_pool([[sys.executable, "-c", "print('hi')"], [sys.executable, "-c", "raise SystemExit(3)"]], 2,
+        ...          log=lambda line: None)
+        [0, 3]
+    """
+    if jobs < 1:
+        raise ValueError(f"`jobs` must be at least 1, got {jobs}.")
+    codes: list[int] = [0] * len(commands)
+    durations: list[float] = []
+    queue = list(enumerate(commands))
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                index, command = queue.pop(0)
+            began = time.perf_counter()
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+                assert child.stdout is not None
+                for line in child.stdout:
+                    with lock:
+                        log(f"[{index + 1}/{len(commands)}] {line.rstrip()}")
+                codes[index] = child.wait()
+            with lock:
+                durations.append(time.perf_counter() - began)
+                done, left = len(durations), len(commands) - len(durations)
+                mean = sum(durations) / done
+                log(
+                    f"[parallel] {done}/{len(commands)} done (exit {codes[index]}) after "
+                    f"{(time.perf_counter() - start) / 60:.0f} min; about {mean * left / jobs / 60:.0f} min left"
+                )
+
+    threads = [threading.Thread(target=worker) for _ in range(min(jobs, len(commands)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return codes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; see the module docstring."""
+    from benchmarks import realistic, realistic_auto
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("script", choices=SCRIPTS)
+    parser.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default 2)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the script's seeds")
+    parser.add_argument("--out", type=Path, default=None, help="default: the script's results directory")
+    args = parser.parse_args(argv)
+    if args.script == "realistic":
+        workloads, default_seeds = list(realistic.WORKLOADS), realistic.SEEDS
+    else:
+        workloads, default_seeds = list(realistic_auto.SETUPS), realistic_auto.SEEDS
+    seeds: list[int] = args.seeds if args.seeds is not None else list(default_seeds)
+    base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1"]
+    base += ["--out", str(args.out)] if args.out is not None else []
+    units = longest_first(workloads, seeds)
+    realistic.say(f"{args.script}: {len(units)} (workload, seed) units in {args.jobs} parallel single-thread jobs")
+    codes = run_pool([base + unit.args() for unit in units], args.jobs, log=lambda line: print(line, flush=True))
+    failed = [f"{u.workload} seed {u.seed} (exit {c})" for u, c in zip(units, codes, strict=True) if c != 0]
+    if failed:
+        realistic.say(f"{args.script}: failed units: {', '.join(failed)}; rerun to resume them.")
+        return 1
+    # Every unit is recorded: this run fits nothing and writes the summary of every record.
+    return subprocess.call([*base, "--seeds", *map(str, seeds)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

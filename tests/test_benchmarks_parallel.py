@@ -1,0 +1,48 @@
+"""The parallel runner of the realistic tier: unit order, the job pool's limit, exit codes and progress."""
+
+from __future__ import annotations
+
+import doctest
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import parallel
+
+
+def test_language_model_units_start_first() -> None:
+    units = parallel.longest_first(["mnist1d-resnet", "stdlib-charlm"], [0, 1, 2])
+    assert [u.workload for u in units[:3]] == ["stdlib-charlm"] * 3
+    assert units[0].args() == ["--workloads", "stdlib-charlm", "--seeds", "0"]
+
+
+def test_pool_runs_every_command_at_most_jobs_at_a_time(tmp_path: Path) -> None:
+    """Each child records when it ran; no more than two overlap, and every one ran once."""
+    script = (
+        "import sys, time, pathlib; p = pathlib.Path(sys.argv[1]); a = time.time(); time.sleep(0.4); "
+        "p.write_text(f'{a} {time.time()}'); print('ran', p.name)"
+    )
+    commands = [[sys.executable, "-c", script, str(tmp_path / f"{i}.txt")] for i in range(5)]
+    lines: list[str] = []
+    codes = parallel.run_pool(commands, jobs=2, log=lines.append)
+    assert codes == [0] * 5
+    spans = [tuple(map(float, (tmp_path / f"{i}.txt").read_text().split())) for i in range(5)]
+    for start, _ in spans:
+        assert sum(s <= start < e for s, e in spans) <= 2  # running at this start, itself included
+    assert sum("ran" in line for line in lines) == 5
+    progress = [line for line in lines if line.startswith("[parallel]")]
+    assert len(progress) == 5
+    assert "5/5 done" in progress[-1]
+    assert "min left" in progress[-1]
+
+
+def test_pool_reports_failures_and_rejects_no_jobs() -> None:
+    codes = parallel.run_pool([[sys.executable, "-c", "raise SystemExit(2)"]], jobs=3, log=lambda line: None)
+    assert codes == [2]
+    with pytest.raises(ValueError, match="`jobs` must be at least 1, got 0"):
+        parallel.run_pool([], jobs=0)
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(parallel).failed == 0
