@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import threading
@@ -68,7 +69,10 @@ def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], 
 
     Each child's output lines are passed to ``log`` prefixed with its index. After each command ends,
     one line says how many are done, the time so far, and the time left estimated from the mean
-    duration of the finished commands.
+    duration of the finished commands. An interrupt (``KeyboardInterrupt``, or SIGTERM after
+    :func:`interrupt_on_sigterm`) starts no further command, terminates the running ones, waits
+    for them and is raised again: no child outlives the pool, and a rerun with ``--resume`` redoes
+    only the interrupted runs.
 
     Raises:
         ValueError: if ``jobs`` is below 1.
@@ -84,22 +88,29 @@ def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], 
     durations: list[float] = []
     queue = list(enumerate(commands))
     lock = threading.Lock()
+    stopping = threading.Event()
+    running: dict[int, subprocess.Popen[str]] = {}
     start = time.perf_counter()
 
     def worker() -> None:
         while True:
             with lock:
-                if not queue:
+                if not queue or stopping.is_set():
                     return
                 index, command = queue.pop(0)
-            began = time.perf_counter()
-            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+                began = time.perf_counter()
+                child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                running[index] = child
+            with child:
                 assert child.stdout is not None
                 for line in child.stdout:
                     with lock:
                         log(f"[{index + 1}/{len(commands)}] {line.rstrip()}")
                 codes[index] = child.wait()
             with lock:
+                del running[index]
+                if stopping.is_set():
+                    return
                 durations.append(time.perf_counter() - began)
                 done, left = len(durations), len(commands) - len(durations)
                 mean = sum(durations) / done
@@ -111,9 +122,28 @@ def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], 
     threads = [threading.Thread(target=worker) for _ in range(min(jobs, len(commands)))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)  # a signal interrupts a sleep of the main thread at once
+    except KeyboardInterrupt:
+        stopping.set()
+        with lock:
+            children = list(running.values())
+        for child in children:
+            child.terminate()
+        for thread in threads:
+            thread.join()
+        raise
     return codes
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``) into ``KeyboardInterrupt``, so :func:`run_pool` stops its children."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1"]
     base += ["--out", str(args.out)] if args.out is not None else []
     units = longest_first(workloads, seeds)
+    interrupt_on_sigterm()
     realistic.say(f"{args.script}: {len(units)} (workload, seed) units in {args.jobs} parallel single-thread jobs")
     codes = run_pool([base + unit.args() for unit in units], args.jobs, log=lambda line: print(line, flush=True))
     failed = [f"{u.workload} seed {u.seed} (exit {c})" for u, c in zip(units, codes, strict=True) if c != 0]

@@ -56,7 +56,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from benchmarks import protocol, realistic
 from lightning_autoprune import AutoPrune
-from lightning_autoprune.control.search import Mode, metric_drop
+from lightning_autoprune.control.search import Mode, metric_drop, within_tolerance
 
 RESULTS = realistic.RESULTS / "automatic"
 QUICK_RESULTS = realistic.QUICK_RESULTS / "automatic"
@@ -239,12 +239,53 @@ def run_seed(
     return record
 
 
+def reference_check(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Each decision's reference against the dense fine-tune's measured validation at the same epoch.
+
+    The search compares the pruned model with a reference that stands for the dense model at that
+    epoch (the plateau's value, or the dense trend's prediction). The dense fine-tune of the same
+    seed, data order and epochs records what the dense model actually reached (``dense.val_trace``).
+    Per accept/rollback decision: ``error``, how much more lenient the reference was than the
+    measured dense value, in the metric's units (positive: the reference asked less of the pruned
+    model than the dense model achieved); and whether the verdict would have been the other one
+    against the measured value, with the same margin and tolerance.
+
+    Example:
+        >>> record = {"mode": "min", "tolerance": 0.02, "dense": {"val_trace": [[7, 2.50], [8, 2.48]]},
+        ...           "auto": {"search": {"margin": 0.0, "decisions": [
+        ...               {"epoch": 7, "decision": "accept", "reference": 2.51, "value": 2.525},
+        ...               {"epoch": 8, "decision": "rollback", "reference": 2.47, "value": 2.495}]}}}
+        >>> check = reference_check(record)
+        >>> [round(e, 3) for e in check["errors"]], check["flipped"]
+        ([0.01, -0.01], [True, True])
+    """
+    trace = {int(epoch): value for epoch, value in record["dense"].get("val_trace") or []}
+    search = record["auto"]["search"]
+    mode, tolerance = record.get("mode", "max"), record["tolerance"]
+    errors: list[float] = []
+    flipped: list[bool] = []
+    for decision in search["decisions"]:
+        reference, value, epoch = decision.get("reference"), decision.get("value"), decision["epoch"]
+        if decision["decision"] not in ("accept", "rollback") or reference is None or value is None:
+            continue
+        if epoch not in trace:
+            continue
+        allowed = tolerance - decision.get("margin", search["margin"])
+        errors.append(metric_drop(trace[epoch], reference, mode))
+        flipped.append(
+            within_tolerance(reference, value, mode, allowed) != within_tolerance(trace[epoch], value, mode, allowed)
+        )
+    return {"errors": errors, "flipped": flipped}
+
+
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One workload's seeds: share within tolerance, sparsity against the fixed runs' best, wall-time ratios."""
     if not records:
         return {"seeds": []}
     fixed = [r["fixed"]["sparsity"] for r in records if r["fixed"]["sparsity"] is not None]
     first = records[0]
+    checks = [reference_check(r) for r in records]
+    errors = [e for c in checks for e in c["errors"]]
     return {
         "seeds": [r["seed"] for r in records],
         "metric": first.get("metric", "test_acc"),
@@ -266,6 +307,11 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "callback_share_median": statistics.median(
             r["auto"]["callback_seconds"] / r["auto"]["fit_seconds"] for r in records
         ),
+        "reference_error_abs_median": statistics.median(abs(e) for e in errors) if errors else None,
+        "reference_error_min": min(errors, default=None),
+        "reference_error_max": max(errors, default=None),
+        "decisions_checked": len(errors),
+        "decisions_flipped": sum(f for c in checks for f in c["flipped"]),
     }
 
 

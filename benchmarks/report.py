@@ -733,10 +733,31 @@ def render_realistic_automatic(summaries: Mapping[str, Mapping[str, Any]] | None
                     ],
                     ["CPU time vs dense, median", f"{summary['cpu_vs_dense_median']:.2f}x"],
                     ["callback's own time, share of the fit (median, %)", _pct(summary["callback_share_median"])],
+                    *_reference_rows(summary, scale, unit, places),
                 ],
             ),
         ]
     return lines
+
+
+def _reference_rows(summary: Mapping[str, Any], scale: float, unit: str, places: int) -> list[list[str]]:
+    """How far each decision's reference was from the dense fine-tune's validation at that epoch."""
+    if not summary.get("decisions_checked"):
+        return []
+    low, high = scale * summary["reference_error_min"], scale * summary["reference_error_max"]
+    digits = places + 1
+    return [
+        [
+            "each decision's reference against the dense fine-tune's validation at its epoch: median absolute "
+            "error (range; positive: more lenient than the dense model was)",
+            f"{scale * summary['reference_error_abs_median']:.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f}) "
+            f"{unit}",
+        ],
+        [
+            "decisions whose verdict differs against the measured dense value",
+            f"{summary['decisions_flipped']} of {summary['decisions_checked']}",
+        ],
+    ]
 
 
 def render_realistic_structured(summary: Mapping[str, Any]) -> list[str]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import doctest
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,25 @@ def test_pool_reports_failures_and_rejects_no_jobs() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(parallel).failed == 0
+
+
+def test_sigterm_stops_the_pool_and_its_children(tmp_path: Path) -> None:
+    """A pool killed with SIGTERM terminates the running children and starts no queued one."""
+    child = "import os, sys, time, pathlib; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(60)"
+    pool = (
+        "import sys; from benchmarks import parallel; parallel.interrupt_on_sigterm(); "
+        f"cmds = [[sys.executable, '-c', {child!r}, rf'{tmp_path}/' + str(i)] for i in range(3)]; "
+        "parallel.run_pool(cmds, jobs=2, log=lambda line: None)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", pool], cwd=Path(parallel.__file__).parents[1])
+    deadline = time.time() + 30
+    written = [tmp_path / str(i) for i in range(2)]
+    while not all(f.exists() and f.read_text() for f in written) and time.time() < deadline:
+        time.sleep(0.1)
+    pids = [int(f.read_text()) for f in written]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) != 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "2").exists()  # the queued command never started

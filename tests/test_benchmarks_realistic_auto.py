@@ -113,5 +113,38 @@ def test_summary_and_section_come_from_the_seed_files(
     assert report.render_realistic_automatic(None) == []
 
 
+def test_reference_check_compares_each_verdict_with_the_measured_dense_value() -> None:
+    """An accuracy reference 1 point below what the dense model reached accepted a step it should not have."""
+    record = {
+        "tolerance": 0.01,  # no "mode": older records are accuracies
+        "dense": {"val_trace": [[3, 0.96], [4, 0.96]]},
+        "auto": {
+            "search": {
+                "margin": 0.0,
+                "decisions": [
+                    {"epoch": 3, "decision": "accept", "reference": 0.95, "value": 0.945},
+                    {"epoch": 4, "decision": "accept", "reference": 0.96, "value": 0.955},
+                    {"epoch": 5, "decision": "accept", "reference": 0.96, "value": 0.955},  # no dense value
+                    {"epoch": 5, "decision": "stop", "reason": "done"},
+                ],
+            }
+        },
+    }
+    check = realistic_auto.reference_check(record)
+    assert check["errors"] == pytest.approx([0.01, 0.0])
+    assert check["flipped"] == [True, False]
+    summary = {
+        "decisions_checked": 2,
+        "decisions_flipped": 1,
+        "reference_error_abs_median": 0.005,
+        "reference_error_min": 0.0,
+        "reference_error_max": 0.01,
+    }
+    rows = report._reference_rows(summary, 100, "pt", 2)
+    assert rows[0][1] == "0.500 (+0.000 to +1.000) pt"
+    assert rows[1][1] == "1 of 2"
+    assert report._reference_rows({"decisions_checked": 0}, 100, "pt", 2) == []
+
+
 def test_docstring_examples() -> None:
     assert doctest.testmod(realistic_auto).failed == 0
