@@ -953,7 +953,30 @@ def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     used = [e["used"] for e in events if "used" in e]
     if used:  # which candidate's step each event applied (lowest measured calibration loss)
         out["used_share"] = _shares(used)
+    gaps = [gap for gap in map(fidelity_gap, events) if gap is not None]
+    if gaps:
+        out["below_best_share"] = statistics.fmean(float(gap > 0) for gap in gaps)
+        out["below_best_gap_mean"] = statistics.fmean(gaps)
     return out
+
+
+def fidelity_gap(event: Mapping[str, Any]) -> float | None:
+    """How far the applied step's held-out Spearman fell below the best of the event's step candidates.
+
+    The candidates are those whose steps the event measured (``step_losses``) and whose ranking the
+    held-out check scored; 0 when the applied one ranked best; ``None`` for an event without both
+    records.
+
+    Example:
+        >>> fid = {"taylor": {"spearman": 0.96}, "magnitude": {"spearman": 0.92}, "taylor2": {"spearman": 0.99}}
+        >>> round(fidelity_gap({"used": "magnitude", "fidelity": fid, "step_losses": {"taylor": 1, "magnitude": 0}}), 3)
+        0.04
+    """
+    used, fidelity, losses = event.get("used"), event.get("fidelity") or {}, event.get("step_losses") or {}
+    scored = [name for name in losses if name in fidelity]
+    if used not in scored:
+        return None
+    return max(fidelity[name]["spearman"] for name in scored) - fidelity[used]["spearman"]
 
 
 def _shares(names: Sequence[str]) -> dict[str, float]:

@@ -247,6 +247,13 @@ def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
         if fidelity.get("used_share"):
             shares = ", ".join(f"`{name}` {share:.0%}" for name, share in fidelity["used_share"].items())
             lines.append(f"Step applied at the labelled events (lowest measured calibration loss): {shares}.")
+        if fidelity.get("below_best_share") is not None:
+            lines.append(
+                f"The applied step's ranking had a lower held-out Spearman than another measured candidate's at "
+                f"{fidelity['below_best_share']:.0%} of the labelled events (mean shortfall "
+                f"{fidelity['below_best_gap_mean']:.3f}): the step goes to the lowest measured loss, not to the "
+                "best-ranking prior."
+            )
     return lines
 
 

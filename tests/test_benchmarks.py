@@ -180,6 +180,35 @@ def test_quick_comparison_flags_only_moves_beyond_the_seed_spread() -> None:
     assert all(line.startswith("FLAGGED") for line in flagged)
 
 
+def test_fidelity_check_counts_events_whose_step_ranked_below_another_candidate() -> None:
+    """The step goes to the lowest measured loss; the summary says how often that ranking was not the best one."""
+
+    def event(used: str, spearman: dict[str, float]) -> dict:
+        fidelity = {name: {"spearman": value, "precision_at_k": 0.5} for name, value in spearman.items()}
+        return {
+            "fidelity": fidelity,
+            "used": used,
+            "step_losses": dict.fromkeys(spearman, 1.0),
+            "fell_back": True,
+            "blend_weight": 0.0,
+        }
+
+    runs = [
+        {
+            "importance_diagnostics": [
+                event("lamp", {"lamp": 0.6, "taylor": 0.8}),
+                event("taylor", {"lamp": 0.6, "taylor": 0.8}),
+            ]
+        }
+    ]
+    fidelity = protocol.importance_fidelity(runs)
+    assert fidelity["below_best_share"] == 0.5
+    assert fidelity["below_best_gap_mean"] == pytest.approx(0.1)
+    assert protocol.fidelity_gap({"used": "learned", "fidelity": {}, "step_losses": {}}) is None
+    lines = report._fidelity_table({"methods": {"learned": {"importance_fidelity": fidelity}}})
+    assert any("at 50% of the labelled events (mean shortfall 0.100)" in line for line in lines)
+
+
 def test_docstring_examples() -> None:
     for module in (protocol, report):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
