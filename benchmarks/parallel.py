@@ -1,13 +1,13 @@
 """Run a realistic-tier script as parallel single-thread jobs, one (workload, seed) unit per job.
 
-``make bench-real`` fits one model at a time; recorded at one torch thread, its fits add up to more
+The tier's scripts fit one model at a time; recorded at one torch thread, their fits add up to more
 than the 3 hours the tier may take. Two single-thread jobs use both cores of the machine, and
 different (workload, seed) units share nothing but the results directory: each writes its own run
 files, trains or reads its own dense state and keeps its own scratch directory. Units start longest
 first (the language model's before the ResNet's), each as ``python -m benchmarks.<script> --resume
 --threads 1 --workloads W --seeds S``, so a rerun resumes where the last one stopped. When every unit
-is done the script runs once more without a unit filter, which finds nothing left to fit and writes
-the summary of every record.
+has its run files the summary of every record is written, as the script itself writes it (a job
+that exits without its run files, as one stopped by a signal may, counts as unfinished).
 
 The structured track is not run this way: its latency is measured at 1 and 2 threads, which a job on
 the other core would distort.
@@ -34,6 +34,12 @@ from pathlib import Path
 #: ResNet one, BENCHMARKS.md): the longest units start first, so the last job to finish ends soonest.
 WORKLOAD_COST = {"stdlib-charlm": 2.0, "mnist1d-resnet": 1.0}
 SCRIPTS = ("realistic", "realistic_auto")
+#: The exit code recorded for a command the pool could not run to its end (never started, or its
+#: output could not be read).
+FAILED = -1
+#: Seconds a terminated job gets to stop before it is killed. Lightning handles SIGTERM itself and
+#: stops at the next batch, which a fit may not reach; a killed job's partial run is redone on resume.
+STOP_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], 
     """
     if jobs < 1:
         raise ValueError(f"`jobs` must be at least 1, got {jobs}.")
-    codes: list[int] = [0] * len(commands)
+    codes: list[int | None] = [None] * len(commands)  # None: never started, or its worker failed
     durations: list[float] = []
     queue = list(enumerate(commands))
     lock = threading.Lock()
@@ -92,49 +98,76 @@ def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], 
     running: dict[int, subprocess.Popen[str]] = {}
     start = time.perf_counter()
 
+    def run_one(index: int, command: Sequence[str]) -> None:
+        with lock:
+            if stopping.is_set():
+                return
+            began = time.perf_counter()
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            running[index] = child
+        with child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                log(f"[{index + 1}/{len(commands)}] {line.rstrip()}")
+            codes[index] = child.wait()
+        with lock:
+            del running[index]
+            if stopping.is_set():
+                return
+            durations.append(time.perf_counter() - began)
+            done, left = len(durations), len(commands) - len(durations)
+            estimate = sum(durations) / done * left / jobs
+        log(
+            f"[parallel] {done}/{len(commands)} done (exit {codes[index]}) after "
+            f"{(time.perf_counter() - start) / 60:.0f} min; about {estimate / 60:.0f} min left"
+        )
+
     def worker() -> None:
         while True:
             with lock:
                 if not queue or stopping.is_set():
                     return
                 index, command = queue.pop(0)
-                began = time.perf_counter()
-                child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                running[index] = child
-            with child:
-                assert child.stdout is not None
-                for line in child.stdout:
-                    with lock:
-                        log(f"[{index + 1}/{len(commands)}] {line.rstrip()}")
-                codes[index] = child.wait()
-            with lock:
-                del running[index]
-                if stopping.is_set():
-                    return
-                durations.append(time.perf_counter() - began)
-                done, left = len(durations), len(commands) - len(durations)
-                mean = sum(durations) / done
-                log(
-                    f"[parallel] {done}/{len(commands)} done (exit {codes[index]}) after "
-                    f"{(time.perf_counter() - start) / 60:.0f} min; about {mean * left / jobs / 60:.0f} min left"
-                )
+            try:
+                run_one(index, command)
+            except Exception as error:  # a unit whose output or start failed is a failed unit, never a success
+                codes[index] = FAILED
+                log(f"[parallel] command {index + 1} failed in the runner: {error!r}")
 
     threads = [threading.Thread(target=worker) for _ in range(min(jobs, len(commands)))]
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         while any(thread.is_alive() for thread in threads):
             time.sleep(0.2)  # a signal interrupts a sleep of the main thread at once
     except KeyboardInterrupt:
-        stopping.set()
-        with lock:
-            children = list(running.values())
-        for child in children:
-            child.terminate()
-        for thread in threads:
-            thread.join()
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stopping.set()
+            with lock:
+                children = list(running.values())
+            _stop(children)
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         raise
-    return codes
+    return [FAILED if code is None else code for code in codes]
+
+
+def _stop(children: Sequence[subprocess.Popen[str]], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Terminate ``children``; kill any still running after ``grace`` seconds (a fit may finish its batch first)."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def interrupt_on_sigterm() -> None:
@@ -146,6 +179,36 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def recorded(script: str, out: Path, unit: Unit) -> bool:
+    """Whether every run file of ``unit`` exists under ``out`` (a job stopped by a signal may exit 0 without them).
+
+    Example:
+        >>> recorded("realistic_auto", Path("/nonexistent"), Unit("stdlib-charlm", 0))
+        False
+    """
+    from benchmarks import protocol, realistic
+
+    if script == "realistic_auto":
+        return (out / unit.workload / f"seed{unit.seed}.json").exists()
+    workload = realistic.WORKLOADS[unit.workload]
+    cells = [("dense", None), *((m, s) for s in workload.sparsities for m in realistic.METHODS)]
+    return all(protocol.run_path(out, unit.workload, m, s, unit.seed).exists() for m, s in cells)
+
+
+def write_summary(script: str, out: Path) -> Path:
+    """Write ``out/summary.json`` from every record under ``out``, as the script does at its end; fits nothing."""
+    from benchmarks import protocol, realistic, realistic_auto
+
+    summary = (
+        realistic.summarise(protocol.load_records(out)) if script == "realistic" else realistic_auto.load_summary(out)
+    )
+    if summary is None:
+        raise FileNotFoundError(f"No automatic-mode run file under {out}: nothing to summarise.")
+    path = out / "summary.json"
+    protocol.write_json(path, summary)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     from benchmarks import realistic, realistic_auto
@@ -154,25 +217,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("script", choices=SCRIPTS)
     parser.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default 2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the script's seeds")
-    parser.add_argument("--out", type=Path, default=None, help="default: the script's results directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the script's --out (realistic: the tier's root; realistic_auto: its automatic/ directory, whose "
+        "parent holds the dense states); default: the script's own",
+    )
     args = parser.parse_args(argv)
     if args.script == "realistic":
-        workloads, default_seeds = list(realistic.WORKLOADS), realistic.SEEDS
+        workloads, default_seeds, out = list(realistic.WORKLOADS), realistic.SEEDS, realistic.RESULTS
     else:
-        workloads, default_seeds = list(realistic_auto.SETUPS), realistic_auto.SEEDS
+        workloads, default_seeds, out = list(realistic_auto.SETUPS), realistic_auto.SEEDS, realistic_auto.RESULTS
+    out = args.out if args.out is not None else out
     seeds: list[int] = args.seeds if args.seeds is not None else list(default_seeds)
-    base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1"]
-    base += ["--out", str(args.out)] if args.out is not None else []
+    base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1", "--out", str(out)]
     units = longest_first(workloads, seeds)
     interrupt_on_sigterm()
     realistic.say(f"{args.script}: {len(units)} (workload, seed) units in {args.jobs} parallel single-thread jobs")
     codes = run_pool([base + unit.args() for unit in units], args.jobs, log=lambda line: print(line, flush=True))
-    failed = [f"{u.workload} seed {u.seed} (exit {c})" for u, c in zip(units, codes, strict=True) if c != 0]
+    failed = [
+        f"{u.workload} seed {u.seed} (exit {c})"
+        for u, c in zip(units, codes, strict=True)
+        if c != 0 or not recorded(args.script, out, u)
+    ]
     if failed:
-        realistic.say(f"{args.script}: failed units: {', '.join(failed)}; rerun to resume them.")
+        realistic.say(f"{args.script}: units not finished: {', '.join(failed)}; rerun to resume them.")
         return 1
-    # Every unit is recorded: this run fits nothing and writes the summary of every record.
-    return subprocess.call([*base, "--seeds", *map(str, seeds)])
+    realistic.say(f"{args.script}: every unit recorded; summary in {write_summary(args.script, out)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -957,15 +957,17 @@ def importance_fidelity(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if gaps:
         out["below_best_share"] = statistics.fmean(float(gap > 0) for gap in gaps)
         out["below_best_gap_mean"] = statistics.fmean(gaps)
+        out["below_best_events"] = len(gaps)
     return out
 
 
 def fidelity_gap(event: Mapping[str, Any]) -> float | None:
-    """How far the applied step's held-out Spearman fell below the best of the event's step candidates.
+    """How far the applied prior's held-out Spearman fell below the best of the event's other priors.
 
-    The candidates are those whose steps the event measured (``step_losses``) and whose ranking the
-    held-out check scored; 0 when the applied one ranked best; ``None`` for an event without both
-    records.
+    The priors compared are those whose steps the event measured (``step_losses``) and whose ranking
+    the held-out check scored; 0 when the applied one ranked best; ``None`` for an event without both
+    records, and for one that applied the learned step (a blend of the learned ranking into Taylor's
+    bands, whose own Spearman was not measured).
 
     Example:
         >>> fid = {"taylor": {"spearman": 0.96}, "magnitude": {"spearman": 0.92}, "taylor2": {"spearman": 0.99}}
@@ -973,7 +975,7 @@ def fidelity_gap(event: Mapping[str, Any]) -> float | None:
         0.04
     """
     used, fidelity, losses = event.get("used"), event.get("fidelity") or {}, event.get("step_losses") or {}
-    scored = [name for name in losses if name in fidelity]
+    scored = [name for name in losses if name in fidelity and name != "learned"]
     if used not in scored:
         return None
     return max(fidelity[name]["spearman"] for name in scored) - fidelity[used]["spearman"]

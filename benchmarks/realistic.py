@@ -80,6 +80,7 @@ from benchmarks.realistic_workloads import (
     bits_per_char,
 )
 from lightning_autoprune.core import masks
+from lightning_autoprune.core.files import atomic_torch_save
 from lightning_autoprune.examples import quiet_trainer
 
 TIER = "realistic"
@@ -436,7 +437,7 @@ def train_dense(
     model, row = fit_and_test(workload, datamodule, None, seed, root)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    atomic_torch_save(state, path)  # a run killed mid-save leaves no truncated state for --resume to load
     return state, row
 
 

@@ -41,6 +41,7 @@ from lightning.pytorch import seed_everything
 from torch import nn
 
 from benchmarks import protocol, realistic, structured
+from lightning_autoprune.core.files import atomic_torch_save
 
 TRACK = "structured"
 WORKLOAD = "mnist1d-resnet"
@@ -142,7 +143,7 @@ def run_structured(
                 if method == REFERENCE:
                     reference, reference_model = record, final
                     _model_path(out, level, seed).parent.mkdir(parents=True, exist_ok=True)
-                    torch.save(final, _model_path(out, level, seed))
+                    atomic_torch_save(final, _model_path(out, level, seed))
                 times.append(time.perf_counter() - start)
                 log(
                     f"{workload.name} seed {seed} {method:>20} {base['level_label']}: acc {row['test_acc']:.4f} "

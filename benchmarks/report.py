@@ -249,10 +249,10 @@ def _fidelity_table(setup: Mapping[str, Any]) -> list[str]:
             lines.append(f"Step applied at the labelled events (lowest measured calibration loss): {shares}.")
         if fidelity.get("below_best_share") is not None:
             lines.append(
-                f"The applied step's ranking had a lower held-out Spearman than another measured candidate's at "
-                f"{fidelity['below_best_share']:.0%} of the labelled events (mean shortfall "
-                f"{fidelity['below_best_gap_mean']:.3f}): the step goes to the lowest measured loss, not to the "
-                "best-ranking prior."
+                f"The applied prior's ranking had a lower held-out Spearman than another measured prior's at "
+                f"{fidelity['below_best_share']:.0%} of the {fidelity['below_best_events']} labelled events that "
+                f"applied a prior's step (mean shortfall {fidelity['below_best_gap_mean']:.3f}): the step goes to the "
+                "lowest measured loss, not to the best-ranking prior."
             )
     return lines
 
@@ -761,7 +761,8 @@ def _reference_rows(summary: Mapping[str, Any], scale: float, unit: str, places:
             f"{unit}",
         ],
         [
-            "decisions whose verdict differs against the measured dense value",
+            "decisions whose tolerance test, at the epoch it decided, differs against the measured dense value "
+            "(later decisions of a run follow its path, which would not have happened)",
             f"{summary['decisions_flipped']} of {summary['decisions_checked']}",
         ],
     ]

@@ -206,7 +206,11 @@ def test_fidelity_check_counts_events_whose_step_ranked_below_another_candidate(
     assert fidelity["below_best_gap_mean"] == pytest.approx(0.1)
     assert protocol.fidelity_gap({"used": "learned", "fidelity": {}, "step_losses": {}}) is None
     lines = report._fidelity_table({"methods": {"learned": {"importance_fidelity": fidelity}}})
-    assert any("at 50% of the labelled events (mean shortfall 0.100)" in line for line in lines)
+    assert any(
+        "at 50% of the 2 labelled events that applied a prior's step (mean shortfall 0.100)" in line for line in lines
+    )
+    learned = event("learned", {"learned": 0.9, "taylor": 0.8})  # a blend: its own Spearman was not measured
+    assert protocol.fidelity_gap(learned) is None
 
 
 def test_docstring_examples() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import parallel
+from benchmarks import parallel, protocol, realistic, realistic_auto
 
 
 def test_language_model_units_start_first() -> None:
@@ -72,3 +74,53 @@ def test_sigterm_stops_the_pool_and_its_children(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (tmp_path / "2").exists()  # the queued command never started
+
+
+def test_a_command_the_runner_cannot_start_is_a_failure() -> None:
+    lines: list[str] = []
+    codes = parallel.run_pool([["/nonexistent/command"], [sys.executable, "-c", "pass"]], jobs=1, log=lines.append)
+    assert codes == [parallel.FAILED, 0]
+    assert any("command 1 failed in the runner" in line for line in lines)
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+    ignores = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", ignores], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    began = time.monotonic()
+    parallel._stop([child], grace=0.5)
+    assert child.returncode == -signal.SIGKILL
+    assert time.monotonic() - began < 10
+
+
+def test_a_unit_counts_as_recorded_only_with_every_run_file(tmp_path: Path) -> None:
+    unit = parallel.Unit("stdlib-charlm", 0)
+    workload = realistic.WORKLOADS[unit.workload]
+    cells = [("dense", None), *((m, s) for s in workload.sparsities for m in realistic.METHODS)]
+    for method, sparsity in cells:
+        protocol.write_json(protocol.run_path(tmp_path, unit.workload, method, sparsity, 0), {})
+    assert parallel.recorded("realistic", tmp_path, unit)
+    protocol.run_path(tmp_path, unit.workload, "default", workload.sparsities[-1], 0).unlink()
+    assert not parallel.recorded("realistic", tmp_path, unit)
+    assert not parallel.recorded("realistic_auto", tmp_path, unit)
+
+
+def test_the_summary_is_written_from_the_committed_automatic_records(tmp_path: Path) -> None:
+    """The runner's last step on real run files: the same summary the script writes, and no fit."""
+    committed = realistic_auto.RESULTS
+    for path in committed.glob("*/seed*.json"):
+        target = tmp_path / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    written = parallel.write_summary("realistic_auto", tmp_path)
+    summary = json.loads(written.read_text())
+    expected = realistic_auto.load_summary(committed)
+    assert expected is not None
+    assert set(summary) == set(expected) == {"mnist1d-resnet", "stdlib-charlm"}
+    for name, entry in expected.items():
+        assert set(summary[name]) == set(entry)
+        for key, value in entry.items():  # the file keeps 6 decimals
+            assert summary[name][key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value)
