@@ -190,23 +190,19 @@ def recorded(script: str, out: Path, unit: Unit) -> bool:
 
     if script == "realistic_auto":
         return (out / unit.workload / f"seed{unit.seed}.json").exists()
-    workload = realistic.WORKLOADS[unit.workload]
-    cells = [("dense", None), *((m, s) for s in workload.sparsities for m in realistic.METHODS)]
+    cells = realistic.unit_cells(realistic.WORKLOADS[unit.workload])
     return all(protocol.run_path(out, unit.workload, m, s, unit.seed).exists() for m, s in cells)
 
 
 def write_summary(script: str, out: Path) -> Path:
-    """Write ``out/summary.json`` from every record under ``out``, as the script does at its end; fits nothing."""
-    from benchmarks import protocol, realistic, realistic_auto
+    """Write ``out/summary.json`` as ``script`` does at its end (fits nothing); return its path."""
+    from benchmarks import realistic, realistic_auto
 
-    summary = (
-        realistic.summarise(protocol.load_records(out)) if script == "realistic" else realistic_auto.load_summary(out)
-    )
-    if summary is None:
+    if script == "realistic":
+        realistic.write_summary(out)
+    elif realistic_auto.write_summary(out) is None:
         raise FileNotFoundError(f"No automatic-mode run file under {out}: nothing to summarise.")
-    path = out / "summary.json"
-    protocol.write_json(path, summary)
-    return path
+    return out / "summary.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -420,9 +420,19 @@ def run_tier(
                     f"callback {row['callback_seconds'] or 0:.1f}s, {row['events']} events)",
                 )
     shutil.rmtree(scratch, ignore_errors=True)
+    return write_summary(out)
+
+
+def write_summary(out: Path) -> dict[str, Any]:
+    """Write ``out/summary.json`` from every run file under ``out`` (fits nothing); return the summary."""
     summary = summarise(protocol.load_records(out))
     protocol.write_json(out / "summary.json", summary)
     return summary
+
+
+def unit_cells(workload: Workload) -> list[tuple[str, float | None]]:
+    """The ``(method, sparsity)`` runs of one seed of ``workload``: the dense fine-tune, then every cell."""
+    return [("dense", None), *((m, s) for s in workload.sparsities for m in METHODS)]
 
 
 def dense_state_path(out: Path, workload: str, seed: int) -> Path:
@@ -514,7 +524,7 @@ def grid_progress(results: Path = RESULTS, workloads: Sequence[Workload] | None 
     recorded = planned = 0
     for w in workloads if workloads is not None else WORKLOADS.values():
         for seed in SEEDS:
-            cells = [("dense", None)] + [(m, s) for s in w.sparsities for m in METHODS]
+            cells = unit_cells(w)
             planned += len(cells)
             recorded += sum(protocol.run_path(results, w.name, m, s, seed).exists() for m, s in cells)
     return recorded, planned

@@ -357,11 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             protocol.write_json(path, record)
             realistic.say(f"{done}/{total} (workload, seed) runs done in {(time.perf_counter() - start) / 60:.0f} min")
     shutil.rmtree(scratch, ignore_errors=True)
+    summary = write_summary(out)
+    if summary is not None:
+        realistic.say(f"summary: {summary}")
+    return 0
+
+
+def write_summary(out: Path) -> dict[str, dict[str, Any]] | None:
+    """Write ``out/summary.json`` from every seed file under ``out`` (fits nothing); ``None`` while there is none."""
     summary = load_summary(out)
     if summary is not None:
         protocol.write_json(out / "summary.json", summary)
-        realistic.say(f"summary: {summary}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
