@@ -27,16 +27,17 @@ the process's peak resident memory so far (``ru_maxrss``), and the evaluation-se
 state of each seed is saved next to its record (``.pt``, ignored by git) so that ``--resume`` skips it.
 
 **Grid, trimmed** (never the workload sizes): the ResNet at 0.9, 0.95 and 0.98 (0.8 left out), the
-LM at 0.9 only (0.5 and 0.7 left out: an LM fine-tune costs twice a ResNet one), 3 seeds. The first
+LM at 0.7 and 0.9 (0.5 left out: an LM fine-tune costs 1.6 to 2.9 times a ResNet one on the VMs
+measured), 3 seeds. The first
 estimate (:func:`estimate_seconds`, from single-thread training steps timed on the shared 2-core VM:
 ResNet 0.53 s per batch of 256, LM 2.1 s per batch of 64 windows) put this grid and the structured
-track at about 19,400 s, about 3 hours if 2 threads ran 1.8 times faster than one; that factor was
-never measured. Measured instead: the recorded fits of the tier (this grid, the structured track and
-the automatic mode; :func:`recorded_seconds`, stated in BENCHMARKS.md) add up to more than 5 hours
-at 1 torch thread on shared cores, so ``make bench-real`` from empty results takes longer than the
-3 hours the issue asked for when it runs them one at a time; it now runs this grid and the automatic
-mode as two single-thread jobs, one (workload, seed) unit each (``benchmarks/parallel.py``), untimed
-end to end so far. The progress lines print the time left from the fits measured so far.
+track at about 19,400 s at one thread, one fit at a time. Measured instead,
+from empty results with two single-thread jobs, one (workload, seed) unit each
+(``benchmarks/parallel.py``): on one 2-core VM this grid without the LM's 0.7 took 124 min; on a
+faster one (torch CPU capability AVX512, fits about twice as fast) the whole ``make bench-real``,
+this grid and the structured track, took 70 min (``results/realistic/STATUS.md``). It runs this grid
+and the structured track; the automatic mode (``benchmarks/realistic_auto.py``, 5 seeds) is
+``make bench-real-auto``. The progress lines print the time left from the fits measured so far.
 
 Usage::
 
@@ -164,7 +165,7 @@ WORKLOADS: dict[str, Workload] = {
             "lm",
             "character GPT-2 (4 layers, width 128, context 128; 822,272 parameters) on the Python stdlib sources "
             "(4M/262k/262k characters, split by file), AdamW 2e-3, batch 64",
-            (0.9,),
+            (0.7, 0.9),
             TierBudget(
                 dense_epochs=2,
                 finetune_epochs=4,

@@ -60,7 +60,7 @@ from lightning_autoprune.control.search import Mode, metric_drop, within_toleran
 
 RESULTS = realistic.RESULTS / "automatic"
 QUICK_RESULTS = realistic.QUICK_RESULTS / "automatic"
-#: Seeds of ``make bench-real`` (issue #20 asks for at least 5 on the realistic workloads).
+#: Seeds of ``make bench-real-auto`` (issue #20 asks for at least 5 on the realistic workloads).
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 

@@ -645,9 +645,10 @@ def render_realistic(results: Path, plots: str | None = "benchmarks/plots") -> l
         lines += [
             "",
             f"Time: the recorded fits of this tier add up to {sum(seconds.values()) / 3600:.1f} hours of wall time "
-            f"({parts}), mostly at 1 torch thread on the shared 2-core VM. A `make bench-real` from empty results "
-            "runs the unstructured and automatic tracks as two single-thread jobs (`benchmarks/parallel.py`) and the "
-            "structured track alone; that parallel run has not been timed end to end yet.",
+            f"({parts}), mostly at 1 torch thread on the shared 2-core VM. `make bench-real` runs the unstructured "
+            "grid as two single-thread jobs (`benchmarks/parallel.py`), then the structured track alone; "
+            "`make bench-real-auto` runs the automatic track the same way. The status below gives the measured "
+            "time of the last run from empty results.",
         ]
     status = results / "STATUS.md"
     if status.exists():
