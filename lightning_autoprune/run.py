@@ -112,6 +112,7 @@ class PruningRun:
                 wait_for_plateau=config.start_epoch is None,
                 # structured steps also zero coupled tensors that only the whole snapshot restores
                 regrow=config.granularity == "unstructured",
+                horizon=max_epochs - 1 if max_epochs is not None and max_epochs > 0 else None,
             )
         else:
             self.controller = FixedSchedule(

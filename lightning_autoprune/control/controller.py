@@ -193,6 +193,8 @@ class ToleranceSearch:
         wait_for_plateau: end the dense phase when the metric stops improving, not at ``window[0]``.
         regrow: whether the caller can undo only a step's pruning (``Verdict.keep_training``); where it
             cannot (structured steps also zero tensors the masks do not cover), rollbacks are whole.
+        horizon: the last epoch of training (``max_epochs - 1``); under a dense trend the margin covers
+            the prediction's uncertainty up to it. ``None``: the window's end.
 
     Example:
         >>> snaps = []
@@ -219,6 +221,7 @@ class ToleranceSearch:
         reference: float | None = None,
         wait_for_plateau: bool = False,
         regrow: bool = True,
+        horizon: int | None = None,
     ) -> None:
         self.window = window
         self.frequency = frequency
@@ -227,6 +230,7 @@ class ToleranceSearch:
         self.given_reference = reference
         self.wait_for_plateau = wait_for_plateau
         self.regrow = regrow
+        self.horizon = horizon if horizon is not None else window[1]
         self.state = SearchState(reference=reference)
         self.snapshot: dict[str, Any] | None = None  # last accepted state, for rollback (CPU memory)
         self.best_final: dict[str, Any] | None = None  # latest in-tolerance state after the search
@@ -357,6 +361,7 @@ class ToleranceSearch:
             samples=seen.samples,
             given_reference=self.given_reference,
             still_improving=self.wait_for_plateau and not plateau,
+            horizon=self.horizon,
         )
         self.state = state
         assert state.reference is not None
@@ -371,7 +376,9 @@ class ToleranceSearch:
                     f"The reference follows the dense trend instead of standing still: {state.reference:.4f} at "
                     f"epoch {epoch} (a line fitted to epochs {first}-{last}, changing {state.trend_slope:+.4f} per "
                     f"epoch and slowing as training goes on), {ahead:.4f} predicted at epoch {self.window[1]}; a "
-                    "prediction, so the tolerance holds only as far as it does."
+                    "prediction, so the tolerance holds only as far as it does. If the curve kept its slope, the "
+                    f"dense model would be {state.trend_uncertainty:.4f} further ahead by epoch {self.horizon}, "
+                    f"so every step keeps a margin of {state.margin:.4g} from `max_metric_drop`={self.max_drop}."
                 )
             else:
                 follows = "The reference may be lower than the converged model's."

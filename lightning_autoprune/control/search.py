@@ -12,7 +12,11 @@ A metric still improving when the search must start (no plateau in time) has no 
 the dense model would have gone on improving while the search prunes. The reference then follows
 the dense trend (:func:`dense_trend`, :func:`reference_at`): the recent slope of the dense values,
 slowing as ``1/sqrt(epochs trained)``, so each step is judged against where the dense model would be
-at that epoch, not where it was when pruning began.
+at that epoch, not where it was when pruning began. That prediction is uncertain: a curve that keeps
+its slope instead of slowing ends further ahead (:func:`trend_uncertainty`), and the pruned model,
+learning more slowly, falls further behind after its step is accepted. The margin under a trend is
+therefore the larger of the noise and that uncertainty at the last epoch of training, capped like
+any margin.
 
 The search raises sparsity in steps that each remove a fraction ``step`` of the weights still kept
 (so the density shrinks geometrically, like the cubic schedule's front-loaded shape). After each
@@ -91,6 +95,13 @@ TREND_SIGNIFICANCE = 2.0
 #: epoch 0.07 nats too high (seeds 0, 1). Seeds 3 and 4 ran from 0.021 below to 0.042 above (seed 3's
 #: dense curve did not slow): a prediction, not a measurement.
 TREND_DECAY_POWER = 0.5
+#: Under a trend the decision margin covers the prediction's own uncertainty: what the dense model
+#: would gain by the last epoch beyond the prediction if its curve kept its slope (decay power 0).
+#: On that character GPT-2 rerun on another VM (seeds 0-4, dense states trained there) the 1/sqrt
+#: prediction for epoch 15 ran from 0.014 nats strict to 0.029 lenient (seeds 3 and 4 kept falling
+#: about 0.015 nats per epoch to the end), and with the noise alone as the margin (0.0005-0.007) 3
+#: of 5 runs ended 0.022-0.044 nats behind the dense fine-tune on test against a 0.02 tolerance.
+STRICT_DECAY_POWER = 0.0
 
 Mode = Literal["max", "min"]
 
@@ -114,13 +125,16 @@ class SearchState:
         reference_rule: how the reference was taken from the plateau: ``"mean"``, or ``"best"`` when the
             plateau was unsteady (see ``UNSTEADY_SHARE``); ``None`` when given, or not yet.
         noise: the monitored metric's estimated noise (see :func:`metric_noise`), once known.
-        margin: what every decision keeps from the tolerance: ``min(noise, MARGIN_SHARE_CAP * max_drop)``.
+        margin: what every decision keeps from the tolerance: ``min(noise, MARGIN_SHARE_CAP * max_drop)``, the
+            noise being at least ``trend_uncertainty`` under a trend.
         trend_slope: the dense metric's change per epoch when the dense phase ended still improving
             (``reference_rule == "trend"``), in the metric's units (negative for a falling loss); 0 otherwise.
         trend_center: the epoch at which ``trend_slope`` was measured (the fitted values' mean epoch).
         trend_origin: the first dense epoch: epochs trained are counted from it.
         final_reference: the reference the final state was judged against at fit end (with a trend it
             has moved on from ``reference``), once fit has ended.
+        trend_uncertainty: under a trend, what the dense model would gain by the last epoch beyond the
+            prediction if it kept its slope (:func:`trend_uncertainty`); 0 otherwise.
     """
 
     reference: float | None = None
@@ -141,6 +155,7 @@ class SearchState:
     trend_center: float | None = None
     trend_origin: int = 0
     final_reference: float | None = None
+    trend_uncertainty: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -323,13 +338,13 @@ def dense_trend(values: Sequence[tuple[int, float]], mode: Mode, noise_floor: fl
     return Trend(slope, intercept + slope * last, center, (recent[0][0], last), residual)
 
 
-def reference_at(state: SearchState, epoch: int) -> float | None:
+def reference_at(state: SearchState, epoch: int, power: float = TREND_DECAY_POWER) -> float | None:
     """The reference a validation at the end of ``epoch`` is judged against.
 
     It is :attr:`SearchState.reference`, except after a dense phase that ended still improving: the
     reference then follows the dense trend past the last dense epoch, its slope falling as
-    ``epochs_trained ** -TREND_DECAY_POWER`` (epochs trained counted from ``trend_origin``, so the
-    validation after the first epoch has one).
+    ``epochs_trained ** -power`` (epochs trained counted from ``trend_origin``, so the validation
+    after the first epoch has one; ``power=0`` keeps the slope).
 
     Example:
         >>> s = SearchState(reference=2.505, start_epoch=7, trend_slope=-0.021, trend_center=4.5)
@@ -343,11 +358,25 @@ def reference_at(state: SearchState, epoch: int) -> float | None:
     anchor = state.start_epoch - 1
     if epoch <= anchor:
         return state.reference
-    power = TREND_DECAY_POWER
     center, at_anchor, now = (max(e - state.trend_origin + 1, 1.0) for e in (state.trend_center, anchor, epoch))
     # the integral of trend_slope * (t / center) ** -power over the epochs trained from the anchor to now
     gained = center**power * (now ** (1 - power) - at_anchor ** (1 - power)) / (1 - power)
     return state.reference + state.trend_slope * gained
+
+
+def trend_uncertainty(state: SearchState, horizon: int) -> float:
+    """How much more the dense model gains by ``horizon`` than predicted, if its curve keeps its slope.
+
+    The distance at ``horizon`` between :func:`reference_at` with the slope held
+    (``STRICT_DECAY_POWER``) and with it slowing as predicted; 0 without a trend.
+
+    Example:
+        >>> s = SearchState(reference=2.505, start_epoch=7, trend_slope=-0.021, trend_center=4.5)
+        >>> round(trend_uncertainty(s, 15), 4), trend_uncertainty(SearchState(reference=0.97, start_epoch=5), 12)
+        (0.0556, 0.0)
+    """
+    central, strict = reference_at(state, horizon), reference_at(state, horizon, STRICT_DECAY_POWER)
+    return abs(strict - central) if central is not None and strict is not None else 0.0
 
 
 def end_dense_phase(
@@ -360,6 +389,7 @@ def end_dense_phase(
     samples: int | None,
     given_reference: float | None = None,
     still_improving: bool = False,
+    horizon: int | None = None,
 ) -> SearchState:
     """End the dense phase after the validation of ``epoch``: the search starts at the next epoch.
 
@@ -369,7 +399,8 @@ def end_dense_phase(
     decision margin are estimated from them. A dense phase ended ``still_improving`` (no plateau in
     time) whose values have a clear trend (:func:`dense_trend`) takes the trend's fitted value at
     ``epoch`` as the reference, moving on with the trend (:func:`reference_at`), and the spread of
-    the values around it as their noise.
+    the values around it as their noise; the margin then also covers the prediction's uncertainty at
+    ``horizon``, the last epoch of training (:func:`trend_uncertainty`).
 
     Example:
         >>> s = SearchState(dense_values=((0, 0.8), (1, 0.95), (2, 0.953), (3, 0.949), (4, 0.951)))
@@ -401,19 +432,21 @@ def end_dense_phase(
         reference, epochs = None, None
     if trend is None:
         noise = metric_noise(monitor, mode, reference, samples, values) if reference is not None else None
-    margin = min(noise, MARGIN_SHARE_CAP * max_drop) if noise is not None else 0.0
-    return replace(
+    ended = replace(
         state,
         start_epoch=epoch + 1,
         reference=reference,
         reference_epochs=epochs,
         reference_rule=rule,
         noise=noise,
-        margin=margin,
         trend_slope=trend.slope if trend is not None else 0.0,
         trend_center=trend.center if trend is not None else None,
         trend_origin=state.dense_values[0][0] if trend is not None else 0,
     )
+    uncertainty = trend_uncertainty(ended, horizon) if trend is not None and horizon is not None else 0.0
+    spread_to_keep = max(noise or 0.0, uncertainty)
+    margin = min(spread_to_keep, MARGIN_SHARE_CAP * max_drop) if noise is not None or uncertainty else 0.0
+    return replace(ended, margin=margin, trend_uncertainty=uncertainty)
 
 
 def unsteady(values: Sequence[float], max_drop: float) -> bool:

@@ -196,6 +196,9 @@ def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_mov
     assert search.state.reference_rule == "trend"
     warning = next(w for w in search.take_warnings() if "still improving" in w)
     assert "The reference follows the dense trend" in warning
+    assert f"every step keeps a margin of {search.state.margin:.4g}" in warning
+    assert "further ahead by epoch 9" in warning, "the horizon defaults to the window's end"
+    assert search.state.margin == pytest.approx(0.005), "the prediction's uncertainty, capped at half the tolerance"
     assert search.begin_epoch(4, ceiling=always(0.99)) == 0.5
     search.on_validation(Observation(0.90, 4, "max", "val_acc", 5000), pruned=True)  # one more epoch
     verdict = search.on_validation(Observation(0.905, 5, "max", "val_acc", 5000), pruned=True)

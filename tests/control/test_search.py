@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lightning_autoprune.control.search import (
     CEILING,
     INITIAL_STEP,
+    MARGIN_SHARE_CAP,
     MAX_CONSECUTIVE_ROLLBACKS,
     NOISE_WARNING_SHARE,
     RECOVERY_EPOCHS,
@@ -28,6 +29,7 @@ from lightning_autoprune.control.search import (
     reference_at,
     stop,
     tolerance_noise,
+    trend_uncertainty,
     update_reference,
     within_tolerance,
 )
@@ -249,6 +251,42 @@ def test_a_dense_phase_ended_still_improving_follows_the_dense_trend() -> None:
         state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None, given_reference=2.4, still_improving=True
     )
     assert (given.reference_rule, reference_at(given, 15)) == (None, 2.4)
+
+
+def test_under_a_trend_the_margin_covers_the_prediction_up_to_the_last_epoch() -> None:
+    state = SearchState(dense_values=tuple(enumerate(LM_DENSE)))
+
+    def ended(horizon: int | None) -> SearchState:
+        return end_dense_phase(
+            state, 6, monitor="val_loss", mode="min", max_drop=0.02, samples=None, still_improving=True, horizon=horizon
+        )
+
+    noise_only, to_the_end, next_epoch = ended(None), ended(15), ended(7)
+    assert noise_only.trend_uncertainty == 0.0
+    # a curve that kept its 0.021-nat slope to epoch 15 would end 0.056 nats below the slowing prediction
+    assert to_the_end.trend_uncertainty == pytest.approx(trend_uncertainty(to_the_end, 15))
+    assert to_the_end.trend_uncertainty > 0.04
+    assert to_the_end.margin == pytest.approx(MARGIN_SHARE_CAP * 0.02), "capped like any margin"
+    # one epoch ahead the two curves part by 0.003 nats, a little more than the residual noise
+    assert noise_only.margin < next_epoch.trend_uncertainty < 0.005
+    assert next_epoch.margin == pytest.approx(next_epoch.trend_uncertainty)
+    # the held slope is the strict side: below the slowing prediction, itself below this seed's measured loss
+    strict, central = reference_at(to_the_end, 15, power=0.0), reference_at(to_the_end, 15)
+    assert strict is not None
+    assert central is not None
+    assert strict < central < LM_LATER[-1]
+    # 0.016 nats behind the prediction is within 0.02 less the noise, not within 0.02 less the margin
+    pending, reference = propose(to_the_end, epoch=7), reference_at(to_the_end, 7)
+    assert reference is not None
+    value = reference + 0.016
+    assert within_tolerance(reference, value, "min", 0.02 - noise_only.margin)
+    assert decide(pending, value, "min", 0.02, epoch=8).decisions[-1]["decision"] == "rollback"
+
+
+def test_a_plateau_margin_ignores_the_horizon() -> None:
+    state = SearchState(dense_values=((0, 0.8), (1, 0.95), (2, 0.953), (3, 0.949), (4, 0.951)))
+    far = end_dense_phase(state, 4, monitor="val_acc", mode="max", max_drop=0.01, samples=5000, horizon=40)
+    assert far == end_dense_phase(state, 4, monitor="val_acc", mode="max", max_drop=0.01, samples=5000)
 
 
 def test_a_step_is_judged_against_the_reference_of_its_epoch() -> None:
