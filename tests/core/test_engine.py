@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -39,24 +41,35 @@ def test_applied_masks_zero_weights_and_optimizer_buffers():
     assert engine.sparsity() == engine.mask_progress()
 
 
-def test_regrow_undoes_a_step_but_keeps_the_training_since():
+def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     model, engine = make_engine()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     engine.start([optimizer])
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.5), [optimizer])
-    before = {name: weight.detach().clone() for name, weight in model.state_dict().items()}
+    train_steps(model, engine, optimizer, 2)
+    saved = copy.deepcopy(optimizer.state_dict())
     masks = {name: mask.clone() for name, mask in engine.masks.items()}
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.8), [optimizer])
     train_steps(model, engine, optimizer, 3)
     trained = model[0].weight.detach().clone()
-    engine.regrow(masks, before)
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        out_before = model(x)
+    engine.regrow(masks, [optimizer], [saved])
     weight, kept_both = model[0].weight, masks["0.weight"] & (trained != 0)
     assert torch.equal(engine.masks["0.weight"], masks["0.weight"])
     assert torch.equal(weight[kept_both], trained[kept_both]), "weights both masks keep keep their training"
     removed = masks["0.weight"] & (trained == 0)
     assert bool(removed.any())
-    assert torch.equal(weight[removed], before["0.weight"][removed]), "the step's removals come back as they were"
-    assert bool((weight[~masks["0.weight"]] == 0).all())
+    assert bool((weight[removed] == 0).all()), "the step's removals come back at zero"
+    with torch.no_grad():
+        assert torch.equal(model(x), out_before), "regrowing at zero leaves the function unchanged"
+    state, old = optimizer.state[weight], saved["state"][0]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key][removed], old[key][removed]), f"{key} of the regrown entries is restored"
+        assert bool((old[key][removed] != 0).any())
+    train_steps(model, engine, optimizer, 1)
+    assert bool((model[0].weight[removed] != 0).any()), "regrown weights train again"
 
 
 @settings(max_examples=10, deadline=None)
