@@ -433,8 +433,7 @@ class AutoPrune(Callback):
         self._warn_from_search()
         if verdict.roll_back is not None:
             if verdict.keep_training:
-                snapshot = verdict.roll_back
-                self.run.engine.regrow(snapshot["masks"], trainer.optimizers, snapshot["optimizers"])
+                self.run.engine.regrow(verdict.roll_back["masks"])
             else:
                 self.run.engine.set_masks(restore_snapshot(verdict.roll_back, pl_module, trainer.optimizers))
             self.run.engine.reset_movement()

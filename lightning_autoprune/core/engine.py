@@ -88,27 +88,16 @@ class PruningEngine:
         for target in self.targets:
             masking.apply_mask_(target.param.data, self.masks[target.name])
 
-    def regrow(
-        self,
-        masks: Mapping[str, Tensor],
-        optimizers: Sequence[torch.optim.Optimizer] = (),
-        optimizer_states: Sequence[Mapping[str, Any]] = (),
-    ) -> None:
+    def regrow(self, masks: Mapping[str, Tensor]) -> None:
         """Go back to the denser ``masks`` but keep the training since.
 
-        The weights ``masks`` keep and the current masks prune come back at zero, so the network
-        computes exactly what it did before the call; every other weight keeps its value. Their
-        optimizer buffers (momentum, Adam moments) come back from ``optimizer_states`` (the
-        snapshot's ``optimizer.state_dict()`` of each of ``optimizers``): with zeroed buffers,
-        Adam's first updates of a regrown entry would be about ``(1 - beta1) / sqrt(1 - beta2)``
-        (3x for the defaults) times the learning rate, on every regrown entry at once.
+        The weights ``masks`` keep and the current masks prune come back at zero, with the zeroed
+        optimizer buffers they had while pruned, so the network computes exactly what it did before
+        the call; every other weight keeps its value and its buffers.
         """
-        regrown = {t.name: masks[t.name].to(t.param.device) & ~self.masks[t.name] for t in self.targets}
         for target in self.targets:
-            target.param.data[regrown[target.name]] = 0.0
-        for optimizer, saved in zip(optimizers, optimizer_states, strict=True):
-            for target in self.targets:
-                masking.restore_optimizer_state_(optimizer, saved, target.param, regrown[target.name])
+            regrown = masks[target.name].to(target.param.device) & ~self.masks[target.name]
+            target.param.data[regrown] = 0.0
         self.set_masks(masks)
 
     def select(self, scores: Mapping[str, Tensor], target: float) -> dict[str, Tensor]:

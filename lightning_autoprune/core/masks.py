@@ -8,7 +8,6 @@ prunes it. Masks are enforced in place (the parameter itself holds exact zeros),
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,31 +61,6 @@ def zero_optimizer_state_(optimizer: torch.optim.Optimizer, param: Tensor, mask:
     for value in state.values():
         if isinstance(value, Tensor) and value.shape == param.shape:
             value.masked_fill_(~mask.to(value.device), 0)
-
-
-@torch.no_grad()
-def restore_optimizer_state_(
-    optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], param: Tensor, entries: Tensor
-) -> None:
-    """Copy ``param``'s per-parameter buffers at ``entries`` from ``saved``, an earlier ``state_dict()``.
-
-    ``saved`` keys its states by the parameter's position across ``optimizer.param_groups``, as
-    :meth:`torch.optim.Optimizer.state_dict` does. Buffers ``saved`` lacks are left as they are.
-    """
-    state = optimizer.state.get(param)
-    if not state or not bool(entries.any()):
-        return
-    position = next(
-        (i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]) if p is param), None
-    )
-    old = saved.get("state", {}).get(position) if position is not None else None
-    if not old:
-        return
-    for key, value in state.items():
-        before = old.get(key)
-        if isinstance(value, Tensor) and value.shape == param.shape and isinstance(before, Tensor):
-            where = entries.to(value.device)
-            value[where] = before.to(value.device, value.dtype)[where]
 
 
 def count_zeros(params: Iterable[Tensor]) -> tuple[int, int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -47,7 +45,6 @@ def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     engine.start([optimizer])
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.5), [optimizer])
     train_steps(model, engine, optimizer, 2)
-    saved = copy.deepcopy(optimizer.state_dict())
     masks = {name: mask.clone() for name, mask in engine.masks.items()}
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.8), [optimizer])
     train_steps(model, engine, optimizer, 3)
@@ -55,7 +52,7 @@ def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     x = torch.randn(16, 8)
     with torch.no_grad():
         out_before = model(x)
-    engine.regrow(masks, [optimizer], [saved])
+    engine.regrow(masks)
     weight, kept_both = model[0].weight, masks["0.weight"] & (trained != 0)
     assert torch.equal(engine.masks["0.weight"], masks["0.weight"])
     assert torch.equal(weight[kept_both], trained[kept_both]), "weights both masks keep keep their training"
@@ -64,11 +61,11 @@ def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     assert bool((weight[removed] == 0).all()), "the step's removals come back at zero"
     with torch.no_grad():
         assert torch.equal(model(x), out_before), "regrowing at zero leaves the function unchanged"
-    state, old = optimizer.state[weight], saved["state"][0]
     for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(state[key][removed], old[key][removed]), f"{key} of the regrown entries is restored"
-        assert bool((old[key][removed] != 0).any())
-    train_steps(model, engine, optimizer, 1)
+        assert bool((optimizer.state[weight][key][removed] == 0).all()), f"{key} stays as zeroed while pruned"
+    # A unit whose outgoing weights all came back at zero passes no gradient to its incoming ones
+    # until those move, so the first layer's regrown weights start training on the second step.
+    train_steps(model, engine, optimizer, 2)
     assert bool((model[0].weight[removed] != 0).any()), "regrown weights train again"
 
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +10,6 @@ from lightning_autoprune.core.masks import (
     count_zeros,
     mask_sparsity,
     pack_mask,
-    restore_optimizer_state_,
     sparsity,
     unpack_mask,
     zero_optimizer_state_,
@@ -57,14 +54,3 @@ def test_sparsity_counts_exact_zeros() -> None:
     assert count_zeros([torch.tensor([0.0, -0.0, 1e-30])]) == (2, 3)
     assert sparsity(torch.zeros(0)) == 0.0
     assert mask_sparsity({}) == 0.0
-
-
-def test_restore_optimizer_state_copies_only_the_given_entries():
-    param = torch.nn.Parameter(torch.ones(4))
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2)), param], lr=0.1, momentum=0.9)
-    param.grad = torch.ones(4)
-    optimizer.step()
-    saved = copy.deepcopy(optimizer.state_dict())
-    optimizer.state[param]["momentum_buffer"].fill_(5.0)
-    restore_optimizer_state_(optimizer, saved, param, torch.tensor([True, False, True, False]))
-    assert optimizer.state[param]["momentum_buffer"].tolist() == [1.0, 5.0, 1.0, 5.0]

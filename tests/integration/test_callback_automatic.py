@@ -56,6 +56,53 @@ class CheckRollback(Callback):
         self.rollbacks += 1
 
 
+class TrendingDensity(DensityScored):
+    """Logs ``val_trend``: the nonzero-weight fraction plus 0.1 per epoch, a metric that never plateaus."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        density = sum(int((p != 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+        self.log("val_trend", density + 0.1 * self.current_epoch)
+
+
+class CheckRegrow(Callback):
+    """Before each broken step's rollback, note the training state; after it, check the regrowth."""
+
+    def __init__(self, autoprune: AutoPrune) -> None:
+        self.autoprune = autoprune
+        self.regrowths = 0
+        self.before: dict[str, Any] = {}
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.before = {
+            "masks": {n: m.clone() for n, m in self.autoprune.masks.items()},
+            "model": {n: t.clone() for n, t in pl_module.state_dict().items()},
+        }
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        decisions = self.autoprune.search.decisions
+        if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
+            return
+        snapshot = self.autoprune.run.controller.snapshot
+        assert snapshot is not None
+        optimizer = trainer.optimizers[0]
+        params = dict(pl_module.named_parameters())
+        regrown_any = False
+        for name, mask in self.autoprune.masks.items():
+            assert torch.equal(mask, snapshot["masks"][name]), name
+            param = params[name]
+            regrown = mask & ~self.before["masks"][name]
+            kept = mask & self.before["masks"][name]
+            regrown_any |= bool(regrown.any())
+            assert bool((param[regrown] == 0).all()), "regrown weights start at zero"
+            assert torch.equal(param[kept], self.before["model"][name][kept]), "kept weights keep their training"
+            for field in ("exp_avg", "exp_avg_sq"):
+                assert bool((optimizer.state[param][field][regrown] == 0).all()), (name, field)
+        assert regrown_any, "the rollback regrew the step's removals"
+        self.regrowths += 1
+
+
 def _trainer(trainer_kwargs: dict, callbacks: list[Callback], max_epochs: int = 8, **extra: Any) -> Trainer:
     return Trainer(max_epochs=max_epochs, limit_train_batches=4, callbacks=callbacks, **{**trainer_kwargs, **extra})
 
@@ -336,3 +383,18 @@ def test_a_loss_monitor_judges_steps_in_nats(digits: DigitsDataModule, trainer_k
     for step in steps:
         assert (step["decision"] == "accept") == (step["drop"] + step["margin"] <= 0.02 + 1e-9)
     assert autoprune.sparsity > 0
+
+
+def test_under_a_dense_trend_a_rollback_regrows_at_zero_and_keeps_the_training(
+    digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
+    seed_everything(0)
+    autoprune = AutoPrune(report=False, monitor="val_trend", max_metric_drop=0.3, verbose=False)
+    checker = CheckRegrow(autoprune)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the room and trend warnings are not under test
+        _trainer(trainer_kwargs, [autoprune, checker], max_epochs=12).fit(TrendingDensity(), datamodule=digits)
+    assert autoprune.search.reference_rule == "trend"
+    decisions = [d["decision"] for d in autoprune.search.decisions]
+    assert decisions[0] == "rollback", decisions  # 0.5 loses half the density against a 0.3 tolerance
+    assert checker.regrowths == decisions.count("rollback") >= 1
