@@ -23,11 +23,24 @@ class DensityScored(MLPClassifier):
     ``1 - max_metric_drop`` of the reference density.
     """
 
+    def density(self) -> float:
+        """The fraction of nonzero entries over every weight tensor."""
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        return sum(int((p != 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
-        nonzero = sum(int((p != 0).sum()) for p in weights)
-        self.log("val_density", nonzero / sum(p.numel() for p in weights))
+        self.log("val_density", self.density())
+
+
+def rollback_snapshot(autoprune: AutoPrune, trainer: Trainer) -> dict[str, Any] | None:
+    """The snapshot a rollback decided at this validation went back to; ``None`` if none was decided."""
+    decisions = autoprune.search.decisions
+    if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
+        return None
+    snapshot = autoprune.run.controller.snapshot
+    assert snapshot is not None
+    return snapshot
 
 
 class CheckRollback(Callback):
@@ -38,11 +51,9 @@ class CheckRollback(Callback):
         self.rollbacks = 0
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        decisions = self.autoprune.search.decisions
-        if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
+        snapshot = rollback_snapshot(self.autoprune, trainer)
+        if snapshot is None:
             return
-        snapshot = self.autoprune.run.controller.snapshot
-        assert snapshot is not None
         for name, tensor in pl_module.state_dict().items():
             assert torch.equal(tensor, snapshot["model"][name]), name
         for name, mask in self.autoprune.masks.items():
@@ -61,9 +72,7 @@ class TrendingDensity(DensityScored):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
-        density = sum(int((p != 0).sum()) for p in weights) / sum(p.numel() for p in weights)
-        self.log("val_trend", density + 0.1 * self.current_epoch)
+        self.log("val_trend", self.density() + 0.1 * self.current_epoch)
 
 
 class CheckRegrow(Callback):
@@ -81,11 +90,9 @@ class CheckRegrow(Callback):
         }
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        decisions = self.autoprune.search.decisions
-        if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
+        snapshot = rollback_snapshot(self.autoprune, trainer)
+        if snapshot is None:
             return
-        snapshot = self.autoprune.run.controller.snapshot
-        assert snapshot is not None
         optimizer = trainer.optimizers[0]
         params = dict(pl_module.named_parameters())
         regrown_any = False
