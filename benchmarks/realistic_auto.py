@@ -78,6 +78,8 @@ class AutoSetup:
             ``tolerance`` state what those defaults are).
         limit_train_batches: training batches per epoch (``None``: the workload's).
         limit_val_batches: validation batches (``None``: the workload's).
+        matched_targets: fixed sparsities also fine-tuned for this setup's own budget (AutoPrune's
+            default importance, both :meth:`matched_schedules`): the like-for-like fixed sweep.
     """
 
     workload: str
@@ -88,11 +90,26 @@ class AutoSetup:
     defaults: bool = False
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
+    matched_targets: tuple[float, ...] = ()
 
     @property
     def test_metric(self) -> str:
         """The test counterpart of :attr:`monitor` (``val_acc`` -> ``test_acc``)."""
         return "test_" + self.monitor.removeprefix("val_")
+
+    @staticmethod
+    def matched_schedules(epochs: int) -> tuple[tuple[int, int], ...]:
+        """``(start_epoch, end_epoch)`` of the like-for-like fixed runs of a fine-tune of ``epochs`` epochs.
+
+        The tier's own schedule scaled to ``epochs`` (events from a quarter of the fine-tune, the target at
+        three quarters), and a late one (from three quarters, the target at the last epoch), which leaves
+        the pruned model less time to fall behind a dense model that is still learning.
+
+        Example:
+            >>> AutoSetup.matched_schedules(16)
+            ((4, 12), (12, 15))
+        """
+        return (epochs // 4, 3 * epochs // 4), (3 * epochs // 4, epochs - 1)
 
     def callback(self, include: Sequence[str] | None) -> AutoPrune:
         """The automatic-mode callback of this setup."""
@@ -121,7 +138,18 @@ SETUPS: dict[str, AutoSetup] = {
     setup.workload: setup
     for setup in (
         AutoSetup("mnist1d-resnet", 16, "val_acc", "max", 0.01, defaults=True),
-        AutoSetup("stdlib-charlm", 16, "val_loss", "min", 0.02, limit_train_batches=10, limit_val_batches=16),
+        # The tier's fixed runs of the language model fine-tune 4 epochs of 20 batches; these 16 epochs of 10
+        # train twice as long while the dense model keeps learning, so its fixed targets are rerun at this budget.
+        AutoSetup(
+            "stdlib-charlm",
+            16,
+            "val_loss",
+            "min",
+            0.02,
+            limit_train_batches=10,
+            limit_val_batches=16,
+            matched_targets=(0.5, 0.6, 0.7),
+        ),
     )
 }
 
@@ -236,7 +264,72 @@ def run_seed(
         f"{scale * record['test_drop']:+.3f} {unit}, time x{record['time_vs_dense']:.2f} of dense "
         f"(fixed runs: best within tolerance {record['fixed']['sparsity']})"
     )
+    if setup.matched_targets:
+        record["matched"] = matched_fixed(workload, datamodule, state, seed, scratch, setup, dense[key], log)
     return record
+
+
+def matched_fixed(
+    workload: realistic.Workload,
+    datamodule: Any,
+    state: Mapping[str, torch.Tensor],
+    seed: int,
+    scratch: Path,
+    setup: AutoSetup,
+    dense_value: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The like-for-like fixed sweep: ``setup.matched_targets`` fine-tuned for the automatic run's own budget.
+
+    Each target runs with AutoPrune's default importance under both :meth:`AutoSetup.matched_schedules`,
+    from the same dense state and seed as the automatic run, validated only after the last epoch
+    (validation decides nothing in fixed-target mode), and is judged against the same dense
+    fine-tune (``dense_value``, the test metric). ``sparsity`` is the largest target within the
+    tolerance under either schedule (0.0 when none is).
+    """
+    key, epochs, runs = setup.test_metric, workload.budget.finetune_epochs, []
+    for start, end in AutoSetup.matched_schedules(epochs):
+        budget = replace(workload.budget, start_epoch=start, end_epoch=end, val_every=epochs)
+        for target in setup.matched_targets:
+            _, row = realistic.fit_and_test(
+                replace(workload, budget=budget), datamodule, state, seed, scratch, method="default", sparsity=target
+            )
+            drop = metric_drop(dense_value, row[key], setup.mode)
+            runs.append(
+                {
+                    "target": target,
+                    "start_epoch": start,
+                    "end_epoch": end,
+                    key: row[key],
+                    "test_drop": drop,
+                    "within_tolerance": drop <= setup.tolerance + 1e-9,
+                    "sparsity": row["sparsity"],
+                    "fit_seconds": row["fit_seconds"],
+                    "fit_cpu_seconds": row["fit_cpu_seconds"],
+                }
+            )
+            log(
+                f"{workload.name} seed {seed}: fixed {target:g} over epochs {start}-{end} at the same budget, "
+                f"test drop {drop:+.4f}"
+            )
+    best = max((r["target"] for r in runs if r["within_tolerance"]), default=0.0)
+    return {"method": "default", "sparsity": best, "runs": runs, "environment": protocol.environment()}
+
+
+def add_matched(
+    record: dict[str, Any],
+    workload: realistic.Workload,
+    datamodule: Any,
+    tier: Path,
+    scratch: Path,
+    setup: AutoSetup,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``record`` (a seed file written before the like-for-like sweep existed) with its ``matched`` runs added."""
+    seed = record["seed"]
+    state = realistic.dense_state(workload, datamodule, seed, tier, scratch)
+    matched = matched_fixed(workload, datamodule, state, seed, scratch, setup, record["dense"][setup.test_metric], log)
+    return {**record, "matched": matched}
 
 
 def reference_check(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -301,6 +394,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "sparsity_median": statistics.median(r["auto"]["sparsity"] for r in records),
         "sparsity_min": min(r["auto"]["sparsity"] for r in records),
         "fixed_best_within_median": statistics.median(fixed) if fixed else None,
+        **matched_summary(records),
         "time_vs_dense_median": statistics.median(r["time_vs_dense"] for r in records),
         "time_vs_dense_max": max(r["time_vs_dense"] for r in records),
         "cpu_vs_dense_median": statistics.median(r["cpu_vs_dense"] for r in records),
@@ -312,6 +406,35 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "reference_error_max": max(errors, default=None),
         "decisions_checked": len(errors),
         "decisions_flipped": sum(f for c in checks for f in c["flipped"]),
+    }
+
+
+def matched_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The like-for-like fixed sweep over seeds: the median best target, and per run, how many seeds held.
+
+    Empty while no record has the sweep (``matched``).
+
+    Example:
+        >>> runs = lambda ok: [{"target": 0.7, "start_epoch": 12, "end_epoch": 15, "within_tolerance": ok}]
+        >>> records = [{"matched": {"sparsity": 0.7, "runs": runs(True)}},
+        ...            {"matched": {"sparsity": 0.0, "runs": runs(False)}}]
+        >>> matched_summary(records)
+        {'matched_best_within': [0.7, 0.0], 'matched_best_within_median': 0.35, 'matched_within': [[0.7, 12, 15, 1, 2]]}
+    """
+    matched = [r["matched"] for r in records if "matched" in r]
+    if not matched:
+        return {}
+    counts: dict[tuple[float, int, int], list[int]] = {}
+    for sweep in matched:
+        for run in sweep["runs"]:
+            held = counts.setdefault((run["target"], run["start_epoch"], run["end_epoch"]), [0, 0])
+            held[0] += bool(run["within_tolerance"])
+            held[1] += 1
+    best = [m["sparsity"] for m in matched]
+    return {
+        "matched_best_within": best,
+        "matched_best_within_median": statistics.median(best),
+        "matched_within": [[*key, *held] for key, held in sorted(counts.items())],
     }
 
 
@@ -352,8 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = out / workload.name / f"seed{seed}.json"
             done += 1
             if args.resume and path.exists():
-                continue
-            record = run_seed(workload, datamodule, seed, tier, scratch, realistic.say, setup)
+                record = json.loads(path.read_text())
+                if not setup.matched_targets or "matched" in record:
+                    continue
+                record = add_matched(record, workload, datamodule, tier, scratch, setup, realistic.say)
+            else:
+                record = run_seed(workload, datamodule, seed, tier, scratch, realistic.say, setup)
             protocol.write_json(path, record)
             realistic.say(f"{done}/{total} (workload, seed) runs done in {(time.perf_counter() - start) / 60:.0f} min")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -735,6 +735,7 @@ def render_realistic_automatic(summaries: Mapping[str, Mapping[str, Any]] | None
                         "best fixed target within tolerance on test, median (tier runs, any method)",
                         "n/a" if fixed is None else f"{fixed:.2f}",
                     ],
+                    *_matched_rows(summary),
                     [
                         "wall time vs dense, median (max)",
                         f"{summary['time_vs_dense_median']:.2f}x ({summary['time_vs_dense_max']:.2f}x)",
@@ -746,6 +747,23 @@ def render_realistic_automatic(summaries: Mapping[str, Mapping[str, Any]] | None
             ),
         ]
     return lines
+
+
+def _matched_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """The like-for-like fixed sweep (fixed targets fine-tuned for the automatic run's budget), when it ran."""
+    if summary.get("matched_best_within_median") is None:
+        return []
+    held = "; ".join(
+        f"{target:g} over epochs {start}-{end}: {ok} of {n}" for target, start, end, ok, n in summary["matched_within"]
+    )
+    best = ", ".join(f"{s:g}" for s in summary["matched_best_within"])
+    return [
+        [
+            "best fixed target within tolerance on test at the same budget, median (default importance; per seed)",
+            f"{summary['matched_best_within_median']:.2f} ({best})",
+        ],
+        ["fixed targets at the same budget: seeds within tolerance on test", held],
+    ]
 
 
 def _reference_rows(summary: Mapping[str, Any], scale: float, unit: str, places: int) -> list[list[str]]:

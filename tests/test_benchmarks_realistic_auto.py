@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,10 +41,7 @@ def tiny_auto(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return tier, record
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_auto(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tier = tmp_path_factory.mktemp("realistic_lm")
-    torch.set_num_threads(1)
+def _tiny_lm() -> tuple[realistic.Workload, Any]:
     workload = replace(
         realistic.WORKLOADS["stdlib-charlm"],
         corpus_chars=TINY_CHARS,
@@ -53,8 +51,24 @@ def tiny_lm_auto(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     datamodule = workload.datamodule()
     datamodule.setup("fit")
-    setup = realistic_auto.SETUPS["stdlib-charlm"]
-    return realistic_auto.run_seed(workload, datamodule, 0, tier, tier / ".scratch", log=lambda _: None, setup=setup)
+    return workload, datamodule
+
+
+#: One like-for-like fixed target (the setup's three would triple the fits and test nothing more).
+TINY_LM_SETUP = replace(realistic_auto.SETUPS["stdlib-charlm"], matched_targets=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_tier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("realistic_lm")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_auto(tiny_lm_tier: Path) -> dict:
+    torch.set_num_threads(1)
+    workload, datamodule = _tiny_lm()
+    scratch = tiny_lm_tier / ".scratch"
+    return realistic_auto.run_seed(workload, datamodule, 0, tiny_lm_tier, scratch, lambda _: None, TINY_LM_SETUP)
 
 
 def test_one_seed_records_both_fits_the_search_and_the_ratios(tiny_auto: tuple[Path, dict]) -> None:
@@ -91,6 +105,35 @@ def test_the_language_model_is_judged_on_its_loss_in_nats(tiny_lm_auto: dict) ->
     assert "monitor='val_loss'" in record["configuration"]
 
 
+def test_the_language_model_reruns_its_fixed_targets_at_the_automatic_budget(tiny_lm_auto: dict) -> None:
+    record = tiny_lm_auto
+    matched = record["matched"]
+    # Both schedules of an 8-epoch fine-tune: the tier's scaled (2-6) and the late one (6-7).
+    assert [(r["target"], r["start_epoch"], r["end_epoch"]) for r in matched["runs"]] == [(0.5, 2, 6), (0.5, 6, 7)]
+    for run in matched["runs"]:
+        assert run["sparsity"] == pytest.approx(0.5, abs=0.01), "the fixed target was reached"
+        assert run["test_drop"] == pytest.approx(run["test_loss"] - record["dense"]["test_loss"])
+        assert run["within_tolerance"] == (run["test_drop"] <= 0.02 + 1e-9)
+    held = [r["target"] for r in matched["runs"] if r["within_tolerance"]]
+    assert matched["sparsity"] == max(held, default=0.0)
+    assert matched["environment"]["git_commit"] == record["environment"]["git_commit"]
+
+
+def test_a_seed_file_without_the_fixed_sweep_gets_it_added(tiny_lm_auto: dict, tiny_lm_tier: Path) -> None:
+    """``--resume`` on a seed file written before the sweep existed runs the sweep alone and keeps the rest."""
+    workload, datamodule = _tiny_lm()
+    old = {k: v for k, v in tiny_lm_auto.items() if k != "matched"}
+    # The dense state the first run saved in the tier is loaded, not trained again.
+    saved = realistic.dense_state_path(tiny_lm_tier, "stdlib-charlm", 0).stat().st_mtime_ns
+    scratch = tiny_lm_tier / ".scratch"
+    added = realistic_auto.add_matched(old, workload, datamodule, tiny_lm_tier, scratch, TINY_LM_SETUP, lambda _: None)
+    assert realistic.dense_state_path(tiny_lm_tier, "stdlib-charlm", 0).stat().st_mtime_ns == saved
+    assert {k: v for k, v in added.items() if k != "matched"} == old
+    assert [r["test_loss"] for r in added["matched"]["runs"]] == pytest.approx(
+        [r["test_loss"] for r in tiny_lm_auto["matched"]["runs"]]
+    ), "the same seed and dense state give the same fixed runs"
+
+
 def test_summary_and_section_come_from_the_seed_files(
     tiny_auto: tuple[Path, dict], tiny_lm_auto: dict, tmp_path: Path
 ) -> None:
@@ -109,6 +152,11 @@ def test_summary_and_section_come_from_the_seed_files(
     assert "### stdlib-charlm, automatic mode" in lines
     assert any(f"{summary['time_vs_dense_median']:.2f}x" in line for line in lines)
     assert any("within the 0.02-nat tolerance on test" in line for line in lines)
+    lm = summaries["stdlib-charlm"]
+    assert lm["matched_best_within"] == [tiny_lm_auto["matched"]["sparsity"]]
+    assert [row[:3] for row in lm["matched_within"]] == [[0.5, 2, 6], [0.5, 6, 7]]
+    assert any("at the same budget, median" in line for line in lines)
+    assert "matched_best_within_median" not in summary, "the ResNet setup has no like-for-like sweep"
     assert realistic_auto.load_summary(tmp_path / "empty") is None
     assert report.render_realistic_automatic(None) == []
 
