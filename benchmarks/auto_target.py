@@ -135,7 +135,13 @@ def main() -> None:
                     str(s): fit(dataset, seed, AutoPrune(target_sparsity=s, verbose=False, report=False)) for s in SWEEP
                 }
             )
-            row = {"seed": seed, "dense": dense, "auto": auto, "model_pruning": peer, "autoprune_fixed": fixed}
+            row: dict[str, Any] = {
+                "seed": seed,
+                "dense": dense,
+                "auto": auto,
+                "model_pruning": peer,
+                "autoprune_fixed": fixed,
+            }
             row["auto_val_drop"] = dense["val_acc"] - auto["val_acc"]
             row["auto_test_drop"] = dense["test_acc"] - auto["test_acc"]
             row["sweep_best_within_val"] = best_within(peer, dense, "val_acc")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_autoprune.core import selection
 from lightning_autoprune.scoring import ScoreInputs
@@ -53,7 +53,9 @@ def _event(width: int, before: float, after: float, queue: Any) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     net = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
-    params = {f"{i}.weight": layer.weight for i, layer in enumerate(net)}
+    params: dict[str, Tensor] = {
+        f"{i}.weight": layer.weight for i, layer in enumerate(net) if isinstance(layer, nn.Linear)
+    }
     generator = torch.Generator().manual_seed(0)
     masks = {}
     with torch.no_grad():

@@ -238,7 +238,7 @@ class Budget:
         end_epoch: fine-tuning epoch at whose start the target is reached.
         min_layer_density: per-tensor floor of every global selection (AutoPrune's default).
         calibration_samples: training samples for the gradient-based scorers.
-        limit_train_batches: passed to the Trainer (``None``: whole epochs); for tests.
+        limit_train_batches: passed to the Trainer (a count, a fraction of an epoch, or ``None``: whole epochs).
         limit_val_batches: passed to the Trainer; for tests.
         limit_test_batches: passed to the Trainer; for tests.
     """
@@ -249,9 +249,9 @@ class Budget:
     end_epoch: int = 8
     min_layer_density: float = 0.002
     calibration_samples: int = 512
-    limit_train_batches: int | None = None
-    limit_val_batches: int | None = None
-    limit_test_batches: int | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    limit_test_batches: int | float | None = None
 
     def describe(self) -> str:
         """One sentence for the report."""

@@ -385,7 +385,13 @@ def run_tier(
         datamodule = w.datamodule()
         datamodule.setup("fit")
         for seed, todo, dense_done in plan[w.name]:
-            base = {"tier": TIER, "track": protocol.TRACK, "setup": w.name, "dataset": w.kind, "model": w.kind}
+            base: dict[str, Any] = {
+                "tier": TIER,
+                "track": protocol.TRACK,
+                "setup": w.name,
+                "dataset": w.kind,
+                "model": w.kind,
+            }
             base |= {"seed": seed, "budget": asdict(w.budget), "environment": env, "description": w.description}
             if isinstance(datamodule, StdlibCharData) and datamodule.corpus is not None:
                 base |= {"corpus_sha256": datamodule.corpus.sha256, "corpus_files": datamodule.corpus.files}

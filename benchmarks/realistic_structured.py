@@ -71,8 +71,9 @@ def _model_path(out: Path, level: float, seed: int) -> Path:
 def _reinitialised(model: nn.Module) -> nn.Module:
     fresh = copy.deepcopy(model)
     for module in fresh.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     return fresh
 
 
@@ -137,7 +138,8 @@ def run_structured(
                     )
                 row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 row["test_samples"] = len(datamodule.test_dataset)  # type: ignore[attr-defined]
-                row["events"] = len(row.get("autoprune_events") or row.get("tp_events") or [])
+                events: Any = row.get("autoprune_events") or row.get("tp_events") or []
+                row["events"] = len(events)
                 record = base | {"method": method} | row
                 protocol.write_json(path, record)
                 if method == REFERENCE:
