@@ -16,11 +16,13 @@ Usage::
 
     python -m benchmarks.parallel realistic --jobs 2          # the fixed-sparsity grid
     python -m benchmarks.parallel realistic_auto --jobs 2     # the automatic mode
+    python -m benchmarks.parallel realistic_auto --workloads stdlib-charlm   # one workload's units
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -186,12 +188,35 @@ def recorded(script: str, out: Path, unit: Unit) -> bool:
         >>> recorded("realistic_auto", Path("/nonexistent"), Unit("stdlib-charlm", 0))
         False
     """
-    from benchmarks import protocol, realistic
+    from benchmarks import protocol, realistic, realistic_auto
 
     if script == "realistic_auto":
-        return (out / unit.workload / f"seed{unit.seed}.json").exists()
+        path = out / unit.workload / f"seed{unit.seed}.json"
+        if not path.exists():
+            return False
+        # A seed file written before the like-for-like fixed sweep existed is finished once that sweep is in it.
+        return not realistic_auto.SETUPS[unit.workload].matched_targets or "matched" in json.loads(path.read_text())
     cells = realistic.unit_cells(realistic.WORKLOADS[unit.workload])
     return all(protocol.run_path(out, unit.workload, m, s, unit.seed).exists() for m, s in cells)
+
+
+def select_workloads(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    """The workloads of ``--workloads`` in the script's order (all of ``available`` when ``None``).
+
+    Example:
+        >>> select_workloads(["mnist1d-resnet", "stdlib-charlm"], ["stdlib-charlm"])
+        ['stdlib-charlm']
+        >>> select_workloads(["mnist1d-resnet"], ["resnet"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --workloads must be among mnist1d-resnet; got resnet
+    """
+    if wanted is None:
+        return list(available)
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise ValueError(f"--workloads must be among {', '.join(available)}; got {', '.join(unknown)}")
+    return [w for w in available if w in wanted]
 
 
 def write_summary(script: str, out: Path) -> Path:
@@ -213,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("script", choices=SCRIPTS)
     parser.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default 2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the script's seeds")
+    parser.add_argument("--workloads", nargs="+", default=None, help="default: every workload of the script")
     parser.add_argument(
         "--out",
         type=Path,
@@ -225,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads, default_seeds, out = list(realistic.WORKLOADS), realistic.SEEDS, realistic.RESULTS
     else:
         workloads, default_seeds, out = list(realistic_auto.SETUPS), realistic_auto.SEEDS, realistic_auto.RESULTS
+    try:
+        workloads = select_workloads(workloads, args.workloads)
+    except ValueError as error:
+        parser.error(str(error))
     out = args.out if args.out is not None else out
     seeds: list[int] = args.seeds if args.seeds is not None else list(default_seeds)
     base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1", "--out", str(out)]

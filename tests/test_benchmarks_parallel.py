@@ -108,6 +108,23 @@ def test_a_unit_counts_as_recorded_only_with_every_run_file(tmp_path: Path) -> N
     assert not parallel.recorded("realistic_auto", tmp_path, unit)
 
 
+def test_an_automatic_seed_file_without_its_fixed_sweep_is_not_finished(tmp_path: Path) -> None:
+    """The language model's seed file needs its like-for-like fixed sweep; the ResNet's has none to need."""
+    lm, resnet = parallel.Unit("stdlib-charlm", 0), parallel.Unit("mnist1d-resnet", 0)
+    protocol.write_json(tmp_path / lm.workload / "seed0.json", {"seed": 0})
+    protocol.write_json(tmp_path / resnet.workload / "seed0.json", {"seed": 0})
+    assert not parallel.recorded("realistic_auto", tmp_path, lm)
+    assert parallel.recorded("realistic_auto", tmp_path, resnet)
+    protocol.write_json(tmp_path / lm.workload / "seed0.json", {"seed": 0, "matched": {"runs": []}})
+    assert parallel.recorded("realistic_auto", tmp_path, lm)
+
+
+def test_an_unknown_workload_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parallel.main(["realistic_auto", "--workloads", "stdlib-gpt"])
+    assert "--workloads must be among mnist1d-resnet, stdlib-charlm; got stdlib-gpt" in capsys.readouterr().err
+
+
 def test_the_summary_is_written_from_the_committed_automatic_records(tmp_path: Path) -> None:
     """The runner's last step on real run files: the same summary the script writes, and no fit."""
     committed = realistic_auto.RESULTS
