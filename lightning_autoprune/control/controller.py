@@ -372,21 +372,29 @@ class ToleranceSearch:
             if state.reference_rule == "trend" and state.reference_epochs is not None:
                 first, last = state.reference_epochs
                 ahead = search.reference_at(state, self.window[1])
+                keeps = (
+                    f"so every step keeps a margin of {state.margin:.4g} from `max_metric_drop`={self.max_drop}."
+                    if state.trend_uncertainty <= state.margin + 1e-12
+                    else f"more than the margin of {state.margin:.4g} a step can keep from `max_metric_drop`="
+                    f"{self.max_drop} (half of it), so a step the prediction accepts can still end beyond the "
+                    "tolerance."
+                )
                 follows = (
                     f"The reference follows the dense trend instead of standing still: {state.reference:.4f} at "
                     f"epoch {epoch} (a line fitted to epochs {first}-{last}, changing {state.trend_slope:+.4f} per "
                     f"epoch and slowing as training goes on), {ahead:.4f} predicted at epoch {self.window[1]}; a "
                     "prediction, so the tolerance holds only as far as it does. If the curve kept its slope, the "
                     f"dense model would be {state.trend_uncertainty:.4f} further ahead by epoch {self.horizon}, "
-                    f"so every step keeps a margin of {state.margin:.4g} from `max_metric_drop`={self.max_drop}."
+                    f"{keeps}"
                 )
             else:
                 follows = "The reference may be lower than the converged model's."
             self.warnings.append(
                 f"AutoPrune's {label} was still improving at epoch {epoch}; the search starts at epoch "
                 f"{state.start_epoch} anyway, after a dense phase of {state.start_epoch} epochs, to leave {room} "
-                f"epoch(s) for it before `end_epoch`={self.window[1]}. {follows} HINT: raise max_epochs, or "
-                "start from a trained checkpoint."
+                f"epoch(s) for it before `end_epoch`={self.window[1]}. {follows} HINT: raise max_epochs, "
+                "start from a trained checkpoint, or pass `reference=` the value you expect the dense model to "
+                "reach."
             )
         elif self.wait_for_plateau and room < search.ROOM_EPOCHS:
             self.warnings.append(

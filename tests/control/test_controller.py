@@ -189,6 +189,16 @@ def test_a_metric_still_improving_starts_the_search_in_time_and_says_so():
     assert "leave 6 epoch(s)" in warning
 
 
+def test_a_trend_whose_uncertainty_the_margin_covers_says_so():
+    search = ToleranceSearch((4, 9), 1, 0.2, snapshot=lambda with_optimizers: {}, wait_for_plateau=True)
+    for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):
+        search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
+    assert search.state.reference_rule == "trend"
+    assert 0 < search.state.trend_uncertainty <= search.state.margin < 0.1, "covered, under the cap"
+    warning = next(w for w in search.take_warnings() if "still improving" in w)
+    assert f"so every step keeps a margin of {search.state.margin:.4g} from `max_metric_drop`=0.2." in warning
+
+
 def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_moving_reference():
     search = plateau_search(window=(4, 9))
     for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):  # still climbing 2-3 points per epoch
@@ -196,9 +206,13 @@ def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_mov
     assert search.state.reference_rule == "trend"
     warning = next(w for w in search.take_warnings() if "still improving" in w)
     assert "The reference follows the dense trend" in warning
-    assert f"every step keeps a margin of {search.state.margin:.4g}" in warning
     assert "further ahead by epoch 9" in warning, "the horizon defaults to the window's end"
     assert search.state.margin == pytest.approx(0.005), "the prediction's uncertainty, capped at half the tolerance"
+    assert search.state.trend_uncertainty > search.state.margin
+    # The cap leaves part of the uncertainty uncovered, and the warning says so instead of promising a margin.
+    assert "more than the margin of 0.005 a step can keep from `max_metric_drop`=0.01 (half of it)" in warning
+    assert "every step keeps a margin" not in warning
+    assert "pass `reference=`" in warning
     assert search.begin_epoch(4, ceiling=always(0.99)) == 0.5
     search.on_validation(Observation(0.90, 4, "max", "val_acc", 5000), pruned=True)  # one more epoch
     verdict = search.on_validation(Observation(0.905, 5, "max", "val_acc", 5000), pruned=True)
