@@ -197,6 +197,9 @@ def search_record(callback: AutoPrune) -> dict[str, Any]:
         "reference_epochs": list(state.reference_epochs) if state.reference_epochs else None,
         "reference_rule": state.reference_rule,
         "trend_slope": state.trend_slope,
+        # What the dense model would gain by the last epoch beyond the prediction if its curve kept its slope:
+        # the margin covers it up to half the tolerance.
+        "trend_uncertainty": state.trend_uncertainty,
         "final_reference": state.final_reference,
         "start_epoch": state.start_epoch,
         "margin": state.margin,

@@ -102,6 +102,10 @@ def test_the_language_model_is_judged_on_its_loss_in_nats(tiny_lm_auto: dict) ->
     search = auto["search"]
     assert search["dense_values"], "the dense phase validated val_loss"
     assert all(v > 0.5 for _, v in search["dense_values"]), "values are losses in nats, not accuracies"
+    assert search["trend_uncertainty"] >= 0.0
+    assert search["margin"] <= 0.01 + 1e-12, "the margin is capped at half the tolerance"
+    if search["reference_rule"] != "trend":
+        assert search["trend_uncertainty"] == 0.0, "no trend, nothing predicted"
     assert "monitor='val_loss'" in record["configuration"]
 
 
