@@ -194,8 +194,7 @@ def recorded(script: str, out: Path, unit: Unit) -> bool:
         path = out / unit.workload / f"seed{unit.seed}.json"
         if not path.exists():
             return False
-        # A seed file written before the like-for-like fixed sweep existed is finished once that sweep is in it.
-        return not realistic_auto.SETUPS[unit.workload].matched_targets or "matched" in json.loads(path.read_text())
+        return realistic_auto.seed_finished(realistic_auto.SETUPS[unit.workload], json.loads(path.read_text()))
     cells = realistic.unit_cells(realistic.WORKLOADS[unit.workload])
     return all(protocol.run_path(out, unit.workload, m, s, unit.seed).exists() for m, s in cells)
 

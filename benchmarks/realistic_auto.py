@@ -227,7 +227,7 @@ def best_fixed_within(tier_records: Sequence[Mapping[str, Any]], seed: int, setu
         return {"sparsity": None, "methods": [], "targets": []}
     reference, key = dense[0][setup.test_metric], setup.test_metric
     fixed = [r for r in rows if r["method"] != "dense"]
-    ok = [r for r in fixed if metric_drop(reference, r[key], setup.mode) <= setup.tolerance + 1e-9]
+    ok = [r for r in fixed if within_tolerance(reference, r[key], setup.mode, setup.tolerance)]
     best = max((r["sparsity_target"] for r in ok), default=0.0)
     methods = sorted(r["method"] for r in ok if r["sparsity_target"] == best) if ok else []
     return {"sparsity": best, "methods": methods, "targets": sorted({r["sparsity_target"] for r in fixed})}
@@ -258,7 +258,7 @@ def run_seed(
     record |= {"metric": key, "mode": setup.mode, "tolerance": setup.tolerance, "configuration": setup.label()}
     record |= {"environment": protocol.environment(), "dense": dense, "auto": auto}
     record["test_drop"] = metric_drop(dense[key], auto[key], setup.mode)
-    record["within_tolerance"] = record["test_drop"] <= setup.tolerance + 1e-9
+    record["within_tolerance"] = within_tolerance(dense[key], auto[key], setup.mode, setup.tolerance)
     record["time_vs_dense"] = auto["fit_seconds"] / dense["fit_seconds"]
     record["cpu_vs_dense"] = auto["fit_cpu_seconds"] / dense["fit_cpu_seconds"]
     record["fixed"] = best_fixed_within(protocol.load_records(tier), seed, setup)
@@ -305,7 +305,7 @@ def matched_fixed(
                     "end_epoch": end,
                     key: row[key],
                     "test_drop": drop,
-                    "within_tolerance": drop <= setup.tolerance + 1e-9,
+                    "within_tolerance": within_tolerance(dense_value, row[key], setup.mode, setup.tolerance),
                     "sparsity": row["sparsity"],
                     "fit_seconds": row["fit_seconds"],
                     "fit_cpu_seconds": row["fit_cpu_seconds"],
@@ -317,6 +317,16 @@ def matched_fixed(
             )
     best = max((r["target"] for r in runs if r["within_tolerance"]), default=0.0)
     return {"method": "default", "sparsity": best, "runs": runs, "environment": protocol.environment()}
+
+
+def seed_finished(setup: AutoSetup, record: Mapping[str, Any]) -> bool:
+    """Whether a seed file holds every run of ``setup``: with a like-for-like sweep, that sweep too.
+
+    Example:
+        >>> seed_finished(SETUPS["stdlib-charlm"], {"seed": 0}), seed_finished(SETUPS["mnist1d-resnet"], {"seed": 0})
+        (False, True)
+    """
+    return not setup.matched_targets or "matched" in record
 
 
 def add_matched(
@@ -479,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             done += 1
             if args.resume and path.exists():
                 record = json.loads(path.read_text())
-                if not setup.matched_targets or "matched" in record:
+                if seed_finished(setup, record):
                     continue
                 record = add_matched(record, workload, datamodule, tier, scratch, setup, realistic.say)
             else:
