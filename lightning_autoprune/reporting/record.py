@@ -224,6 +224,8 @@ def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
     if "step_losses" in entry:
         losses = ", ".join(f"{name} {value:.4g}" for name, value in entry["step_losses"].items())
         verdict += f" (lowest calibration loss: {losses})"
+    if entry.get("collapsing"):
+        verdict += f"; passed over {', '.join(entry['collapsing'])}: that step would take a layer down to its floor"
     return (
         f"{PREFIX} epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
         f"{partner} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
@@ -236,12 +238,15 @@ def step_line(epoch: int, step: Mapping[str, Any]) -> str:
     Example:
         >>> step_line(2, {"used": "lamp", "samples": 83, "losses": {"learned": 0.71, "lamp": 0.16}}).split("; ")[1]
         'step by lamp (lowest calibration loss on 83 samples: learned 0.71, lamp 0.16)'
+        >>> step_line(3, {"used": "lamp", "samples": 0, "losses": {}, "collapsing": ["magnitude"]}).split("; ", 1)[1]
+        "step by lamp (the last event's choice; passed over magnitude: that step would take a layer down to its floor)"
     """
     losses = ", ".join(f"{name} {value:.4g}" for name, value in step["losses"].items())
-    return (
-        f"{PREFIX} epoch {epoch}: no labels this event (label budget); step by {step['used']} "
-        f"(lowest calibration loss on {step['samples']} samples: {losses})"
-    )
+    why = f"lowest calibration loss on {step['samples']} samples: {losses}" if losses else "the last event's choice"
+    passed = step.get("collapsing") or []
+    if passed:
+        why += f"; passed over {', '.join(passed)}: that step would take a layer down to its floor"
+    return f"{PREFIX} epoch {epoch}: no labels this event (label budget); step by {step['used']} ({why})"
 
 
 def step_metrics(step: Mapping[str, Any]) -> list[Metric]:

@@ -7,6 +7,15 @@ could still allocate a step so badly that accuracy fell by ten points. So the sc
 step itself on evidence: it builds the masks each candidate would give at this step (the same
 global selection, with the same per-layer floor), measures the calibration loss of each with one
 forward pass over the held-out calibration batches, and keeps the candidate with the lowest loss.
+
+A candidate whose step would take some tensor down to its per-layer floor (``min_density``) is
+passed over while another candidate's step would not: the floor stops a global ranking from
+emptying a layer, and a layer left at its floor is a bottleneck that fine-tuning does not repair
+(layer collapse; Tanaka et al. 2020, Lee et al. 2021). Near the end of a steep schedule every step's
+loss right after its cut is close to chance, so the loss alone cannot see it. On the protocol's
+MNIST-1D CNN (10 seeds), the runs whose magnitude or Wanda steps took the middle convolutions to
+their floor ended at 14-26% test accuracy at 98% and 12-19% at 99%, the other seeds' at 31-54% and
+24-39%.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ class StepChoice:
             the candidate allocates the step over layers).
         margin: how much lower than the incumbent's a loss had to be to replace it (0: no
             incumbent, or a single part).
+        collapsing: the candidates passed over because their step would take a tensor down to
+            its floor (:func:`collapsed_tensors`); empty when none would, or when every one would.
     """
 
     name: str
@@ -49,6 +60,7 @@ class StepChoice:
     losses: dict[str, float]
     removed: dict[str, dict[str, float]]
     margin: float = 0.0
+    collapsing: tuple[str, ...] = ()
 
 
 def step_masks(
@@ -94,6 +106,42 @@ def step_masks(
     return removed
 
 
+def collapsed_tensors(removed: Mapping[str, Tensor], inputs: ScoreInputs) -> list[str]:
+    """The tensors that the step ``removed`` (:func:`step_masks`) takes down to their floor, in order.
+
+    A tensor collapses when it keeps more than its floor (``ceil(min_density * numel)``, see
+    :func:`~lightning_autoprune.core.selection.layer_floors`) before the step and no more after it.
+
+    Example:
+        >>> masks = {"a": torch.ones(4, dtype=torch.bool), "b": torch.ones(4, dtype=torch.bool)}
+        >>> inputs = ScoreInputs(masks, masks, target_sparsity=0.5, min_density=0.25)
+        >>> collapsed_tensors({"a": torch.tensor([1, 1, 1, 0]).bool(), "b": torch.zeros(4).bool()}, inputs)
+        ['a']
+    """
+    floors = layer_floors(inputs.masks, inputs.min_density)
+    collapsed = []
+    for name, gone in removed.items():
+        kept = int(torch.count_nonzero(inputs.masks[name]))
+        if kept > floors[name] and kept - int(torch.count_nonzero(gone)) <= floors[name]:
+            collapsed.append(name)
+    return collapsed
+
+
+def step_collapses(scores: Mapping[str, Tensor] | TensorScores, inputs: ScoreInputs) -> bool:
+    """Whether the step ``scores`` would make (:func:`step_masks`) takes some tensor down to its floor.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0, 7.0, 8.0])}
+        >>> masks = {n: torch.ones(4, dtype=torch.bool) for n in w}
+        >>> inputs = ScoreInputs(w, masks, target_sparsity=0.375, min_density=0.25)
+        >>> step_collapses(w, inputs), step_collapses({"a": w["b"], "b": w["a"]}, inputs)
+        (True, True)
+        >>> step_collapses({"a": torch.tensor([1.0, 5.0, 6.0, 7.0]), "b": torch.tensor([2.0, 3.0, 8.0, 9.0])}, inputs)
+        False
+    """
+    return bool(collapsed_tensors(step_masks(scores, inputs), inputs))
+
+
 def step_loss(scores: Mapping[str, Tensor], inputs: ScoreInputs) -> float:
     """Calibration loss after the step ``scores`` would make (:func:`step_masks`), measured in place.
 
@@ -115,8 +163,8 @@ def _measure(
     inputs: ScoreInputs,
     parts: Callable[[], Sequence[float]] | None = None,
     sample: KeptSample | None = None,
-) -> tuple[list[float], dict[str, float]]:
-    """The losses ``parts`` (default: ``inputs.loss_fn``) gives after the step, and each tensor's removed share."""
+) -> tuple[list[float], dict[str, float], bool]:
+    """The step's losses by ``parts`` (default: ``inputs.loss_fn``), removed shares, and whether it collapses."""
     if inputs.params is None or inputs.loss_fn is None:
         raise ValueError("A step's loss needs the live parameters (`params`) and a calibration loss (`loss_fn`).")
     loss_fn = inputs.loss_fn
@@ -125,14 +173,16 @@ def _measure(
     shares: dict[str, float] = {}
     with torch.no_grad():
         try:
-            for name, gone in step_masks(scores, inputs, sample).items():
+            removed = step_masks(scores, inputs, sample)
+            collapsed = bool(collapsed_tensors(removed, inputs))
+            for name, gone in removed.items():
                 flat = inputs.params[name].data.view(-1)
                 gone = gone.to(flat.device)
                 kept = int(torch.count_nonzero(inputs.masks[name]))
                 shares[name] = int(torch.count_nonzero(gone)) / kept if kept else 0.0
                 saved.append((flat, gone, flat[gone]))
                 flat.masked_fill_(gone, 0)
-            return [float(v) for v in measure()], shares
+            return [float(v) for v in measure()], shares, collapsed
         finally:
             for flat, gone, values in saved:
                 flat.masked_scatter_(gone, values)
@@ -147,6 +197,9 @@ def choose_step(
     z: float = NOISE_Z,
 ) -> StepChoice:
     """The candidate whose step has the lowest calibration loss; ties go to the earlier candidate.
+
+    Candidates whose step would take a tensor down to its floor (:func:`collapsed_tensors`) are
+    passed over unless every candidate's would.
 
     Args:
         candidates: per name, that candidate's scores, one tensor at a time. Each tensor is
@@ -175,14 +228,49 @@ def choose_step(
     kept_total = sum(int(torch.count_nonzero(m)) for m in inputs.masks.values())
     sample = KeptSample(inputs.masks, inputs.generator) if kept_total > CUT_SAMPLE else None
     measured = {name: _measure(scores_of, inputs, parts, sample) for name, scores_of in candidates.items()}
-    losses = {name: statistics.fmean(values) for name, (values, _) in measured.items()}
-    best = min(losses, key=losses.__getitem__)  # the first of equal losses
+    losses = {name: statistics.fmean(values) for name, (values, _, _) in measured.items()}
+    collapsing = tuple(name for name, (_, _, collapsed) in measured.items() if collapsed)
+    if len(collapsing) == len(measured):
+        collapsing = ()  # every step would: the loss decides
+    eligible = [name for name in losses if name not in collapsing]
+    best = min(eligible, key=losses.__getitem__)  # the first of equal losses
     margin = 0.0
-    if incumbent in measured and best != incumbent:
+    if incumbent in eligible and best != incumbent:
         gains = [a - b for a, b in zip(measured[incumbent][0], measured[best][0], strict=True)]
         if len(gains) > 1:
             margin = z * statistics.stdev(gains) / math.sqrt(len(gains))
             if statistics.fmean(gains) <= margin:
                 best = incumbent
-    removed = {name: shares for name, (_, shares) in measured.items()}
-    return StepChoice(best, {name: candidates[best](name) for name in inputs.masks}, losses, removed, margin)
+    removed = {name: shares for name, (_, shares, _) in measured.items()}
+    scores = {name: candidates[best](name) for name in inputs.masks}
+    return StepChoice(best, scores, losses, removed, margin, collapsing)
+
+
+def unmeasured_step(
+    candidates: Mapping[str, TensorScores], incumbent: str, inputs: ScoreInputs, last_losses: Mapping[str, float]
+) -> tuple[str, tuple[str, ...]]:
+    """The step of an event that measures none, and the candidates passed over on the way.
+
+    The incumbent, unless its step would take a tensor down to its floor (:func:`step_collapses`):
+    then the first candidate, in the order of ``last_losses`` (the last measured event's; a
+    candidate without one comes last), whose step would not; the incumbent again if every one
+    would. Checking a step costs its selection, no forward pass.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0, 7.0, 8.0])}
+        >>> inputs = ScoreInputs(w, {n: torch.ones(4, dtype=torch.bool) for n in w}, target_sparsity=0.375,
+        ...                      min_density=0.25)
+        >>> spread = {"a": torch.tensor([1.0, 5.0, 6.0, 7.0]), "b": torch.tensor([2.0, 3.0, 8.0, 9.0])}
+        >>> unmeasured_step({"magnitude": w.__getitem__, "spread": spread.__getitem__}, "magnitude", inputs, {})
+        ('spread', ('magnitude',))
+    """
+    if not step_collapses(candidates[incumbent], inputs):
+        return incumbent, ()
+    passed = [incumbent]
+    for name in sorted(candidates, key=lambda c: last_losses.get(c, math.inf)):  # stable: candidate order on ties
+        if name == incumbent:
+            continue
+        if not step_collapses(candidates[name], inputs):
+            return name, tuple(passed)
+        passed.append(name)
+    return incumbent, ()

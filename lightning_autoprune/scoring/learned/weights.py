@@ -22,11 +22,15 @@ At every pruning event :class:`LearnedScorer`:
    so it loses as many weights as Taylor would take from it;
 6. chooses the step (:mod:`~lightning_autoprune.scoring.learned.steps`): the masks of the learned
    ranking and of every prior of :data:`STEP_PRIORS`, each measured with one forward pass
-   (BatchNorm on the batch's statistics), the lowest loss applied.
+   (BatchNorm on the batch's statistics), the lowest loss applied among the steps that take no
+   tensor down to its floor (``min_layer_density``).
 
 An event that :class:`~lightning_autoprune.scoring.learned.budget.LabelBudget` cannot pay for
 skips 2-4: it ranks with the model fitted so far (before any label, the pretrained model alone)
-and measures the candidate steps on as many calibration samples as the budget pays for.
+and measures the candidate steps on as many calibration samples as the budget pays for. An event
+that cannot pay for that either repeats the last event's choice, unless that step would take a
+tensor down to its floor; then it takes the best-measured step of the last measured event that
+would not.
 
 Selection afterwards is the same global top-k, with the per-layer floor
 (``min_layer_density``), as for every scorer.
@@ -42,7 +46,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +69,7 @@ from lightning_autoprune.scoring.learned.fidelity import (
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
 from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
-from lightning_autoprune.scoring.learned.steps import TensorScores, choose_step
+from lightning_autoprune.scoring.learned.steps import TensorScores, choose_step, unmeasured_step
 
 #: The pretrained default importance model shipped with the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
@@ -289,7 +293,7 @@ class LearnedScorer:
         measure, samples = _step_measure(inputs, None, STEP_CANDIDATES, parts=1)
         assert measure is not None
         choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
-        self._log_step(inputs, choice.name, samples, choice.losses, 0.0)
+        self._log_step(inputs, choice.name, samples, choice.losses, 0.0, choice.collapsing)
         self.last_used = choice.name
         self.diagnostics.append(
             {
@@ -303,6 +307,7 @@ class LearnedScorer:
                 "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
                 "fell_back": choice.name != "learned",
                 "step_losses": choice.losses,
+                "collapsing": list(choice.collapsing),
                 "used": choice.name,
                 "layer_removed": {
                     name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
@@ -317,7 +322,12 @@ class LearnedScorer:
                 f"its Spearman correlation on {len(hold)} held-out group ablations "
                 f"({verdict.fidelity['learned']['spearman']:.3f}) is below {LABEL_PRIOR}'s "
                 f"({verdict.fidelity[LABEL_PRIOR]['spearman']:.3f}); of the priors' steps, {choice.name}'s had the "
-                f"lowest calibration loss ({choice.losses[choice.name]:.4g}).",
+                f"lowest calibration loss ({choice.losses[choice.name]:.4g})"
+                + (
+                    f" of those that take no layer down to its floor (not {', '.join(choice.collapsing)})."
+                    if choice.collapsing
+                    else "."
+                ),
                 stacklevel=2,
             )
         return choice.scores
@@ -342,7 +352,8 @@ class LearnedScorer:
         samples the budget pays for (at least :data:`MIN_PROBE_SAMPLES`). The incumbent (the last
         event's choice, Taylor before any) is kept unless another step's loss is lower by more
         than the noise of the paired per-part differences (:data:`PROBE_PARTS`). Without a
-        measurement the incumbent is applied.
+        measurement the incumbent is applied, unless its step would collapse a tensor
+        (:func:`~lightning_autoprune.scoring.learned.steps.unmeasured_step`).
         """
         model, weight = self._unlabelled_model()
         band_scores = None
@@ -356,10 +367,12 @@ class LearnedScorer:
         if measure is not None:
             choice = choose_step(candidates, inputs, parts=measure, incumbent=incumbent)
             used, scores = choice.name, choice.scores
-            self._log_step(inputs, used, samples, choice.losses, choice.margin)
+            self._log_step(inputs, used, samples, choice.losses, choice.margin, choice.collapsing)
         else:
-            used, scores = incumbent, {name: candidates[incumbent](name) for name in inputs.masks}
-            self._log_step(inputs, used, 0, {}, 0.0)
+            last: dict[str, float] = next((step["losses"] for step in reversed(self.steps) if step["losses"]), {})
+            used, collapsing = unmeasured_step(candidates, incumbent, inputs, last)
+            scores = {name: candidates[used](name) for name in inputs.masks}
+            self._log_step(inputs, used, 0, {}, 0.0, collapsing)
         if not self._told_budget:
             self._told_budget = True
             how = (
@@ -387,7 +400,13 @@ class LearnedScorer:
         return None, None
 
     def _log_step(
-        self, inputs: ScoreInputs, used: str, samples: int, losses: Mapping[str, float], margin: float
+        self,
+        inputs: ScoreInputs,
+        used: str,
+        samples: int,
+        losses: Mapping[str, float],
+        margin: float,
+        collapsing: Sequence[str] = (),
     ) -> None:
         self.steps.append(
             {
@@ -396,6 +415,7 @@ class LearnedScorer:
                 "samples": samples,
                 "losses": dict(losses),
                 "margin": margin,
+                "collapsing": list(collapsing),
                 "label_samples": self.budget.spent_samples,
             }
         )

@@ -65,6 +65,45 @@ def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> 
         choose_step({}, inputs)
 
 
+def test_a_step_that_takes_a_layer_to_its_floor_is_passed_over_unless_every_step_would() -> None:
+    _, inputs = network_inputs(min_density=0.25)  # floors: 12 of layer 0's 48 weights, 4 of layer 2's 16
+    assert inputs.params is not None
+    output = inputs.params["2.weight"]
+    inputs.loss_fn = lambda: float(torch.count_nonzero(output))  # the loss rewards emptying the output layer
+    empties = {n: w.abs() * (1.0 if n == "0.weight" else 1e-6) for n, w in inputs.weights.items()}
+    spreads = {n: torch.linspace(0, 1, w.numel()).view_as(w) for n, w in inputs.weights.items()}  # 60% of each
+    removed = steps.step_masks(empties, inputs)
+    assert steps.collapsed_tensors(removed, inputs) == ["2.weight"]
+    assert int(inputs.masks["2.weight"].sum()) - int(removed["2.weight"].sum()) == 4
+    assert not steps.step_collapses(spreads, inputs)
+
+    choice = choose_step({"empties": empties.__getitem__, "spreads": spreads.__getitem__}, inputs)
+    assert choice.losses["empties"] < choice.losses["spreads"]
+    assert (choice.name, choice.collapsing) == ("spreads", ("empties",))
+    # The incumbent's margin does not protect a collapsing incumbent.
+    kept = choose_step({"empties": empties.__getitem__, "spreads": spreads.__getitem__}, inputs, incumbent="empties")
+    assert kept.name == "spreads"
+    # When every step would, the loss decides, and no candidate is reported as passed over.
+    also = {n: s * (1.0 if n == "0.weight" else 1e-3) for n, s in empties.items()}
+    every = choose_step({"also": also.__getitem__, "empties": empties.__getitem__}, inputs)
+    assert every.collapsing == ()
+    assert every.name == min(every.losses, key=every.losses.__getitem__)
+
+
+def test_an_unmeasured_step_replaces_a_collapsing_incumbent_in_the_last_measured_order() -> None:
+    _, inputs = network_inputs(min_density=0.25)
+    empties = {n: w.abs() * (1.0 if n == "0.weight" else 1e-6) for n, w in inputs.weights.items()}
+    spreads = {n: torch.linspace(0, 1, w.numel()).view_as(w) for n, w in inputs.weights.items()}
+    flipped = {n: -s for n, s in spreads.items()}
+    candidates = {"empties": empties.__getitem__, "spreads": spreads.__getitem__, "flipped": flipped.__getitem__}
+    assert steps.unmeasured_step(candidates, "spreads", inputs, {}) == ("spreads", ())
+    last = {"flipped": 0.1, "spreads": 0.2, "empties": 0.0}
+    assert not steps.step_collapses(flipped, inputs)
+    assert steps.unmeasured_step(candidates, "empties", inputs, last) == ("flipped", ("empties",))
+    alone = {"empties": empties.__getitem__}
+    assert steps.unmeasured_step(alone, "empties", inputs, last) == ("empties", ())
+
+
 def test_a_large_models_step_is_estimated_from_a_sample_within_a_few_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(steps, "CUT_SAMPLE", 2000)  # "large": more kept weights than the sample
     g = torch.Generator().manual_seed(0)

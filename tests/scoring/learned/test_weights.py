@@ -19,7 +19,7 @@ from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, LearnedScore
 from lightning_autoprune.scoring.learned.features import FEATURE_NAMES
 from lightning_autoprune.scoring.learned.persistence import load_importance_model, save_importance_model
 from lightning_autoprune.scoring.learned.priors import PriorScores
-from lightning_autoprune.scoring.learned.steps import step_loss
+from lightning_autoprune.scoring.learned.steps import step_collapses, step_loss
 from lightning_autoprune.scoring.learned.weights import STEP_PRIORS
 
 
@@ -179,10 +179,32 @@ def test_an_event_too_poor_to_probe_repeats_the_last_choice() -> None:
         "samples": 0,
         "losses": {},
         "margin": 0.0,
+        "collapsing": [],
         "label_samples": 0,
     }
     expected = PriorScores(inputs).full("taylor")
     assert all(torch.equal(scores[n], expected[n]) for n in expected)
+
+
+def test_an_unmeasured_event_does_not_repeat_a_step_that_collapses_a_layer() -> None:
+    """The incumbent (magnitude) would take the tiny output layer to its floor; the event uses another step."""
+    scorer = LearnedScorer(label_groups=32)
+    scorer.last_used = "magnitude"
+    inputs = budgeted_inputs(trained_samples=2_000)  # too poor to measure any step
+    inputs.min_density = 0.1
+    assert inputs.params is not None
+    with torch.no_grad():
+        inputs.params["net.2.weight"].mul_(1e-3)  # (the weights share this storage)
+    assert step_collapses({n: w.abs() for n, w in inputs.weights.items()}, inputs)
+    with pytest.warns(UserWarning, match="the budget pays for no step measurement"):
+        scores = scorer.score(inputs)
+    step = scorer.steps[-1]
+    assert step["samples"] == 0
+    assert step["losses"] == {}
+    assert step["collapsing"][0] == "magnitude"
+    assert step["used"] not in step["collapsing"]
+    assert scorer.last_used == step["used"]
+    assert not step_collapses(scores, inputs)
 
 
 def test_classifier_estimators_work() -> None:
