@@ -912,13 +912,15 @@ def step_shares(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Which step the learned scorer applied at every event of ``runs``, labelled or not.
 
     Returns the number of events, the share of events per applied candidate, the share whose
-    step was measured, and the median calibration samples a measured step was compared on.
-    Empty when the runs carry no ``importance_steps``.
+    step was measured, the median calibration samples a measured step was compared on, and the
+    number of events that passed over a candidate whose step would take a layer down to its floor
+    (``collapsing``, recorded since 9980778). Empty when the runs carry no ``importance_steps``.
 
     Example:
-        >>> steps = [{"used": "lamp", "samples": 64}, {"used": "taylor", "samples": 0}]
-        >>> step_shares([{"importance_steps": steps}])
-        {'events': 2, 'used_share': {'lamp': 0.5, 'taylor': 0.5}, 'measured_share': 0.5, 'samples_median': 64}
+        >>> steps = [{"used": "lamp", "samples": 64, "collapsing": ["magnitude"]}, {"used": "taylor", "samples": 0}]
+        >>> step_shares([{"importance_steps": steps}])  # doctest: +NORMALIZE_WHITESPACE
+        {'events': 2, 'used_share': {'lamp': 0.5, 'taylor': 0.5}, 'measured_share': 0.5, 'samples_median': 64,
+         'passed_over_events': 1}
     """
     events = [e for r in runs for e in r.get("importance_steps") or []]
     if not events:
@@ -929,6 +931,7 @@ def step_shares(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "used_share": _shares([e["used"] for e in events]),
         "measured_share": len(measured) / len(events),
         "samples_median": statistics.median(measured) if measured else 0,
+        "passed_over_events": sum(1 for e in events if e.get("collapsing")),
     }
 
 

@@ -267,7 +267,14 @@ def _steps_line(method: str, steps: Mapping[str, Any] | None) -> list[str]:
         f"Steps the `{method}` runs applied ({steps['events']} pruning events): {shares}. "
         f"{steps['measured_share']:.0%} of them were chosen by measuring every candidate's calibration loss "
         f"(median {steps['samples_median']:g} samples per candidate, within the label budget); the rest repeated "
-        "the previous choice.",
+        "the previous choice."
+        + (
+            f" At {steps['passed_over_events']} event{'s' if steps['passed_over_events'] != 1 else ''} a candidate "
+            "was passed over because its step would have "
+            "taken a layer down to its floor (`min_layer_density`)."
+            if steps.get("passed_over_events")
+            else ""
+        ),
     ]
 
 

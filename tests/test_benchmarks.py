@@ -213,6 +213,24 @@ def test_fidelity_check_counts_events_whose_step_ranked_below_another_candidate(
     assert protocol.fidelity_gap(learned) is None
 
 
+def test_steps_line_counts_events_that_passed_over_a_collapsing_step() -> None:
+    runs = [
+        {
+            "importance_steps": [
+                {"used": "lamp", "samples": 64, "collapsing": ["magnitude", "wanda"]},
+                {"used": "lamp", "samples": 0, "collapsing": ["magnitude"]},
+                {"used": "taylor", "samples": 64, "collapsing": []},
+                {"used": "taylor", "samples": 0},  # recorded before the field existed
+            ]
+        }
+    ]
+    steps = protocol.step_shares(runs)
+    assert steps["passed_over_events"] == 2
+    (line,) = report._steps_line("default", steps)[1:]
+    assert "At 2 events a candidate was passed over" in line
+    assert "passed over" not in report._steps_line("default", steps | {"passed_over_events": 0})[1]
+
+
 def test_docstring_examples() -> None:
     for module in (protocol, report):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
