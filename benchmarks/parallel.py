@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +61,20 @@ class Unit:
         return ["--workloads", self.workload, "--seeds", str(self.seed)]
 
 
-def longest_first(workloads: Sequence[str], seeds: Sequence[int]) -> list[Unit]:
+def longest_first(workloads: Sequence[str], seeds: Sequence[int] | Mapping[str, Sequence[int]]) -> list[Unit]:
     """Every (workload, seed) unit, the costliest workloads first, seeds in order.
+
+    ``seeds`` is one list for every workload, or each workload's own.
 
     Example:
         >>> [(u.workload, u.seed) for u in longest_first(["mnist1d-resnet", "stdlib-charlm"], [0, 1])]
         [('stdlib-charlm', 0), ('stdlib-charlm', 1), ('mnist1d-resnet', 0), ('mnist1d-resnet', 1)]
+        >>> own = {"mnist1d-resnet": [0, 1, 2], "stdlib-charlm": [0]}
+        >>> [(u.workload, u.seed) for u in longest_first(["mnist1d-resnet", "stdlib-charlm"], own)]
+        [('stdlib-charlm', 0), ('mnist1d-resnet', 0), ('mnist1d-resnet', 1), ('mnist1d-resnet', 2)]
     """
     ranked = sorted(workloads, key=lambda w: -WORKLOAD_COST.get(w, 1.0))
-    return [Unit(w, s) for w in ranked for s in seeds]
+    return [Unit(w, s) for w in ranked for s in (seeds[w] if isinstance(seeds, Mapping) else seeds)]
 
 
 def run_pool(commands: Sequence[Sequence[str]], jobs: int, log: Callable[[str], None] = print) -> list[int]:
@@ -246,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parent holds the dense states); default: the script's own",
     )
     args = parser.parse_args(argv)
+    default_seeds: Sequence[int] | Mapping[str, Sequence[int]]
     if args.script == "realistic":
-        workloads, default_seeds, out = list(realistic.WORKLOADS), realistic.SEEDS, realistic.RESULTS
+        workloads, out = list(realistic.WORKLOADS), realistic.RESULTS
+        default_seeds = {name: w.seeds for name, w in realistic.WORKLOADS.items()}
     else:
         workloads, default_seeds, out = list(realistic_auto.SETUPS), realistic_auto.SEEDS, realistic_auto.RESULTS
     try:
@@ -255,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     out = args.out if args.out is not None else out
-    seeds: list[int] = args.seeds if args.seeds is not None else list(default_seeds)
+    seeds = args.seeds if args.seeds is not None else default_seeds
     base = [sys.executable, "-m", f"benchmarks.{args.script}", "--resume", "--threads", "1", "--out", str(out)]
     units = longest_first(workloads, seeds)
     interrupt_on_sigterm()

@@ -28,7 +28,8 @@ state of each seed is saved next to its record (``.pt``, ignored by git) so that
 
 **Grid, trimmed** (never the workload sizes): the ResNet at 0.9, 0.95 and 0.98 (0.8 left out), the
 LM at 0.7 and 0.9 (0.5 left out: an LM fine-tune costs 1.6 to 2.9 times a ResNet one on the VMs
-measured), 3 seeds. The first
+measured), 3 seeds of the LM and 10 of the ResNet (``Workload.seeds``; 5-9 added later, see
+``results/realistic/STATUS.md``). The first
 estimate (:func:`estimate_seconds`, from single-thread training steps timed on the shared 2-core VM:
 ResNet 0.53 s per batch of 256, LM 2.1 s per batch of 64 windows) put this grid and the structured
 track at about 19,400 s at one thread, one fit at a time. Measured instead,
@@ -121,6 +122,7 @@ class Workload:
         corpus_chars: characters per split (LM).
         widths: ResNet widths, or ``(layers, width)`` of the LM.
         batch_size: training batch size.
+        seeds: the seeds the grid runs for this workload unless ``--seeds`` names others.
     """
 
     name: str
@@ -133,6 +135,7 @@ class Workload:
     corpus_chars: Mapping[str, int] = field(default_factory=lambda: dict(CORPUS_CHARS))
     widths: tuple[int, int] = (64, 128)
     batch_size: int = 256
+    seeds: tuple[int, ...] = SEEDS
 
     def datamodule(self) -> pl.LightningDataModule:
         """A fresh datamodule (data built on ``setup``)."""
@@ -159,6 +162,8 @@ WORKLOADS: dict[str, Workload] = {
             # One fine-tuning pass over the training set in four quarter-epochs: events at the starts of
             # quarters 1..3, the last quarter at the target.
             TierBudget(dense_epochs=3, finetune_epochs=4, start_epoch=1, end_epoch=3, limit_train_batches=0.25),
+            # 10 seeds: the default's differences to LAMP and ModelPruning are a few tenths of a point.
+            seeds=tuple(range(10)),
         ),
         Workload(
             "stdlib-charlm",
@@ -350,19 +355,22 @@ class Progress:
 def run_tier(
     out: Path,
     workloads: Sequence[Workload],
-    seeds: Sequence[int] = SEEDS,
+    seeds: Sequence[int] | None = None,
     methods: Sequence[str] = METHODS,
     *,
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the grid, one JSON per run under ``out/unstructured/``, and write ``out/summary.json``; return it."""
+    """Run the grid, one JSON per run under ``out/unstructured/``, and write ``out/summary.json``; return it.
+
+    ``seeds``: the same seeds for every workload; ``None``: each workload's own (``Workload.seeds``).
+    """
     env = protocol.environment()
     scratch = out / f".scratch-{os.getpid()}"  # its own: parallel jobs (benchmarks.parallel) share `out`
     plan: dict[str, list[tuple[int, list[tuple[str, float]], bool]]] = {}
     pending: dict[str, int] = {}
     for w in workloads:
-        for seed in seeds:
+        for seed in w.seeds if seeds is None else seeds:
             todo = [
                 (m, s)
                 for s in w.sparsities
@@ -526,11 +534,11 @@ def grid_progress(results: Path = RESULTS, workloads: Sequence[Workload] | None 
 
     Example:
         >>> grid_progress(Path("/nonexistent"), [WORKLOADS["mnist1d-resnet"]])
-        (0, 66)
+        (0, 220)
     """
     recorded = planned = 0
     for w in workloads if workloads is not None else WORKLOADS.values():
-        for seed in SEEDS:
+        for seed in w.seeds:
             cells = unit_cells(w)
             planned += len(cells)
             recorded += sum(protocol.run_path(results, w.name, m, s, seed).exists() for m, s in cells)
@@ -585,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, one sparsity, short fits, into results-quick/")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=None)
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each workload's own seeds")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     parser.add_argument("--resume", action="store_true", help="skip runs whose files exist")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -596,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = quick_workloads() if args.quick else list(WORKLOADS.values())
     if args.workloads:
         workloads = [w for w in workloads if w.name in args.workloads]
-    seeds = args.seeds if args.seeds is not None else ((0,) if args.quick else SEEDS)
+    seeds = args.seeds if args.seeds is not None else ((0,) if args.quick else None)
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     if args.quick and not args.resume:
