@@ -225,7 +225,7 @@ def importance_line(epoch: int, entry: Mapping[str, Any]) -> str:
         losses = ", ".join(f"{name} {value:.4g}" for name, value in entry["step_losses"].items())
         verdict += f" (lowest calibration loss: {losses})"
     if entry.get("collapsing"):
-        verdict += f"; passed over {', '.join(entry['collapsing'])}: that step would take a layer down to its floor"
+        verdict += _passed_over(entry["collapsing"])
     return (
         f"{PREFIX} epoch {epoch}: learned importance held-out Spearman {learned:.3f} vs "
         f"{partner} {prior:.3f} on {entry['held_out']} group ablations; {verdict}"
@@ -243,10 +243,14 @@ def step_line(epoch: int, step: Mapping[str, Any]) -> str:
     """
     losses = ", ".join(f"{name} {value:.4g}" for name, value in step["losses"].items())
     why = f"lowest calibration loss on {step['samples']} samples: {losses}" if losses else "the last event's choice"
-    passed = step.get("collapsing") or []
-    if passed:
-        why += f"; passed over {', '.join(passed)}: that step would take a layer down to its floor"
+    if step.get("collapsing"):
+        why += _passed_over(step["collapsing"])
     return f"{PREFIX} epoch {epoch}: no labels this event (label budget); step by {step['used']} ({why})"
+
+
+def _passed_over(names: Sequence[str]) -> str:
+    """The clause naming the candidates a step choice passed over because their step collapses a layer."""
+    return f"; passed over {', '.join(names)}: that step would take a layer down to its floor"
 
 
 def step_metrics(step: Mapping[str, Any]) -> list[Metric]:

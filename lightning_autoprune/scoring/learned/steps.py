@@ -119,12 +119,16 @@ def collapsed_tensors(removed: Mapping[str, Tensor], inputs: ScoreInputs) -> lis
         ['a']
     """
     floors = layer_floors(inputs.masks, inputs.min_density)
-    collapsed = []
-    for name, gone in removed.items():
-        kept = int(torch.count_nonzero(inputs.masks[name]))
-        if kept > floors[name] and kept - int(torch.count_nonzero(gone)) <= floors[name]:
-            collapsed.append(name)
-    return collapsed
+    return [
+        name
+        for name, gone in removed.items()
+        if _collapses(int(torch.count_nonzero(inputs.masks[name])), int(torch.count_nonzero(gone)), floors[name])
+    ]
+
+
+def _collapses(kept: int, removed: int, floor: int) -> bool:
+    """Whether removing ``removed`` of a tensor's ``kept`` weights takes it from above ``floor`` down to it."""
+    return kept > floor and kept - removed <= floor
 
 
 def step_collapses(scores: Mapping[str, Tensor] | TensorScores, inputs: ScoreInputs) -> bool:
@@ -171,15 +175,16 @@ def _measure(
     measure = parts if parts is not None else lambda: [loss_fn()]
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
     shares: dict[str, float] = {}
+    floors = layer_floors(inputs.masks, inputs.min_density)
+    collapsed = False
     with torch.no_grad():
         try:
-            removed = step_masks(scores, inputs, sample)
-            collapsed = bool(collapsed_tensors(removed, inputs))
-            for name, gone in removed.items():
+            for name, gone in step_masks(scores, inputs, sample).items():
                 flat = inputs.params[name].data.view(-1)
                 gone = gone.to(flat.device)
-                kept = int(torch.count_nonzero(inputs.masks[name]))
-                shares[name] = int(torch.count_nonzero(gone)) / kept if kept else 0.0
+                kept, count = int(torch.count_nonzero(inputs.masks[name])), int(torch.count_nonzero(gone))
+                shares[name] = count / kept if kept else 0.0
+                collapsed = collapsed or _collapses(kept, count, floors[name])
                 saved.append((flat, gone, flat[gone]))
                 flat.masked_fill_(gone, 0)
             return [float(v) for v in measure()], shares, collapsed
@@ -248,29 +253,29 @@ def choose_step(
 
 def unmeasured_step(
     candidates: Mapping[str, TensorScores], incumbent: str, inputs: ScoreInputs, last_losses: Mapping[str, float]
-) -> tuple[str, tuple[str, ...]]:
-    """The step of an event that measures none, and the candidates passed over on the way.
+) -> tuple[str, dict[str, Tensor], tuple[str, ...]]:
+    """The step of an event that measures none: its candidate, its scores, and the candidates passed over.
 
     The incumbent, unless its step would take a tensor down to its floor (:func:`step_collapses`):
     then the first candidate, in the order of ``last_losses`` (the last measured event's; a
     candidate without one comes last), whose step would not; the incumbent again if every one
-    would. Checking a step costs its selection, no forward pass.
+    would. Each candidate checked is scored once, and its scores serve both the check and the
+    step; checking costs a selection, no forward pass.
 
     Example:
         >>> w = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0, 7.0, 8.0])}
         >>> inputs = ScoreInputs(w, {n: torch.ones(4, dtype=torch.bool) for n in w}, target_sparsity=0.375,
         ...                      min_density=0.25)
         >>> spread = {"a": torch.tensor([1.0, 5.0, 6.0, 7.0]), "b": torch.tensor([2.0, 3.0, 8.0, 9.0])}
-        >>> unmeasured_step({"magnitude": w.__getitem__, "spread": spread.__getitem__}, "magnitude", inputs, {})
-        ('spread', ('magnitude',))
+        >>> name, scores, passed = unmeasured_step(
+        ...     {"magnitude": w.__getitem__, "spread": spread.__getitem__}, "magnitude", inputs, {})
+        >>> name, passed, scores == spread
+        ('spread', ('magnitude',), True)
     """
-    if not step_collapses(candidates[incumbent], inputs):
-        return incumbent, ()
-    passed = [incumbent]
-    for name in sorted(candidates, key=lambda c: last_losses.get(c, math.inf)):  # stable: candidate order on ties
-        if name == incumbent:
-            continue
-        if not step_collapses(candidates[name], inputs):
-            return name, tuple(passed)
-        passed.append(name)
-    return incumbent, ()
+    others = sorted(candidates, key=lambda c: last_losses.get(c, math.inf))  # stable: candidate order on ties
+    order = [incumbent, *(name for name in others if name != incumbent)]
+    for checked, name in enumerate(order):
+        scores = {tensor: candidates[name](tensor) for tensor in inputs.masks}
+        if not step_collapses(scores, inputs):
+            return name, scores, tuple(order[:checked])
+    return incumbent, {tensor: candidates[incumbent](tensor) for tensor in inputs.masks}, ()

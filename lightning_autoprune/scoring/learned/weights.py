@@ -370,8 +370,7 @@ class LearnedScorer:
             self._log_step(inputs, used, samples, choice.losses, choice.margin, choice.collapsing)
         else:
             last: dict[str, float] = next((step["losses"] for step in reversed(self.steps) if step["losses"]), {})
-            used, collapsing = unmeasured_step(candidates, incumbent, inputs, last)
-            scores = {name: candidates[used](name) for name in inputs.masks}
+            used, scores, collapsing = unmeasured_step(candidates, incumbent, inputs, last)
             self._log_step(inputs, used, 0, {}, 0.0, collapsing)
         if not self._told_budget:
             self._told_budget = True

@@ -96,12 +96,18 @@ def test_an_unmeasured_step_replaces_a_collapsing_incumbent_in_the_last_measured
     spreads = {n: torch.linspace(0, 1, w.numel()).view_as(w) for n, w in inputs.weights.items()}
     flipped = {n: -s for n, s in spreads.items()}
     candidates = {"empties": empties.__getitem__, "spreads": spreads.__getitem__, "flipped": flipped.__getitem__}
-    assert steps.unmeasured_step(candidates, "spreads", inputs, {}) == ("spreads", ())
+    name, scores, passed = steps.unmeasured_step(candidates, "spreads", inputs, {})
+    assert (name, passed) == ("spreads", ())
+    assert scores == spreads
     last = {"flipped": 0.1, "spreads": 0.2, "empties": 0.0}
     assert not steps.step_collapses(flipped, inputs)
-    assert steps.unmeasured_step(candidates, "empties", inputs, last) == ("flipped", ("empties",))
+    name, scores, passed = steps.unmeasured_step(candidates, "empties", inputs, last)
+    assert (name, passed) == ("flipped", ("empties",))
+    assert scores == flipped
     alone = {"empties": empties.__getitem__}
-    assert steps.unmeasured_step(alone, "empties", inputs, last) == ("empties", ())
+    name, scores, passed = steps.unmeasured_step(alone, "empties", inputs, last)
+    assert (name, passed) == ("empties", ())
+    assert scores == empties
 
 
 def test_a_large_models_step_is_estimated_from_a_sample_within_a_few_weights(monkeypatch: pytest.MonkeyPatch) -> None:
