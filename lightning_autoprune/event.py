@@ -26,6 +26,7 @@ from lightning_autoprune.control.controller import ToleranceSearch
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.engine import PruningEngine
 from lightning_autoprune.core.flops import flop_targets, macs_per_weight
+from lightning_autoprune.core.replay import LayerReplay
 from lightning_autoprune.scoring import ScoreInputs
 
 #: Batch size of the held-out calibration batches the learned scorer's ablations run on: every
@@ -278,6 +279,7 @@ class EventPipeline:
         inputs.exp_avg_sq = access.second_moments(params)
         loss_fn = access.loss_fn
         inputs.loss_fn = lambda: calibration.mean_loss(loss_fn, label_batches)  # inside the scoring context
+        inputs.ablation_loss = LayerReplay(module, loss_fn, label_batches, params)
         inputs.loss_samples = samples
 
         def probe_fn(count: int, start: int = 0) -> Callable[[], float]:

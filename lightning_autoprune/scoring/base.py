@@ -16,7 +16,7 @@ per-event ``diagnostics`` and its ``feature_importances()``. Formula scorers fil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +28,22 @@ from lightning_autoprune.structured import UnitGroup
 #: Receives the current progress of long work as ``progress(message, done)``; ``done`` is true on the
 #: last call of that work, so a caller can keep one updating line (the callback does, when verbose).
 Progress = Callable[[str, bool], None]
+
+
+class AblationLoss(Protocol):
+    """``loss_fn``'s loss, cheaper in passes where only a few tensors differ from a recorded state.
+
+    :class:`lightning_autoprune.core.replay.LayerReplay` is the implementation an event provides.
+    """
+
+    def record(self) -> float:
+        """The loss now; later :meth:`changing` passes start from this state."""
+
+    def changing(self, names: Collection[str]) -> float:
+        """The loss now, when only the tensors ``names`` differ from their state at :meth:`record`."""
+
+    def clear(self) -> None:
+        """Forget the recorded state."""
 
 
 @dataclass
@@ -68,6 +84,9 @@ class ScoreInputs:
         trained_samples: training samples the fit has seen before this event (every epoch so
             far), for scorers whose measurements are budgeted against training; ``None``: unknown.
         loss_samples: calibration samples one call of ``loss_fn`` evaluates; ``None``: unknown.
+        ablation_loss: the same loss as ``loss_fn``, for passes that change only a few tensors
+            from a recorded state (ablations): it skips the layers that run before them.
+            ``None``: ablations call ``loss_fn``.
         probe_fn: ``probe_fn(n, start=0)`` is the loss of a whole step: like ``loss_fn`` on (at
             most) ``n`` of its samples from ``start`` on, the same ones at every call, with
             BatchNorm layers using each batch's statistics (the loss after they are
@@ -101,6 +120,7 @@ class ScoreInputs:
     min_density: float = 0.0
     trained_samples: int | None = None
     loss_samples: int | None = None
+    ablation_loss: AblationLoss | None = None
     probe_fn: Callable[..., Callable[[], float]] | None = None
     transposed: Set[str] = frozenset()
 

@@ -10,10 +10,10 @@ number of pruning events: what an event does not spend is left to the next ones.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.scoring.base import AblationLoss, ScoreInputs
 
 
 class LabelBudget:
@@ -54,18 +54,26 @@ class LabelBudget:
         return max(0, int(self.share * inputs.trained_samples - self.spent_samples))
 
     def counted(self, inputs: ScoreInputs) -> ScoreInputs:
-        """``inputs`` whose ``loss_fn`` and probes add their samples to :attr:`spent_samples` at every call."""
-        loss_fn, probe_fn = inputs.loss_fn, inputs.probe_fn
+        """``inputs`` whose ``loss_fn``, ablation passes and probes add their samples to :attr:`spent_samples`.
+
+        An ablation pass counts its samples in full, although it runs only the layers from the
+        ablated tensor on: the budget, and with it every choice it leads to, does not depend on
+        how much of a pass was replayed.
+        """
+        loss_fn, probe_fn, replay = inputs.loss_fn, inputs.probe_fn, inputs.ablation_loss
         if loss_fn is None:
             return inputs
-        counted_loss = self._counting(loss_fn, inputs.loss_samples or 0)
-        if probe_fn is None:
-            return dataclasses.replace(inputs, loss_fn=counted_loss)
+        cost = inputs.loss_samples or 0
+        changes: dict[str, Any] = {"loss_fn": self._counting(loss_fn, cost)}
+        if replay is not None:
+            changes["ablation_loss"] = _CountedReplay(replay, self, cost)
+        if probe_fn is not None:
 
-        def counted_probe(count: int, start: int = 0) -> Callable[[], float]:
-            return self._counting(probe_fn(count, start), count)
+            def counted_probe(count: int, start: int = 0) -> Callable[[], float]:
+                return self._counting(probe_fn(count, start), count)
 
-        return dataclasses.replace(inputs, loss_fn=counted_loss, probe_fn=counted_probe)
+            changes["probe_fn"] = counted_probe
+        return dataclasses.replace(inputs, **changes)
 
     def _counting(self, loss_fn: Callable[[], float], cost: int) -> Callable[[], float]:
         def counted_loss() -> float:
@@ -81,3 +89,21 @@ class LabelBudget:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (a checkpoint without it has spent nothing)."""
         self.spent_samples = int(state.get("spent_samples", 0))
+
+
+class _CountedReplay:
+    """An :class:`~lightning_autoprune.scoring.base.AblationLoss` whose passes add ``cost`` samples to ``budget``."""
+
+    def __init__(self, replay: AblationLoss, budget: LabelBudget, cost: int) -> None:
+        self.replay, self.budget, self.cost = replay, budget, cost
+
+    def record(self) -> float:
+        self.budget.spent_samples += self.cost
+        return self.replay.record()
+
+    def changing(self, names: Collection[str]) -> float:
+        self.budget.spent_samples += self.cost
+        return self.replay.changing(names)
+
+    def clear(self) -> None:
+        self.replay.clear()

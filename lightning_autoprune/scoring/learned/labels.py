@@ -24,9 +24,10 @@ Everything random comes from the caller's generator, so a resumed run draws the 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from lightning_autoprune.core.masks import mask_cost
 from lightning_autoprune.core.selection import pruned_count
-from lightning_autoprune.scoring.base import ScoreInputs
+from lightning_autoprune.scoring.base import AblationLoss, ScoreInputs
 from lightning_autoprune.structured import UnitGroup, unit_costs
 
 #: One ablation: ``(view, positions)`` pairs; each zeroes ``view[positions]`` (positions along dim 0).
@@ -152,6 +153,9 @@ def measure_ablations(
     loss_fn: Callable[[], float],
     progress: AblationProgress | None = None,
     every: float = 5.0,
+    *,
+    replay: AblationLoss | None = None,
+    touched: Sequence[Collection[str]] | None = None,
 ) -> np.ndarray:
     """Loss change of each ablation: zero its entries in place, measure, restore them bit for bit.
 
@@ -160,6 +164,9 @@ def measure_ablations(
             ``view[positions]`` (views of the live parameters), all at once, on top of the
             current (already masked) parameters.
         loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
+        replay: the same loss, measured with the layers before the ablated tensors replayed
+            (:class:`~lightning_autoprune.core.replay.LayerReplay`); used with ``touched``.
+        touched: per ablation, the names of the tensors it zeroes entries of.
         progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
             while the ablations run, and once at the end if it was called before (long events
             show progress; short ones stay quiet).
@@ -176,24 +183,33 @@ def measure_ablations(
         [1.0, 2.0, 3.0]
     """
     start = last = time.perf_counter()
-    base = float(loss_fn())
+    if replay is not None and touched is not None:
+        base = replay.record()
+        losses: list[Callable[[], float]] = [functools.partial(replay.changing, names) for names in touched]
+    else:
+        base = float(loss_fn())
+        losses = [loss_fn] * len(ablations)
     deltas = np.empty(len(ablations), dtype=np.float64)
     reported = False
-    with torch.no_grad():
-        for i, ablation in enumerate(ablations):
-            now = time.perf_counter()
-            if progress is not None and now - last >= every:
-                progress(i, len(ablations), now - start)
-                last, reported = now, True
-            saved = []
-            for view, positions in ablation:
-                saved.append(view[positions].clone())
-                view[positions] = 0
-            try:
-                deltas[i] = float(loss_fn()) - base
-            finally:
-                for (view, positions), values in zip(ablation, saved, strict=False):
-                    view[positions] = values
+    try:
+        with torch.no_grad():
+            for i, (ablation, loss) in enumerate(zip(ablations, losses, strict=True)):
+                now = time.perf_counter()
+                if progress is not None and now - last >= every:
+                    progress(i, len(ablations), now - start)
+                    last, reported = now, True
+                saved = []
+                for view, positions in ablation:
+                    saved.append(view[positions].clone())
+                    view[positions] = 0
+                try:
+                    deltas[i] = float(loss()) - base
+                finally:
+                    for (view, positions), values in zip(ablation, saved, strict=False):
+                        view[positions] = values
+    finally:
+        if replay is not None:
+            replay.clear()
     if progress is not None and reported:
         progress(len(ablations), len(ablations), time.perf_counter() - start)
     return deltas
@@ -205,6 +221,7 @@ def ablation_labels(
     loss_fn: Callable[[], float],
     progress: AblationProgress | None = None,
     every: float = 5.0,
+    replay: AblationLoss | None = None,
 ) -> np.ndarray:
     """Loss change per removed weight of zeroing each group, measured in float64.
 
@@ -218,6 +235,7 @@ def ablation_labels(
         loss_fn: mean loss on held-out calibration batches at the live parameters, as a float.
         progress: see :func:`measure_ablations`.
         every: seconds between progress calls.
+        replay: see :func:`measure_ablations` (each group touches its own tensor).
 
     Returns:
         ``(len(groups),)`` float64: ``(loss(with the group zeroed) - loss(now)) / group size``.
@@ -234,7 +252,8 @@ def ablation_labels(
     for group in groups:
         flat = params[group.name].data.view(-1)
         ablations.append([(flat, group.index.to(flat.device))])
-    deltas = measure_ablations(ablations, loss_fn, progress, every)
+    touched = [(group.name,) for group in groups]
+    deltas = measure_ablations(ablations, loss_fn, progress, every, replay=replay, touched=touched)
     return deltas / np.array([len(group.index) for group in groups], dtype=np.int64)
 
 
@@ -321,9 +340,10 @@ def unit_ablation_labels(
     owners: list[tuple[UnitGroup, int]] = []
     for g in groups:
         owners.extend((g, u) for u in range(g.units))
-    ablations = []
+    ablations, touched = [], []
     for flat in units:
         group, unit = owners[int(flat)]
         ablations.append([(inputs.params[s.param].movedim(s.dim, 0), s.index[s.unit == unit]) for s in group.slices])
-    deltas = measure_ablations(ablations, inputs.loss_fn, progress)
+        touched.append({s.param for s in group.slices})
+    deltas = measure_ablations(ablations, inputs.loss_fn, progress, replay=inputs.ablation_loss, touched=touched)
     return deltas / np.maximum(1.0, costs[units].astype(np.float64))

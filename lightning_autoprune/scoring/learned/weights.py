@@ -257,7 +257,9 @@ class LearnedScorer:
         x, owner = _member_rows(table, groups, inputs.generator)
         assert inputs.params is not None
         assert inputs.loss_fn is not None
-        y = rank_labels(ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress))
+        y = rank_labels(
+            ablation_labels(groups, inputs.params, inputs.loss_fn, self._report_progress, replay=inputs.ablation_loss)
+        )
         order = torch.randperm(len(groups), generator=inputs.generator).numpy()
         n_hold = max(4, round(self.holdout * len(groups)))
         hold = order[:n_hold]

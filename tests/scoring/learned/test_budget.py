@@ -5,6 +5,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.core.replay import LayerReplay
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned.budget import LabelBudget
@@ -30,6 +31,20 @@ def test_the_budget_grows_with_training_and_counts_every_pass() -> None:
     restored = LabelBudget(0.1)
     restored.load_state_dict(budget.state_dict())
     assert restored.spent_samples == 34
+
+
+def test_a_replayed_ablation_pass_costs_the_full_samples() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    batches = [torch.randn(10, 3)]
+    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": net[1].weight})
+    budget = LabelBudget(0.1)
+    counted = budget.counted(ScoreInputs({}, {}, loss_samples=10, loss_fn=lambda: 0.0, ablation_loss=replay))
+    assert counted.ablation_loss is not None
+    counted.ablation_loss.record()
+    counted.ablation_loss.changing(["1.weight"])
+    counted.ablation_loss.clear()
+    assert replay.replayed_calls == 1  # half the pass was not run, and still:
+    assert budget.spent_samples == 20
 
 
 def test_unknown_sizes_or_no_share_mean_no_limit() -> None:

@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_autoprune.core import calibration
+from lightning_autoprune.core.replay import LayerReplay
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.priors import PriorScores, frontier_bands
@@ -102,3 +104,28 @@ def test_long_ablations_report_progress_and_short_ones_stay_quiet() -> None:
     quiet: list[tuple[int, int]] = []
     ablation_labels(groups, params, slow_loss, progress=lambda done, total, s: quiet.append((done, total)), every=60)
     assert quiet == []
+
+
+def test_replayed_ablations_give_the_labels_of_full_passes_and_restore_the_weights() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(1, 6, 3, padding=1), nn.BatchNorm1d(6), nn.ReLU(), nn.Conv1d(6, 6, 3), nn.Flatten(), nn.Linear(60, 3)
+    ).eval()
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 1, 12, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(2)]
+
+    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(net(batch[0]), batch[1])
+
+    params = {n: p.data for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    before = {n: p.clone() for n, p in params.items()}
+    groups = [Group(name, torch.arange(i, p.numel(), 7), 0) for name, p in params.items() for i in range(3)]
+    loss = lambda: calibration.mean_loss(batch_loss, batches)  # noqa: E731
+    plain = ablation_labels(groups, params, loss)
+    replay = LayerReplay(net, batch_loss, batches, {n: p for n, p in net.named_parameters() if n in params})
+    replayed = ablation_labels(groups, params, loss, replay=replay)
+    assert replayed.tolist() == plain.tolist()
+    assert replay.replayed_calls > 0
+    assert all(torch.equal(params[n], before[n]) for n in params)
+    with pytest.raises(RuntimeError, match=r"record\(\) first"):
+        replay.changing(["0.weight"])  # the labels left nothing recorded behind

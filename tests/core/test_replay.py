@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_autoprune.core import calibration
+from lightning_autoprune.core.replay import LayerReplay
+
+
+class Block(nn.Module):
+    """A residual block that adds its input in place, as torchvision's ResNet blocks do."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv1d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm1d(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(1, 8, 3, padding=1)
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+def batches_of(n: int = 3) -> list[tuple[Tensor, Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(16, 1, 12, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(n)]
+
+
+def loss_of(net: nn.Module) -> Any:
+    return lambda batch, idx: nn.functional.cross_entropy(net(batch[0]), batch[1])
+
+
+def weights(net: nn.Module) -> dict[str, Tensor]:
+    return {n: p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
+
+
+def full_loss(net: nn.Module, batches: list[Any]) -> float:
+    return calibration.mean_loss(loss_of(net), batches)
+
+
+@pytest.mark.parametrize("batch_statistics", [False, True])
+def test_every_ablation_loss_is_bit_for_bit_the_full_pass_loss(batch_statistics: bool) -> None:
+    torch.manual_seed(0)
+    net = Net().eval()
+    batches = batches_of()
+    params = weights(net)
+    replay = LayerReplay(net, loss_of(net), batches, params)
+    context = calibration.batch_statistics(net) if batch_statistics else torch.no_grad()
+    with context:
+        assert replay.record() == full_loss(net, batches)
+        replayed = {}
+        for name, p in params.items():
+            saved = p.data.clone()
+            p.data.view(-1)[::3] = 0
+            before = replay.replayed_calls
+            assert replay.changing([name]) == full_loss(net, batches), name
+            replayed[name] = replay.replayed_calls - before
+            p.data.copy_(saved)
+    # The stem is the first call: nothing before it. The head is the last layer: the rest of the
+    # network is replayed, except the outputs the residual adds change in place (bn2).
+    assert replayed["stem.weight"] == 0
+    assert 0 < replayed["blocks.0.conv2.weight"] < replayed["blocks.1.conv1.weight"] < replayed["head.weight"]
+    assert replayed["head.weight"] % len(batches) == 0
+
+
+def test_outputs_changed_in_place_later_are_recomputed_not_replayed() -> None:
+    torch.manual_seed(0)
+    net = Net().eval()
+    batches = batches_of(1)
+    replay = LayerReplay(net, loss_of(net), batches, weights(net))
+    replay.record()
+    recorded = {m for m, output in replay._calls[0] if output is not None}
+    assert net.blocks[0].bn2 not in recorded  # `out += x` changed it after it was returned
+    assert net.blocks[0].conv2 in recorded
+    assert net.stem in recorded
+
+
+def test_a_tied_tensor_replays_nothing_before_its_first_use() -> None:
+    torch.manual_seed(0)
+    embed = nn.Embedding(10, 6)
+    body = nn.Linear(6, 6)
+    head = nn.Linear(6, 10, bias=False)
+    head.weight = embed.weight  # tied: the head's ablation changes the embedding too
+    net = nn.ModuleDict({"embed": embed, "body": body, "head": head})
+    tokens = [torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(1))]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        return net["head"](torch.tanh(net["body"](net["embed"](batch)))).logsumexp(-1).mean()
+
+    replay = LayerReplay(net, loss, tokens, {"head.weight": head.weight, "body.weight": body.weight})
+    replay.record()
+    saved = head.weight.detach().clone()
+    with torch.no_grad():
+        head.weight[3] = 0
+    assert replay.changing(["head.weight"]) == calibration.mean_loss(loss, tokens)
+    assert replay.replayed_calls == 0
+    with torch.no_grad():
+        head.weight.copy_(saved)
+        body.weight[0, 0] = 0
+    assert replay.changing(["body.weight"]) == calibration.mean_loss(loss, tokens)
+    assert replay.replayed_calls == 1  # the embedding
+
+
+def test_a_tensor_used_outside_any_module_call_replays_nothing() -> None:
+    layer = nn.Linear(3, 3)
+    scale = nn.Parameter(torch.ones(3))
+    owner = nn.Module()
+    owner.layer, owner.scale = layer, scale
+    batches = [torch.randn(4, 3)]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        return (layer(batch) * owner.scale).sum()  # `scale` is used in the loss, not in a module's forward
+
+    replay = LayerReplay(owner, loss, batches, {"scale": scale})
+    replay.record()
+    with torch.no_grad():
+        scale[0] = 0
+    assert replay.changing(["scale"]) == calibration.mean_loss(loss, batches)
+    assert replay.replayed_calls == 0
+
+
+def test_a_module_called_twice_replays_only_the_calls_before_the_ablated_one() -> None:
+    torch.manual_seed(0)
+    shared, last = nn.Linear(4, 4), nn.Linear(4, 1)
+    net = nn.ModuleDict({"shared": shared, "last": last})
+    batches = [torch.randn(5, 4)]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        return last(torch.relu(shared(torch.relu(shared(batch))))).sum()
+
+    replay = LayerReplay(net, loss, batches, {"shared.weight": shared.weight, "last.weight": last.weight})
+    replay.record()
+    with torch.no_grad():
+        last.weight[0, 0] = 0
+    assert replay.changing(["last.weight"]) == calibration.mean_loss(loss, batches)
+    assert replay.replayed_calls == 2  # both calls of `shared`
+    with torch.no_grad():
+        shared.weight[1, 1] = 0
+    assert replay.changing(["shared.weight"]) == calibration.mean_loss(loss, batches)
+    assert replay.replayed_calls == 2  # the first call of `shared` already uses the ablated tensor
+
+
+def test_other_forward_hooks_still_see_and_change_the_raw_output() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    net[0].register_forward_hook(lambda m, args, out: out * 2)  # changes the output it is given
+    batches = [torch.randn(4, 3)]
+    loss = lambda batch, idx: net(batch).sum()  # noqa: E731
+    replay = LayerReplay(net, loss, batches, {"1.weight": net[1].weight})
+    replay.record()
+    with torch.no_grad():
+        net[1].weight[0, 0] = 0
+    assert replay.changing(["1.weight"]) == calibration.mean_loss(loss, batches)
+    assert replay.replayed_calls == 1
+
+
+def test_the_byte_limit_keeps_the_first_outputs_and_computes_the_rest() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    batches = [torch.randn(4, 8)]
+    loss = lambda batch, idx: net(batch).sum()  # noqa: E731
+    one_output = 4 * 8 * 4
+    replay = LayerReplay(net, loss, batches, {"4.weight": net[4].weight}, max_bytes=2 * one_output)
+    replay.record()
+    with torch.no_grad():
+        net[4].weight[0, 0] = 0
+    assert replay.changing(["4.weight"]) == calibration.mean_loss(loss, batches)
+    assert replay.replayed_calls == 2
+    nothing = LayerReplay(net, loss, batches, {"4.weight": net[4].weight}, max_bytes=0)
+    nothing.record()
+    assert nothing.changing(["4.weight"]) == calibration.mean_loss(loss, batches)
+    assert nothing.replayed_calls == 0
+
+
+def test_forwards_are_restored_and_changing_needs_a_record() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    batches = [torch.randn(3, 2)]
+    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": net[1].weight})
+    with pytest.raises(RuntimeError, match=r"record\(\) first"):
+        replay.changing(["1.weight"])
+    replay.record()
+    replay.changing(["1.weight"])
+    assert all("forward" not in m.__dict__ for m in net.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    replay.clear()
+    with pytest.raises(RuntimeError, match=r"record\(\) first"):
+        replay.changing(["1.weight"])
