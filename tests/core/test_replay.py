@@ -204,3 +204,39 @@ def test_forwards_are_restored_and_changing_needs_a_record() -> None:
     replay.clear()
     with pytest.raises(RuntimeError, match=r"record\(\) first"):
         replay.changing(["1.weight"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_third_party_transformers_replay_bit_for_bit(family: str) -> None:
+    transformers = pytest.importorskip("transformers", reason="needs transformers (the dev extra)")
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    elif family == "llama":
+        config = transformers.LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=50
+        )
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=50
+        )
+        model = transformers.BertForSequenceClassification(config)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 50, (4, 12), generator=gen) for _ in range(2)]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        labels = batch[:, 0] % 2 if family == "bert" else batch
+        return model(input_ids=batch, labels=labels).loss
+
+    params = {n: p for n, p in model.named_parameters() if p.dim() == 2}
+    replay = LayerReplay(model, loss, batches, params)
+    with torch.no_grad():
+        assert replay.record() == calibration.mean_loss(loss, batches)
+        for name, p in params.items():
+            saved = p.data.clone()
+            p.data.view(-1)[::5] = 0
+            assert replay.changing([name]) == calibration.mean_loss(loss, batches), name
+            p.data.copy_(saved)
+    assert replay.replayed_calls > 0
