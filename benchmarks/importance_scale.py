@@ -7,14 +7,27 @@ gradient statistics and activation norms of plausible size, and a calibration lo
 previous step: 0 -> 0.5 (the first, largest step), 0.8 -> 0.9 and 0.95 -> 0.98. For each: wall
 time of the whole event (features + labels + fit + scoring + selection), the part of it spent in
 the model's forward passes (ablations and candidate steps), the rest (the scorer's own work), and
-the peak extra resident memory over the process before the event (``ru_maxrss`` high-water mark;
-each event runs in a fresh process so the mark is its own).
+the peak extra resident memory over the process before the event (the kernel's ``VmHWM``, reset
+just before the event through ``/proc/self/clear_refs``).
+
+Each event runs ``REPEATS`` times for its time and ``REPEATS`` times for its memory, each time in
+a fresh process that first runs three forward and backward passes of the model, as the training
+before any event would (:func:`_as_after_training`). The two need different allocators. Time is
+read with glibc's default, whose threshold for serving a block with its own ``mmap`` rises to the
+largest block freed, as it does in a training process. Memory is read with that threshold fixed
+at 128 KB (``MALLOC_MMAP_THRESHOLD_``), so that every large tensor's pages return to the system
+when it is freed and the resident high-water mark is the most the event held at once; under the
+default, freed blocks stay cached in the heap and the mark also counts what the allocator kept.
+The table gives the median of each figure and the results file every reading.
 
 The event measures ``label_groups=128`` ablations plus one pass per candidate step
 (``label_budget=None``). That is what the default 5% budget pays for once a fit has seen about
 1.4M training samples (128 + 7 passes of 512 samples): one epoch of an ImageNet-sized dataset, the
-kind of data a 25M-weight model trains on. The forward passes are the synthetic model's; the rest
-of the event is the scorer's own cost, which is what this benchmark tracks.
+kind of data a 25M-weight model trains on. The ablation passes go through
+:class:`lightning_autoprune.core.replay.LayerReplay`, as an event's do: the layers before the
+ablated one are not run again. The same events are also timed with every ablation pass running
+every layer (``*_full_passes``), side by side in one run. The forward passes are the synthetic
+model's; the rest of the event is the scorer's own cost.
 
 Usage::
 
@@ -23,10 +36,12 @@ Usage::
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
+import os
 import platform
-import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_autoprune.core import selection
+from lightning_autoprune.core import calibration, selection
+from lightning_autoprune.core.replay import LayerReplay
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned import LearnedScorer
 
@@ -42,14 +58,48 @@ RESULTS = Path(__file__).resolve().parent / "results" / "importance_scale.json"
 WIDTHS = (448, 1000, 2240)
 LAYERS = 5
 EVENTS = ((0.0, 0.5), (0.8, 0.9), (0.95, 0.98))
+#: Fresh-process readings per event; the table gives their medians.
+REPEATS = 3
+#: The times of a reading whose median the table gives.
+TIMES = ("event_seconds", "score_seconds", "label_forward_seconds", "event_seconds_without_labels")
+#: glibc's tunable of the size above which a block gets its own ``mmap`` (set: no longer adjusted).
+MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _event(width: int, before: float, after: float, queue: Any) -> None:
+def _as_after_training(net: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+    """Leave the process as a fit leaves it before an event: its allocator used to tensors of the model's sizes.
+
+    A pruning event runs inside a fit, after training steps have allocated and freed activations
+    and gradients of the model's sizes. A fresh process has not: there glibc serves every
+    temporary above its initial 128 KB threshold with a new ``mmap`` and faults its pages in
+    again, which is a cost of the process's first large tensors, not of the event (a feature
+    pass at 25M weights took 4.1 s first and 0.4 s on a second call in one process). Three
+    forward and backward passes (no optimizer step: the weights stay as drawn) raise that
+    threshold as training does. The memory they leave cached in the heap is then returned to the
+    system (``malloc_trim``), so that the event's peak extra memory is all its own.
+    """
+    for batch in batches * 3:
+        nn.functional.mse_loss(net(batch[0]), batch[1]).backward()
+    net.zero_grad(set_to_none=True)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak() -> None:
+    """Start the resident high-water mark (``VmHWM``) again from the current resident size."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _event(width: int, before: float, after: float, queue: Any, replay_layers: bool = True) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     net = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
@@ -68,18 +118,21 @@ def _event(width: int, before: float, after: float, queue: Any) -> None:
             )
             p.mul_(mask)
             masks[name] = mask
-    x = torch.randn(512, width)
-    target = torch.randn(512, width)
+    batches = [(torch.randn(512, width), torch.randn(512, width))]
     label_seconds = [0.0]
     calls = [0]
 
-    def loss() -> float:
+    def batch_loss(batch: tuple[Tensor, Tensor], idx: int) -> Tensor:
         start = time.perf_counter()
-        with torch.no_grad():
-            value = float(nn.functional.mse_loss(net(x), target).double())
+        value = nn.functional.mse_loss(net(batch[0]), batch[1])
         label_seconds[0] += time.perf_counter() - start
         calls[0] += 1
         return value
+
+    def loss() -> float:
+        return calibration.mean_loss(batch_loss, batches)
+
+    replay = LayerReplay(net, batch_loss, batches, params)
 
     grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
     inputs = ScoreInputs(
@@ -94,16 +147,19 @@ def _event(width: int, before: float, after: float, queue: Any) -> None:
         output_norms={n: torch.rand(width) + 0.5 for n in params},
         params={n: p.data for n, p in params.items()},
         loss_fn=loss,
+        ablation_loss=replay if replay_layers else None,
     )
     scorer = LearnedScorer(label_budget=None)  # 128 ablations: what a large fit's 5% budget pays for (docstring)
     weights_mb = sum(p.numel() for p in params.values()) * 4 / 2**20
-    baseline = _rss_mb()
+    _as_after_training(net, batches)
+    _reset_peak()
+    baseline = _status_mb("VmRSS")
     start = time.perf_counter()
     scores = scorer.score(inputs)
     scored = time.perf_counter() - start
     new_masks = selection.select_masks(scores, masks, after, min_density=0.002)
     total = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     kept = sum(int(m.sum()) for m in new_masks.values())
     queue.put(
         {
@@ -117,6 +173,7 @@ def _event(width: int, before: float, after: float, queue: Any) -> None:
             "score_seconds": scored,
             "label_forward_seconds": label_seconds[0],
             "forward_passes": calls[0],
+            "replayed_layer_calls": replay.replayed_calls,
             "event_seconds_without_labels": total - label_seconds[0],
             "peak_extra_mb": peak - baseline,
             "peak_extra_over_weights": (peak - baseline) / weights_mb,
@@ -125,28 +182,89 @@ def _event(width: int, before: float, after: float, queue: Any) -> None:
     )
 
 
+def _reading(
+    context: Any, width: int, before: float, after: float, *, memory: bool, replay: bool = True
+) -> dict[str, Any]:
+    """One event in a fresh process.
+
+    ``memory``: with the allocator that makes resident memory the memory held; ``replay``: whether
+    ablation passes replay the layers before the ablated one (else every pass runs every layer).
+    """
+    saved = os.environ.get(MMAP_THRESHOLD)
+    if memory:
+        os.environ[MMAP_THRESHOLD] = str(128 * 1024)  # the child inherits the environment at start
+    try:
+        queue = context.Queue()
+        process = context.Process(target=_event, args=(width, before, after, queue, replay))
+        process.start()
+    finally:
+        if saved is None:
+            os.environ.pop(MMAP_THRESHOLD, None)
+        else:
+            os.environ[MMAP_THRESHOLD] = saved
+    result: dict[str, Any] = queue.get()
+    process.join()
+    return result
+
+
+def summarise(
+    timed: list[dict[str, Any]], held: list[dict[str, Any]], full: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One event's row: the medians of :data:`TIMES` over ``timed`` and of the peak extra memory over ``held``.
+
+    ``full``: readings whose ablation passes ran every layer; their median times are added with
+    the suffix ``_full_passes``. The row keeps the last timed reading's description and every
+    reading.
+
+    Example:
+        >>> timed = [{"width": 4, "weights_mb": 2.0, "event_seconds": s, "score_seconds": s,
+        ...           "label_forward_seconds": 1.0, "event_seconds_without_labels": s - 1, "peak_extra_mb": 50.0}
+        ...          for s in (3.0, 5.0, 4.0)]
+        >>> held = [{**timed[0], "peak_extra_mb": m} for m in (4.0, 2.0, 9.0)]
+        >>> row = summarise(timed, held)
+        >>> row["event_seconds"], row["peak_extra_mb"], row["peak_extra_over_weights"], len(row["readings"]["time"])
+        (4.0, 4.0, 2.0, 3)
+    """
+    row = dict(timed[-1])
+    for key in TIMES:
+        row[key] = statistics.median(r[key] for r in timed)
+    row["peak_extra_mb"] = statistics.median(r["peak_extra_mb"] for r in held)
+    row["peak_extra_over_weights"] = row["peak_extra_mb"] / row["weights_mb"]
+    row["readings"] = {
+        "time": [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in timed],
+        "memory": [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in held],
+    }
+    if full:
+        for key in TIMES:
+            row[f"{key}_full_passes"] = statistics.median(r[key] for r in full)
+        row["readings"]["full_passes"] = [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in full]
+    return row
+
+
 def main() -> None:
     context = mp.get_context("spawn")
     results = []
     for width in WIDTHS:
         for before, after in EVENTS:
-            queue = context.Queue()
-            process = context.Process(target=_event, args=(width, before, after, queue))
-            process.start()
-            result = queue.get()
-            process.join()
+            timed = [_reading(context, width, before, after, memory=False) for _ in range(REPEATS)]
+            held = [_reading(context, width, before, after, memory=True) for _ in range(REPEATS)]
+            full = [_reading(context, width, before, after, memory=False, replay=False) for _ in range(REPEATS)]
+            result = summarise(timed, held, full)
             results.append(result)
             print(
-                f"[AutoPrune] {result['prunable_weights'] / 1e6:.1f}M weights, {before:.2f} -> {after:.2f}: "
-                f"event {result['event_seconds']:.1f} s ({result['forward_passes']} calibration forwards "
+                f"[AutoPrune] {result['prunable_weights'] / 1e6:.1f}M weights, {before:.2f} -> {after:.2f}, medians of "
+                f"{REPEATS}: event {result['event_seconds']:.1f} s ({result['forward_passes']} calibration forwards "
                 f"{result['label_forward_seconds']:.1f} s, rest {result['event_seconds_without_labels']:.1f} s), "
-                f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights",
+                f"peak extra {result['peak_extra_mb']:.0f} MB = {result['peak_extra_over_weights']:.2f}x the weights; "
+                f"without replay: event {result['event_seconds_full_passes']:.1f} s, forwards "
+                f"{result['label_forward_seconds_full_passes']:.1f} s",
                 flush=True,
             )
     record = {
         "script": "benchmarks/importance_scale.py",
         "model": f"{LAYERS} x Linear(d, d), d in {list(WIDTHS)}",
         "threads": 2,
+        "repeats": REPEATS,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
         "events": results,
     }

@@ -518,6 +518,13 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
+def _without_replay(event: Mapping[str, Any]) -> str:
+    """The event's seconds when every ablation pass runs every layer (its forward passes'); ``n/a`` if not read."""
+    if "event_seconds_full_passes" not in event:
+        return "n/a"
+    return f"{event['event_seconds_full_passes']:.1f} ({event['label_forward_seconds_full_passes']:.1f})"
+
+
 def render_scale(payload: Mapping[str, Any]) -> list[str]:
     """The scale section from ``benchmarks/results/importance_scale.json`` (``benchmarks/importance_scale.py``)."""
     events = payload["events"]
@@ -527,6 +534,7 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
             f"{e['sparsity_before']:.2f} -> {e['sparsity_after']:.2f}",
             f"{e['event_seconds']:.1f}",
             f"{e['forward_passes']} in {e['label_forward_seconds']:.1f}",
+            _without_replay(e),
             f"{e['event_seconds_without_labels']:.1f}",
             f"{e['peak_extra_mb']:.0f} ({e['peak_extra_over_weights']:.2f}x)",
             str(e["diagnostics"].get("used", "")),
@@ -538,11 +546,28 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
         "",
         f"`python -m benchmarks.importance_scale`: {payload['model']}, {payload['threads']} CPU threads, "
         "128 group ablations and the candidate steps, each measured with one forward pass of 512 calibration "
-        "samples (`label_budget=None`). Each event runs in a fresh process; peak extra memory is the resident "
-        "high-water mark over the process before the event, against the prunable weights' float32 size. "
+        "samples (`label_budget=None`); an ablation pass runs only the layers from the ablated one on "
+        "(`LayerReplay`). Each figure is the median of "
+        f"{payload.get('repeats', 1)} readings, each event in a fresh process that has first run three forward "
+        "and backward passes of the model, as training before an event would. Times are read with glibc's "
+        "default allocator; peak extra memory (the resident high-water mark over the process before the event, "
+        "against the prunable weights' float32 size) with large blocks always returned to the system "
+        "(`MALLOC_MMAP_THRESHOLD_=131072`), so that it is the most the event held at once. "
         '"Own work" is the event without the model\'s forward passes.',
         "",
-        *_table(["weights", "step", "event s", "forward passes (s)", "own work s", "peak extra MB", "step used"], rows),
+        *_table(
+            [
+                "weights",
+                "step",
+                "event s",
+                "forward passes (s)",
+                "without replay: event s (forward s)",
+                "own work s",
+                "peak extra MB",
+                "step used",
+            ],
+            rows,
+        ),
     ]
     by_size: dict[int, list[Mapping[str, Any]]] = {}
     for e in events:

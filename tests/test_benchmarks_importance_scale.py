@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import importance_scale
+from benchmarks.report import render_scale
+
+
+class _Queue:
+    def put(self, item: dict[str, Any]) -> None:
+        self.item = item
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_one_small_event_labels_replays_and_reaches_its_target(replay: bool) -> None:
+    queue = _Queue()
+    importance_scale._event(48, 0.0, 0.5, queue, replay_layers=replay)
+    row = queue.item
+    assert row["reached"] == pytest.approx(0.5, abs=1e-3)
+    assert row["forward_passes"] == 128 + 1 + 5  # the groups, the base pass, the candidate steps
+    assert row["diagnostics"]["groups"] == 128
+    assert (row["replayed_layer_calls"] > 0) is replay
+    assert row["event_seconds"] >= row["label_forward_seconds"] > 0
+    assert row["peak_extra_mb"] >= 0
+
+
+def reading(seconds: float, peak: float) -> dict[str, Any]:
+    return {
+        "width": 4,
+        "sparsity_before": 0.8,
+        "sparsity_after": 0.9,
+        "prunable_weights": 2_000_000,
+        "weights_mb": 8.0,
+        "event_seconds": seconds,
+        "score_seconds": seconds,
+        "label_forward_seconds": seconds / 2,
+        "event_seconds_without_labels": seconds / 2,
+        "forward_passes": 134,
+        "peak_extra_mb": peak,
+        "diagnostics": {"used": "learned"},
+    }
+
+
+def test_a_row_takes_times_from_timed_readings_and_memory_from_held_ones() -> None:
+    timed = [reading(s, 99.0) for s in (3.0, 9.0, 4.0)]
+    held = [reading(50.0, m) for m in (16.0, 12.0, 40.0)]
+    full = [reading(s, 99.0) for s in (6.0, 8.0, 7.0)]
+    row = importance_scale.summarise(timed, held, full)
+    assert (row["event_seconds"], row["label_forward_seconds"]) == (4.0, 2.0)
+    assert (row["peak_extra_mb"], row["peak_extra_over_weights"]) == (16.0, 2.0)
+    assert (row["event_seconds_full_passes"], row["label_forward_seconds_full_passes"]) == (7.0, 3.5)
+    assert [len(row["readings"][k]) for k in ("time", "memory", "full_passes")] == [3, 3, 3]
+    lines = "\n".join(render_scale({"model": "m", "threads": 2, "repeats": 3, "events": [row]}))
+    assert "| 2.0M | 0.80 -> 0.90 | 4.0 | 134 in 2.0 | 7.0 (3.5) | 2.0 | 16 (2.00x) | learned |" in lines
+    assert "median of 3 readings" in lines
+    older = importance_scale.summarise(timed, held)  # a results file without the full-pass readings
+    assert "| 4.0 | 134 in 2.0 | n/a |" in "\n".join(render_scale({"model": "m", "threads": 2, "events": [older]}))
