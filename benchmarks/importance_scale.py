@@ -230,15 +230,17 @@ def summarise(
         row[key] = statistics.median(r[key] for r in timed)
     row["peak_extra_mb"] = statistics.median(r["peak_extra_mb"] for r in held)
     row["peak_extra_over_weights"] = row["peak_extra_mb"] / row["weights_mb"]
-    row["readings"] = {
-        "time": [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in timed],
-        "memory": [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in held],
-    }
+    row["readings"] = {"time": _figures(timed), "memory": _figures(held)}
     if full:
         for key in TIMES:
             row[f"{key}_full_passes"] = statistics.median(r[key] for r in full)
-        row["readings"]["full_passes"] = [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in full]
+        row["readings"]["full_passes"] = _figures(full)
     return row
+
+
+def _figures(readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The times and peak extra memory of each reading, as the results file keeps them."""
+    return [{key: r[key] for key in (*TIMES, "peak_extra_mb")} for r in readings]
 
 
 def main() -> None:

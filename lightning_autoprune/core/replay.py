@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_autoprune.core import calibration
+
 #: At most this many bytes of recorded layer outputs are kept; later calls are computed.
 REPLAY_BYTES = 256 * 2**20
 
@@ -81,37 +83,38 @@ class LayerReplay:
         """The loss now, recording the outputs that :meth:`changing` replays."""
         self.clear()
         kept = [0]
-        total = 0.0
-        with torch.no_grad():
-            for idx, batch in enumerate(self.batches):
-                calls: list[tuple[nn.Module, Tensor | None]] = []
-                returned: list[tuple[int, Tensor, int]] = []
-                with _recording(self.module, calls, returned, kept, self.max_bytes):
-                    total += float(self.loss_fn(batch, idx).double())
-                for index, output, version in returned:
-                    if output._version != version:  # changed in place later in the pass: recompute it
-                        calls[index] = (calls[index][0], None)
-                        kept[0] -= _bytes(output)
-                self._calls.append(calls)
-        return total / max(1, len(self.batches))
+
+        def recorded(batch: Any, idx: int) -> Tensor:
+            calls: list[tuple[nn.Module, Tensor | None]] = []
+            returned: list[tuple[int, Tensor, int]] = []
+            with _recording(self.module, calls, returned, kept, self.max_bytes):
+                loss = self.loss_fn(batch, idx)
+            for index, output, version in returned:
+                if output._version != version:  # changed in place later in the pass: recompute it
+                    calls[index] = (calls[index][0], None)
+                    kept[0] -= _bytes(output)
+            self._calls.append(calls)
+            return loss
+
+        return calibration.mean_loss(recorded, self.batches)
 
     def changing(self, names: Collection[str]) -> float:
         """The loss now, when only the tensors ``names`` differ from their state at :meth:`record`."""
         if not self._calls:
             raise RuntimeError("LayerReplay.changing() needs a record() first.")
         owners = set().union(*(self._owners.get(name, ()) for name in names)) if names else set()
-        total = 0.0
-        with torch.no_grad():
-            for idx, batch in enumerate(self.batches):
-                calls = self._calls[idx]
-                boundary = next((i for i, (m, _) in enumerate(calls) if m in owners), 0)
-                replays = _replays(calls[:boundary])
-                with _replaying(replays) as handed:
-                    total += float(self.loss_fn(batch, idx).double())
-                for output in handed.changed():
-                    self._forget(idx, output)
-                self.replayed_calls += handed.count
-        return total / max(1, len(self.batches))
+
+        def replayed(batch: Any, idx: int) -> Tensor:
+            calls = self._calls[idx]
+            boundary = next((i for i, (m, _) in enumerate(calls) if m in owners), 0)
+            with _replaying(_replays(calls[:boundary])) as handed:
+                loss = self.loss_fn(batch, idx)
+            for output in handed.changed():
+                self._forget(idx, output)
+            self.replayed_calls += handed.count
+            return loss
+
+        return calibration.mean_loss(replayed, self.batches)
 
     def clear(self) -> None:
         """Forget the recorded outputs."""
