@@ -25,8 +25,11 @@ The event measures ``label_groups=128`` ablations plus one pass per candidate st
 1.4M training samples (128 + 7 passes of 512 samples): one epoch of an ImageNet-sized dataset, the
 kind of data a 25M-weight model trains on. The ablation passes go through
 :class:`lightning_autoprune.core.replay.LayerReplay`, as an event's do: the layers before the
-ablated one are not run again. The same events are also timed with every ablation pass running
-every layer (``*_full_passes``), side by side in one run. The forward passes are the synthetic
+ablated one are not run again, and the ablated layer itself (every layer here has at least
+:data:`~lightning_autoprune.core.replay.DELTA_MIN_INPUTS` inputs) returns its recorded output
+less the zeroed entries' share (``corrected_layer_calls``; that product is counted in the rest of
+the event, not in the forward passes). The same events are also timed with every ablation pass
+running every layer (``*_full_passes``), side by side in one run. The forward passes are the synthetic
 model's; the rest of the event is the scorer's own cost.
 
 Usage::
@@ -174,6 +177,7 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
             "label_forward_seconds": label_seconds[0],
             "forward_passes": calls[0],
             "replayed_layer_calls": replay.replayed_calls,
+            "corrected_layer_calls": replay.corrected_calls,
             "event_seconds_without_labels": total - label_seconds[0],
             "peak_extra_mb": peak - baseline,
             "peak_extra_over_weights": (peak - baseline) / weights_mb,

@@ -16,6 +16,7 @@ per-event ``diagnostics`` and its ``feature_importances()``. Formula scorers fil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -39,8 +40,12 @@ class AblationLoss(Protocol):
     def record(self) -> float:
         """The loss now; later :meth:`changing` passes start from this state."""
 
-    def changing(self, names: Collection[str]) -> float:
-        """The loss now, when only the tensors ``names`` differ from their state at :meth:`record`."""
+    def changing(self, names: Collection[str], zeroed: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> float:
+        """The loss now, when only the tensors ``names`` differ from their state at :meth:`record`.
+
+        ``zeroed``, when given: the difference is these entries set to zero (per tensor, the flat
+        positions and the values they held).
+        """
 
     def clear(self) -> None:
         """Forget the recorded state."""
@@ -123,6 +128,16 @@ class ScoreInputs:
     ablation_loss: AblationLoss | None = None
     probe_fn: Callable[..., Callable[[], float]] | None = None
     transposed: Set[str] = frozenset()
+
+    @functools.cached_property
+    def kept(self) -> dict[str, int]:
+        """Weights still kept per tensor, counted once (the masks do not change during an event).
+
+        Example:
+            >>> ScoreInputs({"a": torch.ones(3)}, {"a": torch.tensor([True, False, True])}).kept
+            {'a': 2}
+        """
+        return {name: int(torch.count_nonzero(mask)) for name, mask in self.masks.items()}
 
 
 class ScorerBase(Protocol):

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_autoprune.core import calibration
-from lightning_autoprune.core.replay import LayerReplay
+from lightning_autoprune.core.replay import DELTA_MIN_INPUTS, LayerReplay
 
 
 class Block(nn.Module):
@@ -240,3 +240,104 @@ def test_third_party_transformers_replay_bit_for_bit(family: str) -> None:
             assert replay.changing([name]) == calibration.mean_loss(loss, batches), name
             p.data.copy_(saved)
     assert replay.replayed_calls > 0
+
+
+def zero_every(p: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """Zero every ``step``-th entry of ``p`` in place; return the ``zeroed`` entry for it (positions, old values)."""
+    flat = p.data.view(-1)
+    positions = torch.arange(0, flat.numel(), step)
+    values = flat[positions].clone()
+    flat[positions] = 0
+    return positions, values
+
+
+def test_a_wide_linear_layer_corrects_its_recorded_output_instead_of_running() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, DELTA_MIN_INPUTS), nn.ReLU(), nn.Linear(DELTA_MIN_INPUTS, 64), nn.Linear(64, 3))
+    batches = [(torch.randn(32, 16), torch.randint(0, 3, (32,))) for _ in range(2)]
+    params = {"0.weight": net[0].weight, "2.weight": net[2].weight, "3.weight": net[3].weight}
+    replay = LayerReplay(net, lambda b, i: nn.functional.cross_entropy(net(b[0]), b[1]), batches, params)
+    full = lambda: calibration.mean_loss(lambda b, i: nn.functional.cross_entropy(net(b[0]), b[1]), batches)  # noqa: E731
+    with torch.no_grad():
+        replay.record()
+        for name, corrects in (("0.weight", False), ("2.weight", True), ("3.weight", False)):
+            saved = params[name].data.clone()
+            zeroed = {name: zero_every(params[name], 7)}
+            before, expected = replay.corrected_calls, full()
+            assert replay.changing([name], zeroed) == pytest.approx(expected, rel=1e-6), name
+            assert replay.corrected_calls - before == (len(batches) if corrects else 0), name
+            # Without the zeroed entries it is bit for bit the full pass, as before.
+            assert replay.changing([name]) == expected, name
+            params[name].data.copy_(saved)
+    # The 512-input layer did not run: only the last one did, after the replayed first two calls.
+    assert replay.replayed_calls > 0
+
+
+def test_an_input_changed_in_place_after_the_layer_is_not_used_to_correct_it() -> None:
+    torch.manual_seed(0)
+    wide = nn.Linear(DELTA_MIN_INPUTS, 4)
+    stem = nn.Linear(3, DELTA_MIN_INPUTS)
+    net = nn.ModuleDict({"stem": stem, "wide": wide})
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        x = stem(batch)
+        y = wide(x)
+        x.relu_()  # the input `wide` saw is gone after this
+        return (y.sum(-1) + x.sum(-1)).pow(2).mean()
+
+    batches = [torch.randn(6, 3)]
+    replay = LayerReplay(net, loss, batches, {"wide.weight": wide.weight})
+    with torch.no_grad():
+        replay.record()
+        zeroed = {"wide.weight": zero_every(wide.weight, 3)}
+        assert replay.changing(["wide.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    assert replay.corrected_calls == 0
+
+
+def test_a_linear_subclass_with_its_own_forward_runs() -> None:
+    class Scaled(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x) * 2
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, DELTA_MIN_INPUTS), Scaled(DELTA_MIN_INPUTS, 2))
+    batches = [torch.randn(5, 3)]
+    loss = lambda b, i: net(b).pow(2).sum()  # noqa: E731
+    replay = LayerReplay(net, loss, batches, {"1.weight": net[1].weight})
+    with torch.no_grad():
+        replay.record()
+        zeroed = {"1.weight": zero_every(net[1].weight, 5)}
+        assert replay.changing(["1.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    assert replay.corrected_calls == 0
+    assert replay.replayed_calls == 1
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_third_party_wide_layers_correct_within_rounding(family: str) -> None:
+    transformers = pytest.importorskip("transformers", reason="needs transformers (the dev extra)")
+    torch.manual_seed(0)
+    width = DELTA_MIN_INPUTS
+    if family == "gpt2":  # Conv1D projections, weight stored [in, out]
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=width, n_head=4, vocab_size=50))
+    else:
+        config = transformers.LlamaConfig(
+            hidden_size=width, intermediate_size=width, num_hidden_layers=1, num_attention_heads=4, vocab_size=50
+        )
+        model = transformers.LlamaForCausalLM(config)
+    model.eval()
+    batches = [torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        return model(input_ids=batch, labels=batch).loss
+
+    embeddings = ("wte", "wpe", "embed")
+    params = {n: p for n, p in model.named_parameters() if p.dim() == 2 and not any(e in n for e in embeddings)}
+    replay = LayerReplay(model, loss, batches, params)
+    with torch.no_grad():
+        replay.record()
+        for name, p in params.items():
+            saved = p.data.clone()
+            zeroed = {name: zero_every(p, 3)}
+            assert replay.changing([name], zeroed) == pytest.approx(calibration.mean_loss(loss, batches), rel=1e-6)
+            p.data.copy_(saved)
+    assert replay.corrected_calls == len(params), sorted(params)  # every projection, once per ablation

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from torch import Tensor
+
 from lightning_autoprune.scoring.base import AblationLoss, ScoreInputs
 
 
@@ -101,9 +103,9 @@ class _CountedReplay:
         self.budget.spent_samples += self.cost
         return self.replay.record()
 
-    def changing(self, names: Collection[str]) -> float:
+    def changing(self, names: Collection[str], zeroed: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> float:
         self.budget.spent_samples += self.cost
-        return self.replay.changing(names)
+        return self.replay.changing(names, zeroed)
 
     def clear(self) -> None:
         self.replay.clear()

@@ -24,7 +24,6 @@ Everything random comes from the caller's generator, so a resumed run draws the 
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -156,6 +155,7 @@ def measure_ablations(
     *,
     replay: AblationLoss | None = None,
     touched: Sequence[Collection[str]] | None = None,
+    flat: bool = False,
 ) -> np.ndarray:
     """Loss change of each ablation: zero its entries in place, measure, restore them bit for bit.
 
@@ -167,6 +167,9 @@ def measure_ablations(
         replay: the same loss, measured with the layers before the ablated tensors replayed
             (:class:`~lightning_autoprune.core.replay.LayerReplay`); used with ``touched``.
         touched: per ablation, the names of the tensors it zeroes entries of.
+        flat: each ablation is one ``(view, positions)`` with ``view`` the whole flat tensor that
+            ``touched`` names: the replay is then told which entries were zeroed (and may correct
+            that tensor's layer's recorded output instead of running it).
         progress: called as ``progress(done, total, seconds)`` at most every ``every`` seconds
             while the ablations run, and once at the end if it was called before (long events
             show progress; short ones stay quiet).
@@ -183,17 +186,14 @@ def measure_ablations(
         [1.0, 2.0, 3.0]
     """
     start = last = time.perf_counter()
-    if replay is not None and touched is not None:
-        base = replay.record()
-        losses: list[Callable[[], float]] = [functools.partial(replay.changing, names) for names in touched]
-    else:
-        base = float(loss_fn())
-        losses = [loss_fn] * len(ablations)
+    if touched is not None and len(touched) != len(ablations):
+        raise ValueError(f"`touched` needs one entry per ablation ({len(ablations)}), got {len(touched)}.")
+    base = replay.record() if replay is not None and touched is not None else float(loss_fn())
     deltas = np.empty(len(ablations), dtype=np.float64)
     reported = False
     try:
         with torch.no_grad():
-            for i, (ablation, loss) in enumerate(zip(ablations, losses, strict=True)):
+            for i, ablation in enumerate(ablations):
                 now = time.perf_counter()
                 if progress is not None and now - last >= every:
                     progress(i, len(ablations), now - start)
@@ -203,7 +203,11 @@ def measure_ablations(
                     saved.append(view[positions].clone())
                     view[positions] = 0
                 try:
-                    deltas[i] = float(loss()) - base
+                    if replay is not None and touched is not None:
+                        zeroed = {next(iter(touched[i])): (ablation[0][1], saved[0])} if flat else None
+                        deltas[i] = replay.changing(touched[i], zeroed) - base
+                    else:
+                        deltas[i] = float(loss_fn()) - base
                 finally:
                     for (view, positions), values in zip(ablation, saved, strict=False):
                         view[positions] = values
@@ -253,7 +257,7 @@ def ablation_labels(
         flat = params[group.name].data.view(-1)
         ablations.append([(flat, group.index.to(flat.device))])
     touched = [(group.name,) for group in groups]
-    deltas = measure_ablations(ablations, loss_fn, progress, every, replay=replay, touched=touched)
+    deltas = measure_ablations(ablations, loss_fn, progress, every, replay=replay, touched=touched, flat=True)
     return deltas / np.array([len(group.index) for group in groups], dtype=np.int64)
 
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from lightning_autoprune.core import calibration
-from lightning_autoprune.core.replay import LayerReplay
+from lightning_autoprune.core.replay import DELTA_MIN_INPUTS, LayerReplay
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.priors import PriorScores, frontier_bands
@@ -129,3 +130,27 @@ def test_replayed_ablations_give_the_labels_of_full_passes_and_restore_the_weigh
     assert all(torch.equal(params[n], before[n]) for n in params)
     with pytest.raises(RuntimeError, match=r"record\(\) first"):
         replay.changing(["0.weight"])  # the labels left nothing recorded behind
+
+
+def test_labels_of_a_wide_linear_layer_corrected_in_place_of_running_match_full_passes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(8, DELTA_MIN_INPUTS), nn.ReLU(), nn.Linear(DELTA_MIN_INPUTS, 32), nn.ReLU(), nn.Linear(32, 3)
+    )
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 8, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(2)]
+
+    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(net(batch[0]), batch[1])
+
+    params = {n: p.data for n, p in net.named_parameters() if n.endswith("weight")}
+    before = {n: p.clone() for n, p in params.items()}
+    groups = [Group(name, torch.arange(i, p.numel(), 97), 0) for name, p in params.items() for i in range(3)]
+    loss = lambda: calibration.mean_loss(batch_loss, batches)  # noqa: E731
+    plain = ablation_labels(groups, params, loss)
+    replay = LayerReplay(net, batch_loss, batches, {n: p for n, p in net.named_parameters() if n in params})
+    corrected = ablation_labels(groups, params, loss, replay=replay)
+    assert replay.corrected_calls == 3 * len(batches)  # the three groups of the 512-input layer
+    scale = float(np.abs(plain).max())
+    assert np.allclose(corrected, plain, rtol=1e-4, atol=1e-6 * scale)
+    assert all(torch.equal(params[n], before[n]) for n in params)
