@@ -54,15 +54,22 @@ def top_k_mask(scores: Tensor, k: int) -> Tensor:
     return above
 
 
-def layer_floors(masks: Mapping[str, Tensor], min_density: float) -> dict[str, int]:
+def layer_floors(
+    masks: Mapping[str, Tensor], min_density: float, kept: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Minimum number of weights each layer keeps: ``ceil(min_density * numel)``, capped at what it has.
+
+    ``kept``: each mask's count of ``True``, where the caller has it (else counted here).
 
     Example:
         >>> layer_floors({"a": torch.ones(1000, dtype=torch.bool), "b": torch.ones(10, dtype=torch.bool)}, 0.01)
         {'a': 10, 'b': 1}
     """
     return {
-        name: min(int(torch.count_nonzero(mask)), math.ceil(min_density * mask.numel() - 1e-9))
+        name: min(
+            kept[name] if kept is not None else int(torch.count_nonzero(mask)),
+            math.ceil(min_density * mask.numel() - 1e-9),
+        )
         for name, mask in masks.items()
     }
 

@@ -185,11 +185,12 @@ class FeatureTable:
             in_unit = (index // layer.inner) % layer.fan_in
             out_unit = index // (layer.inner * layer.fan_in)
         x = layer.input_norm[in_unit] if layer.input_norm is not None else torch.full_like(absw, s["x"])
+        percentile, lamp = layer.squares.percentile_and_lamp(index)
         columns = [
             _log(absw / s["w"]),
             absw / layer.mean_abs,
-            layer.squares.percentile(index),
-            _log(layer.squares.lamp(index)),
+            percentile,
+            _log(lamp),
             g / s["g"],
             g * w / s["gw"],
             _log(fisher / s["F"]),

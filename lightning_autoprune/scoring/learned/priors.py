@@ -103,7 +103,14 @@ class SortedSquares:
 
     def lamp(self, index: Tensor) -> Tensor:
         """LAMP score ``w**2 / sum(w_j**2 over kept j at least as large)`` of flat entries ``index`` (0 if pruned)."""
-        values, positions, kept = self._positions(index)
+        return self._lamp(index, *self._positions(index))
+
+    def percentile_and_lamp(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`percentile` and :meth:`lamp` of flat entries ``index``, from one search of the sorted squares."""
+        found = self._positions(index)
+        return self._percentile(index, found[1], found[2]), self._lamp(index, *found)
+
+    def _lamp(self, index: Tensor, values: np.ndarray, positions: np.ndarray, kept: Tensor) -> Tensor:
         denominator = np.maximum(self.suffix[positions], np.finfo(np.float32).tiny)
         if self.stride != 1:
             denominator = np.maximum(denominator, values)
@@ -119,6 +126,9 @@ class SortedSquares:
     def percentile(self, index: Tensor) -> Tensor:
         """Rank of ``|w|`` among the kept weights, over ``kept - 1``, in ``[0, 1]`` (0 if pruned)."""
         _, positions, kept = self._positions(index)
+        return self._percentile(index, positions, kept)
+
+    def _percentile(self, index: Tensor, positions: np.ndarray, kept: Tensor) -> Tensor:
         ranks = torch.from_numpy(positions.astype(np.float32) / max(len(self.sorted) - 1, 1)).to(index.device)
         return torch.where(kept.to(index.device), ranks, 0.0)
 

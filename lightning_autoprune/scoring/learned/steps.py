@@ -83,7 +83,7 @@ def step_masks(
     masks = inputs.masks
     scores_of = scores.__getitem__ if isinstance(scores, Mapping) else scores
     total = sum(m.numel() for m in masks.values())
-    kept_total = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    kept_total = sum(inputs.kept.values())
     if kept_total <= CUT_SAMPLE:
         every = {name: scores_of(name) for name in masks}
         new = select_masks(every, masks, inputs.target_sparsity, min_density=inputs.min_density)
@@ -91,13 +91,13 @@ def step_masks(
     remove = kept_total - (total - pruned_count(inputs.target_sparsity, total))
     sample = sample if sample is not None else KeptSample(masks, inputs.generator)
     threshold = sample.quantile(scores_of, remove / kept_total)
-    floors = layer_floors(masks, inputs.min_density)
+    floors = layer_floors(masks, inputs.min_density, inputs.kept)
     removed = {}
     for name, mask in masks.items():
         flat_mask = mask.reshape(-1)
         values = scores_of(name).reshape(-1).float()
         gone = flat_mask & (values <= threshold)
-        keep_count = int(torch.count_nonzero(flat_mask)) - int(torch.count_nonzero(gone))
+        keep_count = inputs.kept[name] - int(torch.count_nonzero(gone))
         if keep_count < floors[name]:
             ranked = torch.where(flat_mask, values, torch.tensor(-math.inf, device=values.device))
             gone = flat_mask & ~top_k_mask(ranked, floors[name])
@@ -118,11 +118,11 @@ def collapsed_tensors(removed: Mapping[str, Tensor], inputs: ScoreInputs) -> lis
         >>> collapsed_tensors({"a": torch.tensor([1, 1, 1, 0]).bool(), "b": torch.zeros(4).bool()}, inputs)
         ['a']
     """
-    floors = layer_floors(inputs.masks, inputs.min_density)
+    floors = layer_floors(inputs.masks, inputs.min_density, inputs.kept)
     return [
         name
         for name, gone in removed.items()
-        if _collapses(int(torch.count_nonzero(inputs.masks[name])), int(torch.count_nonzero(gone)), floors[name])
+        if _collapses(inputs.kept[name], int(torch.count_nonzero(gone)), floors[name])
     ]
 
 
@@ -175,22 +175,23 @@ def _measure(
     measure = parts if parts is not None else lambda: [loss_fn()]
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
     shares: dict[str, float] = {}
-    floors = layer_floors(inputs.masks, inputs.min_density)
+    floors = layer_floors(inputs.masks, inputs.min_density, inputs.kept)
     collapsed = False
     with torch.no_grad():
         try:
             for name, gone in step_masks(scores, inputs, sample).items():
                 flat = inputs.params[name].data.view(-1)
-                gone = gone.to(flat.device)
-                kept, count = int(torch.count_nonzero(inputs.masks[name])), int(torch.count_nonzero(gone))
+                # Positions, not the boolean mask: one scan of the tensor, then gathers of the step's share.
+                positions = gone.to(flat.device).nonzero().view(-1)
+                kept, count = inputs.kept[name], len(positions)
                 shares[name] = count / kept if kept else 0.0
                 collapsed = collapsed or _collapses(kept, count, floors[name])
-                saved.append((flat, gone, flat[gone]))
-                flat.masked_fill_(gone, 0)
+                saved.append((flat, positions, flat[positions]))
+                flat[positions] = 0
             return [float(v) for v in measure()], shares, collapsed
         finally:
-            for flat, gone, values in saved:
-                flat.masked_scatter_(gone, values)
+            for flat, positions, values in saved:
+                flat[positions] = values
 
 
 def choose_step(
@@ -230,7 +231,7 @@ def choose_step(
     """
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
-    kept_total = sum(int(torch.count_nonzero(m)) for m in inputs.masks.values())
+    kept_total = sum(inputs.kept.values())
     sample = KeptSample(inputs.masks, inputs.generator) if kept_total > CUT_SAMPLE else None
     measured = {name: _measure(scores_of, inputs, parts, sample) for name, scores_of in candidates.items()}
     losses = {name: statistics.fmean(values) for name, (values, _, _) in measured.items()}
