@@ -181,17 +181,18 @@ def _measure(
         try:
             for name, gone in step_masks(scores, inputs, sample).items():
                 flat = inputs.params[name].data.view(-1)
-                # Positions, not the boolean mask: one scan of the tensor, then gathers of the step's share.
-                positions = gone.to(flat.device).nonzero().view(-1)
-                kept, count = inputs.kept[name], len(positions)
+                # The boolean mask, not positions: 8 bytes per removed weight would hold, at a 25M-weight
+                # model's first step, as much again as the weights (int64 positions of half of them).
+                gone = gone.to(flat.device)
+                kept, count = inputs.kept[name], int(torch.count_nonzero(gone))
                 shares[name] = count / kept if kept else 0.0
                 collapsed = collapsed or _collapses(kept, count, floors[name])
-                saved.append((flat, positions, flat[positions]))
-                flat[positions] = 0
+                saved.append((flat, gone, flat[gone]))
+                flat.masked_fill_(gone, 0)
             return [float(v) for v in measure()], shares, collapsed
         finally:
-            for flat, positions, values in saved:
-                flat[positions] = values
+            for flat, gone, values in saved:
+                flat.masked_scatter_(gone, values)
 
 
 def choose_step(
