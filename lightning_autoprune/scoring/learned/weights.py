@@ -56,17 +56,11 @@ from torch import Tensor
 
 from lightning_autoprune.scoring.base import Progress, ScoreInputs
 from lightning_autoprune.scoring.learned.budget import LabelBudget
-from lightning_autoprune.scoring.learned.estimators import RefinedModel, check_feature_count, resolve_estimator
-from lightning_autoprune.scoring.learned.features import FEATURE_NAMES, FeatureTable
-from lightning_autoprune.scoring.learned.fidelity import (
-    fit_estimator,
-    judge,
-    predict_scores,
-    rank_labels,
-    spearman,
-    warn_fallback,
-)
+from lightning_autoprune.scoring.learned.estimators import check_feature_count, resolve_estimator
+from lightning_autoprune.scoring.learned.features import FeatureTable
+from lightning_autoprune.scoring.learned.fidelity import judge, predict_scores, rank_labels, warn_fallback
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
+from lightning_autoprune.scoring.learned.online import OnlineModel
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
 from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
 from lightning_autoprune.scoring.learned.steps import TensorScores, choose_step, unmeasured_step
@@ -180,31 +174,26 @@ class LearnedScorer:
         self.blend: float | None = None
         #: The candidate whose step the last event applied (``"learned"`` or a prior).
         self.last_used: str | None = None
-        self._fitted: tuple[int, np.ndarray] | None = None  # the last fit's seed and training rows of its block
         self._told_budget = False
-        self.template: Any = resolve_estimator(estimator) if estimator is not None else None
-        self.pretrained: Any = None
-        if self.template is None:
-            self.pretrained = load_importance_model(model_path or DEFAULT_MODEL_PATH)
-            check_feature_count(self.pretrained, model_path or str(DEFAULT_MODEL_PATH))
-        self.rows_x: list[np.ndarray] = []  # one block of feature rows per event, all groups
-        self._base_predictions: list[np.ndarray] = []  # the pretrained model on each block (rows never change)
-        self.rows_y: list[np.ndarray] = []
+        template: Any = resolve_estimator(estimator) if estimator is not None else None
+        pretrained: Any = None
+        if template is None:
+            pretrained = load_importance_model(model_path or DEFAULT_MODEL_PATH)
+            check_feature_count(pretrained, model_path or str(DEFAULT_MODEL_PATH))
+        #: The labelled rows of every event so far and the model fitted on them.
+        self.online = OnlineModel(template, pretrained)
         self.diagnostics: list[dict[str, Any]] = []
         #: One entry per event: the step applied, the samples each candidate was measured on
         #: (0: not measured) and every candidate's loss.
         self.steps: list[dict[str, Any]] = []
-        self.model: Any = None
-        self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
         #: Receives a progress line during long label measurements (the callback sets it when verbose).
         self.progress: Progress | None = None
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The labelled rows of every event so far (the model is refitted from them, so resume is exact)."""
-        state: dict[str, Any] = {
-            "rows_x": [torch.from_numpy(x) for x in self.rows_x],
-            "rows_y": [torch.from_numpy(y) for y in self.rows_y],
+        return {
+            **self.online.state_dict(),
             "diagnostics": copy.deepcopy(self.diagnostics),
             "steps": copy.deepcopy(self.steps),
             "budget": self.budget.state_dict(),
@@ -212,31 +201,16 @@ class LearnedScorer:
             "last_used": self.last_used,
             "told_budget": self._told_budget,
         }
-        if self._fitted is not None:
-            state["fit_seed"], state["fit_rows"] = self._fitted[0], torch.from_numpy(self._fitted[1])
-        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; rows with another feature count are refused."""
-        rows_x = [x.numpy() for x in state.get("rows_x", [])]
-        for x in rows_x:
-            if x.shape[1] != len(FEATURE_NAMES):
-                raise ValueError(
-                    f"The checkpoint's learned-importance rows have {x.shape[1]} features; this version computes "
-                    f"{len(FEATURE_NAMES)}. Start the run again, or resume it with the version that wrote it."
-                )
-        self.rows_x = rows_x
-        self._base_predictions = []
-        self.rows_y = [y.numpy() for y in state.get("rows_y", [])]
+        self.online.load_state_dict(state)
         self.diagnostics = copy.deepcopy(list(state.get("diagnostics", [])))
         self.steps = copy.deepcopy(list(state.get("steps", [])))
         self.budget.load_state_dict(state.get("budget", {}))
         self.blend = state.get("blend")
         self.last_used = state.get("last_used")
         self._told_budget = bool(state.get("told_budget", False))
-        self.model = None  # refitted from the rows when needed
-        fit_rows = state.get("fit_rows")
-        self._fitted = (int(state["fit_seed"]), fit_rows.numpy()) if fit_rows is not None else None
 
     # ---------------------------------------------------------------------------------- scoring
     def score(self, inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -264,19 +238,13 @@ class LearnedScorer:
         n_hold = max(4, round(self.holdout * len(groups)))
         hold = order[:n_hold]
         train_rows = ~np.isin(owner, hold)
-        fit_x = np.concatenate([*self.rows_x, x[train_rows]])
-        fit_y = np.concatenate([*self.rows_y, y[owner][train_rows]])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=inputs.generator))
-        self.model = self._fit(fit_x, fit_y, seed, self._base_rows(x, train_rows))
-        self.rows_x.append(x)
-        self.rows_y.append(y[owner])
-        self._last_rows = (x, y[owner])
-        self._fitted = (seed, train_rows)
+        rows_fitted = self.online.add(x, y[owner], train_rows, seed)
 
         held = _HeldOut([groups[i] for i in hold], inputs.generator)
-        learned_held = held.learned(self.model, table)
+        learned_held = held.learned(self.online.model, table)
         prior_held = held.priors(priors)
-        band_scores = _BandScores.predict(self.model, table, priors, LABEL_PRIOR, bands, inputs.generator)
+        band_scores = _BandScores.predict(self.online.model, table, priors, LABEL_PRIOR, bands, inputs.generator)
 
         def on_quantiles(prior: str) -> tuple[np.ndarray, np.ndarray]:
             learned_side = band_scores.learned_map(torch.from_numpy(learned_held)).double().numpy()
@@ -302,7 +270,7 @@ class LearnedScorer:
                 "target_sparsity": inputs.target_sparsity,
                 "groups": len(groups),
                 "held_out": len(hold),
-                "rows_fitted": len(fit_y),
+                "rows_fitted": rows_fitted,
                 "band_rows": sum(len(b) for b in bands.values()),
                 "fidelity": verdict.fidelity,
                 "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
@@ -394,10 +362,10 @@ class LearnedScorer:
 
     def _unlabelled_model(self) -> tuple[Any, float | None]:
         """The model an unlabelled event ranks with, and its weight in the blend; ``(None, None)``: none."""
-        if self.blend is not None and self._refit():
-            return self.model, self.blend
-        if self._fitted is None and self.pretrained is not None:
-            return self.pretrained, 1.0
+        if self.blend is not None and self.online.refit():
+            return self.online.model, self.blend
+        if not self.online.fitted and self.online.pretrained is not None:
+            return self.online.pretrained, 1.0
         return None, None
 
     def _log_step(
@@ -421,19 +389,6 @@ class LearnedScorer:
             }
         )
 
-    def _refit(self) -> bool:
-        """Whether a fitted model exists; after a resume it is refitted from the checkpoint's rows, as it was."""
-        if self.model is None and self._fitted is not None and self.rows_x:
-            seed, train_rows = self._fitted
-            x = np.concatenate([*self.rows_x[:-1], self.rows_x[-1][train_rows]])
-            y = np.concatenate([*self.rows_y[:-1], self.rows_y[-1][train_rows]])
-            base = None
-            if self.pretrained is not None:
-                blocks = self._block_predictions()
-                base = np.concatenate([*blocks[:-1], blocks[-1][train_rows]])
-            self.model = self._fit(x, y, seed, base)
-        return self.model is not None
-
     def _bands(self, priors: PriorScores, inputs: ScoreInputs, max_rows: int = MAX_PREDICTED_ROWS) -> dict[str, Tensor]:
         return frontier_bands(
             priors,
@@ -453,52 +408,8 @@ class LearnedScorer:
             )
 
     def feature_importances(self, repeats: int = 3, seed: int = 0, max_rows: int = 2048) -> dict[str, float]:
-        """Permutation importance of each feature on the last event's rows: the drop in Spearman correlation.
-
-        Uses at most ``max_rows`` of those rows (drawn with ``seed``), so the report stays cheap.
-        Returns an empty dict before the first fitted event.
-        """
-        if self.model is None or self._last_rows is None:
-            return {}
-        x, y = self._last_rows
-        rng = np.random.default_rng(seed)
-        if len(y) > max_rows:
-            keep = rng.choice(len(y), size=max_rows, replace=False)
-            x, y = x[keep], y[keep]
-        base = spearman(predict_scores(self.model, x), y)
-        out: dict[str, float] = {}
-        for j, name in enumerate(FEATURE_NAMES):
-            drops = []
-            for _ in range(repeats):
-                shuffled = x.copy()
-                shuffled[:, j] = rng.permutation(shuffled[:, j])
-                drops.append(base - spearman(predict_scores(self.model, shuffled), y))
-            out[name] = float(np.mean(drops))
-        return out
-
-    # -------------------------------------------------------------------------------- internals
-    def _base_rows(self, x: np.ndarray, train_rows: np.ndarray) -> np.ndarray | None:
-        """The pretrained model's predictions on every earlier block and this block's training rows.
-
-        Each block is predicted once, not again at every later event (its rows never change).
-        """
-        if self.pretrained is None:
-            return None
-        current = np.asarray(self.pretrained.predict(x))
-        base = np.concatenate([*self._block_predictions(), current[train_rows]])
-        self._base_predictions.append(current)
-        return base
-
-    def _block_predictions(self) -> list[np.ndarray]:
-        """The pretrained model's predictions on every stored block of rows, each computed once."""
-        while len(self._base_predictions) < len(self.rows_x):
-            self._base_predictions.append(np.asarray(self.pretrained.predict(self.rows_x[len(self._base_predictions)])))
-        return self._base_predictions
-
-    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, base: np.ndarray | None = None) -> Any:
-        if self.template is None:
-            return RefinedModel(self.pretrained).fit(x, y, base_predictions=base)
-        return fit_estimator(self.template, x, y, seed=seed)
+        """Permutation importance of each feature on the last event's rows (:meth:`OnlineModel.feature_importances`)."""
+        return self.online.feature_importances(repeats, seed, max_rows)
 
 
 class _BandScores:

@@ -41,7 +41,8 @@ class SaveMasks(Callback):
         masks = {name: mask.cpu() for name, mask in self.autoprune.masks.items()}
         path = self.out / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
         scorer = self.autoprune.scorer
-        scorer_rows = [len(y) for y in getattr(scorer, "rows_y", getattr(scorer, "labels", []))]
+        online = getattr(scorer, "online", None)  # the weight scorer's rows; the unit scorer's labels
+        scorer_rows = [len(y) for y in (online.rows_y if online is not None else getattr(scorer, "labels", []))]
         state = {"masks": masks, "sparsity": self.autoprune.sparsity, "search": self.autoprune.search.to_dict()}
         torch.save({**state, "scorer_rows": scorer_rows}, path)
 

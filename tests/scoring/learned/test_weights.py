@@ -77,9 +77,9 @@ def test_a_named_estimator_instance_is_cloned_never_mutated() -> None:
     finally:
         del sys.modules["user_estimators"]
     assert not hasattr(module.tuned, "coef_")  # the user's object was never fitted
-    assert scorer.model is not module.tuned
-    assert scorer.model.alpha == 3.0
-    assert hasattr(scorer.model, "coef_")
+    assert scorer.online.model is not module.tuned
+    assert scorer.online.model.alpha == 3.0
+    assert hasattr(scorer.online.model, "coef_")
 
 
 def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
@@ -93,9 +93,9 @@ def test_learned_scores_come_with_fidelity_next_to_the_formulas() -> None:
     assert entry["held_out"] >= 4
     assert entry["groups"] >= 16
     assert all(-1.0 <= f["spearman"] <= 1.0 and 0.0 <= f["precision_at_k"] <= 1.0 for f in entry["fidelity"].values())
-    assert len(scorer.rows_x) == 1
-    assert scorer.rows_x[0].shape[1] == len(FEATURE_NAMES)
-    assert entry["groups"] <= len(scorer.rows_x[0]) <= 8 * entry["groups"]
+    assert len(scorer.online.rows_x) == 1
+    assert scorer.online.rows_x[0].shape[1] == len(FEATURE_NAMES)
+    assert entry["groups"] <= len(scorer.online.rows_x[0]) <= 8 * entry["groups"]
     importances = scorer.feature_importances(repeats=2)
     assert set(importances) == set(FEATURE_NAMES)
 
@@ -232,7 +232,7 @@ def test_a_users_skops_model_is_used(tmp_path: Path) -> None:
     save_importance_model(Ridge().fit(rng.normal(size=(50, len(FEATURE_NAMES))), rng.normal(size=50)), path)
     scorer = make_scorer(str(path))
     assert isinstance(scorer, LearnedScorer)
-    assert type(scorer.pretrained).__name__ == "Ridge"
+    assert type(scorer.online.pretrained).__name__ == "Ridge"
 
 
 def test_state_round_trip_refuses_other_feature_counts() -> None:
@@ -242,7 +242,7 @@ def test_state_round_trip_refuses_other_feature_counts() -> None:
     assert all(isinstance(t, torch.Tensor) for t in state["rows_x"] + state["rows_y"])
     other = LearnedScorer(estimator="sklearn.linear_model.Ridge", label_groups=32)
     other.load_state_dict(state)
-    assert np.array_equal(other.rows_x[0], scorer.rows_x[0])
+    assert np.array_equal(other.online.rows_x[0], scorer.online.rows_x[0])
     with pytest.raises(ValueError, match="rows have 5 features; this version computes"):
         other.load_state_dict({"rows_x": [torch.zeros(3, 5)], "rows_y": [torch.zeros(3)]})
 
