@@ -546,8 +546,10 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
         "",
         f"`python -m benchmarks.importance_scale`: {payload['model']}, {payload['threads']} CPU threads, "
         "128 group ablations and the candidate steps, each measured with one forward pass of 512 calibration "
-        "samples (`label_budget=None`); an ablation pass runs only the layers from the ablated one on "
-        "(`LayerReplay`). Each figure is the median of "
+        "samples (`label_budget=None`); an ablation pass runs only the layers after the ablated one "
+        "(`LayerReplay`: the earlier layers replay their recorded outputs, and the ablated layer returns its "
+        "recorded output less the zeroed entries' share, a sparse product counted in the own work). "
+        "Each figure is the median of "
         f"{payload.get('repeats', 1)} readings, each event in a fresh process that has first run three forward "
         "and backward passes of the model, as training before an event would. Times are read with glibc's "
         "default allocator; peak extra memory (the resident high-water mark over the process before the event, "
