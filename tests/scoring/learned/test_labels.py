@@ -107,27 +107,41 @@ def test_long_ablations_report_progress_and_short_ones_stay_quiet() -> None:
     assert quiet == []
 
 
+def labels_both_ways(
+    net: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], params: dict[str, torch.Tensor], stride: int
+) -> tuple[np.ndarray, np.ndarray, LayerReplay]:
+    """Labels of three groups per tensor (every ``stride``-th entry), by full passes and through a ``LayerReplay``.
+
+    Also checks that both left the weights as they were.
+    """
+
+    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(net(batch[0]), batch[1])
+
+    before = {n: p.clone() for n, p in params.items()}
+    groups = [Group(name, torch.arange(i, p.numel(), stride), 0) for name, p in params.items() for i in range(3)]
+    loss = lambda: calibration.mean_loss(batch_loss, batches)  # noqa: E731
+    plain = ablation_labels(groups, params, loss)
+    replay = LayerReplay(net, batch_loss, batches, {n: p for n, p in net.named_parameters() if n in params})
+    replayed = ablation_labels(groups, params, loss, replay=replay)
+    assert all(torch.equal(params[n], before[n]) for n in params)
+    return plain, replayed, replay
+
+
+def batches_of(inputs: tuple[int, ...], rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(rows, *inputs, generator=gen), torch.randint(0, 3, (rows,), generator=gen)) for _ in range(2)]
+
+
 def test_replayed_ablations_give_the_labels_of_full_passes_and_restore_the_weights() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv1d(1, 6, 3, padding=1), nn.BatchNorm1d(6), nn.ReLU(), nn.Conv1d(6, 6, 3), nn.Flatten(), nn.Linear(60, 3)
     ).eval()
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(8, 1, 12, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(2)]
-
-    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
-        return nn.functional.cross_entropy(net(batch[0]), batch[1])
-
     params = {n: p.data for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
-    before = {n: p.clone() for n, p in params.items()}
-    groups = [Group(name, torch.arange(i, p.numel(), 7), 0) for name, p in params.items() for i in range(3)]
-    loss = lambda: calibration.mean_loss(batch_loss, batches)  # noqa: E731
-    plain = ablation_labels(groups, params, loss)
-    replay = LayerReplay(net, batch_loss, batches, {n: p for n, p in net.named_parameters() if n in params})
-    replayed = ablation_labels(groups, params, loss, replay=replay)
+    plain, replayed, replay = labels_both_ways(net, batches_of((1, 12), 8), params, stride=7)
     assert replayed.tolist() == plain.tolist()
     assert replay.replayed_calls > 0
-    assert all(torch.equal(params[n], before[n]) for n in params)
     with pytest.raises(RuntimeError, match=r"record\(\) first"):
         replay.changing(["0.weight"])  # the labels left nothing recorded behind
 
@@ -137,20 +151,9 @@ def test_labels_of_a_wide_linear_layer_corrected_in_place_of_running_match_full_
     net = nn.Sequential(
         nn.Linear(8, DELTA_MIN_INPUTS), nn.ReLU(), nn.Linear(DELTA_MIN_INPUTS, 32), nn.ReLU(), nn.Linear(32, 3)
     )
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(16, 8, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(2)]
-
-    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
-        return nn.functional.cross_entropy(net(batch[0]), batch[1])
-
+    batches = batches_of((8,), 16)
     params = {n: p.data for n, p in net.named_parameters() if n.endswith("weight")}
-    before = {n: p.clone() for n, p in params.items()}
-    groups = [Group(name, torch.arange(i, p.numel(), 97), 0) for name, p in params.items() for i in range(3)]
-    loss = lambda: calibration.mean_loss(batch_loss, batches)  # noqa: E731
-    plain = ablation_labels(groups, params, loss)
-    replay = LayerReplay(net, batch_loss, batches, {n: p for n, p in net.named_parameters() if n in params})
-    corrected = ablation_labels(groups, params, loss, replay=replay)
+    plain, corrected, replay = labels_both_ways(net, batches, params, stride=97)
     assert replay.corrected_calls == 3 * len(batches)  # the three groups of the 512-input layer
     scale = float(np.abs(plain).max())
     assert np.allclose(corrected, plain, rtol=1e-4, atol=1e-6 * scale)
-    assert all(torch.equal(params[n], before[n]) for n in params)
