@@ -12,17 +12,19 @@ ablations spread over its depth runs about half its layers per ablation.
 What is replayed, per calibration batch (the calls are counted from the start of the batch's loss):
 
 * a leaf module's call (a module without children, such as ``nn.Linear`` or ``nn.ReLU``) whose
-  output is one tensor, that starts before the first call of any module that holds the ablated
-  tensor as its own parameter; a tensor used outside every module call (directly in
-  ``training_step``) replays nothing;
+  output is one tensor, that starts before the ablated tensor's first use in the recorded pass:
+  the first call of a module that holds it as its own parameter, or any earlier operation that
+  reads it (or a view of it), as ``F.embedding(ids, head.weight)`` in a ``training_step`` that
+  ties an embedding to a head by hand;
 * and whose output no later operation of the recorded pass changed in place (``out += x`` in a
   residual block): such an output is recomputed from its (replayed) inputs instead. A replayed
   output that an ablation pass changes in place is dropped from the record the same way.
 
 The layer of the ablated tensor itself need not run either, where it is linear in that tensor and
 wide enough to be worth it: a ``nn.Linear`` (or transformers' ``Conv1D``) with at least
-:data:`DELTA_MIN_INPUTS` inputs, the ablated tensor its ``weight``, held by no other module. Its
-first call then returns the recorded output less the zeroed entries' share,
+:data:`DELTA_MIN_INPUTS` inputs, the ablated tensor its float32 or float64 ``weight``, held by no
+other module, its forward not replaced on the instance, and the zeroed entries the only change.
+Its first call then returns the recorded output less the zeroed entries' share,
 ``out[..., r] -= x[..., c] * w[r, c]``, from the recorded input ``x`` (:meth:`LayerReplay.changing`
 with ``zeroed``): one product with a sparse matrix of the zeroed entries, whose cost grows with
 their number rather than with the layer's size. That is the full pass's output up to float
@@ -40,6 +42,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.targets import is_conv1d_transposed
@@ -93,6 +96,9 @@ class LayerReplay:
         self.batches = batches
         self.max_bytes = max_bytes
         self._owners = {name: _owners(module, tensor) for name, tensor in params.items()}
+        self._storages: dict[int, list[str]] = {}
+        for name, tensor in params.items():
+            self._storages.setdefault(_storage(tensor), []).append(name)
         #: The linear layers whose output an ablation of their weight corrects instead of running, by tensor.
         self._linear = {
             name: next(iter(self._owners[name]))
@@ -104,6 +110,9 @@ class LayerReplay:
         self._calls: list[list[tuple[nn.Module, Tensor | None]]] = []
         #: Per batch, the recorded input of those linear layers' calls, by call index.
         self._inputs: list[dict[int, Tensor]] = []
+        #: Per batch, each tensor's first use in the recorded pass: the index of the leaf call it
+        #: happened in, or of the next call when it happened outside every leaf call.
+        self._uses: list[dict[str, int]] = []
         #: Leaf calls whose recorded output was handed back instead of being computed, so far.
         self.replayed_calls = 0
         #: Linear-layer calls whose output was the recorded one less the zeroed entries' share, so far.
@@ -120,8 +129,14 @@ class LayerReplay:
             calls: list[tuple[nn.Module, Tensor | None]] = []
             returned: list[tuple[int, Tensor, int]] = []
             inputs: dict[int, tuple[Tensor, int]] = {}
-            with _recording(self.module, calls, returned, kept, self.max_bytes, linear, inputs):
+            uses: dict[str, int] = {}
+            open_leaf = [False]
+            with (
+                _recording(self.module, calls, returned, kept, self.max_bytes, linear, inputs, open_leaf),
+                _FirstUses(self._storages, calls, open_leaf, uses),
+            ):
                 loss = self.loss_fn(batch, idx)
+            self._uses.append(uses)
             for index, output, version in returned:
                 if output._version != version:  # changed in place later in the pass: recompute it
                     calls[index] = (calls[index][0], None)
@@ -142,12 +157,15 @@ class LayerReplay:
         if not self._calls:
             raise RuntimeError("LayerReplay.changing() needs a record() first.")
         owners = set().union(*(self._owners.get(name, ()) for name in names)) if names else set()
+        # Only when the zeroed entries are the whole difference: one tensor, nothing else changed.
+        correctable = zeroed is not None and len(zeroed) == 1 and set(names) == set(zeroed)
 
         def replayed(batch: Any, idx: int) -> Tensor:
-            calls = self._calls[idx]
+            calls, uses = self._calls[idx], self._uses[idx]
             boundary = next((i for i, (m, _) in enumerate(calls) if m in owners), 0)
+            boundary = min([boundary, *(uses[name] for name in names if name in uses)])
             replays = _replays(calls[:boundary])
-            corrected = self._corrected(idx, boundary, zeroed) if zeroed is not None and len(zeroed) == 1 else None
+            corrected = self._corrected(idx, boundary, zeroed) if correctable and zeroed is not None else None
             if corrected is not None:
                 replays[calls[boundary][0]] = [corrected]
             with _replaying(replays) as handed:
@@ -164,12 +182,13 @@ class LayerReplay:
         """Forget the recorded outputs."""
         self._calls = []
         self._inputs = []
+        self._uses = []
 
     def _corrected(self, batch: int, boundary: int, zeroed: Zeroed) -> Tensor | None:
         """The recorded output of call ``boundary`` less the share of the entries ``zeroed``, if it has one."""
         ((name, (positions, values)),) = zeroed.items()
         calls, layer = self._calls[batch], self._linear.get(name)
-        if layer is None or boundary >= len(calls) or calls[boundary][0] is not layer:
+        if layer is None or boundary >= len(calls) or calls[boundary][0] is not layer or "forward" in vars(layer):
             return None
         output, x = calls[boundary][1], self._inputs[batch].get(boundary)
         if output is None or x is None:
@@ -204,12 +223,20 @@ def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) 
         return torch.sparse_csr_tensor(crow, cols[order], values[order], shape, check_invariants=False)
 
 
+#: Weight dtypes the correction handles (a sparse product of half-precision types has no CPU kernel).
+CORRECTED_DTYPES = (torch.float32, torch.float64)
+
+
 def _corrects(layer: nn.Module, tensor: Tensor) -> bool:
     """Whether ``layer`` is a linear layer of at least :data:`DELTA_MIN_INPUTS` inputs whose weight is ``tensor``.
 
-    A subclass of ``nn.Linear`` with a forward of its own (a LoRA or quantized layer) is not.
+    A subclass of ``nn.Linear`` with a forward of its own (a LoRA or quantized layer) is not, nor
+    is a layer whose forward was replaced on the instance (accelerate's hooks, which may move or
+    change the input), nor a weight of a dtype outside :data:`CORRECTED_DTYPES`.
     """
-    if getattr(layer, "weight", None) is not tensor or tensor.dim() != 2:
+    if getattr(layer, "weight", None) is not tensor or tensor.dim() != 2 or tensor.dtype not in CORRECTED_DTYPES:
+        return False
+    if "forward" in vars(layer):
         return False
     if is_conv1d_transposed(layer):
         return tensor.shape[0] >= DELTA_MIN_INPUTS
@@ -227,6 +254,53 @@ def _owners(module: nn.Module, tensor: Tensor) -> frozenset[nn.Module]:
     return frozenset(found)
 
 
+def _storage(tensor: Tensor) -> int:
+    """The address of ``tensor``'s storage (shared by all its views); 0 for a tensor without one."""
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # sparse, meta and other storage-less tensors
+        return 0
+
+
+class _FirstUses(TorchFunctionMode):
+    """Records, into ``uses``, each watched tensor's first use by any torch operation during a pass.
+
+    The position is the leaf call in progress (``open_leaf``) or, outside every leaf call, the
+    next call to start: the calls before it ran without the tensor.
+    """
+
+    def __init__(
+        self,
+        storages: Mapping[int, list[str]],
+        calls: Sequence[Any],
+        open_leaf: list[bool],
+        uses: dict[str, int],
+    ) -> None:
+        super().__init__()
+        self.storages = {address: names for address, names in storages.items() if address}
+        self.calls, self.open_leaf, self.uses = calls, open_leaf, uses
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if len(self.uses) < sum(len(names) for names in self.storages.values()):
+            for tensor in _tensors((args, kwargs)):
+                for name in self.storages.get(_storage(tensor), ()):
+                    self.uses.setdefault(name, len(self.calls) - 1 if self.open_leaf[0] else len(self.calls))
+        return func(*args, **kwargs)
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """The tensors in ``value``, looking into tuples, lists and dicts."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
 def _bytes(tensor: Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
@@ -240,21 +314,26 @@ def _recording(
     max_bytes: int,
     linear: Collection[nn.Module] = (),
     inputs: dict[int, tuple[Tensor, int]] | None = None,
+    open_leaf: list[bool] | None = None,
 ) -> Iterator[None]:
     """Append every module call (in start order) to ``calls``, with a leaf's tensor output while ``kept`` allows.
 
     A call of a module in ``linear`` whose output is kept also keeps its input in ``inputs`` (with
     its version then), when input, output and weight share one dtype (not under autocast); an
-    input that shares its storage with a kept output costs nothing more.
+    input that shares its storage with a kept output costs nothing more. ``open_leaf[0]`` is
+    whether the last call started is a leaf that has not returned yet.
     """
+    leaf_open = open_leaf if open_leaf is not None else [False]
     starts: dict[nn.Module, list[int]] = {}
     stored: set[int] = set()
 
     def pre_hook(m: nn.Module, args: Any) -> None:
         starts.setdefault(m, []).append(len(calls))
         calls.append((m, None))
+        leaf_open[0] = next(m.children(), None) is None
 
     def hook(m: nn.Module, args: Any, output: Any) -> None:
+        leaf_open[0] = False
         index = starts[m].pop()
         if isinstance(output, Tensor) and kept[0] + _bytes(output) <= max_bytes:
             kept[0] += _bytes(output)

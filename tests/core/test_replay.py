@@ -341,3 +341,75 @@ def test_third_party_wide_layers_correct_within_rounding(family: str) -> None:
             assert replay.changing([name], zeroed) == pytest.approx(calibration.mean_loss(loss, batches), rel=1e-6)
             p.data.copy_(saved)
     assert replay.corrected_calls == len(params), sorted(params)  # every projection, once per ablation
+
+
+def wide_net(dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, DELTA_MIN_INPUTS), nn.ReLU(), nn.Linear(DELTA_MIN_INPUTS, 8)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_run_instead_of_being_corrected(dtype: torch.dtype) -> None:
+    net = wide_net(dtype)
+    batches = [torch.randn(4, 16, dtype=dtype)]
+    loss = lambda b, i: net(b).float().pow(2).mean()  # noqa: E731
+    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight})
+    with torch.no_grad():
+        replay.record()
+        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
+        assert replay.changing(["2.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    assert replay.corrected_calls == 0
+    assert replay.replayed_calls == 2
+
+
+def test_a_forward_replaced_on_the_instance_runs_instead_of_being_corrected() -> None:
+    net = wide_net()
+    plain = net[2].forward
+    net[2].forward = lambda x: plain(
+        x * 2.0
+    )  # as accelerate's hooks wrap a layer: the input it records is not F.linear's
+    batches = [torch.randn(4, 16)]
+    loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
+    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight})
+    with torch.no_grad():
+        replay.record()
+        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
+        assert replay.changing(["2.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    assert replay.corrected_calls == 0
+
+
+def test_a_change_beyond_the_zeroed_entries_runs_the_layer() -> None:
+    net = wide_net()
+    batches = [torch.randn(4, 16)]
+    loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
+    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight, "2.bias": net[2].bias})
+    with torch.no_grad():
+        replay.record()
+        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
+        net[2].bias.add_(1.0)  # also changed: the zeroed entries are not the whole difference
+        assert replay.changing(["2.weight", "2.bias"], zeroed) == calibration.mean_loss(loss, batches)
+    assert replay.corrected_calls == 0
+
+
+def test_a_tensor_read_before_its_owners_call_replays_nothing_before_that_read() -> None:
+    torch.manual_seed(0)
+    body, head = nn.Linear(6, 6), nn.Linear(6, 10, bias=False)
+    net = nn.ModuleDict({"body": body, "head": head})
+    tokens = [torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(1))]
+
+    def loss(batch: Tensor, idx: int) -> Tensor:
+        # The head's weight embeds the tokens by hand before the head runs: a tie no module shows.
+        hidden = nn.functional.embedding(batch, head.weight)
+        return head(torch.tanh(body(hidden))).logsumexp(-1).mean()
+
+    replay = LayerReplay(net, loss, tokens, {"head.weight": head.weight, "body.weight": body.weight})
+    replay.record()
+    with torch.no_grad():
+        head.weight[3] = 0
+    assert replay.changing(["head.weight"]) == calibration.mean_loss(loss, tokens)
+    assert replay.replayed_calls == 0  # `body` ran on the changed embedding, not its recorded output
+    with torch.no_grad():
+        head.weight[3] = 1.0
+        body.weight[0, 0] = 0
+    assert replay.changing(["body.weight"]) == calibration.mean_loss(loss, tokens)
+    assert replay.replayed_calls == 0  # nothing runs before `body` but the (unreplayed) embedding
