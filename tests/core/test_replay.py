@@ -294,6 +294,30 @@ def test_an_input_changed_in_place_after_the_layer_is_not_used_to_correct_it() -
     assert replay.corrected_calls == 0
 
 
+def replay_zeroing(
+    net: nn.Module,
+    loss: Any,
+    batches: list[Any],
+    params: dict[str, Tensor],
+    name: str,
+    step: int,
+    also: Any = None,
+) -> LayerReplay:
+    """Record, zero every ``step``-th entry of ``params[name]`` (then run ``also``), and check the replayed loss.
+
+    The loss of :meth:`LayerReplay.changing` with the zeroed entries (and every name of
+    ``params`` changed) must equal the full pass's bit for bit: each caller's layer runs.
+    """
+    replay = LayerReplay(net, loss, batches, params)
+    with torch.no_grad():
+        replay.record()
+        zeroed = {name: zero_every(params[name], step)}
+        if also is not None:
+            also()
+        assert replay.changing(list(params), zeroed) == calibration.mean_loss(loss, batches)
+    return replay
+
+
 def test_a_linear_subclass_with_its_own_forward_runs() -> None:
     class Scaled(nn.Linear):
         def forward(self, x: Tensor) -> Tensor:
@@ -303,11 +327,7 @@ def test_a_linear_subclass_with_its_own_forward_runs() -> None:
     net = nn.Sequential(nn.Linear(3, DELTA_MIN_INPUTS), Scaled(DELTA_MIN_INPUTS, 2))
     batches = [torch.randn(5, 3)]
     loss = lambda b, i: net(b).pow(2).sum()  # noqa: E731
-    replay = LayerReplay(net, loss, batches, {"1.weight": net[1].weight})
-    with torch.no_grad():
-        replay.record()
-        zeroed = {"1.weight": zero_every(net[1].weight, 5)}
-        assert replay.changing(["1.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    replay = replay_zeroing(net, loss, batches, {"1.weight": net[1].weight}, "1.weight", 5)
     assert replay.corrected_calls == 0
     assert replay.replayed_calls == 1
 
@@ -353,11 +373,7 @@ def test_half_precision_layers_run_instead_of_being_corrected(dtype: torch.dtype
     net = wide_net(dtype)
     batches = [torch.randn(4, 16, dtype=dtype)]
     loss = lambda b, i: net(b).float().pow(2).mean()  # noqa: E731
-    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight})
-    with torch.no_grad():
-        replay.record()
-        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
-        assert replay.changing(["2.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    replay = replay_zeroing(net, loss, batches, {"2.weight": net[2].weight}, "2.weight", 3)
     assert replay.corrected_calls == 0
     assert replay.replayed_calls == 2
 
@@ -365,29 +381,19 @@ def test_half_precision_layers_run_instead_of_being_corrected(dtype: torch.dtype
 def test_a_forward_replaced_on_the_instance_runs_instead_of_being_corrected() -> None:
     net = wide_net()
     plain = net[2].forward
-    net[2].forward = lambda x: plain(
-        x * 2.0
-    )  # as accelerate's hooks wrap a layer: the input it records is not F.linear's
-    batches = [torch.randn(4, 16)]
+    # As accelerate's hooks wrap a layer: the input its forward hook records is not the one F.linear sees.
+    net[2].forward = lambda x: plain(x * 2.0)
     loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
-    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight})
-    with torch.no_grad():
-        replay.record()
-        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
-        assert replay.changing(["2.weight"], zeroed) == calibration.mean_loss(loss, batches)
+    replay = replay_zeroing(net, loss, [torch.randn(4, 16)], {"2.weight": net[2].weight}, "2.weight", 3)
     assert replay.corrected_calls == 0
 
 
 def test_a_change_beyond_the_zeroed_entries_runs_the_layer() -> None:
     net = wide_net()
-    batches = [torch.randn(4, 16)]
     loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
-    replay = LayerReplay(net, loss, batches, {"2.weight": net[2].weight, "2.bias": net[2].bias})
-    with torch.no_grad():
-        replay.record()
-        zeroed = {"2.weight": zero_every(net[2].weight, 3)}
-        net[2].bias.add_(1.0)  # also changed: the zeroed entries are not the whole difference
-        assert replay.changing(["2.weight", "2.bias"], zeroed) == calibration.mean_loss(loss, batches)
+    params = {"2.weight": net[2].weight, "2.bias": net[2].bias}
+    # The bias changes too: the zeroed entries are not the whole difference.
+    replay = replay_zeroing(net, loss, [torch.randn(4, 16)], params, "2.weight", 3, also=lambda: net[2].bias.add_(1.0))
     assert replay.corrected_calls == 0
 
 
