@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check lightning_autoprune tests examples benchmarks scripts
-	$(PY) -m mypy lightning_autoprune benchmarks
+	$(PY) -m mypy lightning_autoprune benchmarks tests
 	$(PY) -m pytest -n 2
 
 lint: $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check lightning_autoprune tests examples benchmarks scripts
 
 typecheck: $(STAMP)
-	$(PY) -m mypy lightning_autoprune benchmarks
+	$(PY) -m mypy lightning_autoprune benchmarks tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

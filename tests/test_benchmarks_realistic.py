@@ -6,6 +6,7 @@ import doctest
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def test_resnet_has_the_documented_size() -> None:
     assert sum(p.numel() for p in ResNet1D().parameters()) == 232_906
 
 
-def _tiny(workload: realistic.Workload, **kwargs: object) -> realistic.Workload:
+def _tiny(workload: realistic.Workload, **kwargs: Any) -> realistic.Workload:
     budget = realistic.TierBudget(
         dense_epochs=1,
         finetune_epochs=2,

@@ -24,7 +24,7 @@ def _budget(**kwargs: int) -> realistic.TierBudget:
         limit_train_batches=8,
         pretrain_batches=30,
         calibration_samples=32,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

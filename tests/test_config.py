@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -27,24 +28,26 @@ from lightning_autoprune.config import AutoPruneConfig, check_search_budget, mak
         ({"reference": 0.97, "target_sparsity": 0.9}, r"`reference`=0.97 is the automatic mode's dense reference"),
     ],
 )
-def test_bad_arguments_name_the_argument_what_is_allowed_and_what_was_given(arguments, message):
+def test_bad_arguments_name_the_argument_what_is_allowed_and_what_was_given(
+    arguments: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         make_config(**arguments)
 
 
-def test_unknown_argument_lists_the_allowed_ones():
+def test_unknown_argument_lists_the_allowed_ones() -> None:
     with pytest.raises(TypeError, match=r"Unknown AutoPrune argument.*sparsity_target.*Allowed"):
         make_config(sparsity_target=0.9)
 
 
-def test_config_is_frozen_and_lists_become_tuples():
+def test_config_is_frozen_and_lists_become_tuples() -> None:
     config = make_config(include=["net.*"])
     assert config.include == ("net.*",)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 3  # type: ignore[misc]
 
 
-def test_every_constructor_argument_is_a_config_field():
+def test_every_constructor_argument_is_a_config_field() -> None:
     import inspect
 
     from lightning_autoprune import AutoPrune
@@ -53,22 +56,22 @@ def test_every_constructor_argument_is_a_config_field():
     assert arguments == {f.name for f in dataclasses.fields(AutoPruneConfig)}
 
 
-def test_window_defaults_differ_between_fixed_and_automatic_modes():
+def test_window_defaults_differ_between_fixed_and_automatic_modes() -> None:
     assert resolve_window(make_config(target_sparsity=0.5), 10) == (1, 7)
     assert resolve_window(make_config(), 10) == (6, 7)  # the earliest start a plateau allows
 
 
-def test_window_without_max_epochs_needs_end_epoch():
+def test_window_without_max_epochs_needs_end_epoch() -> None:
     with pytest.raises(ValueError, match="`end_epoch` must be set"):
         resolve_window(make_config(target_sparsity=0.5), None)
     assert resolve_window(make_config(target_sparsity=0.5, end_epoch=4), -1) == (1, 4)
 
 
-def test_pruning_at_epoch_zero_warns():
+def test_pruning_at_epoch_zero_warns() -> None:
     with pytest.warns(UserWarning, match="prunes at the start of epoch 0"):
         resolve_window(make_config(target_sparsity=0.5, start_epoch=0, end_epoch=2), 5)
 
 
-def test_short_search_warns_with_a_suggested_max_epochs():
+def test_short_search_warns_with_a_suggested_max_epochs() -> None:
     with pytest.warns(UserWarning, match=r"only 3 pruning epoch\(s\).*max_epochs >= 20"):
         check_search_budget((1, 3), 1)

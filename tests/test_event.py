@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from lightning_autoprune.scoring import make_scorer
 from tests.conftest import plain_access
 
 
-def setup(importance: str) -> tuple[nn.Module, EventPipeline, TrainingAccess]:
+def setup(importance: str) -> tuple[nn.Sequential, EventPipeline, TrainingAccess]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     access = plain_access(model, inputs=8, classes=3)
@@ -49,7 +50,7 @@ def test_the_same_generator_state_gives_the_same_masks() -> None:
 def test_non_finite_weights_skip_the_event_with_a_warning() -> None:
     model, pipeline, access = setup("magnitude")
     with torch.no_grad():
-        model[0].weight[0, 0] = float("nan")
+        cast(nn.Linear, model[0]).weight[0, 0] = float("nan")
     with pytest.warns(UserWarning, match=r"skipped the pruning event of epoch 4: tensor '0\.weight' holds NaN"):
         assert pipeline.compute_masks(access, 4, 0.5, torch.Generator()) is None
 

@@ -45,7 +45,7 @@ def internal(imported: set[str]) -> set[str]:
     return {name for name in imported if name in MODULES and name != "lightning_autoprune"}
 
 
-def test_the_import_graph_is_a_dag():
+def test_the_import_graph_is_a_dag() -> None:
     graph = {name: internal(imported) - {name} for name, imported in MODULES.items()}
     state: dict[str, int] = {}
 
@@ -65,7 +65,7 @@ def test_the_import_graph_is_a_dag():
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_only_the_seam_imports_lightning(name):
+def test_only_the_seam_imports_lightning(name: str) -> None:
     if name in LIGHTNING_SEAM or name.startswith("lightning_autoprune.examples"):
         return
     lightning = sorted(
@@ -75,7 +75,7 @@ def test_only_the_seam_imports_lightning(name):
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_layers_import_only_downwards(layer):
+def test_layers_import_only_downwards(layer: str) -> None:
     prefix = f"lightning_autoprune.{layer}"
     for name, imported in MODULES.items():
         if name != prefix and not name.startswith(prefix + "."):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,9 +74,12 @@ def test_closing_writes_the_report_before_compacting_and_records_the_compaction(
 def test_closing_without_a_report_or_compaction_writes_nothing(tmp_path: Path) -> None:
     model, run = pruned_structured_run(report=False, verbose=False)
     built: list[int] = []
-    small = close_run(
-        run, record=lambda: built.append(1) or {}, access=lambda: plain_access(model, 6, 2), directory=None, say=print
-    )
+
+    def record() -> dict[str, Any]:
+        built.append(1)
+        return {}
+
+    small = close_run(run, record=record, access=lambda: plain_access(model, 6, 2), directory=None, say=print)
     assert small is None
     assert built == []  # nothing shows the record, so it is not built
     assert list(tmp_path.iterdir()) == []

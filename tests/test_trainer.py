@@ -64,8 +64,14 @@ def test_the_tally_drops_what_it_cannot_read() -> None:
     assert tally.take() == (None, None)
 
 
+def labels_of(batch: object) -> list[int]:
+    labels = batch_labels(batch)
+    assert labels is not None
+    return labels.tolist()
+
+
 def test_labels_come_from_the_second_entry_or_a_labels_key() -> None:
-    assert batch_labels((torch.zeros(2, 3), torch.tensor([1, 0]))).tolist() == [1, 0]
-    assert batch_labels({"input_ids": torch.zeros(2, 3), "label": torch.tensor([3, 3])}).tolist() == [3, 3]
+    assert labels_of((torch.zeros(2, 3), torch.tensor([1, 0]))) == [1, 0]
+    assert labels_of({"input_ids": torch.zeros(2, 3), "label": torch.tensor([3, 3])}) == [3, 3]
     assert batch_labels(torch.zeros(2, 3)) is None
     assert batch_labels((torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.long))) is None  # token labels

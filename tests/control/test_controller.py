@@ -24,7 +24,7 @@ def always(value: float) -> Any:
     return lambda: value
 
 
-def test_fixed_schedule_reaches_its_target_at_the_end_and_holds():
+def test_fixed_schedule_reaches_its_target_at_the_end_and_holds() -> None:
     schedule = FixedSchedule(0.8, (1, 4), kind="cubic")
     targets = [schedule.target_for(epoch) for epoch in range(7)]
     assert targets[0] == 0.0
@@ -33,20 +33,20 @@ def test_fixed_schedule_reaches_its_target_at_the_end_and_holds():
     assert targets == sorted(targets)
 
 
-def test_fixed_schedule_is_not_due_once_the_masks_hold_the_target():
+def test_fixed_schedule_is_not_due_once_the_masks_hold_the_target() -> None:
     schedule = FixedSchedule(0.5, (1, 1), kind="one_shot")
     assert schedule.due(1, progress=0.0, last_target=0.0)
     assert not schedule.due(2, progress=0.5, last_target=0.5)
 
 
-def test_coarse_schedule_prunes_again_only_when_the_schedule_moves():
+def test_coarse_schedule_prunes_again_only_when_the_schedule_moves() -> None:
     schedule = FixedSchedule(0.5, (1, 1), kind="one_shot", coarse=True)
     # whole units stopped just below the target: a fine schedule would prune at every later epoch
     assert not schedule.due(2, progress=0.49, last_target=0.5)
     assert FixedSchedule(0.5, (1, 1), kind="one_shot").due(2, progress=0.49, last_target=0.5)
 
 
-def test_dense_phase_sets_the_reference_and_takes_no_snapshot():
+def test_dense_phase_sets_the_reference_and_takes_no_snapshot() -> None:
     search, taken = make_search(window=(3, 8))
     for epoch, value in enumerate([0.90, 0.95, 0.94]):
         search.on_validation(Observation(value, epoch, "max"), pruned=False)
@@ -54,7 +54,7 @@ def test_dense_phase_sets_the_reference_and_takes_no_snapshot():
     assert taken == []
 
 
-def test_a_step_snapshots_first_and_is_accepted_within_tolerance():
+def test_a_step_snapshots_first_and_is_accepted_within_tolerance() -> None:
     search, taken = make_search()
     search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     assert search.begin_epoch(2, ceiling=always(0.99)) == 0.5
@@ -65,7 +65,7 @@ def test_a_step_snapshots_first_and_is_accepted_within_tolerance():
     assert taken == [True, False], "an accepted state is kept as the latest in tolerance, without optimizers"
 
 
-def test_a_broken_step_gets_a_recovery_epoch_then_rolls_back_to_its_snapshot():
+def test_a_broken_step_gets_a_recovery_epoch_then_rolls_back_to_its_snapshot() -> None:
     search, _ = make_search()
     search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
@@ -80,13 +80,13 @@ def test_a_broken_step_gets_a_recovery_epoch_then_rolls_back_to_its_snapshot():
     assert search.best_final is second.roll_back
 
 
-def test_reference_missing_when_pruning_is_due_is_an_error():
+def test_reference_missing_when_pruning_is_due_is_an_error() -> None:
     search, _ = make_search()
     with pytest.raises(ValueError, match="needs the monitored metric before pruning starts"):
         search.begin_epoch(2, ceiling=always(0.99))
 
 
-def test_a_loss_monitor_in_min_mode_rolls_back_when_the_loss_rises():
+def test_a_loss_monitor_in_min_mode_rolls_back_when_the_loss_rises() -> None:
     search, _ = make_search(max_drop=0.02)
     search.on_validation(Observation(0.50, 1, "min"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
@@ -98,7 +98,7 @@ def test_a_loss_monitor_in_min_mode_rolls_back_when_the_loss_rises():
     assert verdict.roll_back is not None
 
 
-def test_the_window_end_stops_the_search():
+def test_the_window_end_stops_the_search() -> None:
     search, _ = make_search(window=(2, 3))
     search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
@@ -109,7 +109,7 @@ def test_the_window_end_stops_the_search():
     assert "window ended" in str(search.state.stop_reason)
 
 
-def test_finish_restores_the_latest_state_within_tolerance():
+def test_finish_restores_the_latest_state_within_tolerance() -> None:
     search, _ = make_search()
     search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
@@ -122,7 +122,7 @@ def test_finish_restores_the_latest_state_within_tolerance():
     assert search.state.stop_reason == "training ended"
 
 
-def test_state_round_trips_with_the_pending_snapshot():
+def test_state_round_trips_with_the_pending_snapshot() -> None:
     search, _ = make_search()
     search.on_validation(Observation(0.95, 1, "max"), pruned=False)
     search.begin_epoch(2, ceiling=always(0.99))
@@ -134,7 +134,7 @@ def test_state_round_trips_with_the_pending_snapshot():
     assert fresh.snapshot == search.snapshot
 
 
-def test_a_given_reference_is_kept_through_the_dense_phase():
+def test_a_given_reference_is_kept_through_the_dense_phase() -> None:
     search = ToleranceSearch((3, 8), 1, 0.01, snapshot=lambda with_optimizers: {}, reference=0.97)
     for epoch, value in enumerate([0.90, 0.99, 0.95]):
         search.on_validation(Observation(value, epoch, "max"), pruned=False)
@@ -152,7 +152,7 @@ def plateau_search(window: tuple[int, int] = (4, 23), reference: float | None = 
     )
 
 
-def test_the_search_starts_after_the_plateau_not_at_the_window_start():
+def test_the_search_starts_after_the_plateau_not_at_the_window_start() -> None:
     search = plateau_search()
     climbing = [0.60, 0.80, 0.88, 0.92, 0.94, 0.955, 0.962, 0.963, 0.961]
     for epoch, value in enumerate(climbing):
@@ -169,7 +169,7 @@ def test_the_search_starts_after_the_plateau_not_at_the_window_start():
     assert search.begin_epoch(11, ceiling=always(0.99)) == 0.5
 
 
-def test_a_plateau_late_in_the_run_warns_about_the_room_left():
+def test_a_plateau_late_in_the_run_warns_about_the_room_left() -> None:
     search = plateau_search(window=(6, 9))  # max_epochs=12: a fine-tune plateaus at once, yet 4 epochs are few
     for epoch, value in enumerate([0.95, 0.951, 0.95, 0.952, 0.95, 0.951]):
         search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
@@ -179,7 +179,7 @@ def test_a_plateau_late_in_the_run_warns_about_the_room_left():
     assert "leaves 4 epoch(s) for the search before `end_epoch`=9" in warning
 
 
-def test_a_metric_still_improving_starts_the_search_in_time_and_says_so():
+def test_a_metric_still_improving_starts_the_search_in_time_and_says_so() -> None:
     search = plateau_search(window=(4, 9))
     for epoch in range(4):  # 0.5, 0.6, 0.7, 0.8
         search.on_validation(Observation(0.5 + 0.1 * epoch, epoch, "max", "val_acc", 5000), pruned=False)
@@ -189,7 +189,7 @@ def test_a_metric_still_improving_starts_the_search_in_time_and_says_so():
     assert "leave 6 epoch(s)" in warning
 
 
-def test_a_trend_whose_uncertainty_the_margin_covers_says_so():
+def test_a_trend_whose_uncertainty_the_margin_covers_says_so() -> None:
     search = ToleranceSearch((4, 9), 1, 0.2, snapshot=lambda with_optimizers: {}, wait_for_plateau=True)
     for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):
         search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
@@ -199,7 +199,7 @@ def test_a_trend_whose_uncertainty_the_margin_covers_says_so():
     assert f"so every step keeps a margin of {search.state.margin:.4g} from `max_metric_drop`=0.2." in warning
 
 
-def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_moving_reference():
+def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_moving_reference() -> None:
     search = plateau_search(window=(4, 9))
     for epoch, value in enumerate([0.80, 0.84, 0.87, 0.90, 0.92]):  # still climbing 2-3 points per epoch
         search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
@@ -231,7 +231,7 @@ def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_mov
     assert search.state.final_reference > decision["reference"]
 
 
-def test_a_reference_at_chance_level_stops_the_search_before_it_starts():
+def test_a_reference_at_chance_level_stops_the_search_before_it_starts() -> None:
     search = plateau_search()
     labels = {digit: 36 for digit in range(10)}
     for epoch, value in enumerate([0.10, 0.11, 0.10, 0.10, 0.11, 0.10]):
@@ -242,14 +242,14 @@ def test_a_reference_at_chance_level_stops_the_search_before_it_starts():
     assert search.begin_epoch(search.state.start_epoch or 5, ceiling=always(0.99)) is None
 
 
-def test_a_small_validation_set_warns_once_the_reference_is_known():
+def test_a_small_validation_set_warns_once_the_reference_is_known() -> None:
     search = plateau_search()
     for epoch, value in enumerate([0.96, 0.97, 0.97, 0.965, 0.97, 0.968]):
         search.on_validation(Observation(value, epoch, "max", "val_acc", 128), pruned=False)
     assert any("comes from 128 samples" in w for w in search.take_warnings())
 
 
-def test_an_unsteady_plateau_takes_its_best_value_and_says_why():
+def test_an_unsteady_plateau_takes_its_best_value_and_says_why() -> None:
     search = plateau_search()
     for epoch, value in enumerate([0.97, 0.99, 0.95, 0.985, 0.93, 0.99]):
         search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
@@ -261,7 +261,7 @@ def test_an_unsteady_plateau_takes_its_best_value_and_says_why():
     assert "the reference is their best value, 0.9900" in warning
 
 
-def test_a_given_reference_still_waits_for_the_plateau_and_is_kept():
+def test_a_given_reference_still_waits_for_the_plateau_and_is_kept() -> None:
     search = plateau_search(reference=0.97)
     for epoch, value in enumerate([0.95, 0.951, 0.95, 0.952, 0.951, 0.95]):
         search.on_validation(Observation(value, epoch, "max", "val_acc", 5000), pruned=False)
@@ -270,7 +270,7 @@ def test_a_given_reference_still_waits_for_the_plateau_and_is_kept():
     assert search.state.reference_epochs is None
 
 
-def test_a_loss_monitor_plateaus_and_keeps_its_margin_in_nats():
+def test_a_loss_monitor_plateaus_and_keeps_its_margin_in_nats() -> None:
     search = ToleranceSearch((4, 23), 1, 0.02, snapshot=lambda with_optimizers: {}, wait_for_plateau=True)
     for epoch, value in enumerate([2.0, 1.5, 1.3, 1.29, 1.3, 1.295, 1.29, 1.3]):
         search.on_validation(Observation(value, epoch, "min", "val_loss"), pruned=False)
@@ -326,7 +326,7 @@ def test_without_any_validation_the_schedule_starts_at_its_start_and_a_stuck_met
     assert stuck.target_for(6) == pytest.approx(0.9)  # one step at the window's end
 
 
-def test_a_caller_that_cannot_regrow_gets_whole_rollbacks_under_a_trend():
+def test_a_caller_that_cannot_regrow_gets_whole_rollbacks_under_a_trend() -> None:
     search = ToleranceSearch(
         (4, 9), 1, 0.01, snapshot=lambda with_optimizers: {"n": 0}, wait_for_plateau=True, regrow=False
     )

@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_autoprune.control.schedule import SCHEDULES, default_window, event_epochs, scheduled_sparsity
+from lightning_autoprune.control.schedule import (
+    SCHEDULES,
+    ScheduleKind,
+    default_window,
+    event_epochs,
+    scheduled_sparsity,
+)
 
 windows = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 5)).map(
     lambda t: (min(t[0], t[1]), max(t[0], t[1]), t[2])
@@ -13,7 +19,7 @@ windows = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 5)).m
 
 @given(windows, st.floats(0.0, 0.999), st.sampled_from(SCHEDULES))
 def test_never_decreases_never_exceeds_and_reaches_target(
-    window: tuple[int, int, int], final: float, kind: str
+    window: tuple[int, int, int], final: float, kind: ScheduleKind
 ) -> None:
     start, end, frequency = window
     values = [
@@ -27,7 +33,7 @@ def test_never_decreases_never_exceeds_and_reaches_target(
 
 
 @given(windows, st.sampled_from(SCHEDULES))
-def test_sparsity_changes_only_at_events(window: tuple[int, int, int], kind: str) -> None:
+def test_sparsity_changes_only_at_events(window: tuple[int, int, int], kind: ScheduleKind) -> None:
     start, end, frequency = window
     events = set(event_epochs(start, end, frequency, kind))
     for epoch in range(1, end + 3):

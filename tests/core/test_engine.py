@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from lightning_autoprune.core.engine import PruningEngine, WeightSelector
 from lightning_autoprune.core.targets import resolve_targets
 
 
-def make_engine(track: bool = False) -> tuple[nn.Module, PruningEngine]:
+def make_engine(track: bool = False) -> tuple[nn.Sequential, PruningEngine]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     return model, PruningEngine(resolve_targets(model, None, None), WeightSelector(0.0), track_trajectory=track)
@@ -26,20 +28,20 @@ def train_steps(model: nn.Module, engine: PruningEngine, optimizer: torch.optim.
         optimizer.step()
 
 
-def test_applied_masks_zero_weights_and_optimizer_buffers():
+def test_applied_masks_zero_weights_and_optimizer_buffers() -> None:
     model, engine = make_engine()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     engine.start([optimizer])
     train_steps(model, engine, optimizer, 2)
     new = engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.75)
     engine.apply(new, [optimizer])
-    weight = model[0].weight
+    weight = cast(nn.Linear, model[0]).weight
     assert bool((weight[~engine.masks["0.weight"]] == 0).all())
     assert bool((optimizer.state[weight]["exp_avg"][~engine.masks["0.weight"]] == 0).all())
     assert engine.sparsity() == engine.mask_progress()
 
 
-def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
+def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since() -> None:
     model, engine = make_engine()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     engine.start([optimizer])
@@ -48,12 +50,12 @@ def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     masks = {name: mask.clone() for name, mask in engine.masks.items()}
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.8), [optimizer])
     train_steps(model, engine, optimizer, 3)
-    trained = model[0].weight.detach().clone()
+    trained = cast(nn.Linear, model[0]).weight.detach().clone()
     x = torch.randn(16, 8)
     with torch.no_grad():
         out_before = model(x)
     engine.regrow(masks)
-    weight, kept_both = model[0].weight, masks["0.weight"] & (trained != 0)
+    weight, kept_both = cast(nn.Linear, model[0]).weight, masks["0.weight"] & (trained != 0)
     assert torch.equal(engine.masks["0.weight"], masks["0.weight"])
     assert torch.equal(weight[kept_both], trained[kept_both]), "weights both masks keep keep their training"
     removed = masks["0.weight"] & (trained == 0)
@@ -66,12 +68,12 @@ def test_regrow_undoes_a_step_at_zero_and_keeps_the_training_since():
     # A unit whose outgoing weights all came back at zero passes no gradient to its incoming ones
     # until those move, so the first layer's regrown weights start training on the second step.
     train_steps(model, engine, optimizer, 2)
-    assert bool((model[0].weight[removed] != 0).any()), "regrown weights train again"
+    assert bool((cast(nn.Linear, model[0]).weight[removed] != 0).any()), "regrown weights train again"
 
 
 @settings(max_examples=10, deadline=None)
 @given(st.sampled_from(["adam", "sgd"]), st.floats(0.1, 0.95))
-def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(kind: str, target: float):
+def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(kind: str, target: float) -> None:
     model, engine = make_engine()
     if kind == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
@@ -89,7 +91,7 @@ def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(kind: str, tar
     engine.stop()
 
 
-def test_masks_never_unprune_when_scores_change():
+def test_masks_never_unprune_when_scores_change() -> None:
     _model, engine = make_engine()
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.5), [])
     first = {n: m.clone() for n, m in engine.masks.items()}
@@ -99,7 +101,7 @@ def test_masks_never_unprune_when_scores_change():
         assert not bool((mask & ~first[name]).any())
 
 
-def test_movement_accumulates_and_resets():
+def test_movement_accumulates_and_resets() -> None:
     model, engine = make_engine(track=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     engine.start([optimizer])
@@ -110,7 +112,7 @@ def test_movement_accumulates_and_resets():
     assert float(engine.movement["0.weight"].abs().sum()) == 0
 
 
-def test_state_round_trips_into_a_fresh_engine():
+def test_state_round_trips_into_a_fresh_engine() -> None:
     _model, engine = make_engine(track=True)
     engine.start([])
     engine.apply(engine.select({n: w.abs() for n, w in engine.weights.items()}, 0.6), [])
@@ -122,7 +124,7 @@ def test_state_round_trips_into_a_fresh_engine():
     assert set(fresh.initial_weights) == set(engine.initial_weights)
 
 
-def test_masks_of_another_model_are_refused_with_both_shapes():
+def test_masks_of_another_model_are_refused_with_both_shapes() -> None:
     _, engine = make_engine()
     state = engine.state_dict()
     other = nn.Sequential(nn.Linear(8, 3))
@@ -131,7 +133,7 @@ def test_masks_of_another_model_are_refused_with_both_shapes():
         foreign.load_state_dict(state)
 
 
-def test_feasible_ceiling_respects_the_floors():
+def test_feasible_ceiling_respects_the_floors() -> None:
     _, engine = make_engine()
     total = 8 * 16 + 16 * 4
     assert engine.feasible_ceiling(0.0) == 1.0 - 1 / total

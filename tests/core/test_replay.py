@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -165,10 +166,10 @@ def test_other_forward_hooks_still_see_and_change_the_raw_output() -> None:
     net[0].register_forward_hook(lambda m, args, out: out * 2)  # changes the output it is given
     batches = [torch.randn(4, 3)]
     loss = lambda batch, idx: net(batch).sum()  # noqa: E731
-    replay = LayerReplay(net, loss, batches, {"1.weight": net[1].weight})
+    replay = LayerReplay(net, loss, batches, {"1.weight": net.get_parameter("1.weight")})
     replay.record()
     with torch.no_grad():
-        net[1].weight[0, 0] = 0
+        net.get_parameter("1.weight")[0, 0] = 0
     assert replay.changing(["1.weight"]) == calibration.mean_loss(loss, batches)
     assert replay.replayed_calls == 1
 
@@ -179,13 +180,13 @@ def test_the_byte_limit_keeps_the_first_outputs_and_computes_the_rest() -> None:
     batches = [torch.randn(4, 8)]
     loss = lambda batch, idx: net(batch).sum()  # noqa: E731
     one_output = 4 * 8 * 4
-    replay = LayerReplay(net, loss, batches, {"4.weight": net[4].weight}, max_bytes=2 * one_output)
+    replay = LayerReplay(net, loss, batches, {"4.weight": net.get_parameter("4.weight")}, max_bytes=2 * one_output)
     replay.record()
     with torch.no_grad():
-        net[4].weight[0, 0] = 0
+        net.get_parameter("4.weight")[0, 0] = 0
     assert replay.changing(["4.weight"]) == calibration.mean_loss(loss, batches)
     assert replay.replayed_calls == 2
-    nothing = LayerReplay(net, loss, batches, {"4.weight": net[4].weight}, max_bytes=0)
+    nothing = LayerReplay(net, loss, batches, {"4.weight": net.get_parameter("4.weight")}, max_bytes=0)
     nothing.record()
     assert nothing.changing(["4.weight"]) == calibration.mean_loss(loss, batches)
     assert nothing.replayed_calls == 0
@@ -194,7 +195,7 @@ def test_the_byte_limit_keeps_the_first_outputs_and_computes_the_rest() -> None:
 def test_forwards_are_restored_and_changing_needs_a_record() -> None:
     net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
     batches = [torch.randn(3, 2)]
-    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": net[1].weight})
+    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": net.get_parameter("1.weight")})
     with pytest.raises(RuntimeError, match=r"record\(\) first"):
         replay.changing(["1.weight"])
     replay.record()
@@ -255,7 +256,7 @@ def test_a_wide_linear_layer_corrects_its_recorded_output_instead_of_running() -
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, DELTA_MIN_INPUTS), nn.ReLU(), nn.Linear(DELTA_MIN_INPUTS, 64), nn.Linear(64, 3))
     batches = [(torch.randn(32, 16), torch.randint(0, 3, (32,))) for _ in range(2)]
-    params = {"0.weight": net[0].weight, "2.weight": net[2].weight, "3.weight": net[3].weight}
+    params = {name: net.get_parameter(name) for name in ("0.weight", "2.weight", "3.weight")}
     replay = LayerReplay(net, lambda b, i: nn.functional.cross_entropy(net(b[0]), b[1]), batches, params)
     full = lambda: calibration.mean_loss(lambda b, i: nn.functional.cross_entropy(net(b[0]), b[1]), batches)  # noqa: E731
     with torch.no_grad():
@@ -298,7 +299,7 @@ def replay_zeroing(
     net: nn.Module,
     loss: Any,
     batches: list[Any],
-    params: dict[str, Tensor],
+    params: Mapping[str, Tensor],
     name: str,
     step: int,
     also: Any = None,
@@ -327,7 +328,7 @@ def test_a_linear_subclass_with_its_own_forward_runs() -> None:
     net = nn.Sequential(nn.Linear(3, DELTA_MIN_INPUTS), Scaled(DELTA_MIN_INPUTS, 2))
     batches = [torch.randn(5, 3)]
     loss = lambda b, i: net(b).pow(2).sum()  # noqa: E731
-    replay = replay_zeroing(net, loss, batches, {"1.weight": net[1].weight}, "1.weight", 5)
+    replay = replay_zeroing(net, loss, batches, {"1.weight": net.get_parameter("1.weight")}, "1.weight", 5)
     assert replay.corrected_calls == 0
     assert replay.replayed_calls == 1
 
@@ -373,7 +374,7 @@ def test_half_precision_layers_run_instead_of_being_corrected(dtype: torch.dtype
     net = wide_net(dtype)
     batches = [torch.randn(4, 16, dtype=dtype)]
     loss = lambda b, i: net(b).float().pow(2).mean()  # noqa: E731
-    replay = replay_zeroing(net, loss, batches, {"2.weight": net[2].weight}, "2.weight", 3)
+    replay = replay_zeroing(net, loss, batches, {"2.weight": net.get_parameter("2.weight")}, "2.weight", 3)
     assert replay.corrected_calls == 0
     assert replay.replayed_calls == 2
 
@@ -384,16 +385,17 @@ def test_a_forward_replaced_on_the_instance_runs_instead_of_being_corrected() ->
     # As accelerate's hooks wrap a layer: the input its forward hook records is not the one F.linear sees.
     net[2].forward = lambda x: plain(x * 2.0)
     loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
-    replay = replay_zeroing(net, loss, [torch.randn(4, 16)], {"2.weight": net[2].weight}, "2.weight", 3)
+    replay = replay_zeroing(net, loss, [torch.randn(4, 16)], {"2.weight": net.get_parameter("2.weight")}, "2.weight", 3)
     assert replay.corrected_calls == 0
 
 
 def test_a_change_beyond_the_zeroed_entries_runs_the_layer() -> None:
     net = wide_net()
     loss = lambda b, i: net(b).pow(2).mean()  # noqa: E731
-    params = {"2.weight": net[2].weight, "2.bias": net[2].bias}
+    params = {"2.weight": net.get_parameter("2.weight"), "2.bias": net.get_parameter("2.bias")}
     # The bias changes too: the zeroed entries are not the whole difference.
-    replay = replay_zeroing(net, loss, [torch.randn(4, 16)], params, "2.weight", 3, also=lambda: net[2].bias.add_(1.0))
+    batches = [torch.randn(4, 16)]
+    replay = replay_zeroing(net, loss, batches, params, "2.weight", 3, also=lambda: params["2.bias"].add_(1.0))
     assert replay.corrected_calls == 0
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -155,7 +157,7 @@ def select_masks_reference(scores: dict, masks: dict, target: float, *, min_dens
 
 # Settings of the bracketing that make tiny cases take every path: slices of a few entries, samples of a few scores,
 # brackets ranked only once down to one score, no margin (the sample's guess is often wrong), or a single round.
-TUNINGS = {
+TUNINGS: dict[str, dict[str, Any]] = {
     "default": {"_SEED": 0},
     "tiny": {"_SLICE": 7, "_SLICES": 10**9, "_SAMPLE": 4, "_MIN_GATHER": 1, "_MAX_ROUNDS": 10**6},
     "no margin": {"_SLICE": 5, "_SLICES": 10**9, "_SAMPLE": 3, "_MARGIN": 0.0, "_MIN_GATHER": 1, "_MAX_ROUNDS": 10**6},
@@ -221,7 +223,7 @@ def test_same_masks_as_one_concatenated_ranking(
         assert torch.equal(new[name], expected[name]), name
 
 
-def outcome(select, scores: dict, masks: dict, target: float, min_density: float) -> dict | str:
+def outcome(select: Callable[..., dict], scores: dict, masks: dict, target: float, min_density: float) -> dict | str:
     try:
         return select(scores, masks, target, min_density=min_density)
     except ValueError as error:
@@ -253,8 +255,8 @@ def test_same_masks_at_scale(kind: str, prior: float, min_density: float, target
 def test_never_concatenates_every_score(monkeypatch: pytest.MonkeyPatch) -> None:
     largest = {"cat": 0, "kthvalue": 0, "where": 0}
 
-    def recording(name: str, function):
-        def record(tensor, *args, **kwargs):
+    def recording(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def record(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             result = function(tensor, *args, **kwargs)
             size = tensor.numel() if name == "kthvalue" else result.numel()  # kthvalue: what it ranks
             largest[name] = max(largest[name], size)

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.control.schedule import ScheduleKind
 from lightning_autoprune.core.masks import count_zeros
 from lightning_autoprune.examples import (
     CNN1DClassifier,
@@ -24,6 +25,7 @@ from lightning_autoprune.examples import (
     RecurrentClassifier,
     TransformerClassifier,
 )
+from lightning_autoprune.examples.models import OptimizerName
 
 
 def _prunable_sparsity(callback: AutoPrune) -> float:
@@ -47,7 +49,9 @@ class ZeroChecker(Callback):
 
 @pytest.mark.parametrize("schedule", ["cubic", "linear", "one_shot"])
 @pytest.mark.parametrize("importance", ["magnitude", "lamp", "taylor", "random", "learned"])
-def test_reaches_target(importance: str, schedule: str, digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+def test_reaches_target(
+    importance: str, schedule: ScheduleKind, digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
     seed_everything(0)
     callback = AutoPrune(report=False, target_sparsity=0.8, importance=importance, schedule=schedule, verbose=False)
     trainer = Trainer(max_epochs=4, limit_train_batches=4, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
@@ -66,7 +70,7 @@ def test_wanda_scores_with_input_norms_recorded_in_the_event(digits: DigitsDataM
         seen.append(dict(inputs.input_norms))
         return score(inputs)
 
-    callback.scorer.score = spy  # type: ignore[method-assign]
+    callback.scorer.score = spy
     trainer = Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
     trainer.fit(MLPClassifier(), datamodule=digits)
     assert seen
@@ -105,7 +109,9 @@ def test_schedule_grows_then_holds(digits: DigitsDataModule, trainer_kwargs: dic
         ("adam", {"weight_decay": 0.01}),
     ],
 )
-def test_pruned_weights_stay_zero(optimizer: str, extra: dict, digits: DigitsDataModule, trainer_kwargs: dict) -> None:
+def test_pruned_weights_stay_zero(
+    optimizer: OptimizerName, extra: dict, digits: DigitsDataModule, trainer_kwargs: dict
+) -> None:
     seed_everything(0)
     autoprune = AutoPrune(report=False, target_sparsity=0.7, start_epoch=1, end_epoch=2, verbose=False)
     checker = ZeroChecker(autoprune)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.control.controller import ToleranceSearch
 from lightning_autoprune.core.selection import select_masks
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
 
@@ -38,7 +39,7 @@ def rollback_snapshot(autoprune: AutoPrune, trainer: Trainer) -> dict[str, Any] 
     decisions = autoprune.search.decisions
     if not any(d["decision"] == "rollback" and d["epoch"] == trainer.current_epoch for d in decisions):
         return None
-    snapshot = autoprune.run.controller.snapshot
+    snapshot = cast(ToleranceSearch, autoprune.run.controller).snapshot
     assert snapshot is not None
     return snapshot
 
@@ -146,7 +147,8 @@ def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
             after_rollback = len(search.decisions) > 0 and search.decisions[-1]["decision"] == "rollback"
             if event is None or event["epoch"] != trainer.current_epoch or not after_rollback:
                 return
-            snapshot, scores = self.autoprune.run.controller.snapshot, self.autoprune.run.controller.scores
+            controller = cast(ToleranceSearch, self.autoprune.run.controller)
+            snapshot, scores = controller.snapshot, controller.scores
             assert snapshot is not None
             assert scores is not None
             expected = select_masks(scores, snapshot["masks"], event["target"], min_density=0.002)
@@ -160,7 +162,12 @@ def test_a_step_after_a_rollback_reuses_the_scores_of_the_restored_state(
     )
     scored: list[int] = []
     score = autoprune.scorer.score
-    autoprune.scorer.score = lambda inputs: (scored.append(1), score(inputs))[1]  # count, then the real scorer
+
+    def counting(inputs: Any) -> dict[str, torch.Tensor]:  # count, then the real scorer
+        scored.append(1)
+        return score(inputs)
+
+    autoprune.scorer.score = counting
     checker = CheckReuse(autoprune)
     with pytest.warns(UserWarning, match="pruning epoch"):
         _trainer(trainer_kwargs, [autoprune, checker]).fit(DensityScored(), datamodule=digits)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.examples import CNN1DClassifier, DigitsDataModule, MLPClassifier
@@ -21,8 +23,9 @@ def _cnn() -> CNN1DClassifier:
 
 
 def _channel_is_dead(model: CNN1DClassifier, conv: int, channel: int) -> bool:
-    net = model.net
-    return bool((net[conv].weight[channel] == 0).all() and net[conv + 1].weight[channel] == 0)
+    net = cast(nn.Sequential, model.net)
+    conv_layer, norm = cast(nn.Conv1d, net[conv]), cast(nn.BatchNorm1d, net[conv + 1])
+    return bool((conv_layer.weight[channel] == 0).all() and norm.weight[channel] == 0)
 
 
 def test_structured_cnn_prunes_coupled_channels_and_compacts(
@@ -46,25 +49,27 @@ def test_structured_cnn_prunes_coupled_channels_and_compacts(
 
     assert 0.5 <= autoprune.sparsity <= 0.6  # structured steps undershoot, never overshoot
     assert autoprune.scorer.diagnostics, "the learned unit scorer checked itself at every event"
-    net = model.net
+    net = cast(nn.Sequential, model.net)
+    head = cast(nn.Linear, net[-1])
     for conv, consumer in ((0, 3), (3, None)):  # a dead channel is dead in its conv, its BN and its consumer
-        for channel in range(net[conv].out_channels):
+        for channel in range(cast(nn.Conv1d, net[conv]).out_channels):
             dead = _channel_is_dead(model, conv, channel)
-            beta_zero = bool(net[conv + 1].bias[channel] == 0)
+            beta_zero = bool(cast(nn.BatchNorm1d, net[conv + 1]).bias[channel] == 0)
             assert dead == beta_zero
             if consumer is not None and dead:
-                assert (net[consumer].weight[:, channel] == 0).all()
+                assert (cast(nn.Conv1d, net[consumer]).weight[:, channel] == 0).all()
             if consumer is None and dead:
-                assert (net[-1].weight[:, channel] == 0).all()
-    assert (net[-1].weight != 0).any(dim=1).all(), "the classifier's outputs are never pruned"
+                assert (head.weight[:, channel] == 0).all()
+    assert (head.weight != 0).any(dim=1).all(), "the classifier's outputs are never pruned"
 
     small = autoprune.compacted_model
     assert small is not None
-    widths = [m.out_channels for m in small.net if isinstance(m, torch.nn.Conv1d)]
+    assert isinstance(small, CNN1DClassifier)
+    widths = [m.out_channels for m in cast(nn.Sequential, small.net) if isinstance(m, torch.nn.Conv1d)]
     expected = [sum(not _channel_is_dead(model, c, k) for k in range(12)) for c in (0, 3)]
     assert widths == expected
     assert sum(widths) < 24
-    x = digits.val_dataloader().dataset.tensors[0][:32]
+    x = cast(TensorDataset, digits.val_dataloader().dataset).tensors[0][:32]
     model.eval()
     small.eval()
     with torch.no_grad():
@@ -118,7 +123,7 @@ def test_structured_resume_gives_identical_masks(
         assert torch.equal(resumed.masks[name], mask), name
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    hidden = next(m for m in model_a.net if isinstance(m, torch.nn.Linear)).weight
+    hidden = next(m for m in cast(nn.Sequential, model_a.net) if isinstance(m, torch.nn.Linear)).weight
     assert 0 < int((hidden == 0).all(dim=1).sum()) < hidden.shape[0], "whole neurons were pruned"
 
 
@@ -131,7 +136,12 @@ def test_structured_automatic_mode_stays_within_tolerance(
     )
     scored: list[int] = []
     score_units = autoprune.scorer.score_units
-    autoprune.scorer.score_units = lambda groups, inputs: (scored.append(1), score_units(groups, inputs))[1]
+
+    def counting(groups: Any, inputs: Any) -> Any:
+        scored.append(1)
+        return score_units(groups, inputs)
+
+    autoprune.scorer.score_units = counting
     trainer = Trainer(max_epochs=12, limit_train_batches=8, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(MLPClassifier(lr=1e-2), datamodule=digits)
     record = autoprune.report_record()
@@ -315,4 +325,7 @@ def test_round_to_keeps_channel_counts_multiples_through_a_real_run(
     assert widths_per_event[-1] != [12, 12], "something was pruned"
     compacted = autoprune.compacted_model
     assert compacted is not None
-    assert [m.out_channels for m in compacted.net if isinstance(m, torch.nn.Conv1d)] == widths_per_event[-1]
+    assert isinstance(compacted, CNN1DClassifier)
+    assert [
+        m.out_channels for m in cast(nn.Sequential, compacted.net) if isinstance(m, torch.nn.Conv1d)
+    ] == widths_per_event[-1]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.strategies import FSDPStrategy
+from torch import nn
 
 from lightning_autoprune import AutoPrune
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
@@ -24,7 +25,8 @@ class PoisonWeight(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             with torch.no_grad():
-                pl_module.net[1].weight[0, 0] = float("nan")
+                net = cast(nn.Sequential, pl_module.net)
+                cast(nn.Linear, net[1]).weight[0, 0] = float("nan")
 
 
 def test_nan_weight_skips_the_event_with_a_warning_naming_the_tensor(
@@ -147,7 +149,7 @@ def test_sharded_strategies_are_refused_with_an_alternative() -> None:
 def test_compiled_module_is_pruned(digits: DigitsDataModule, trainer_kwargs: dict) -> None:
     seed_everything(0)
     model = MLPClassifier()
-    model.net = torch.compile(model.net, backend="eager")  # the wrapped module shares its parameters
+    model.net = cast(nn.Module, torch.compile(model.net, backend="eager"))  # the wrapped module shares its parameters
     autoprune = AutoPrune(report=False, target_sparsity=0.6, start_epoch=1, end_epoch=1, verbose=False)
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[autoprune], **trainer_kwargs)
     trainer.fit(model, datamodule=digits)

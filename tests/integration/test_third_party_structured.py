@@ -28,7 +28,8 @@ class HFClassifier(LightningModule):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        # a transformers model: mypy sees the module as Any, and the tests read its submodules by name
+        self.model: Any = model
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x).logits
@@ -149,6 +150,7 @@ def test_bert_prunes_ffn_units_and_keeps_attention(trainer_kwargs: dict[str, Any
         assert (projection.weight != 0).any(dim=1).all(), "attention heads stay whole"
     small = autoprune.compacted_model
     assert small is not None
+    assert isinstance(small, HFClassifier)
     assert small.model.bert.encoder.layer[0].intermediate.dense.out_features == int((~dead).sum())
     x = _tokens().tensors[0][:8]
     model.eval()

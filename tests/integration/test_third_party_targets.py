@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 import torch
@@ -86,7 +86,12 @@ class HFModule(LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-def _loaders(samples: int = 64) -> dict[str, DataLoader]:
+class Loaders(TypedDict):
+    train_dataloaders: DataLoader
+    val_dataloaders: DataLoader
+
+
+def _loaders(samples: int = 64) -> Loaders:
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (samples, LENGTH), generator=generator)
     labels = torch.randint(0, 2, (samples,), generator=generator)
@@ -255,8 +260,9 @@ def test_bert_default_targets_are_every_projection(trainer_kwargs: dict) -> None
 
 def _frozen_mlp() -> MLPClassifier:
     model = MLPClassifier(hidden=[32, 32], lr=1e-2)
-    model.net[1].requires_grad_(False)
-    model.net[3].requires_grad_(False)
+    net = cast(nn.Sequential, model.net)
+    net[1].requires_grad_(False)
+    net[3].requires_grad_(False)
     return model
 
 
@@ -303,8 +309,9 @@ def test_included_frozen_weights_are_scored_by_gradient_scorers(
     trainer.fit(model, datamodule=digits)
     assert [t.name for t in callback.targets] == ["net.3.weight", "net.5.weight"]
     assert _share_pruned(callback) == pytest.approx(0.5, abs=0.01)
-    assert not model.net[3].weight.requires_grad  # frozen again after calibration
-    assert model.net[3].weight.grad is None
+    net = cast(nn.Sequential, model.net)
+    assert not net[3].weight.requires_grad  # frozen again after calibration
+    assert net[3].weight.grad is None
 
 
 # ----------------------------------------------------------------------------- layers no rule knows
@@ -332,4 +339,4 @@ def test_weights_no_rule_covers_are_warned_about_with_the_include_that_adds_them
     trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[callback], **trainer_kwargs)
     with pytest.warns(UserWarning, match=r"no rule covers: proj\..*include=\['net\.\*\.weight', 'proj'\]"):
         trainer.fit(MatmulClassifier(), datamodule=digits)
-    assert torch.count_nonzero(trainer.lightning_module.proj) == 64 * 64
+    assert torch.count_nonzero(cast(MatmulClassifier, trainer.lightning_module).proj) == 64 * 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def test_unit_formula_scorers_meet_the_contract_and_carry_no_checkpoint_state(na
 
 
 @pytest.mark.parametrize("granularity", ["unstructured", "structured"])
-def test_learned_scorers_are_stateful_and_report_progress(granularity: str) -> None:
+def test_learned_scorers_are_stateful_and_report_progress(granularity: Literal["unstructured", "structured"]) -> None:
     scorer = make_scorer("learned", granularity=granularity, estimator="sklearn.linear_model.Ridge", label_groups=32)
     assert isinstance(scorer, StatefulScorer)
     assert scorer.needs_context

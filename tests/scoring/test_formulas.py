@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 
-from lightning_autoprune.scoring import ScoreInputs, make_scorer
+from lightning_autoprune.scoring import ScoreInputs, Scorer, make_scorer
 from lightning_autoprune.scoring.formulas import (
     LampScorer,
     MagnitudeScorer,
@@ -89,7 +91,7 @@ def test_wanda_without_a_recorded_norm_is_magnitude() -> None:
 def test_every_scorer_returns_one_tensor_per_weight(name: str) -> None:
     weights = {"a": torch.randn(3, 4), "b": torch.randn(5)}
     sq = {k: torch.rand_like(v) for k, v in weights.items()}
-    scores = make_scorer(name).score(inputs(weights, grad_sq_mean=sq))
+    scores = cast(Scorer, make_scorer(name)).score(inputs(weights, grad_sq_mean=sq))
     assert {k: v.shape for k, v in scores.items()} == {k: v.shape for k, v in weights.items()}
     assert all(v.dtype == torch.float32 for v in scores.values())
 

@@ -447,6 +447,7 @@ def test_attention_projections_are_kept_whole_with_a_warning() -> None:
     x = torch.randn(3, 5, 8)
     with pytest.warns(UserWarning, match=r"'attention' \(SelfAttention\)"):
         small = compact(model, x)
+    assert isinstance(small, AttentionThenFFN)
     assert small.attention.query.out_features == 8
     assert small.fc1.out_features == 5
     torch.testing.assert_close(small(x), model(x))

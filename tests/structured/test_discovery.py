@@ -72,6 +72,7 @@ def test_residual_branches_form_one_group_and_masks_stay_consistent() -> None:
 
     _apply(model, masks)
     small = compact(model, x)
+    assert isinstance(small, Residual)
     assert small.inp.out_features == 4
     assert small.b.out_features == 4
     assert small.head.in_features == 4

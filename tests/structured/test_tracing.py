@@ -142,6 +142,7 @@ def test_one_trace_drives_unit_discovery_and_compaction(monkeypatch: pytest.Monk
             p.masked_fill_(~masks[name], 0.0)
 
     small = compact(model, x)
+    assert isinstance(small, ResidualCNN)
 
     # discovery, then compaction: both read the one tracer's plans, and see the same coupled groups
     assert read == [{frozenset({"stem", "conv2"}), frozenset({"conv1"}), frozenset({"head"})}] * 2

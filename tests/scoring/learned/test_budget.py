@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -36,7 +38,7 @@ def test_the_budget_grows_with_training_and_counts_every_pass() -> None:
 def test_a_replayed_ablation_pass_costs_the_full_samples() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
     batches = [torch.randn(10, 3)]
-    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": net[1].weight})
+    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": cast(torch.nn.Linear, net[1]).weight})
     budget = LabelBudget(0.1)
     counted = budget.counted(ScoreInputs({}, {}, loss_samples=10, loss_fn=lambda: 0.0, ablation_loss=replay))
     assert counted.ablation_loss is not None

@@ -136,7 +136,7 @@ def test_conv1d_rows_equal_those_of_the_equivalent_linear() -> None:
     x = torch.randn(4, 7, 5)
     assert torch.allclose(conv(x), linear(x), atol=1e-6)
 
-    def inputs(layer: torch.nn.Module, transpose: bool) -> ScoreInputs:
+    def inputs(layer: torch.nn.Linear | Conv1D, transpose: bool) -> ScoreInputs:
         with ActivationRecorder({"w": layer}) as recorder:
             layer(x)
         mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) > 0.3

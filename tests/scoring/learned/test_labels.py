@@ -70,7 +70,7 @@ def test_labels_reproduce_a_direct_ablation() -> None:
         with torch.no_grad():
             return float(nn.functional.cross_entropy(net(x).double(), y))
 
-    params = {"first": net[0].weight, "second": net[2].weight}
+    params = {"first": net.get_parameter("0.weight"), "second": net.get_parameter("2.weight")}
     before = {k: p.detach().clone() for k, p in params.items()}
     groups = [Group("first", torch.tensor([0, 5, 17, 40]), 0), Group("second", torch.tensor([3, 9]), 1)]
     labels = ablation_labels(groups, params, loss)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ def network_inputs(min_density: float = 0.0) -> tuple[nn.Sequential, ScoreInputs
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
     x, y = torch.randn(32, 6), torch.randn(32, 2)
-    params = {"0.weight": net[0].weight, "2.weight": net[2].weight}
+    params = {"0.weight": cast(nn.Linear, net[0]).weight, "2.weight": cast(nn.Linear, net[2]).weight}
 
     def loss() -> float:
         with torch.no_grad():

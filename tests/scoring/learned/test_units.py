@@ -22,6 +22,11 @@ def test_features_have_documented_columns_and_are_finite(unit_group: UnitGroup, 
     assert torch.isfinite(rows).all()
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    assert p.grad is not None
+    return p.grad
+
+
 def _digits_problem() -> tuple[nn.Module, ScoreInputs, list[UnitGroup]]:
     torch.manual_seed(0)
     x_np, y_np = load_digits(return_X_y=True)
@@ -43,8 +48,8 @@ def _digits_problem() -> tuple[nn.Module, ScoreInputs, list[UnitGroup]]:
         generator=torch.Generator().manual_seed(0),
         target_sparsity=0.3,
     )
-    inputs.grad_mean = {n: p.grad.detach().clone() for n, p in params.items()}
-    inputs.grad_sq_mean = {n: p.grad.detach().pow(2) for n, p in params.items()}
+    inputs.grad_mean = {n: _grad(p).detach().clone() for n, p in params.items()}
+    inputs.grad_sq_mean = {n: _grad(p).detach().pow(2) for n, p in params.items()}
     inputs.params = {n: p.data for n, p in params.items()}
 
     def held_out_loss() -> float:

@@ -4,6 +4,7 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
         optimizer.zero_grad()
         nn.functional.cross_entropy(net(x[:400]), y[:400]).backward()
         optimizer.step()
-    params = {"net.0.weight": net[0].weight, "net.2.weight": net[2].weight}
+    params = {"net.0.weight": cast(nn.Linear, net[0]).weight, "net.2.weight": cast(nn.Linear, net[2]).weight}
     grads, squares = {}, {}
     for name, p in params.items():
         grads[name], squares[name] = torch.zeros_like(p), torch.zeros_like(p)
@@ -47,6 +48,7 @@ def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
             net(x[batch * 100 : (batch + 1) * 100]), y[batch * 100 : (batch + 1) * 100]
         ).backward()
         for name, p in params.items():
+            assert p.grad is not None
             grads[name] += p.grad / 4
             squares[name] += p.grad**2 / 4
 
@@ -107,6 +109,7 @@ def test_useless_estimator_falls_back_to_the_prior_with_the_best_step_loudly() -
         scores = scorer.score(inputs)
     entry = scorer.diagnostics[-1]
     used = entry["used"]
+    assert isinstance(caught[0].message, Warning)
     assert used in caught[0].message.args[0]
     assert "held-out" in caught[0].message.args[0]
     # A constant model cannot rank: it is not a candidate, and every prior's step was measured.
