@@ -158,14 +158,14 @@ class LayerReplay:
             raise RuntimeError("LayerReplay.changing() needs a record() first.")
         owners = set().union(*(self._owners.get(name, ()) for name in names)) if names else set()
         # Only when the zeroed entries are the whole difference: one tensor, nothing else changed.
-        correctable = zeroed is not None and len(zeroed) == 1 and set(names) == set(zeroed)
+        correctable = zeroed if zeroed is not None and len(zeroed) == 1 and set(names) == set(zeroed) else None
 
         def replayed(batch: Any, idx: int) -> Tensor:
             calls, uses = self._calls[idx], self._uses[idx]
             boundary = next((i for i, (m, _) in enumerate(calls) if m in owners), 0)
             boundary = min([boundary, *(uses[name] for name in names if name in uses)])
             replays = _replays(calls[:boundary])
-            corrected = self._corrected(idx, boundary, zeroed) if correctable and zeroed is not None else None
+            corrected = self._corrected(idx, boundary, correctable) if correctable is not None else None
             if corrected is not None:
                 replays[calls[boundary][0]] = [corrected]
             with _replaying(replays) as handed:
@@ -278,11 +278,12 @@ class _FirstUses(TorchFunctionMode):
     ) -> None:
         super().__init__()
         self.storages = {address: names for address, names in storages.items() if address}
+        self.watched = sum(len(names) for names in self.storages.values())
         self.calls, self.open_leaf, self.uses = calls, open_leaf, uses
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if len(self.uses) < sum(len(names) for names in self.storages.values()):
+        if len(self.uses) < self.watched:
             for tensor in _tensors((args, kwargs)):
                 for name in self.storages.get(_storage(tensor), ()):
                     self.uses.setdefault(name, len(self.calls) - 1 if self.open_leaf[0] else len(self.calls))
@@ -312,9 +313,9 @@ def _recording(
     returned: list[tuple[int, Tensor, int]],
     kept: list[int],
     max_bytes: int,
-    linear: Collection[nn.Module] = (),
-    inputs: dict[int, tuple[Tensor, int]] | None = None,
-    open_leaf: list[bool] | None = None,
+    linear: Collection[nn.Module],
+    inputs: dict[int, tuple[Tensor, int]],
+    open_leaf: list[bool],
 ) -> Iterator[None]:
     """Append every module call (in start order) to ``calls``, with a leaf's tensor output while ``kept`` allows.
 
@@ -323,24 +324,23 @@ def _recording(
     input that shares its storage with a kept output costs nothing more. ``open_leaf[0]`` is
     whether the last call started is a leaf that has not returned yet.
     """
-    leaf_open = open_leaf if open_leaf is not None else [False]
     starts: dict[nn.Module, list[int]] = {}
     stored: set[int] = set()
 
     def pre_hook(m: nn.Module, args: Any) -> None:
         starts.setdefault(m, []).append(len(calls))
         calls.append((m, None))
-        leaf_open[0] = next(m.children(), None) is None
+        open_leaf[0] = next(m.children(), None) is None
 
     def hook(m: nn.Module, args: Any, output: Any) -> None:
-        leaf_open[0] = False
+        open_leaf[0] = False
         index = starts[m].pop()
         if isinstance(output, Tensor) and kept[0] + _bytes(output) <= max_bytes:
             kept[0] += _bytes(output)
             calls[index] = (m, output)
             returned.append((index, output, output._version))
-            stored.add(output.untyped_storage().data_ptr())
-            if inputs is not None and m in linear and args and isinstance(args[0], Tensor):
+            stored.add(_storage(output))
+            if m in linear and args and isinstance(args[0], Tensor):
                 _keep_input(args[0], output, m, index, inputs, kept, max_bytes, stored)
 
     handles = []
@@ -370,7 +370,7 @@ def _keep_input(
     """Keep ``x``, the input of ``layer``'s call ``index``, if ``kept`` allows and its dtype is the output's."""
     if not x.dtype == output.dtype == layer.weight.dtype:
         return
-    cost = 0 if x.untyped_storage().data_ptr() in stored else _bytes(x)
+    cost = 0 if _storage(x) in stored else _bytes(x)
     if kept[0] + cost <= max_bytes:
         kept[0] += cost
         inputs[index] = (x, x._version)

@@ -163,7 +163,6 @@ class PriorScores:
         self._layers: dict[str, Tensor] = {}
         self._squares: SortedSquares | None = None
         self._lamp_cuts: tuple[float, dict[str, float]] | None = None
-        self._kept_total: int | None = None
 
     def layer(self, prior: str, name: str) -> Tensor:
         """The prior's scores of every entry of tensor ``name``, shaped like it."""
@@ -230,7 +229,7 @@ class PriorScores:
             knots: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # sorted squares, their LAMP, stride
             kept_total = max(1, self.kept_total())
             for name, mask in inputs.masks.items():
-                share = max(1024, SQUARES_SAMPLE * int(torch.count_nonzero(mask)) // kept_total)
+                share = max(1024, SQUARES_SAMPLE * inputs.kept[name] // kept_total)
                 squares = SortedSquares(inputs.weights[name], mask, exact=share, sample=share)
                 if squares.kept:
                     knots[name] = (squares.sorted, squares.knot_lamps(), squares.stride)
@@ -250,9 +249,7 @@ class PriorScores:
 
     def kept_total(self) -> int:
         """Kept weights over every tensor of the event (counted once)."""
-        if self._kept_total is None:
-            self._kept_total = sum(int(torch.count_nonzero(m)) for m in self.inputs.masks.values())
-        return self._kept_total
+        return sum(self.inputs.kept.values())
 
     def _switch(self, name: str) -> None:
         if name != self._name:
