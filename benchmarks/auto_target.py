@@ -74,10 +74,25 @@ def model_pruning(target: float, epochs: int) -> ModelPruning:
     )
 
 
+def _datamodule(dataset: str) -> DigitsDataModule | MNIST1DDataModule:
+    return DigitsDataModule(batch_size=64) if dataset == "digits" else MNIST1DDataModule(batch_size=128)
+
+
+def split_sizes(dataset: str) -> tuple[int, int]:
+    """Validation and test samples of ``dataset``: its data module's fixed split, which no seed changes."""
+    if dataset not in DATASETS:
+        raise ValueError(f"`dataset` must be one of {', '.join(DATASETS)}, got {dataset!r}.")
+    datamodule = _datamodule(dataset)
+    datamodule.setup("fit")
+    if datamodule.val_dataset is None or datamodule.test_dataset is None:
+        raise RuntimeError(f"{type(datamodule).__name__}.setup() built no validation or test split.")
+    return len(datamodule.val_dataset), len(datamodule.test_dataset)
+
+
 def fit(dataset: str, seed: int, callback: Callback | None) -> dict[str, float]:
     config = DATASETS[dataset]
     seed_everything(seed, verbose=False)
-    datamodule = DigitsDataModule(batch_size=64) if dataset == "digits" else MNIST1DDataModule(batch_size=128)
+    datamodule = _datamodule(dataset)
     model = MLPClassifier(in_features=config["in_features"], hidden=[256, 256], lr=1e-3)
     trainer = quiet_trainer(max_epochs=config["epochs"], callbacks=[callback] if callback else [])
     start = time.perf_counter()

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import auto_target, realistic_auto, realistic_structured
 from benchmarks import realistic as realistic_tier
-from benchmarks import realistic_auto, realistic_structured
 from benchmarks import structured as structured_track
 from benchmarks.protocol import (
     METHODS,
@@ -343,7 +343,7 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
     header = [
         "setup",
         "epochs",
-        "sparsity reached (mean, min)",
+        "sparsity reached: median (min-max)",
         "val drop",
         "test drop",
         "test violations (test drop per seed)",
@@ -358,11 +358,12 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         summary = entry["summary"]
         times = [r["time_vs_dense"] for r in entry["seeds"]]
         drops = [f"{100 * r['auto_test_drop']:+.2f}" for r in entry["seeds"]]
+        sparsity = [r["auto"]["sparsity"] for r in entry["seeds"]]
         rows.append(
             [
                 name,
                 str(entry["epochs"]),
-                f"{summary['auto_sparsity_mean']:.3f}, {summary['auto_sparsity_min']:.3f}",
+                f"{statistics.median(sparsity):.3f} ({min(sparsity):.3f}-{max(sparsity):.3f})",
                 f"{100 * summary['auto_val_drop_mean']:+.2f}",
                 f"{100 * summary['auto_test_drop_mean']:+.2f}",
                 f"{summary['test_violations']} of {summary['seeds']} ({', '.join(drops)})",
@@ -374,26 +375,97 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
                 f"{summary['time_vs_sweep_median']:.2f}x",
             ]
         )
-        best = max(summary["sweep_best_within_test_median"], summary["fixed_best_within_test_median"] or 0.0)
-        seeds, violations = summary["seeds"], summary["test_violations"]
-        checks = [
-            (
-                summary["auto_sparsity_mean"] >= best,
-                f"sparsity >= best swept ({summary['auto_sparsity_mean']:.3f} vs {best:g})",
-            ),
-            # The goal is "at most 1 of 5 seeds": a rate of 20%, whatever the number of seeds measured.
-            (
-                violations <= 0.2 * seeds + 1e-9,
-                f"violations in at most 1 of 5 seeds, 20% ({violations} of {seeds} measured, "
-                f"{100 * violations / seeds:.0f}%)",
-            ),
-            (summary["time_vs_dense_median"] <= 1.5, f"time <= 1.5x dense ({summary['time_vs_dense_median']:.2f}x)"),
-        ]
-        caveat = f" Only {seeds} seed(s) measured: no verdict is final." if seeds < 5 else ""
-        verdicts.append(
-            f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "." + caveat
-        )
-    return [*lines, *_table(header, rows), "", "Goals (issue: automatic target):", "", *verdicts]
+        verdicts.append(_automatic_figures(name, entry, protocol["tolerance"]))
+    noise_rows = [
+        _noise_floor_row(name, entry, protocol["tolerance"], protocol["sweep"])
+        for name, entry in payload["results"].items()
+    ]
+    noise_header = [
+        "setup",
+        "validation / test samples",
+        "dense accuracy, validation / test (mean)",
+        "standard error of one reading, validation / test",
+        "decision margin (median)",
+        "automatic run: test drop minus validation drop, std over seeds",
+        "fixed AutoPrune targets: seeds within the tolerance on test",
+        "searches that the window ended",
+    ]
+    return [
+        *lines,
+        *_table(header, rows),
+        "",
+        f"Noise floor. Every accuracy is read on one split of a few hundred samples, so one reading's binomial "
+        f"standard error, sqrt(p(1-p)/n), is of the order of the {tolerance:g}-point tolerance. The automatic mode "
+        "decides on validation readings and keeps a margin of at most half the tolerance; the fixed sweeps' best "
+        "target within the tolerance is picked per seed on test readings, so it moves with the test split's noise:",
+        "",
+        *_table(noise_header, noise_rows),
+        "",
+        "The figures the automatic mode is held to on the realistic tier (test drop within the tolerance in at least "
+        "90% of seeds; sparsity at least the median of each seed's best fixed target within the tolerance on test, "
+        "either sweep; wall time at most 1.3x a dense run), measured here on the small sets:",
+        "",
+        *verdicts,
+    ]
+
+
+def _best_fixed(row: Mapping[str, Any]) -> float:
+    """A seed's best fixed target within the tolerance on test, over both sweeps (0 when none was)."""
+    return max(row["sweep_best_within_test"], row["fixed_best_within_test"] or 0.0)
+
+
+def _automatic_figures(name: str, entry: Mapping[str, Any], tolerance: float) -> str:
+    """One setup's automatic-mode figures against the realistic tier's goals, as one line."""
+    seeds = entry["seeds"]
+    within = sum(row["auto_test_drop"] <= tolerance + 1e-9 for row in seeds)
+    share = 100 * within / len(seeds)
+    sparsity = statistics.median(row["auto"]["sparsity"] for row in seeds)
+    best = statistics.median(_best_fixed(row) for row in seeds)
+    time = statistics.median(row["time_vs_dense"] for row in seeds)
+    checks = [
+        (share >= 90 - 1e-9, f"within the tolerance on test in {within} of {len(seeds)} seeds ({share:.0f}%)"),
+        (sparsity >= best - 1e-9, f"sparsity {sparsity:.3f} (median) against the best fixed target's {best:g}"),
+        (time <= 1.3 + 1e-9, f"wall time {time:.2f}x a dense run (median)"),
+    ]
+    return f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "."
+
+
+def _noise_floor_row(name: str, entry: Mapping[str, Any], tolerance: float, sweep: Sequence[float]) -> list[str]:
+    """One setup's noise floor: split sizes, standard errors, the margin, and what the readings did."""
+    seeds = entry["seeds"]
+    val_samples, test_samples = auto_target.split_sizes(name)
+    val = statistics.fmean(row["dense"]["val_acc"] for row in seeds)
+    test = statistics.fmean(row["dense"]["test_acc"] for row in seeds)
+    margins = [d["margin"] for row in seeds for d in row["auto"]["decisions"] if "margin" in d]
+    spread = statistics.stdev(row["auto_test_drop"] - row["auto_val_drop"] for row in seeds) if len(seeds) > 1 else 0.0
+    fixed = []
+    for target in sweep:
+        runs = [row["autoprune_fixed"].get(str(target)) for row in seeds]
+        if all(runs):
+            ok = sum(
+                row["dense"]["test_acc"] - run["test_acc"] <= tolerance + 1e-9
+                for row, run in zip(seeds, runs, strict=True)
+            )
+            fixed.append(f"{target:g}: {ok} of {len(seeds)}")
+    windowed = sum(
+        any(d["decision"] == "stop" and "window" in d.get("reason", "") for d in row["auto"]["decisions"])
+        for row in seeds
+    )
+    return [
+        name,
+        f"{val_samples} / {test_samples}",
+        f"{val:.3f} / {test:.3f}",
+        f"{100 * _binomial_se(val, val_samples):.2f} / {100 * _binomial_se(test, test_samples):.2f} pt",
+        f"{100 * statistics.median(margins):.2f} pt" if margins else "none decided",
+        f"{100 * spread:.2f} pt",
+        ", ".join(fixed) if fixed else "not run",
+        f"{windowed} of {len(seeds)}",
+    ]
+
+
+def _binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` read on ``n`` samples."""
+    return math.sqrt(p * (1 - p) / n)
 
 
 def render_report(
