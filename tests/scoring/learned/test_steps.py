@@ -48,6 +48,37 @@ def test_step_loss_is_the_loss_of_the_selected_masks_and_restores_the_weights(mi
     assert measured == inputs.loss_fn()  # type: ignore[misc]
 
 
+def test_a_failing_loss_leaves_every_weight_bit_for_bit() -> None:
+    w = {"a": torch.tensor([1.0, -0.0, float("nan"), 0.5, -3.0, 2.0]), "b": torch.tensor([-0.0, 4.0, 0.25, 1.5])}
+    before = {n: t.clone() for n, t in w.items()}
+    inputs = ScoreInputs(
+        w, {n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()}, target_sparsity=0.5, params=w
+    )
+
+    def broken() -> float:
+        assert any(bool((t == 0).any()) for t in w.values())  # the step's weights are zeroed now
+        raise RuntimeError("calibration pass failed")
+
+    inputs.loss_fn = broken
+    scores = {"a": torch.arange(6.0), "b": torch.arange(4.0)}
+    with pytest.raises(RuntimeError, match="calibration pass failed"):
+        step_loss(scores, inputs)
+    for name, tensor in w.items():  # bits, so -0.0 against 0.0 and NaN count
+        assert torch.equal(tensor.view(torch.int32), before[name].view(torch.int32))
+
+
+def test_restore_tries_every_tensor_before_raising() -> None:
+    good, bad = torch.zeros(4), torch.zeros(3)
+    gone = torch.tensor([True, False, True, False])
+    saved = [
+        (bad, torch.tensor([True, True, False]), torch.ones(5)),  # too many values: index_put_ fails
+        (good, gone, torch.tensor([7.0, 9.0])),
+    ]
+    with pytest.raises(RuntimeError):
+        steps._restore(saved)
+    assert good.tolist() == [7.0, 0.0, 9.0, 0.0]
+
+
 def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> None:
     _, inputs = network_inputs()
     magnitude = {n: w.abs() for n, w in inputs.weights.items()}
