@@ -33,6 +33,12 @@ from benchmarks.protocol import (
     summarise,
     write_json,
 )
+from lightning_autoprune.control.search import accuracy_standard_error
+
+#: The automatic mode's goals on the realistic tier (issue #20): the share of seeds whose test drop stays
+#: within the tolerance, and the most wall time against a dense run of the same epochs.
+AUTO_WITHIN_SHARE = 0.9
+AUTO_TIME_RATIO = 1.3
 
 #: One line per method for the report.
 METHOD_NOTES: dict[str, str] = {
@@ -386,24 +392,26 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         "dense accuracy, validation / test (mean)",
         "standard error of one reading, validation / test",
         "decision margin (median)",
-        "automatic run: test drop minus validation drop, std over seeds",
-        "fixed AutoPrune targets: seeds within the tolerance on test",
+        "automatic run: test drop minus validation drop, mean ± std over seeds",
+        "fixed AutoPrune targets: seeds within the tolerance on test, of the seeds measured",
         "searches that the window ended",
     ]
     return [
         *lines,
         *_table(header, rows),
         "",
-        f"Noise floor. Every accuracy is read on one split of a few hundred samples, so one reading's binomial "
-        f"standard error, sqrt(p(1-p)/n), is of the order of the {tolerance:g}-point tolerance. The automatic mode "
-        "decides on validation readings and keeps a margin of at most half the tolerance; the fixed sweeps' best "
-        "target within the tolerance is picked per seed on test readings, so it moves with the test split's noise:",
+        f"Noise floor. Every accuracy is read on one split of a few hundred to a thousand samples, so one "
+        f"reading's binomial standard error, sqrt(p(1-p)/n), is of the order of the {tolerance:g}-point tolerance. "
+        "The automatic mode decides on validation readings and keeps a margin of at most half the tolerance; the "
+        "fixed sweeps' best target within the tolerance is picked per seed on test readings, so it moves with the "
+        "test split's noise:",
         "",
         *_table(noise_header, noise_rows),
         "",
-        "The figures the automatic mode is held to on the realistic tier (test drop within the tolerance in at least "
-        "90% of seeds; sparsity at least the median of each seed's best fixed target within the tolerance on test, "
-        "either sweep; wall time at most 1.3x a dense run), measured here on the small sets:",
+        "The figures the automatic mode is held to on the realistic tier (test drop within the tolerance in at "
+        f"least {100 * AUTO_WITHIN_SHARE:.0f}% of seeds; sparsity at least the median of each seed's best fixed "
+        f"target within the tolerance on test, either sweep; wall time at most {AUTO_TIME_RATIO:g}x a dense run), "
+        "measured here on the small sets:",
         "",
         *verdicts,
     ]
@@ -417,15 +425,18 @@ def _best_fixed(row: Mapping[str, Any]) -> float:
 def _automatic_figures(name: str, entry: Mapping[str, Any], tolerance: float) -> str:
     """One setup's automatic-mode figures against the realistic tier's goals, as one line."""
     seeds = entry["seeds"]
-    within = sum(row["auto_test_drop"] <= tolerance + 1e-9 for row in seeds)
-    share = 100 * within / len(seeds)
+    within = sum(auto_target.within_tolerance(row["auto_test_drop"], tolerance) for row in seeds)
+    share = within / len(seeds)
     sparsity = statistics.median(row["auto"]["sparsity"] for row in seeds)
     best = statistics.median(_best_fixed(row) for row in seeds)
     time = statistics.median(row["time_vs_dense"] for row in seeds)
     checks = [
-        (share >= 90 - 1e-9, f"within the tolerance on test in {within} of {len(seeds)} seeds ({share:.0f}%)"),
+        (
+            share >= AUTO_WITHIN_SHARE - 1e-9,
+            f"within the tolerance on test in {within} of {len(seeds)} seeds ({100 * share:.0f}%)",
+        ),
         (sparsity >= best - 1e-9, f"sparsity {sparsity:.3f} (median) against the best fixed target's {best:g}"),
-        (time <= 1.3 + 1e-9, f"wall time {time:.2f}x a dense run (median)"),
+        (time <= AUTO_TIME_RATIO + 1e-9, f"wall time {time:.2f}x a dense run (median)"),
     ]
     return f"- {name}: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}" for ok, text in checks) + "."
 
@@ -436,17 +447,21 @@ def _noise_floor_row(name: str, entry: Mapping[str, Any], tolerance: float, swee
     val_samples, test_samples = auto_target.split_sizes(name)
     val = statistics.fmean(row["dense"]["val_acc"] for row in seeds)
     test = statistics.fmean(row["dense"]["test_acc"] for row in seeds)
-    margins = [d["margin"] for row in seeds for d in row["auto"]["decisions"] if "margin" in d]
-    spread = statistics.stdev(row["auto_test_drop"] - row["auto_val_drop"] for row in seeds) if len(seeds) > 1 else 0.0
+    margins = [  # one per seed: a run with many decisions counts once
+        statistics.median(d["margin"] for d in decided)
+        for decided in ([d for d in row["auto"]["decisions"] if "margin" in d] for row in seeds)
+        if decided
+    ]
+    gaps = [row["auto_test_drop"] - row["auto_val_drop"] for row in seeds]
+    gap = f"{100 * statistics.fmean(gaps):+.2f} ± {100 * statistics.stdev(gaps):.2f} pt" if len(gaps) > 1 else "n/a"
     fixed = []
     for target in sweep:
-        runs = [row["autoprune_fixed"].get(str(target)) for row in seeds]
-        if all(runs):
+        runs = [(row, row["autoprune_fixed"][str(target)]) for row in seeds if str(target) in row["autoprune_fixed"]]
+        if runs:
             ok = sum(
-                row["dense"]["test_acc"] - run["test_acc"] <= tolerance + 1e-9
-                for row, run in zip(seeds, runs, strict=True)
+                auto_target.within_tolerance(row["dense"]["test_acc"] - run["test_acc"], tolerance) for row, run in runs
             )
-            fixed.append(f"{target:g}: {ok} of {len(seeds)}")
+            fixed.append(f"{target:g}: {ok} of {len(runs)}")
     windowed = sum(
         any(d["decision"] == "stop" and "window" in d.get("reason", "") for d in row["auto"]["decisions"])
         for row in seeds
@@ -455,17 +470,13 @@ def _noise_floor_row(name: str, entry: Mapping[str, Any], tolerance: float, swee
         name,
         f"{val_samples} / {test_samples}",
         f"{val:.3f} / {test:.3f}",
-        f"{100 * _binomial_se(val, val_samples):.2f} / {100 * _binomial_se(test, test_samples):.2f} pt",
+        f"{100 * accuracy_standard_error(val, val_samples):.2f} / "
+        f"{100 * accuracy_standard_error(test, test_samples):.2f} pt",
         f"{100 * statistics.median(margins):.2f} pt" if margins else "none decided",
-        f"{100 * spread:.2f} pt",
+        gap,
         ", ".join(fixed) if fixed else "not run",
         f"{windowed} of {len(seeds)}",
     ]
-
-
-def _binomial_se(p: float, n: int) -> float:
-    """Standard error of an accuracy ``p`` read on ``n`` samples."""
-    return math.sqrt(p * (1 - p) / n)
 
 
 def render_report(
