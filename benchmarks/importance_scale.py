@@ -43,7 +43,6 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -266,12 +265,14 @@ def main() -> None:
                 f"{result['label_forward_seconds_full_passes']:.1f} s",
                 flush=True,
             )
+    from benchmarks import protocol  # here, not at the top: the event's child processes need none of it
+
     record = {
         "script": "benchmarks/importance_scale.py",
         "model": f"{LAYERS} x Linear(d, d), d in {list(WIDTHS)}",
         "threads": 2,
         "repeats": REPEATS,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "environment": protocol.environment(),
         "events": results,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -684,6 +684,29 @@ def _fit_and_test(
     return model, row
 
 
+def _cpu_model() -> str:
+    """The CPU as ``/proc/cpuinfo`` names it (Linux): model name, family, model, stepping and MHz.
+
+    A VM's model name can be as generic as "Intel(R) Xeon(R) Processor", and two VMs with one
+    instruction set ran the same forward passes 16-25% apart; the numbers tell them apart. Elsewhere:
+    ``platform.processor()``.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or "unknown"
+    return (
+        f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, model "
+        f"{fields.get('model', '?')}, stepping {fields.get('stepping', '?')}, {fields.get('cpu MHz', '?')} MHz)"
+    )
+
+
 def environment() -> dict[str, Any]:
     """Versions, threads and the CPU's vector instruction set, stored in every result file.
 
@@ -693,6 +716,7 @@ def environment() -> dict[str, Any]:
     """
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,

@@ -39,6 +39,8 @@ from lightning_autoprune.control.search import accuracy_standard_error
 #: within the tolerance, and the most wall time against a dense run of the same epochs.
 AUTO_WITHIN_SHARE = 0.9
 AUTO_TIME_RATIO = 1.3
+#: The learned scorer's goal at scale (issue #21): one event on 25M weights in at most this long.
+SCALE_GOAL_SECONDS = 10.0
 
 #: One line per method for the report.
 METHOD_NOTES: dict[str, str] = {
@@ -667,6 +669,25 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
             + ", ".join(f"{n / 1e6:.1f}M {per_weight[n] * 1e6:.2f} s" for n in sizes)
             + f"; from {smallest / 1e6:.1f}M to {largest / 1e6:.1f}M weights ({largest / smallest:.0f}x) the own "
             f"work grows {per_weight[largest] * largest / (per_weight[smallest] * smallest):.1f}x.",
+        ]
+    if sizes:
+        largest = sizes[-1]
+        readings = [r["event_seconds"] for e in by_size[largest] for r in e.get("readings", {}).get("time", [])]
+        if readings:
+            over = sum(seconds >= SCALE_GOAL_SECONDS for seconds in readings)
+            lines += [
+                "",
+                f"Single readings of the event at {largest / 1e6:.1f}M weights: {min(readings):.2f}-"
+                f"{max(readings):.2f} s ({len(readings)} readings, {over} at or above the goal's "
+                f"{SCALE_GOAL_SECONDS:g} s).",
+            ]
+    env = payload.get("environment", {})
+    if "cpu_model" in env:
+        lines += [
+            "",
+            f"Machine: {env['cpu_model']}, torch kernels {env.get('cpu_capability')}; commit "
+            f"{str(env.get('git_commit'))[:7]}"
+            + (" with the package modified." if env.get("package_modified") else "."),
         ]
     return lines
 

@@ -57,3 +57,14 @@ def test_a_row_takes_times_from_timed_readings_and_memory_from_held_ones() -> No
     assert "median of 3 readings" in lines
     older = importance_scale.summarise(timed, held)  # a results file without the full-pass readings
     assert "| 4.0 | 134 in 2.0 | n/a |" in "\n".join(render_scale({"model": "m", "threads": 2, "events": [older]}))
+
+
+def test_the_largest_size_reports_its_single_readings_against_the_goal_and_the_machine() -> None:
+    timed = [reading(s, 99.0) for s in (9.5, 10.0, 10.2)]
+    held = [reading(50.0, m) for m in (16.0, 12.0, 40.0)]
+    row = importance_scale.summarise(timed, held)
+    environment = {"cpu_model": "Xeon (family 6, model 167)", "cpu_capability": "AVX512", "git_commit": "abcdef123"}
+    lines = "\n".join(render_scale({"model": "m", "threads": 2, "events": [row], "environment": environment}))
+    assert "at 2.0M weights: 9.50-10.20 s (3 readings, 2 at or above the goal's 10 s)" in lines
+    assert "Machine: Xeon (family 6, model 167), torch kernels AVX512; commit abcdef1." in lines
+    assert "Machine:" not in "\n".join(render_scale({"model": "m", "threads": 2, "events": [row]}))
