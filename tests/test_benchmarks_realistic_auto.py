@@ -156,6 +156,7 @@ def test_summary_and_section_come_from_the_seed_files(
     assert "### stdlib-charlm, automatic mode" in lines
     assert any(f"{summary['time_vs_dense_median']:.2f}x" in line for line in lines)
     assert any("within the 0.02-nat tolerance on test" in line for line in lines)
+    assert any("against the best fixed target's (none measured): **not met**" in line for line in lines)
     lm = summaries["stdlib-charlm"]
     assert lm["matched_best_within"] == [tiny_lm_auto["matched"]["sparsity"]]
     assert [row[:3] for row in lm["matched_within"]] == [[0.5, 2, 6], [0.5, 6, 7]]
@@ -163,6 +164,19 @@ def test_summary_and_section_come_from_the_seed_files(
     assert "matched_best_within_median" not in summary, "the ResNet setup has no like-for-like sweep"
     assert realistic_auto.load_summary(tmp_path / "empty") is None
     assert report.render_realistic_automatic(None) == []
+
+
+def test_goal_checks_judge_each_figure_against_its_goal() -> None:
+    line = report._goal_checks(0.8, "4 of 5 seeds", 0.6, 0.7, 1.2)
+    assert line == (
+        "within the tolerance on test in 4 of 5 seeds (80%): **not met**; "
+        "sparsity 0.600 (median) against the best fixed target's 0.7: **not met**; "
+        "wall time 1.20x a dense run (median): met."
+    )
+    assert report._goal_checks(0.9, "9 of 10 seeds", 0.7, 0.7, 1.31).startswith(
+        "within the tolerance on test in 9 of 10 seeds (90%): met; sparsity 0.700 (median) against the best fixed "
+        "target's 0.7: met; wall time 1.31x"
+    )
 
 
 def test_reference_check_compares_each_verdict_with_the_measured_dense_value() -> None:
