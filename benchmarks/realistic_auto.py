@@ -400,6 +400,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "configuration": first.get("configuration", "`AutoPrune()` with every default"),
         "epochs": first["budget"]["finetune_epochs"],
         "train_batches": first["budget"]["limit_train_batches"],
+        "within_tolerance_seeds": sum(r["within_tolerance"] for r in records),
         "within_tolerance_share": sum(r["within_tolerance"] for r in records) / len(records),
         "test_drop_mean": statistics.fmean(r["test_drop"] for r in records),
         "test_drop_max": max(r["test_drop"] for r in records),
