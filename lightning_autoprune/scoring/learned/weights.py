@@ -47,6 +47,7 @@ import copy
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from lightning_autoprune.scoring.base import Progress, ScoreInputs
 from lightning_autoprune.scoring.learned.budget import LabelBudget
 from lightning_autoprune.scoring.learned.estimators import check_feature_count, resolve_estimator
 from lightning_autoprune.scoring.learned.features import FeatureTable
-from lightning_autoprune.scoring.learned.fidelity import judge, predict_scores, rank_labels, warn_fallback
+from lightning_autoprune.scoring.learned.fidelity import Verdict, judge, predict_scores, rank_labels, warn_fallback
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.online import OnlineModel
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
@@ -223,10 +224,64 @@ class LearnedScorer:
         affordable = self.label_groups if allowed is None else min(self.label_groups, allowed - 1 - STEP_CANDIDATES)
         if affordable < MIN_LABEL_GROUPS:
             return self._score_unlabelled(priors, inputs, allowed)
+        labelled = self._label_and_judge(priors, inputs, affordable)
+        if labelled is None:  # too few kept weights left to learn from: use the prior
+            return priors.full(LABEL_PRIOR)
+        verdict, band_scores = labelled.verdict, labelled.band_scores
+        self.blend = None if verdict.fell_back else verdict.blend_weight
+        measure, samples = _step_measure(inputs, None, STEP_CANDIDATES, parts=1)
+        assert measure is not None
+        choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
+        self._log_step(inputs, choice.name, samples, choice.losses, 0.0, choice.collapsing)
+        self.last_used = choice.name
+        self.diagnostics.append(
+            {
+                "target_sparsity": inputs.target_sparsity,
+                "groups": labelled.groups,
+                "held_out": labelled.held_out,
+                "rows_fitted": labelled.rows_fitted,
+                "band_rows": labelled.band_rows,
+                "fidelity": verdict.fidelity,
+                "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
+                "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
+                "fell_back": choice.name != "learned",
+                "step_losses": choice.losses,
+                "collapsing": list(choice.collapsing),
+                "used": choice.name,
+                "layer_removed": {
+                    name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
+                    for name, share in choice.removed[choice.name].items()
+                },
+                "label_samples": self.budget.spent_samples,
+            }
+        )
+        if verdict.fell_back:  # a prior's step being better is a decision; a model that cannot rank is a warning
+            warn_fallback(
+                f"Learned importance fell back to the {choice.name!r} prior at sparsity {inputs.target_sparsity:.4f}: "
+                f"its Spearman correlation on {labelled.held_out} held-out group ablations "
+                f"({verdict.fidelity['learned']['spearman']:.3f}) is below {LABEL_PRIOR}'s "
+                f"({verdict.fidelity[LABEL_PRIOR]['spearman']:.3f}); of the priors' steps, {choice.name}'s had the "
+                f"lowest calibration loss ({choice.losses[choice.name]:.4g})"
+                + (
+                    f" of those that take no layer down to its floor (not {', '.join(choice.collapsing)})."
+                    if choice.collapsing
+                    else "."
+                ),
+                stacklevel=2,
+            )
+        return choice.scores
+
+    def _label_and_judge(self, priors: PriorScores, inputs: ScoreInputs, affordable: int) -> _Labelled | None:
+        """Label about ``affordable`` frontier groups, fit the model on some, judge it on the rest.
+
+        ``None`` when too few groups can be drawn (:data:`MIN_GROUPS`). Everything sized by the
+        groups (their indices, feature rows, held-out members) is released when this returns, before
+        the step is chosen, so that it does not add to that step's memory.
+        """
         bands = self._bands(priors, inputs)
         groups = frontier_groups(bands, inputs.masks, inputs.target_sparsity, affordable, inputs.generator)
-        if len(groups) < MIN_GROUPS:  # too few kept weights left to learn from: use the prior
-            return priors.full(LABEL_PRIOR)
+        if len(groups) < MIN_GROUPS:
+            return None
         table = FeatureTable(inputs, squares=priors.squares)
         x, owner = _member_rows(table, groups, inputs.generator)
         assert inputs.params is not None
@@ -259,48 +314,7 @@ class LearnedScorer:
             blend=on_quantiles,
             weights=tuple(reversed(BLEND_WEIGHTS)),  # ties go to the larger learned weight
         )
-        self.blend = None if verdict.fell_back else verdict.blend_weight
-        measure, samples = _step_measure(inputs, None, STEP_CANDIDATES, parts=1)
-        assert measure is not None
-        choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
-        self._log_step(inputs, choice.name, samples, choice.losses, 0.0, choice.collapsing)
-        self.last_used = choice.name
-        self.diagnostics.append(
-            {
-                "target_sparsity": inputs.target_sparsity,
-                "groups": len(groups),
-                "held_out": len(hold),
-                "rows_fitted": rows_fitted,
-                "band_rows": sum(len(b) for b in bands.values()),
-                "fidelity": verdict.fidelity,
-                "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
-                "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
-                "fell_back": choice.name != "learned",
-                "step_losses": choice.losses,
-                "collapsing": list(choice.collapsing),
-                "used": choice.name,
-                "layer_removed": {
-                    name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
-                    for name, share in choice.removed[choice.name].items()
-                },
-                "label_samples": self.budget.spent_samples,
-            }
-        )
-        if verdict.fell_back:  # a prior's step being better is a decision; a model that cannot rank is a warning
-            warn_fallback(
-                f"Learned importance fell back to the {choice.name!r} prior at sparsity {inputs.target_sparsity:.4f}: "
-                f"its Spearman correlation on {len(hold)} held-out group ablations "
-                f"({verdict.fidelity['learned']['spearman']:.3f}) is below {LABEL_PRIOR}'s "
-                f"({verdict.fidelity[LABEL_PRIOR]['spearman']:.3f}); of the priors' steps, {choice.name}'s had the "
-                f"lowest calibration loss ({choice.losses[choice.name]:.4g})"
-                + (
-                    f" of those that take no layer down to its floor (not {', '.join(choice.collapsing)})."
-                    if choice.collapsing
-                    else "."
-                ),
-                stacklevel=2,
-            )
-        return choice.scores
+        return _Labelled(verdict, band_scores, len(groups), len(hold), rows_fitted, sum(len(b) for b in bands.values()))
 
     def _candidates(
         self, priors: PriorScores, band_scores: _BandScores | None, learned_weight: float | None
@@ -410,6 +424,18 @@ class LearnedScorer:
     def feature_importances(self, repeats: int = 3, seed: int = 0, max_rows: int = 2048) -> dict[str, float]:
         """Permutation importance of each feature on the last event's rows (:meth:`OnlineModel.feature_importances`)."""
         return self.online.feature_importances(repeats, seed, max_rows)
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    """What an event's labels leave for its step: the verdict, the band scores and the counts it reports."""
+
+    verdict: Verdict
+    band_scores: _BandScores
+    groups: int
+    held_out: int
+    rows_fitted: int
+    band_rows: int
 
 
 class _BandScores:
