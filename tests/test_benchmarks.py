@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 from benchmarks import protocol, report
 from benchmarks.protocol import Budget, CompoundingAmount, Grid
+from lightning_autoprune import AutoPrune
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_BUDGET = Budget(
@@ -242,3 +244,14 @@ def test_committed_report_matches_committed_results() -> None:
     committed = (ROOT / "BENCHMARKS.md").read_text()
     summary = protocol.summarise(protocol.load_records(results))
     assert report.render_report(summary) == committed, "run `python -m benchmarks.report` and commit BENCHMARKS.md"
+
+
+def test_budget_experiment_is_the_default_with_a_larger_label_budget_and_runs_only_when_named() -> None:
+    budget = protocol.Budget()
+    default = protocol.autoprune_callback(None, 0.9, budget, 0)
+    (experiment,) = protocol.make_callbacks("learned_budget_0.2", 0.9, budget, 0, model=None)  # type: ignore[arg-type]
+    assert isinstance(experiment, AutoPrune)
+    mine, theirs = asdict(experiment.config), asdict(default.config)
+    assert (mine.pop("label_budget"), theirs.pop("label_budget")) == (0.2, 0.05)
+    assert mine == theirs
+    assert "learned_budget_0.2" not in protocol.METHODS  # `make bench` does not run it
