@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.protocol
 	$(PY) -m benchmarks.structured
 	$(PY) -m benchmarks.structured --latency
-	$(PY) benchmarks/auto_target.py
+	$(PY) -m benchmarks.auto_target
 	$(PY) -m benchmarks.sparse_export
 	$(PY) -m benchmarks.importance_scale
 	$(PY) -m benchmarks.compatibility

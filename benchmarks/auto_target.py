@@ -13,7 +13,7 @@ For each dataset and seed, in one process and on the same data and epochs:
 Reports the sparsity reached, validation and test drops versus dense, how often the automatic
 run's test drop exceeds the tolerance, and wall time versus one dense run and versus the sweep.
 
-    python benchmarks/auto_target.py [--seeds 10] [--datasets digits mnist1d]
+    python -m benchmarks.auto_target [--seeds 10] [--datasets digits mnist1d]
 
 Ten seeds, not five: the goal is a violation rate of at most 1 in 5, and with five seeds one
 violation more or less (a test drop 0.1 point either side of the tolerance) decides it. Seeds
@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelPruning
 
+from benchmarks import protocol
 from lightning_autoprune import AutoPrune, __version__
 from lightning_autoprune.control.schedule import default_window, scheduled_sparsity
 from lightning_autoprune.core.files import atomic_write_text
@@ -222,6 +223,7 @@ def main() -> None:
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
         },
+        "environment": protocol.environment(),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +242,7 @@ def merge(paths: list[Path], out: Path) -> None:
         {
             "seeds": {name: [row["seed"] for row in entry["seeds"]] for name, entry in payload["results"].items()},
             "versions": payload["versions"],
+            "environment": payload.get("environment"),
         }
         for payload in payloads
     ]

@@ -323,7 +323,7 @@ def _overhead_table(setup: Mapping[str, Any]) -> list[str]:
 
 
 def render_automatic(payload: Mapping[str, Any]) -> list[str]:
-    """The automatic-mode section from ``benchmarks/results/auto_target.json`` (``benchmarks/auto_target.py``)."""
+    """The automatic-mode section from ``benchmarks/results/auto_target.json`` (``benchmarks.auto_target``)."""
     protocol = payload["protocol"]
     tolerance = 100 * protocol["tolerance"]
     sweep = ", ".join(f"{s:g}" for s in protocol["sweep"])
@@ -333,7 +333,7 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         f"`AutoPrune()` with no arguments (tolerance {tolerance:g} point of validation accuracy), one run per seed, "
         f"against sweeps over fixed sparsities {{{sweep}}} with the same epochs: Lightning `ModelPruning` "
         f"({protocol['model_pruning_settings']}) and `{protocol['autoprune_fixed_settings']}`. "
-        f"{protocol['model']}. Produced by `python benchmarks/auto_target.py`; drops are dense minus pruned, in "
+        f"{protocol['model']}. Produced by `python -m benchmarks.auto_target`; drops are dense minus pruned, in "
         "points; a violation is a test drop above the tolerance; times are fit wall times (median over seeds).",
         "",
     ]
@@ -343,7 +343,8 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         for source in sources:
             seeds = sorted({seed for values in source["seeds"].values() for seed in values})
             threads = source.get("versions", {}).get("threads")
-            parts.append(f"seeds {', '.join(map(str, seeds))} ({threads} threads)")
+            cpu = (source.get("environment") or {}).get("cpu_model")
+            parts.append(f"seeds {', '.join(map(str, seeds))} ({threads} threads" + (f", {cpu})" if cpu else ")"))
         lines += [
             f"These results join {len(sources)} invocations with `--merge`: {'; '.join(parts)}.",
             "",
@@ -416,6 +417,7 @@ def render_automatic(payload: Mapping[str, Any]) -> list[str]:
         "measured here on the small sets:",
         "",
         *verdicts,
+        *(machine_line(payload.get("environment", {})) if len(sources) <= 1 else []),
     ]
 
 
@@ -689,15 +691,25 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
                 f"{max(readings):.2f} s ({len(readings)} readings, {over} at or above the goal's "
                 f"{SCALE_GOAL_SECONDS:g} s).",
             ]
-    env = payload.get("environment", {})
-    if "cpu_model" in env:
-        lines += [
-            "",
-            f"Machine: {env['cpu_model']}, torch kernels {env.get('cpu_capability')}; commit "
-            f"{str(env.get('git_commit'))[:7]}"
-            + (" with the package modified." if env.get("package_modified") else "."),
-        ]
-    return lines
+    return lines + machine_line(payload.get("environment", {}))
+
+
+def machine_line(env: Mapping[str, Any]) -> list[str]:
+    """A blank line and the machine a results file ran on, from its ``environment``; nothing without a CPU model.
+
+    Example:
+        >>> machine_line({"cpu_model": "AMD EPYC (family 25)", "cpu_capability": "AVX512", "git_commit": "abcdef12"})
+        ['', 'Machine: AMD EPYC (family 25), torch kernels AVX512; commit abcdef1.']
+        >>> machine_line({})
+        []
+    """
+    if "cpu_model" not in env:
+        return []
+    return [
+        "",
+        f"Machine: {env['cpu_model']}, torch kernels {env.get('cpu_capability')}; commit "
+        f"{str(env.get('git_commit'))[:7]}" + (" with the package modified." if env.get("package_modified") else "."),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- realistic tier

@@ -185,3 +185,24 @@ def test_split_sizes_are_the_data_modules_own() -> None:
     assert auto_target.split_sizes("mnist1d") == (800, 1000)
     with pytest.raises(ValueError, match="`dataset` must be one of digits, mnist1d, got 'cifar'"):
         auto_target.split_sizes("cifar")
+
+
+def test_merge_keeps_each_invocations_machine_and_the_report_names_it(tmp_path: Path) -> None:
+    parts = []
+    for seed, cpu in ((0, "AMD EPYC (family 25)"), (1, "Intel Xeon (family 6)")):
+        path = tmp_path / f"part{seed}.json"
+        payload = _payload([_row(seed, 0.9, 0.0, 1.0)], threads=1)
+        payload["environment"] = {"cpu_model": cpu, "cpu_capability": "AVX512", "git_commit": "0123456789"}
+        path.write_text(json.dumps(payload))
+        parts.append(path)
+    out = tmp_path / "merged.json"
+    auto_target.merge(parts, out)
+    merged = json.loads(out.read_text())
+    machines = [source["environment"]["cpu_model"] for source in merged["merged_from"]]
+    assert machines == ["AMD EPYC (family 25)", "Intel Xeon (family 6)"]
+    text = "\n".join(report.render_automatic(merged))
+    assert "seeds 0 (1 threads, AMD EPYC (family 25)); seeds 1 (1 threads, Intel Xeon (family 6))." in text
+    assert "Machine:" not in text  # two machines: each is named in the join line
+    single = report.render_automatic(json.loads(parts[0].read_text()))
+    assert single[-1] == "Machine: AMD EPYC (family 25), torch kernels AVX512; commit 0123456."
+    assert "Machine:" not in "\n".join(report.render_automatic(_payload([_row(0, 0.9, 0.0, 1.0)], threads=1)))
