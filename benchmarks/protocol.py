@@ -1185,6 +1185,17 @@ def compare_quick(quick: Mapping[str, Any], full: Mapping[str, Any]) -> tuple[li
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def add_methods_argument(parser: argparse.ArgumentParser, methods: Sequence[str]) -> None:
+    """``--methods``: any of ``methods`` (the default run) or of :data:`EXPERIMENT_METHODS` (run only when named)."""
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*methods, *EXPERIMENT_METHODS],
+        default=None,
+        help=f"default: every method but {', '.join(EXPERIMENT_METHODS)} (run only when named)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1193,13 +1204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--sparsities", nargs="+", type=float, default=None)
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        choices=[*METHODS, *EXPERIMENT_METHODS],
-        default=None,
-        help=f"default: every method but {', '.join(EXPERIMENT_METHODS)} (run only when named)",
-    )
+    add_methods_argument(parser, METHODS)
     parser.add_argument("--resume", action="store_true", help="keep run files that already exist")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)

@@ -595,13 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each workload's own seeds")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        choices=[*METHODS, *protocol.EXPERIMENT_METHODS],
-        default=None,
-        help=f"default: every method but {', '.join(protocol.EXPERIMENT_METHODS)} (run only when named)",
-    )
+    protocol.add_methods_argument(parser, METHODS)
     parser.add_argument("--resume", action="store_true", help="skip runs whose files exist")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)

@@ -390,6 +390,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {"seeds": []}
     fixed = [r["fixed"]["sparsity"] for r in records if r["fixed"]["sparsity"] is not None]
     first = records[0]
+    within = sum(r["within_tolerance"] for r in records)
     checks = [reference_check(r) for r in records]
     errors = [e for c in checks for e in c["errors"]]
     return {
@@ -400,8 +401,8 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "configuration": first.get("configuration", "`AutoPrune()` with every default"),
         "epochs": first["budget"]["finetune_epochs"],
         "train_batches": first["budget"]["limit_train_batches"],
-        "within_tolerance_seeds": sum(r["within_tolerance"] for r in records),
-        "within_tolerance_share": sum(r["within_tolerance"] for r in records) / len(records),
+        "within_tolerance_seeds": within,
+        "within_tolerance_share": within / len(records),
         "test_drop_mean": statistics.fmean(r["test_drop"] for r in records),
         "test_drop_max": max(r["test_drop"] for r in records),
         "test_drops": [r["test_drop"] for r in records],
