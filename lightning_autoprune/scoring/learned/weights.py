@@ -64,7 +64,7 @@ from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, f
 from lightning_autoprune.scoring.learned.online import OnlineModel
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
 from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
-from lightning_autoprune.scoring.learned.steps import TensorScores, choose_step, unmeasured_step
+from lightning_autoprune.scoring.learned.steps import StepChoice, TensorScores, choose_step, unmeasured_step
 
 #: The pretrained default importance model shipped with the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
@@ -234,27 +234,7 @@ class LearnedScorer:
         choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
         self._log_step(inputs, choice.name, samples, choice.losses, 0.0, choice.collapsing)
         self.last_used = choice.name
-        self.diagnostics.append(
-            {
-                "target_sparsity": inputs.target_sparsity,
-                "groups": labelled.groups,
-                "held_out": labelled.held_out,
-                "rows_fitted": labelled.rows_fitted,
-                "band_rows": labelled.band_rows,
-                "fidelity": verdict.fidelity,
-                "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
-                "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
-                "fell_back": choice.name != "learned",
-                "step_losses": choice.losses,
-                "collapsing": list(choice.collapsing),
-                "used": choice.name,
-                "layer_removed": {
-                    name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
-                    for name, share in choice.removed[choice.name].items()
-                },
-                "label_samples": self.budget.spent_samples,
-            }
-        )
+        self.diagnostics.append(_labelled_record(inputs, labelled, choice, self.budget.spent_samples))
         if verdict.fell_back:  # a prior's step being better is a decision; a model that cannot rank is a warning
             warn_fallback(
                 f"Learned importance fell back to the {choice.name!r} prior at sparsity {inputs.target_sparsity:.4f}: "
@@ -436,6 +416,32 @@ class _Labelled:
     held_out: int
     rows_fitted: int
     band_rows: int
+
+
+def _labelled_record(
+    inputs: ScoreInputs, labelled: _Labelled, choice: StepChoice, label_samples: int
+) -> dict[str, Any]:
+    """The diagnostics entry of a labelled event: its labels, the held-out check and the step applied."""
+    verdict = labelled.verdict
+    return {
+        "target_sparsity": inputs.target_sparsity,
+        "groups": labelled.groups,
+        "held_out": labelled.held_out,
+        "rows_fitted": labelled.rows_fitted,
+        "band_rows": labelled.band_rows,
+        "fidelity": verdict.fidelity,
+        "best_prior": choice.name if choice.name != "learned" else LABEL_PRIOR,
+        "blend_weight": verdict.blend_weight if choice.name == "learned" else 0.0,
+        "fell_back": choice.name != "learned",
+        "step_losses": choice.losses,
+        "collapsing": list(choice.collapsing),
+        "used": choice.name,
+        "layer_removed": {
+            name: {choice.name: share, LABEL_PRIOR: choice.removed[LABEL_PRIOR][name]}
+            for name, share in choice.removed[choice.name].items()
+        },
+        "label_samples": label_samples,
+    }
 
 
 class _BandScores:
