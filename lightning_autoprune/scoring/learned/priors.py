@@ -36,8 +36,8 @@ from lightning_autoprune.scoring.learned.labels import step_size
 #: in held-out fidelity the earlier one is preferred (first-order Taylor, the strongest formula of
 #: the benchmark protocol at high sparsity).
 PRIORS: tuple[str, ...] = ("taylor", "lamp", "magnitude", "wanda", "taylor2")
-#: On a model with more kept weights than this, global cuts (a prior's, a candidate step's) are
-#: estimated from a :class:`KeptSample`; up to it, they are exact.
+#: On a model with more weights than this (kept or pruned), global cuts (a prior's, a candidate
+#: step's) are estimated from a :class:`KeptSample`; up to it, they are exact (:func:`exact_cuts`).
 CUT_SAMPLE = 1 << 20
 #: Kept positions a :class:`KeptSample` draws (a global cut's rank is then off by about 0.1% of
 #: the kept weights, a few hundredths of a percent of sparsity, whatever the model's size).
@@ -46,6 +46,20 @@ KEPT_SAMPLE = 1 << 18
 EXACT_SQUARES = 1 << 20
 #: About this many kept squares form a large tensor's :class:`SortedSquares`.
 SQUARES_SAMPLE = 1 << 18
+
+
+def exact_cuts(masks: Mapping[str, Tensor]) -> bool:
+    """Whether an event's global cuts are exact: the model has at most :data:`CUT_SAMPLE` weights, kept or pruned.
+
+    The exact paths hold a score for every entry of every tensor at once and sort whole tensors,
+    so their memory grows with all the weights, pruned ones included, not with the kept ones: a
+    large model at high sparsity takes the sampled path too.
+
+    Example:
+        >>> exact_cuts({"w": torch.ones(1000, 1000, dtype=torch.bool)}), exact_cuts({"w": torch.zeros(2048, 1024)})
+        (True, False)
+    """
+    return sum(mask.numel() for mask in masks.values()) <= CUT_SAMPLE
 
 
 class SortedSquares:
@@ -136,7 +150,7 @@ class SortedSquares:
 class PriorScores:
     """Formula prior scores of one event, tensor by tensor (higher = keep); only the last tensor is cached.
 
-    On a model of more than :data:`CUT_SAMPLE` kept weights, a tensor's full LAMP scores
+    On a model of more than :data:`CUT_SAMPLE` weights (:func:`exact_cuts`), a tensor's full LAMP scores
     (:meth:`layer`, :meth:`full`) are its step's: ``w**2`` scaled so that the global cut falls in
     each tensor where LAMP's cut falls, estimated from every tensor's :class:`SortedSquares`
     (:meth:`lamp_cuts`). They select the same weights as LAMP's scores for this event's target
@@ -263,7 +277,7 @@ class PriorScores:
             return magnitude_scores(w)
         if prior == "lamp":
             mask = inputs.masks[name]
-            if self.kept_total() <= CUT_SAMPLE:
+            if exact_cuts(inputs.masks):
                 return lamp_scores(w, mask)
             threshold, cuts = self.lamp_cuts()
             cut = cuts.get(name, -1.0)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lightning_autoprune.core.selection import layer_floors, pruned_count, select_masks, top_k_mask
 from lightning_autoprune.scoring.base import ScoreInputs
-from lightning_autoprune.scoring.learned.priors import CUT_SAMPLE, KeptSample
+from lightning_autoprune.scoring.learned.priors import KeptSample, exact_cuts
 
 #: Standard errors by which a candidate's step must beat the incumbent's to replace it.
 NOISE_Z = 2.0
@@ -72,8 +72,9 @@ def step_masks(
     large model's tensors are scored twice, once for the cut and once for the masks, and never
     held all at once).
 
-    On a model of at most :data:`~lightning_autoprune.scoring.learned.priors.CUT_SAMPLE` kept
-    weights these are exactly the event's selection (global top-k with the per-layer floor
+    On a model of at most :data:`~lightning_autoprune.scoring.learned.priors.CUT_SAMPLE`
+    weights, kept or pruned (:func:`~lightning_autoprune.scoring.learned.priors.exact_cuts`),
+    these are exactly the event's selection (global top-k with the per-layer floor
     ``inputs.min_density``). On a larger one the global cut is the quantile of a sample of the
     kept scores (at ``sample``'s positions, drawn here if not given; an event draws one for
     all its candidates), and a tensor that would fall below its floor keeps its highest-scoring
@@ -84,7 +85,7 @@ def step_masks(
     scores_of = scores.__getitem__ if isinstance(scores, Mapping) else scores
     total = sum(m.numel() for m in masks.values())
     kept_total = sum(inputs.kept.values())
-    if kept_total <= CUT_SAMPLE:
+    if exact_cuts(masks):
         every = {name: scores_of(name) for name in masks}
         new = select_masks(every, masks, inputs.target_sparsity, min_density=inputs.min_density)
         return {name: masks[name].reshape(-1) & ~new[name].reshape(-1) for name in masks}
@@ -249,8 +250,7 @@ def choose_step(
     """
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
-    kept_total = sum(inputs.kept.values())
-    sample = KeptSample(inputs.masks, inputs.generator) if kept_total > CUT_SAMPLE else None
+    sample = None if exact_cuts(inputs.masks) else KeptSample(inputs.masks, inputs.generator)
     measured = {name: _measure(scores_of, inputs, parts, sample) for name, scores_of in candidates.items()}
     losses = {name: statistics.fmean(values) for name, (values, _, _) in measured.items()}
     collapsing = tuple(name for name, (_, _, collapsed) in measured.items() if collapsed)

@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_autoprune.core.selection import select_masks
 from lightning_autoprune.scoring import ScoreInputs
+from lightning_autoprune.scoring.learned import priors as priors_module
 from lightning_autoprune.scoring.learned import steps
 from lightning_autoprune.scoring.learned.steps import choose_step, step_loss
 
@@ -143,7 +144,7 @@ def test_an_unmeasured_step_replaces_a_collapsing_incumbent_in_the_last_measured
 
 
 def test_a_large_models_step_is_estimated_from_a_sample_within_a_few_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(steps, "CUT_SAMPLE", 2000)  # "large": more kept weights than the sample
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 2000)  # "large": more weights than the sample
     g = torch.Generator().manual_seed(0)
     scores = {"big": torch.rand(200, 200, generator=g), "small": torch.rand(10, 10, generator=g) * 0.01}
     masks = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
@@ -197,10 +198,32 @@ def test_a_step_scored_one_tensor_at_a_time_equals_the_step_of_all_scores(monkey
 
     exact = steps.step_masks(scores, inputs)
     assert all(torch.equal(steps.step_masks(one_at_a_time, inputs)[n], exact[n]) for n in scores)
-    monkeypatch.setattr(steps, "CUT_SAMPLE", 2000)  # large: a sampled cut, each tensor scored twice
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 2000)  # large: a sampled cut, each tensor scored twice
     calls.clear()
     inputs.generator = torch.Generator().manual_seed(0)
     sampled = steps.step_masks(one_at_a_time, inputs)
     inputs.generator = torch.Generator().manual_seed(0)
     assert all(torch.equal(sampled[n], m) for n, m in steps.step_masks(scores, inputs).items())
     assert sorted(calls) == ["big", "big", "small", "small"]
+
+
+def test_a_large_model_at_high_sparsity_is_cut_from_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fewer kept weights than CUT_SAMPLE, more weights in all: the exact path would hold every
+    # tensor's scores at once, so the step is scored one tensor at a time from a sampled cut.
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 2000)
+    g = torch.Generator().manual_seed(2)
+    scores = {"big": torch.rand(300, 100, generator=g), "small": torch.rand(20, 10, generator=g)}
+    masks = {n: torch.rand(s.shape, generator=g) > 0.95 for n, s in scores.items()}
+    inputs = ScoreInputs(scores, masks, generator=torch.Generator().manual_seed(0), target_sparsity=0.98)
+    assert sum(inputs.kept.values()) < 2000 < sum(m.numel() for m in masks.values())
+    calls: list[str] = []
+
+    def one_at_a_time(name: str) -> torch.Tensor:
+        calls.append(name)
+        return scores[name]
+
+    removed = steps.step_masks(one_at_a_time, inputs)
+    assert sorted(calls) == ["big", "big", "small", "small"]  # the cut, then the masks: never all at once
+    exact = select_masks(scores, masks, 0.98, min_density=inputs.min_density)
+    exact_removed = sum(int((m & ~exact[n]).sum()) for n, m in masks.items())
+    assert abs(sum(int(r.sum()) for r in removed.values()) - exact_removed) <= 0.02 * exact_removed
