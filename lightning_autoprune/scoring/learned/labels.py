@@ -124,7 +124,7 @@ def frontier_groups(
         min(len(bands[n]) / kept[n] for n in names) / (2 * bins),
     )
     per_tensor = _spread(budget, len(names))
-    groups: list[Group] = []
+    plan: list[tuple[str, Tensor, int, int]] = []  # (tensor, bin members, stratum, group size), one per group
     for name, count in zip(names, per_tensor, strict=True):
         band = bands[name]
         group_size = max(1, round(group_fraction * kept[name]))
@@ -132,12 +132,21 @@ def frontier_groups(
         per_bin = _spread(count, bins)
         for stratum in range(bins):
             members = band[edges[stratum] : edges[stratum + 1]]
-            if len(members) == 0:
-                continue
-            size = min(group_size, len(members))
-            for _ in range(per_bin[stratum]):
-                pick = torch.randperm(len(members), generator=generator)[:size]
-                groups.append(Group(name, members[pick.to(members.device)].sort().values, stratum))
+            if len(members):
+                plan += [(name, members, stratum, min(group_size, len(members)))] * per_bin[stratum]
+    if not plan:
+        return []
+    # Every group's indices are slices of one buffer: one allocation, returned whole when the
+    # groups are freed, where a small tensor per group would stay in the allocator's heap.
+    buffer = torch.empty(sum(size for *_, size in plan), dtype=plan[0][1].dtype, device=plan[0][1].device)
+    groups: list[Group] = []
+    start = 0
+    for name, members, stratum, size in plan:
+        pick = torch.randperm(len(members), generator=generator)[:size]
+        index = buffer[start : start + size]
+        index.copy_(members[pick.to(members.device)].sort().values)
+        groups.append(Group(name, index, stratum))
+        start += size
     return groups
 
 

@@ -74,9 +74,10 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_
 LABEL_PRIOR = "taylor"
 #: Candidate weights of the learned rank in the blend with the best prior.
 BLEND_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Rows predicted at once (bounds the memory of one chunk of the feature table: about 6 MB of
-#: float32 rows, and the estimator's own copy).
-CHUNK_ROWS = 1 << 16
+#: Rows predicted at once (bounds the memory of one chunk of the feature table: about 1.4 MB of
+#: float32 rows, the estimator's float64 copy and its temporaries; at 65536 rows these were the
+#: peak of an event on a 1M-weight model, 10 MB more, and prediction was no faster).
+CHUNK_ROWS = 1 << 14
 #: The estimator re-ranks each tensor's frontier band (see
 #: :func:`~lightning_autoprune.scoring.learned.priors.frontier_bands`): while it fits in
 #: :data:`MAX_PREDICTED_ROWS`, the lowest-scoring kept weights under the prior, ``WINDOW`` times
