@@ -210,6 +210,7 @@ class FeatureTable:
         # recompute the sort behind the percentile and LAMP columns; only one tensor is held.
         if self._cache is not None and self._cache[0] == name:
             return self._cache[1]
+        self._cache = None  # the previous tensor's quantities go before this one's are built
         layer = self._build_layer(name)
         self._cache = (name, layer)
         return layer

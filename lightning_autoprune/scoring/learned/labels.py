@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -47,19 +47,64 @@ AblationProgress = Callable[[int, int, float], None]
 MAX_GROUP_SIZE = 65536
 
 
-@dataclass(frozen=True)
 class Group:
     """One ablation: flat entries of one tensor.
 
-    Attributes:
+    Args:
         name: the tensor's parameter name.
-        index: flat indices of the weights the ablation zeroes (all currently kept).
+        index: flat indices of the weights the ablation zeroes (all currently kept), or a
+            :class:`Draw` that draws them again, the same ones, at each access of :attr:`index`
+            (:func:`frontier_groups`' groups, so that an event never holds every group's indices).
         stratum: the score bin it was drawn from (0 = lowest prior scores).
+
+    Example:
+        >>> group = Group("w", torch.tensor([3, 5]), 1)
+        >>> group.name, group.index.tolist(), group.stratum, group.size
+        ('w', [3, 5], 1, 2)
     """
 
-    name: str
-    index: Tensor
-    stratum: int
+    __slots__ = ("_index", "name", "size", "stratum")
+
+    def __init__(self, name: str, index: Tensor | Draw, stratum: int) -> None:
+        self.name = name
+        self.stratum = stratum
+        self._index = index
+        #: How many weights the ablation zeroes.
+        self.size = index.size if isinstance(index, Draw) else len(index)
+
+    @property
+    def index(self) -> Tensor:
+        """The flat indices, ascending (a :class:`Draw` draws them again at every access)."""
+        return self._index() if isinstance(self._index, Draw) else self._index
+
+
+class Draw:
+    """``size`` of ``members``, drawn at random from a saved generator state: the same draw every call.
+
+    Args:
+        members: the candidates (a view of a frontier band).
+        size: how many to draw.
+        generator: advanced past the draw, as one ``randperm(len(members))`` would.
+
+    Example:
+        >>> draw = Draw(torch.arange(10, 20), 3, torch.Generator().manual_seed(0))
+        >>> torch.equal(draw(), draw()), len(draw())
+        (True, 3)
+    """
+
+    __slots__ = ("_state", "members", "size")
+
+    def __init__(self, members: Tensor, size: int, generator: torch.Generator) -> None:
+        self.members, self.size = members, size
+        self._state = generator.get_state()
+        torch.randperm(len(members), generator=generator)  # the shared generator moves on as if drawn here
+
+    def __call__(self) -> Tensor:
+        """The drawn entries of :attr:`members`, ascending."""
+        generator = torch.Generator()
+        generator.set_state(self._state)
+        pick = torch.randperm(len(self.members), generator=generator)[: self.size]
+        return self.members[pick.to(self.members.device)].sort().values
 
 
 def step_size(masks: Mapping[str, Tensor], target_sparsity: float) -> int:
@@ -134,20 +179,9 @@ def frontier_groups(
             members = band[edges[stratum] : edges[stratum + 1]]
             if len(members):
                 plan += [(name, members, stratum, min(group_size, len(members)))] * per_bin[stratum]
-    if not plan:
-        return []
-    # Every group's indices are slices of one buffer: one allocation, returned whole when the
-    # groups are freed, where a small tensor per group would stay in the allocator's heap.
-    buffer = torch.empty(sum(size for *_, size in plan), dtype=plan[0][1].dtype, device=plan[0][1].device)
-    groups: list[Group] = []
-    start = 0
-    for name, members, stratum, size in plan:
-        pick = torch.randperm(len(members), generator=generator)[:size]
-        index = buffer[start : start + size]
-        index.copy_(members[pick.to(members.device)].sort().values)
-        groups.append(Group(name, index, stratum))
-        start += size
-    return groups
+    # Each group keeps its draw, not its indices: 128 groups of a large model's frontier would
+    # hold 13 MB of int64 indices through the event, and each is needed only a few times.
+    return [Group(name, Draw(members, size, generator), stratum) for name, members, stratum, size in plan]
 
 
 def _spread(total: int, parts: int) -> list[int]:
@@ -261,13 +295,34 @@ def ablation_labels(
         >>> p["w"].tolist()
         [1.0, 2.0, 3.0]
     """
-    ablations = []
-    for group in groups:
-        flat = params[group.name].data.view(-1)
-        ablations.append([(flat, group.index.to(flat.device))])
     touched = [(group.name,) for group in groups]
-    deltas = measure_ablations(ablations, loss_fn, progress, every, replay=replay, touched=touched, flat=True)
-    return deltas / np.array([len(group.index) for group in groups], dtype=np.int64)
+    deltas = measure_ablations(
+        _Ablations(groups, params), loss_fn, progress, every, replay=replay, touched=touched, flat=True
+    )
+    return deltas / np.array([group.size for group in groups], dtype=np.int64)
+
+
+class _Ablations(Sequence[Ablation]):
+    """The ablation of each group, its indices drawn when it is measured (see :class:`Draw`)."""
+
+    def __init__(self, groups: Sequence[Group], params: Mapping[str, Tensor]) -> None:
+        self.groups, self.params = groups, params
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @overload
+    def __getitem__(self, i: int) -> Ablation: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Ablation]: ...
+
+    def __getitem__(self, i: int | slice) -> Ablation | list[Ablation]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        group = self.groups[i]
+        flat = self.params[group.name].data.view(-1)
+        return [(flat, group.index.to(flat.device))]
 
 
 def frontier_units(

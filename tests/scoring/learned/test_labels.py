@@ -8,6 +8,7 @@ from torch import nn
 from lightning_autoprune.core import calibration
 from lightning_autoprune.core.replay import DELTA_MIN_INPUTS, LayerReplay
 from lightning_autoprune.scoring import ScoreInputs
+from lightning_autoprune.scoring.learned import labels
 from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, frontier_groups, step_size
 from lightning_autoprune.scoring.learned.priors import PriorScores, frontier_bands
 
@@ -59,6 +60,28 @@ def test_frontier_groups_are_reproducible_from_the_generator() -> None:
     assert frontier_groups(bands, masks, 0.0, 8, torch.Generator()) == []
     with pytest.raises(ValueError, match="`label_groups` must be >= 1, got 0"):
         frontier_groups(bands, masks, 0.5, 0, torch.Generator())
+
+
+def test_a_drawn_group_gives_the_same_indices_at_every_access_and_moves_the_generator_on() -> None:
+    # Groups keep their draw, not their indices (an event never holds every group's indices):
+    # each access gives the same sorted, kept, in-band entries, and the shared generator ends
+    # where one randperm per group leaves it, so later draws of the event are unchanged.
+    prior = {"a": torch.rand(300, generator=torch.Generator().manual_seed(1))}
+    masks = {"a": torch.ones(300, dtype=torch.bool)}
+    bands = bands_of(prior, masks, 0.5)
+    generator = torch.Generator().manual_seed(3)
+    groups = frontier_groups(bands, masks, 0.5, 8, generator, bins=2)
+    replayed = torch.Generator().manual_seed(3)
+    edges = torch.linspace(0, len(bands["a"]), 3).round().long().tolist()
+    for group in groups:
+        members = bands["a"][edges[group.stratum] : edges[group.stratum + 1]]
+        eager = members[torch.randperm(len(members), generator=replayed)[: group.size]].sort().values
+        assert torch.equal(group.index, eager)
+        assert torch.equal(group.index, group.index)
+    assert torch.equal(generator.get_state(), replayed.get_state())
+    params = {"a": prior["a"].clone()}
+    ablations = labels._Ablations(groups, params)
+    assert [positions.tolist() for ((_, positions),) in ablations[2:4]] == [g.index.tolist() for g in groups[2:4]]
 
 
 def test_labels_reproduce_a_direct_ablation() -> None:
