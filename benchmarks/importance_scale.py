@@ -3,12 +3,14 @@
 A stack of five ``Linear(d, d)`` layers (d = 448, 1000, 2240: 1.0M, 5.0M and 25.1M weights; 100 MB
 in float32 at the largest), with trained-like weights (Kaiming-scaled normal), calibration
 gradient statistics and activation norms of plausible size, and a calibration loss on a batch of
-512 random inputs. Three events are timed per size on 2 CPU threads, each from the masks of the
-previous step: 0 -> 0.5 (the first, largest step), 0.8 -> 0.9 and 0.95 -> 0.98. For each: wall
-time of the whole event (features + labels + fit + scoring + selection), the part of it spent in
-the model's forward passes (ablations and candidate steps), the rest (the scorer's own work), and
-the peak extra resident memory over the process before the event (the kernel's ``VmHWM``, reset
-just before the event through ``/proc/self/clear_refs``).
+512 random inputs. Four events are timed per size on 2 CPU threads, each from the masks of the
+previous step: 0 -> 0.5 (the first, largest step), 0.8 -> 0.9, 0.95 -> 0.98 and 0.97 -> 0.99 (at
+5M and 25M weights fewer than a million are kept there: it checks that a large model at high
+sparsity stays on the sampled paths, :func:`~lightning_autoprune.scoring.learned.priors.exact_cuts`).
+For each: wall time of the whole event (features + labels + fit + scoring + selection), the part
+of it spent in the model's forward passes (ablations and candidate steps), the rest (the scorer's
+own work), and the peak extra resident memory over the process before the event (the kernel's
+``VmHWM``, reset just before the event through ``/proc/self/clear_refs``).
 
 Each event runs ``REPEATS`` times for its time and ``REPEATS`` times for its memory, each time in
 a fresh process that first runs three forward and backward passes of the model, as the training
@@ -59,7 +61,7 @@ from lightning_autoprune.scoring.learned import LearnedScorer
 RESULTS = Path(__file__).resolve().parent / "results" / "importance_scale.json"
 WIDTHS = (448, 1000, 2240)
 LAYERS = 5
-EVENTS = ((0.0, 0.5), (0.8, 0.9), (0.95, 0.98))
+EVENTS = ((0.0, 0.5), (0.8, 0.9), (0.95, 0.98), (0.97, 0.99))
 #: Fresh-process readings per event; the table gives their medians.
 REPEATS = 3
 #: The times of a reading whose median the table gives.
