@@ -108,7 +108,8 @@ class EventPipeline:
         ``generator`` (the callback's, seeded) draws the calibration batches and random scores.
 
         In the automatic mode (``search``), the scores are kept with the search, and after a
-        rollback the scores of the restored state are reused instead of computed again.
+        rollback the next step reuses them instead of scoring again (see
+        :class:`~lightning_autoprune.control.controller.ToleranceSearch`).
         """
         weights = self.engine.weights
         if _skip_non_finite(weights, epoch, "tensor"):
@@ -117,8 +118,8 @@ class EventPipeline:
             search.reuse_scores = False
             if self.say is not None:
                 self.say(
-                    "[AutoPrune] reusing the scores of the rolled-back step: the rollback restored the weights they "
-                    "were computed from."
+                    "[AutoPrune] reusing the scores of the rolled-back step: this smaller step removes the "
+                    "lowest-ranked part of what it removed."
                 )
             return self.select(access, search.scores, target)
         if search is not None:

@@ -140,10 +140,11 @@ class Verdict:
 
     Attributes:
         roll_back: restore this snapshot (weights, optimizers, masks): the pending step broke the tolerance.
-        keep_training: undo only the step's pruning: install the snapshot's masks and give the weights
-            the step removed their snapshot values, keeping every other weight and the optimizers as
-            trained since. Set while the reference follows a dense trend: the dense model would have
-            kept improving over those epochs, and restoring the snapshot whole would throw that away.
+        keep_training: undo only the step's pruning: install the snapshot's masks and bring the weights
+            the step removed back at zero (with zeroed optimizer buffers), keeping every other weight
+            and the optimizers as trained since. Set while the reference follows a dense trend: the
+            dense model would have kept improving over those epochs, and restoring the snapshot whole
+            would throw that away.
     """
 
     roll_back: dict[str, Any] | None = None
@@ -176,7 +177,8 @@ class ToleranceSearch:
 
     Pure decisions live in :mod:`~lightning_autoprune.control.search`; this class holds the state
     between hooks: the search, the rollback snapshot, the latest in-tolerance state and the scores
-    of the latest step (reused after a rollback, since the restored state is the one they scored).
+    of the latest step (reused by the smaller step after a rollback: it then removes the lowest
+    ranked part of what the broken step removed).
 
     The dense phase ends at the plateau of the monitored metric (``wait_for_plateau``), or before
     the window's first epoch when the caller fixed it; a metric still improving ``ROOM_EPOCHS``
@@ -334,9 +336,12 @@ class ToleranceSearch:
                 keep_training = self.regrow and decided.reference_rule == "trend"
                 if not keep_training:
                     self.best_final = self.snapshot
-                # A whole rollback restores exactly the state the broken step was scored at, so the next
-                # (smaller) step ranks with the same scores instead of scoring one state twice.
-                self.reuse_scores = not decided.done and not keep_training
+                # The next, smaller step ranks with the broken step's scores and so removes the lowest
+                # ranked part of what that step removed. A whole rollback restores exactly the state they
+                # were computed at. A regrowth brings the step's removals back at zero, where every
+                # formula scores them alike: scored again, their ties went by position, and on the
+                # language model the next step took them all from the last tensors.
+                self.reuse_scores = not decided.done
                 return Verdict(roll_back=self.snapshot, keep_training=keep_training)
         reference = search.reference_at(self.state, epoch)
         if (

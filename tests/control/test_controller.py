@@ -220,7 +220,7 @@ def test_under_a_dense_trend_a_rollback_keeps_the_training_and_judges_by_the_mov
     assert decision["reference"] > 0.93, "judged against where the dense model would be at epoch 5"
     assert verdict.roll_back is not None
     assert verdict.keep_training, "the dense model would have kept learning: only the step is undone"
-    assert not search.reuse_scores, "the state after the rollback is not the one the step was scored at"
+    assert search.reuse_scores, "the regrown weights are back at zero: the broken step's scores still rank them"
     # At fit end a state judged against an earlier, lower reference is not brought back if it is worse.
     search.best_final = {"epoch": 3, "value": 0.89}
     search.on_validation(Observation(0.91, 9, "max", "val_acc", 5000), pruned=True)
