@@ -23,16 +23,19 @@ default, freed blocks stay cached in the heap and the mark also counts what the 
 The table gives the median of each figure and the results file every reading.
 
 The event measures ``label_groups=128`` ablations plus one pass per candidate step
-(``label_budget=None``). That is what the default 5% budget pays for once a fit has seen about
-1.4M training samples (128 + 7 passes of 512 samples): one epoch of an ImageNet-sized dataset, the
-kind of data a 25M-weight model trains on. The ablation passes go through
+(``label_budget=None``), the steps on 512 held-out samples and the ablations on as many of them as
+an event's ablations use at that size (:func:`lightning_autoprune.event.ablation_samples`: all 512
+at 1M weights, the first 256 at 5M and 25M). That is what the default 5% budget pays for once a
+fit has seen about 1.4M training samples at 1M weights (134 passes of 512 samples) and 0.7M at 5M
+and 25M (129 of 256 and 5 of 512): less than one epoch of an ImageNet-sized dataset, the kind of
+data a 25M-weight model trains on. The ablation passes go through
 :class:`lightning_autoprune.core.replay.LayerReplay`, as an event's do: the layers before the
 ablated one are not run again, and the ablated layer itself (every layer here has at least
 :data:`~lightning_autoprune.core.replay.DELTA_MIN_INPUTS` inputs) returns its recorded output
 less the zeroed entries' share (``corrected_layer_calls``; that product is counted in the rest of
 the event, not in the forward passes). The same events are also timed with every ablation pass
-running every layer (``*_full_passes``), side by side in one run. The forward passes are the synthetic
-model's; the rest of the event is the scorer's own cost.
+running every layer on the same samples (``*_full_passes``), side by side in one run. The forward
+passes are the synthetic model's; the rest of the event is the scorer's own cost.
 
 Usage::
 
@@ -54,7 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_autoprune.core import calibration, selection
-from lightning_autoprune.core.replay import LayerReplay
+from lightning_autoprune.core.replay import REPLAY_BYTES, LayerReplay
+from lightning_autoprune.event import ablation_samples
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.learned import LearnedScorer
 
@@ -136,7 +140,11 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
     def loss() -> float:
         return calibration.mean_loss(batch_loss, batches)
 
-    replay = LayerReplay(net, batch_loss, batches, params)
+    weights = sum(p.numel() for p in params.values())
+    ablated = ablation_samples(512, weights)  # what an event's ablations run on at this size
+    # Without replay every ablation pass runs every layer, on the same samples (nothing recorded).
+    kept_bytes = REPLAY_BYTES if replay_layers else 0
+    replay = LayerReplay(net, batch_loss, calibration.first_samples(batches, ablated), params, max_bytes=kept_bytes)
 
     grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
     inputs = ScoreInputs(
@@ -151,7 +159,8 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
         output_norms={n: torch.rand(width) + 0.5 for n in params},
         params={n: p.data for n, p in params.items()},
         loss_fn=loss,
-        ablation_loss=replay if replay_layers else None,
+        ablation_loss=replay,
+        ablation_samples=ablated,
     )
     scorer = LearnedScorer(label_budget=None)  # 128 ablations: what a large fit's 5% budget pays for (docstring)
     weights_mb = sum(p.numel() for p in params.values()) * 4 / 2**20

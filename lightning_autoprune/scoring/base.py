@@ -89,9 +89,11 @@ class ScoreInputs:
         trained_samples: training samples the fit has seen before this event (every epoch so
             far), for scorers whose measurements are budgeted against training; ``None``: unknown.
         loss_samples: calibration samples one call of ``loss_fn`` evaluates; ``None``: unknown.
-        ablation_loss: the same loss as ``loss_fn``, for passes that change only a few tensors
-            from a recorded state (ablations): it skips the layers that run before them.
-            ``None``: ablations call ``loss_fn``.
+        ablation_loss: the loss of ``loss_fn`` on its first ``ablation_samples`` samples, for passes
+            that change only a few tensors from a recorded state (ablations): it skips the layers
+            that run before them. ``None``: ablations call ``loss_fn``.
+        ablation_samples: calibration samples one call of ``ablation_loss`` evaluates; ``None``: as
+            many as ``loss_fn`` (``loss_samples``).
         probe_fn: ``probe_fn(n, start=0)`` is the loss of a whole step: like ``loss_fn`` on (at
             most) ``n`` of its samples from ``start`` on, the same ones at every call, with
             BatchNorm layers using each batch's statistics (the loss after they are
@@ -126,6 +128,7 @@ class ScoreInputs:
     trained_samples: int | None = None
     loss_samples: int | None = None
     ablation_loss: AblationLoss | None = None
+    ablation_samples: int | None = None
     probe_fn: Callable[..., Callable[[], float]] | None = None
     transposed: Set[str] = frozenset()
 

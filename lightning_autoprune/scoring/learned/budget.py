@@ -2,9 +2,10 @@
 
 Every measurement the learned scorer makes (a group ablation, the base loss, a candidate step)
 is one call of the calibration loss, a forward pass over ``loss_samples`` held-out training
-samples. :class:`LabelBudget` keeps their total, in samples, at most ``share`` of the samples the
-fit has trained on before the event, so the scorer's cost grows with training and not with the
-number of pruning events: what an event does not spend is left to the next ones.
+samples (a group ablation's over ``ablation_samples`` of them, fewer on a large model).
+:class:`LabelBudget` keeps their total, in samples, at most ``share`` of the samples the fit has
+trained on before the event, so the scorer's cost grows with training and not with the number of
+pruning events: what an event does not spend is left to the next ones.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class LabelBudget:
     def counted(self, inputs: ScoreInputs) -> ScoreInputs:
         """``inputs`` whose ``loss_fn``, ablation passes and probes add their samples to :attr:`spent_samples`.
 
-        An ablation pass counts its samples in full, although it runs only the layers from the
-        ablated tensor on: the budget, and with it every choice it leads to, does not depend on
+        An ablation pass counts its samples (``ablation_samples``) in full, although it runs only
+        the layers from the ablated tensor on: the budget, and with it every choice it leads to, does not depend on
         how much of a pass was replayed.
         """
         loss_fn, probe_fn, replay = inputs.loss_fn, inputs.probe_fn, inputs.ablation_loss
@@ -68,7 +69,8 @@ class LabelBudget:
         cost = inputs.loss_samples or 0
         changes: dict[str, Any] = {"loss_fn": self._counting(loss_fn, cost)}
         if replay is not None:
-            changes["ablation_loss"] = _CountedReplay(replay, self, cost)
+            ablation_cost = inputs.ablation_samples if inputs.ablation_samples is not None else cost
+            changes["ablation_loss"] = _CountedReplay(replay, self, ablation_cost)
         if probe_fn is not None:
 
             def counted_probe(count: int, start: int = 0) -> Callable[[], float]:

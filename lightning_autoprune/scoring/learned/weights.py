@@ -220,9 +220,13 @@ class LearnedScorer:
         priors = PriorScores(inputs)
         if inputs.params is None or inputs.loss_fn is None or step_size(inputs.masks, inputs.target_sparsity) == 0:
             return priors.full("lamp")
-        allowed = self.budget.calls_allowed(inputs)
+        allowed, left = self.budget.calls_allowed(inputs), self.budget.samples_left(inputs)
         inputs = self.budget.counted(inputs)
-        affordable = self.label_groups if allowed is None else min(self.label_groups, allowed - 1 - STEP_CANDIDATES)
+        affordable = self.label_groups
+        if allowed is not None and left is not None and inputs.loss_samples:
+            # the candidate steps on every held-out sample, the base pass and the groups on the ablations' share
+            ablation = inputs.ablation_samples or inputs.loss_samples
+            affordable = min(affordable, (left - STEP_CANDIDATES * inputs.loss_samples) // ablation - 1)
         if affordable < MIN_LABEL_GROUPS:
             return self._score_unlabelled(priors, inputs, allowed)
         labelled = self._label_and_judge(priors, inputs, affordable)

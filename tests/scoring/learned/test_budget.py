@@ -49,6 +49,21 @@ def test_a_replayed_ablation_pass_costs_the_full_samples() -> None:
     assert budget.spent_samples == 20
 
 
+def test_an_ablation_pass_on_fewer_samples_costs_those_samples() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    batches = [torch.randn(4, 3)]  # the first 4 of the loss's 10 samples, as a large model's ablations run
+    replay = LayerReplay(net, lambda b, i: net(b).sum(), batches, {"1.weight": cast(torch.nn.Linear, net[1]).weight})
+    budget = LabelBudget(0.1)
+    inputs = ScoreInputs({}, {}, loss_samples=10, loss_fn=lambda: 0.0, ablation_loss=replay, ablation_samples=4)
+    counted = budget.counted(inputs)
+    assert counted.ablation_loss is not None
+    assert counted.loss_fn is not None
+    counted.ablation_loss.record()
+    counted.ablation_loss.changing(["1.weight"])
+    counted.loss_fn()
+    assert budget.spent_samples == 4 + 4 + 10
+
+
 def test_unknown_sizes_or_no_share_mean_no_limit() -> None:
     assert LabelBudget(None).calls_allowed(ScoreInputs({}, {}, trained_samples=10, loss_samples=1)) is None
     assert LabelBudget(0.05).calls_allowed(ScoreInputs({}, {}, loss_samples=1)) is None

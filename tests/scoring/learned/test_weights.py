@@ -14,6 +14,7 @@ from sklearn.linear_model import Ridge
 from torch import nn
 
 from lightning_autoprune import AutoPrune
+from lightning_autoprune.core.replay import LayerReplay
 from lightning_autoprune.examples import DigitsDataModule, MLPClassifier
 from lightning_autoprune.scoring import ScoreInputs, make_scorer
 from lightning_autoprune.scoring.learned import DEFAULT_MODEL_PATH, LearnedScorer
@@ -24,7 +25,7 @@ from lightning_autoprune.scoring.learned.steps import step_collapses, step_loss
 from lightning_autoprune.scoring.learned.weights import STEP_PRIORS
 
 
-def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
+def real_inputs(seed: int = 0, sparsity: float = 0.5, ablation_samples: int | None = None) -> ScoreInputs:
     """Scorer inputs from a real (briefly trained) network on real digits, with a held-out calibration loss."""
     from sklearn.datasets import load_digits
 
@@ -56,6 +57,10 @@ def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
         with torch.no_grad():
             return float(nn.functional.cross_entropy(net(x[400:]), y[400:]).double())
 
+    replay = None
+    if ablation_samples is not None:  # ablations on the first held-out samples, as a large model's event runs them
+        held_out = [(x[400 : 400 + ablation_samples], y[400 : 400 + ablation_samples])]
+        replay = LayerReplay(net, lambda b, i: nn.functional.cross_entropy(net(b[0]), b[1]), held_out, params)
     return ScoreInputs(
         weights={n: p.detach() for n, p in params.items()},
         masks={n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()},
@@ -66,6 +71,8 @@ def real_inputs(seed: int = 0, sparsity: float = 0.5) -> ScoreInputs:
         progress=0.5,
         params={n: p.data for n, p in params.items()},
         loss_fn=loss,
+        ablation_loss=replay,
+        ablation_samples=ablation_samples,
     )
 
 
@@ -132,9 +139,9 @@ def test_the_step_with_the_lowest_calibration_loss_is_applied() -> None:
     assert step_loss(scores, inputs) == pytest.approx(entry["step_losses"][entry["used"]], rel=1e-12)
 
 
-def budgeted_inputs(trained_samples: int) -> ScoreInputs:
+def budgeted_inputs(trained_samples: int, ablation_samples: int | None = None) -> ScoreInputs:
     """:func:`real_inputs` with a 200-sample calibration loss, its probes, and a training count for the budget."""
-    inputs = real_inputs()
+    inputs = real_inputs(ablation_samples=ablation_samples)
     assert inputs.params is not None
     torch.manual_seed(1)
     x, y = torch.randn(200, 64).abs(), torch.randint(0, 10, (200,))
@@ -169,6 +176,21 @@ def test_an_event_the_budget_cannot_label_measures_steps_on_a_probe() -> None:
     assert scorer.budget.spent_samples == 5 * 160 <= 800
     assert scorer.last_used == step["used"]
     assert all(torch.isfinite(s).all() for s in scores.values())
+
+
+@pytest.mark.parametrize("ablation_samples", [None, 100])
+def test_ablations_on_fewer_samples_cost_less_of_the_budget(ablation_samples: int | None) -> None:
+    """5% of 60,000 samples pays 3,000: 5 steps of 200 and 20 ablation passes of 100, not of 200."""
+    scorer = LearnedScorer(label_groups=32)
+    inputs = budgeted_inputs(trained_samples=60_000, ablation_samples=ablation_samples)
+    if ablation_samples is None:  # 15 passes of 200: short of the 22 that labelling needs
+        with pytest.warns(UserWarning, match=r"allows 15 passes of 200 samples .* labelling needs 22"):
+            scorer.score(inputs)
+        assert scorer.diagnostics == []
+    else:
+        scorer.score(inputs)  # the base pass and 19 groups on 100 samples, the candidate steps on all 200
+        assert scorer.diagnostics[-1]["groups"] == 19
+        assert scorer.budget.spent_samples == 20 * 100 + 5 * 200
 
 
 def test_an_event_too_poor_to_probe_repeats_the_last_choice() -> None:
