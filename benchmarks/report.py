@@ -640,8 +640,10 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
         "## Scale of one learned event",
         "",
         f"`python -m benchmarks.importance_scale`: {payload['model']}, {payload['threads']} CPU threads, "
-        "128 group ablations and the candidate steps, each measured with one forward pass of 512 calibration "
-        "samples (`label_budget=None`); an ablation pass runs only the layers after the ablated one "
+        "128 group ablations and the candidate steps (`label_budget=None`), each measured with one forward pass: "
+        "a candidate step on the 512 held-out calibration samples, an ablation on all of them at 1M weights and "
+        "on the first 256 above 2^20 weights, as an event's ablations run (`lightning_autoprune.event."
+        "ablation_samples`); an ablation pass runs only the layers after the ablated one "
         "(`LayerReplay`: the earlier layers replay their recorded outputs, and the ablated layer returns its "
         "recorded output less the zeroed entries' share, a sparse product counted in the own work). "
         "Each figure is the median of "
