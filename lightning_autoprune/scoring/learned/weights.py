@@ -343,6 +343,13 @@ class LearnedScorer:
             self._log_step(inputs, used, 0, {}, 0.0, collapsing)
         if not self._told_budget:
             self._told_budget = True
+            ablation = inputs.ablation_samples or inputs.loss_samples
+            needs = (
+                f"{1 + MIN_LABEL_GROUPS + STEP_CANDIDATES}"
+                if ablation == inputs.loss_samples
+                else f"{1 + MIN_LABEL_GROUPS} passes of {ablation} samples and {STEP_CANDIDATES} of "
+                f"{inputs.loss_samples}"
+            )
             how = (
                 f"the candidate step with the lowest calibration loss on {samples} samples"
                 if measure is not None
@@ -352,7 +359,7 @@ class LearnedScorer:
                 f"the label budget (label_budget={self.budget.share}: the learned importance's calibration forward "
                 f"passes may cost that share of the {inputs.trained_samples} training samples so far) allows "
                 f"{allowed} passes of {inputs.loss_samples} samples at sparsity {inputs.target_sparsity:.4f}; "
-                f"labelling needs {1 + MIN_LABEL_GROUPS + STEP_CANDIDATES}. This event used {used!r} ({how}). "
+                f"labelling needs {needs}. This event used {used!r} ({how}). "
                 "Later events label once the budget has grown; raise `label_budget` to label at every event.",
                 stacklevel=3,
             )

@@ -193,6 +193,16 @@ def test_ablations_on_fewer_samples_cost_less_of_the_budget(ablation_samples: in
         assert scorer.budget.spent_samples == 20 * 100 + 5 * 200
 
 
+def test_the_budget_warning_counts_cheaper_ablations_at_their_samples() -> None:
+    scorer = LearnedScorer(label_groups=32)
+    inputs = budgeted_inputs(trained_samples=16_000, ablation_samples=100)  # pays 800: 4 passes of 200
+    with pytest.warns(
+        UserWarning, match=r"allows 4 passes of 200 samples .* labelling needs 17 passes of 100 samples and 5 of 200\."
+    ):
+        scorer.score(inputs)
+    assert scorer.diagnostics == []
+
+
 def test_an_event_too_poor_to_probe_repeats_the_last_choice() -> None:
     scorer = LearnedScorer(label_groups=32)
     inputs = budgeted_inputs(trained_samples=2_000)  # pays 100 samples: 20 per candidate, under the minimum of 64
