@@ -100,7 +100,8 @@ class AutoPrune(Callback):
             ``sklearn.ensemble.HistGradientBoostingRegressor``). ``None``: start from the shipped
             pretrained importance model and refine it during the run.
         label_groups: ``importance="learned"`` only: the most group ablations measured per pruning
-            event (each is one forward pass over ``calibration_samples`` held-out training samples).
+            event (each is one forward pass over ``calibration_samples`` held-out training samples,
+            over the first half of them on a model of more than 2^20 prunable weights).
         label_budget: ``importance="learned"`` only: the most its calibration forward passes
             (ablations and candidate steps) may cost, as a share of the training samples seen
             before each event; ``0.05`` keeps the learned scorer's measurements within about 5%
