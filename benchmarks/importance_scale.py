@@ -163,7 +163,7 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
         ablation_samples=ablated,
     )
     scorer = LearnedScorer(label_budget=None)  # 128 ablations: what a large fit's 5% budget pays for (docstring)
-    weights_mb = sum(p.numel() for p in params.values()) * 4 / 2**20
+    weights_mb = weights * 4 / 2**20
     _as_after_training(net, batches)
     _reset_peak()
     baseline = _status_mb("VmRSS")
@@ -180,7 +180,7 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
             "sparsity_before": before,
             "sparsity_after": after,
             "reached": 1 - kept / sum(m.numel() for m in new_masks.values()),
-            "prunable_weights": sum(p.numel() for p in params.values()),
+            "prunable_weights": weights,
             "weights_mb": weights_mb,
             "event_seconds": total,
             "score_seconds": scored,

@@ -46,7 +46,7 @@ def ablation_samples(held_out: int, prunable_weights: int) -> int:
 
     All of them on a model of at most :data:`HALF_ABLATIONS_ABOVE` prunable weights; the first half
     (at least one) on a larger one, where the ablation passes are most of an event's time (on 2 CPU
-    threads, 8 of the 12 s of a 25M-weight event) and halving them brings it under 10 s. The cost in
+    threads, 8 of the 12 s of a 25M-weight event with 512; 4.9-6.4 of 8.2-11.5 s with 256). The cost in
     precision was measured on the protocol's MNIST-1D models with every ablation on 256 of the 512
     samples (unbudgeted, 98%, 10 seeds): the MLP 0.58 and 0.53 points lower on the mean (two draws
     of the calibration samples; not significant), the CNN 1.77 and 0.47 higher, each smaller than

@@ -132,6 +132,18 @@ class ScoreInputs:
     probe_fn: Callable[..., Callable[[], float]] | None = None
     transposed: Set[str] = frozenset()
 
+    @property
+    def samples_per_ablation(self) -> int | None:
+        """Calibration samples one ablation pass evaluates: ``ablation_samples``, else ``loss_samples``.
+
+        Example:
+            >>> ScoreInputs({}, {}, loss_samples=512).samples_per_ablation
+            512
+            >>> ScoreInputs({}, {}, loss_samples=512, ablation_samples=256).samples_per_ablation
+            256
+        """
+        return self.ablation_samples if self.ablation_samples is not None else self.loss_samples
+
     @functools.cached_property
     def kept(self) -> dict[str, int]:
         """Weights still kept per tensor, counted once (the masks do not change during an event).

@@ -50,6 +50,23 @@ class LabelBudget:
             return None
         return left // inputs.loss_samples
 
+    def ablations_allowed(self, inputs: ScoreInputs, step_passes: int) -> int | None:
+        """Ablation passes this event may make besides ``step_passes`` passes over every held-out sample.
+
+        An ablation pass costs ``inputs.samples_per_ablation``, a step pass ``inputs.loss_samples``.
+        ``None`` when unlimited or the sizes are unknown; negative when the steps alone cost more.
+
+        Example:
+            >>> budget = LabelBudget(0.05)
+            >>> inputs = ScoreInputs({}, {}, trained_samples=60_000, loss_samples=200, ablation_samples=100)
+            >>> budget.ablations_allowed(inputs, 5)  # 3,000 samples: 5 steps of 200, then passes of 100
+            20
+        """
+        left, per_ablation = self.samples_left(inputs), inputs.samples_per_ablation
+        if left is None or not inputs.loss_samples or not per_ablation:
+            return None
+        return (left - step_passes * inputs.loss_samples) // per_ablation
+
     def samples_left(self, inputs: ScoreInputs) -> int | None:
         """Calibration samples this event may evaluate; ``None`` when unlimited or the sizes are unknown."""
         if self.share is None or inputs.trained_samples is None or not inputs.loss_samples:
@@ -59,9 +76,9 @@ class LabelBudget:
     def counted(self, inputs: ScoreInputs) -> ScoreInputs:
         """``inputs`` whose ``loss_fn``, ablation passes and probes add their samples to :attr:`spent_samples`.
 
-        An ablation pass counts its samples (``ablation_samples``) in full, although it runs only
-        the layers from the ablated tensor on: the budget, and with it every choice it leads to, does not depend on
-        how much of a pass was replayed.
+        An ablation pass counts its samples (``samples_per_ablation``) in full, although it runs
+        only the layers from the ablated tensor on: the budget, and with it every choice it leads
+        to, does not depend on how much of a pass was replayed.
         """
         loss_fn, probe_fn, replay = inputs.loss_fn, inputs.probe_fn, inputs.ablation_loss
         if loss_fn is None:
@@ -69,8 +86,7 @@ class LabelBudget:
         cost = inputs.loss_samples or 0
         changes: dict[str, Any] = {"loss_fn": self._counting(loss_fn, cost)}
         if replay is not None:
-            ablation_cost = inputs.ablation_samples if inputs.ablation_samples is not None else cost
-            changes["ablation_loss"] = _CountedReplay(replay, self, ablation_cost)
+            changes["ablation_loss"] = _CountedReplay(replay, self, inputs.samples_per_ablation or 0)
         if probe_fn is not None:
 
             def counted_probe(count: int, start: int = 0) -> Callable[[], float]:

@@ -220,13 +220,11 @@ class LearnedScorer:
         priors = PriorScores(inputs)
         if inputs.params is None or inputs.loss_fn is None or step_size(inputs.masks, inputs.target_sparsity) == 0:
             return priors.full("lamp")
-        allowed, left = self.budget.calls_allowed(inputs), self.budget.samples_left(inputs)
+        allowed = self.budget.calls_allowed(inputs)
+        ablations = self.budget.ablations_allowed(inputs, STEP_CANDIDATES)  # besides the candidate steps
         inputs = self.budget.counted(inputs)
-        affordable = self.label_groups
-        if allowed is not None and left is not None and inputs.loss_samples:
-            # the candidate steps on every held-out sample, the base pass and the groups on the ablations' share
-            ablation = inputs.ablation_samples or inputs.loss_samples
-            affordable = min(affordable, (left - STEP_CANDIDATES * inputs.loss_samples) // ablation - 1)
+        # one ablation pass is the base loss the groups' changes are measured from
+        affordable = self.label_groups if ablations is None else min(self.label_groups, ablations - 1)
         if affordable < MIN_LABEL_GROUPS:
             return self._score_unlabelled(priors, inputs, allowed)
         labelled = self._label_and_judge(priors, inputs, affordable)
@@ -343,7 +341,7 @@ class LearnedScorer:
             self._log_step(inputs, used, 0, {}, 0.0, collapsing)
         if not self._told_budget:
             self._told_budget = True
-            ablation = inputs.ablation_samples or inputs.loss_samples
+            ablation = inputs.samples_per_ablation
             needs = (
                 f"{1 + MIN_LABEL_GROUPS + STEP_CANDIDATES}"
                 if ablation == inputs.loss_samples
