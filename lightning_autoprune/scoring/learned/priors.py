@@ -15,6 +15,7 @@ tensor. This module gives the learned scorer what it needs from the formulas in 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -228,6 +229,31 @@ class PriorScores:
         """The prior's scores of tensor ``name``, a new tensor (not cached, unlike :meth:`layer`)."""
         return self._compute(prior, name)
 
+    def tensor_at(self, prior: str, name: str, index: Tensor) -> Tensor:
+        """:meth:`tensor`'s scores at the flat entries ``index``, bit for bit, from those entries alone where it can.
+
+        It differs from :meth:`at` for LAMP only, whose :meth:`tensor` on a large model is the
+        step's scaled squares. On a 5M-entry tensor, reading a global cut's sample of a few
+        thousand entries this way skips scoring the whole tensor (about 20 ms for Taylor).
+
+        Example:
+            >>> w = {"a": torch.tensor([[1.0, -3.0], [2.0, 0.5]])}
+            >>> priors = PriorScores(ScoreInputs(w, {"a": torch.ones(2, 2, dtype=torch.bool)}))
+            >>> index = torch.tensor([3, 0])
+            >>> all(torch.equal(priors.tensor_at(p, "a", index), priors.tensor(p, "a").reshape(-1)[index])
+            ...     for p in PRIORS)
+            True
+        """
+        if prior != "lamp":
+            return self.at(prior, name, index)
+        if exact_cuts(self.inputs.masks):  # LAMP's exact scores need the whole tensor
+            full = self._compute(prior, name).reshape(-1)
+            return full[index.to(full.device)]
+        weight = self.inputs.weights[name].detach()
+        index = index.to(weight.device)
+        mask = self.inputs.masks[name].reshape(-1).to(weight.device)[index]
+        return self._step_squares(name, weight.reshape(-1)[index].float(), mask)
+
     def lamp_cuts(self) -> tuple[float, dict[str, float]]:
         """LAMP's global cut for this event's step, and each tensor's ``w**2`` at it (computed once).
 
@@ -265,6 +291,15 @@ class PriorScores:
         """Kept weights over every tensor of the event (counted once)."""
         return sum(self.inputs.kept.values())
 
+    def release(self) -> None:
+        """Drop the cached tensor's scores and sorted squares; they are computed again if asked for.
+
+        The cache holds up to about 0.4x of the largest tensor's memory (its :class:`SortedSquares`
+        and one prior's scores); an event releases it before it measures its candidate steps,
+        which read the priors through :meth:`tensor` and :meth:`tensor_at` alone.
+        """
+        self._switch("")
+
     def _switch(self, name: str) -> None:
         if name != self._name:
             self._name, self._layers, self._squares = name, {}, None
@@ -279,14 +314,7 @@ class PriorScores:
             mask = inputs.masks[name]
             if exact_cuts(inputs.masks):
                 return lamp_scores(w, mask)
-            threshold, cuts = self.lamp_cuts()
-            cut = cuts.get(name, -1.0)
-            scaled = w.pow(2)  # a new tensor, scaled in place
-            if cut > 0:  # this tensor's cut lands on the global one
-                scaled.mul_(threshold / cut)
-            else:  # the step takes none of it: every kept weight above the global cut
-                scaled.add_(2 * threshold + 1.0)
-            return scaled.masked_fill_(~mask.to(w.device), 0.0)
+            return self._step_squares(name, w, mask.to(w.device))
         if prior == "taylor":
             return taylor_scores(w, fisher)
         if prior == "taylor2":
@@ -296,6 +324,17 @@ class PriorScores:
             norms = inputs.input_rms or inputs.input_norms or {}
             return wanda_scores(w, norms.get(name), transposed=name in inputs.transposed)
         raise ValueError(f"Unknown prior {prior!r}; expected one of {', '.join(PRIORS)}.")
+
+    def _step_squares(self, name: str, w: Tensor, mask: Tensor) -> Tensor:
+        """A large model's LAMP scores of the weights ``w`` of tensor ``name``: squares scaled to the step's cut."""
+        threshold, cuts = self.lamp_cuts()
+        cut = cuts.get(name, -1.0)
+        scaled = w.pow(2)  # a new tensor, scaled in place
+        if cut > 0:  # this tensor's cut lands on the global one
+            scaled.mul_(threshold / cut)
+        else:  # the step takes none of it: every kept weight above the global cut
+            scaled.add_(2 * threshold + 1.0)
+        return scaled.masked_fill_(~mask, 0.0)
 
 
 class KeptSample:
@@ -313,7 +352,8 @@ class KeptSample:
     Example:
         >>> masks = {"a": torch.ones(100, dtype=torch.bool)}
         >>> sample = KeptSample(masks, torch.Generator().manual_seed(0))
-        >>> 40 < sample.quantile({"a": torch.arange(100.0)}.__getitem__, 0.5) < 60
+        >>> scores = {"a": torch.arange(100.0)}
+        >>> 40 < sample.quantile(lambda name, where: scores[name][where], 0.5) < 60
         True
     """
 
@@ -327,9 +367,12 @@ class KeptSample:
                 ranks = torch.randint(0, kept[name], (count,), generator=generator).sort().values
                 self.positions[name] = _kept_positions(mask.reshape(-1), ranks.to(mask.device))
 
-    def quantile(self, scores_of: Callable[[str], Tensor], quantile: float) -> float:
-        """The ``quantile`` (an order statistic of the sample) of the kept weights' scores ``scores_of(name)``."""
-        values = torch.cat([scores_of(name).reshape(-1)[where].float().cpu() for name, where in self.positions.items()])
+    def quantile(self, scores_at: Callable[[str, Tensor], Tensor], quantile: float) -> float:
+        """The ``quantile`` (an order statistic of the sample) of the kept weights' scores.
+
+        ``scores_at(name, positions)`` gives tensor ``name``'s scores at the flat ``positions``.
+        """
+        values = torch.cat([scores_at(name, where).float().cpu() for name, where in self.positions.items()])
         if not len(values):
             return 0.0
         k = min(len(values), max(1, math.ceil(min(1.0, max(0.0, quantile)) * len(values))))
@@ -410,40 +453,32 @@ def frontier_bands(
     if step == 0 or total == 0:
         return {name: torch.zeros(0, dtype=torch.long) for name in masks}
     fraction = min(1.0, window * step / total)
-    ranges: dict[str, tuple[int, int]] = {}
     if fraction * total <= max_rows:
-        ranges = {name: (0, min(count, math.ceil(fraction * count))) for name, count in kept.items()}
-    else:
-        cuts = _estimated_cuts(priors, prior, masks, kept, step, generator)
-        for name, count in kept.items():
-            half = max_rows * count / total / 2
-            low = max(0, math.floor(cuts[name] - half))
-            ranges[name] = (low, min(count, max(low, math.floor(cuts[name] + half))))
-    return {name: _rank_range(priors, prior, name, masks[name], *ranges[name]) for name in masks}
+        return {
+            name: _rank_range(priors, prior, name, masks[name], 0, min(count, math.ceil(fraction * count)))
+            for name, count in kept.items()
+        }
+    threshold = _prior_cut(priors, prior, masks, total, step, generator)
+    bands = {}
+    for name, mask in masks.items():  # one tensor's prior scores at a time, for its cut and its band
+        values = priors.layer(prior, name).reshape(-1)
+        cut = float(torch.count_nonzero((values <= threshold) & mask.reshape(-1).to(values.device)))
+        half = max_rows * kept[name] / total / 2
+        low = max(0, math.floor(cut - half))
+        bands[name] = _rank_range(priors, prior, name, mask, low, min(kept[name], max(low, math.floor(cut + half))))
+    return bands
 
 
-def _estimated_cuts(
-    priors: PriorScores,
-    prior: str,
-    masks: Mapping[str, Tensor],
-    kept: Mapping[str, int],
-    step: int,
-    generator: torch.Generator,
-) -> dict[str, float]:
-    """Per tensor, about how many of its kept weights the prior's global ranking removes in the step."""
-    total = sum(kept.values())
+def _prior_cut(
+    priors: PriorScores, prior: str, masks: Mapping[str, Tensor], total: int, step: int, generator: torch.Generator
+) -> float:
+    """The prior's score at which its global ranking of the ``total`` kept weights removes ``step`` of them."""
     if total <= CUT_SAMPLE:  # a small model: the exact step-th value of every kept weight
         pool = torch.cat(
             [priors.layer(prior, name).reshape(-1)[mask.reshape(-1)].float().cpu() for name, mask in masks.items()]
         )
-        threshold = float(torch.kthvalue(pool, step).values)
-    else:
-        threshold = KeptSample(masks, generator).quantile(lambda name: priors.layer(prior, name), step / total)
-    cuts = {}
-    for name, mask in masks.items():
-        values = priors.layer(prior, name).reshape(-1)
-        cuts[name] = float(torch.count_nonzero((values <= threshold) & mask.reshape(-1).to(values.device)))
-    return cuts
+        return float(torch.kthvalue(pool, step).values)
+    return KeptSample(masks, generator).quantile(functools.partial(priors.tensor_at, prior), step / total)
 
 
 def _rank_range(priors: PriorScores, prior: str, name: str, mask: Tensor, low: int, high: int) -> Tensor:

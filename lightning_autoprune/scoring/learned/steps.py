@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,32 @@ NOISE_Z = 2.0
 #: A candidate's scores, one tensor at a time: called with a tensor's name, returns its scores
 #: (higher = keep). A step is measured from these without every tensor's scores in memory at once.
 TensorScores = Callable[[str], Tensor]
+
+
+@dataclass(frozen=True)
+class SampledScores:
+    """A candidate's scores one tensor at a time, which can also be read at a few entries of a tensor.
+
+    A large model's step is cut at a quantile of a sample of the kept scores (:func:`step_masks`);
+    ``at`` reads the sample without scoring each tensor in full, once more than the masks need.
+
+    Attributes:
+        tensor: a tensor's scores, from its name (:data:`TensorScores`).
+        at: a tensor's scores at the given flat entries, the same values as ``tensor``'s there.
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, -3.0, 2.0])}
+        >>> scores = SampledScores(lambda name: w[name].abs(), lambda name, index: w[name][index].abs())
+        >>> scores("a").tolist(), scores.at("a", torch.tensor([1])).tolist()
+        ([1.0, 3.0, 2.0], [3.0])
+    """
+
+    tensor: TensorScores
+    at: Callable[[str, Tensor], Tensor]
+
+    def __call__(self, name: str) -> Tensor:
+        """The scores of tensor ``name``."""
+        return self.tensor(name)
 
 
 @dataclass(frozen=True)
@@ -70,7 +96,7 @@ def step_masks(
 
     ``scores`` is every tensor's scores, or a function giving one tensor's at a time (then a
     large model's tensors are scored twice, once for the cut and once for the masks, and never
-    held all at once).
+    held all at once; once, when it is :class:`SampledScores`).
 
     On a model of at most :data:`~lightning_autoprune.scoring.learned.priors.CUT_SAMPLE`
     weights, kept or pruned (:func:`~lightning_autoprune.scoring.learned.priors.exact_cuts`),
@@ -81,6 +107,13 @@ def step_masks(
     weights up to the floor: an estimate that differs from the exact selection by a few weights
     in ten thousand, without a global sort or a copy of every score.
     """
+    return dict(_removals(scores, inputs, sample))
+
+
+def _removals(
+    scores: Mapping[str, Tensor] | TensorScores, inputs: ScoreInputs, sample: KeptSample | None
+) -> Iterator[tuple[str, Tensor]]:
+    """:func:`step_masks` one tensor at a time: on a large model each tensor is scored only when its turn comes."""
     masks = inputs.masks
     scores_of = scores.__getitem__ if isinstance(scores, Mapping) else scores
     total = sum(m.numel() for m in masks.values())
@@ -88,12 +121,21 @@ def step_masks(
     if exact_cuts(masks):
         every = {name: scores_of(name) for name in masks}
         new = select_masks(every, masks, inputs.target_sparsity, min_density=inputs.min_density)
-        return {name: masks[name].reshape(-1) & ~new[name].reshape(-1) for name in masks}
+        del every
+        for name in masks:
+            yield name, masks[name].reshape(-1) & ~new[name].reshape(-1)
+        return
     remove = kept_total - (total - pruned_count(inputs.target_sparsity, total))
     sample = sample if sample is not None else KeptSample(masks, inputs.generator)
-    threshold = sample.quantile(scores_of, remove / kept_total)
+    if isinstance(scores, SampledScores):
+        scores_at = scores.at
+    else:
+
+        def scores_at(name: str, where: Tensor) -> Tensor:
+            return scores_of(name).reshape(-1)[where]
+
+    threshold = sample.quantile(scores_at, remove / kept_total)
     floors = layer_floors(masks, inputs.min_density, inputs.kept)
-    removed = {}
     for name, mask in masks.items():
         flat_mask = mask.reshape(-1)
         values = scores_of(name).reshape(-1).float()
@@ -102,9 +144,8 @@ def step_masks(
         if keep_count < floors[name]:
             ranked = torch.where(flat_mask, values, torch.tensor(-math.inf, device=values.device))
             gone = flat_mask & ~top_k_mask(ranked, floors[name])
-        removed[name] = gone
         del values  # before the next tensor is scored: one tensor's scores in memory at a time
-    return removed
+        yield name, gone
 
 
 def collapsed_tensors(removed: Mapping[str, Tensor], inputs: ScoreInputs) -> list[str]:
@@ -168,32 +209,77 @@ def _measure(
     inputs: ScoreInputs,
     parts: Callable[[], Sequence[float]] | None = None,
     sample: KeptSample | None = None,
+    backup: Mapping[str, Tensor] | None = None,
 ) -> tuple[list[float], dict[str, float], bool]:
-    """The step's losses by ``parts`` (default: ``inputs.loss_fn``), removed shares, and whether it collapses."""
+    """The step's losses by ``parts`` (default: ``inputs.loss_fn``), removed shares, and whether it collapses.
+
+    The removed weights are zeroed in place for the measurement and restored bit for bit: copied
+    back from ``backup`` (:func:`_backup`) when given, else from their values saved here. With
+    a backup each tensor's removed weights are chosen and zeroed in turn, so a tensor's scores
+    must not read another tensor's weights (no formula prior does).
+    """
     if inputs.params is None or inputs.loss_fn is None:
         raise ValueError("A step's loss needs the live parameters (`params`) and a calibration loss (`loss_fn`).")
-    loss_fn = inputs.loss_fn
+    params, loss_fn = inputs.params, inputs.loss_fn
     measure = parts if parts is not None else lambda: [loss_fn()]
+    removals = (
+        _removals(scores, inputs, sample) if backup is not None else iter(step_masks(scores, inputs, sample).items())
+    )
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
+    zeroed: list[str] = []
     shares: dict[str, float] = {}
     floors = layer_floors(inputs.masks, inputs.min_density, inputs.kept)
     collapsed = False
     with torch.no_grad():
         try:
-            for name, gone in step_masks(scores, inputs, sample).items():
-                flat = inputs.params[name].data.view(-1)
-                # The boolean mask, not positions: 8 bytes per removed weight would hold, at a 25M-weight
-                # model's first step, as much again as the weights (int64 positions of half of them).
+            for name, gone in removals:
+                flat = params[name].data.view(-1)
                 gone = gone.to(flat.device)
-                values = flat[gone]
-                saved.append((flat, gone, values))
+                if backup is not None:
+                    zeroed.append(name)
+                    count = int(torch.count_nonzero(gone))
+                else:
+                    # The boolean mask, not positions: 8 bytes per removed weight would hold, at a large
+                    # model's first step, as much again as the weights (int64 positions of half of them).
+                    values = flat[gone]
+                    saved.append((flat, gone, values))
+                    count = values.numel()
                 flat.masked_fill_(gone, 0)
-                kept, count = inputs.kept[name], values.numel()
+                kept = inputs.kept[name]
                 shares[name] = count / kept if kept else 0.0
                 collapsed = collapsed or _collapses(kept, count, floors[name])
             return [float(v) for v in measure()], shares, collapsed
         finally:
-            _restore(saved)
+            if backup is not None:
+                _copy_back(params, backup, zeroed)
+            else:
+                _restore(saved)
+
+
+def _backup(inputs: ScoreInputs) -> dict[str, Tensor]:
+    """A copy of the live parameters of the event's tensors, to copy back after each measured step.
+
+    One copy serves every candidate of an event on a large model (:func:`choose_step`): copying a
+    5M-entry tensor back takes about 4 ms on CPU, where saving its removed values and scattering
+    them back (:func:`_restore`) took about 40 ms. It holds the weights once more, where the saved
+    values hold the removed ones (about half of them at a first step).
+    """
+    assert inputs.params is not None
+    with torch.no_grad():
+        return {name: inputs.params[name].detach().clone() for name in inputs.masks}
+
+
+def _copy_back(params: Mapping[str, Tensor], backup: Mapping[str, Tensor], names: Sequence[str]) -> None:
+    """Copy each tensor of ``names`` back from ``backup``; every one is tried, the first failure raised after."""
+    failure: BaseException | None = None
+    with torch.no_grad():
+        for name in names:
+            try:
+                params[name].copy_(backup[name])
+            except BaseException as error:  # restore the rest before raising
+                failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def _restore(saved: Sequence[tuple[Tensor, Tensor, Tensor]]) -> None:
@@ -251,7 +337,11 @@ def choose_step(
     if not candidates:
         raise ValueError("`candidates` is empty: there is no step to choose.")
     sample = None if exact_cuts(inputs.masks) else KeptSample(inputs.masks, inputs.generator)
-    measured = {name: _measure(scores_of, inputs, parts, sample) for name, scores_of in candidates.items()}
+    # A large model's steps are restored from one copy of the weights (time); a small one's from
+    # each step's removed values (memory: the copy would hold the weights once more).
+    backup = None if sample is None else _backup(inputs)
+    measured = {name: _measure(scores_of, inputs, parts, sample, backup) for name, scores_of in candidates.items()}
+    del backup
     losses = {name: statistics.fmean(values) for name, (values, _, _) in measured.items()}
     collapsing = tuple(name for name, (_, _, collapsed) in measured.items() if collapsed)
     if len(collapsing) == len(measured):

@@ -64,7 +64,13 @@ from lightning_autoprune.scoring.learned.labels import Group, ablation_labels, f
 from lightning_autoprune.scoring.learned.online import OnlineModel
 from lightning_autoprune.scoring.learned.persistence import load_importance_model
 from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, frontier_bands
-from lightning_autoprune.scoring.learned.steps import StepChoice, TensorScores, choose_step, unmeasured_step
+from lightning_autoprune.scoring.learned.steps import (
+    SampledScores,
+    StepChoice,
+    TensorScores,
+    choose_step,
+    unmeasured_step,
+)
 
 #: The pretrained default importance model shipped with the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "importance_default.skops"
@@ -234,6 +240,7 @@ class LearnedScorer:
         self.blend = None if verdict.fell_back else verdict.blend_weight
         measure, samples = _step_measure(inputs, None, STEP_CANDIDATES, parts=1)
         assert measure is not None
+        priors.release()
         choice = choose_step(self._candidates(priors, band_scores, self.blend), inputs, parts=measure)
         self._log_step(inputs, choice.name, samples, choice.losses, 0.0, choice.collapsing)
         self.last_used = choice.name
@@ -305,8 +312,14 @@ class LearnedScorer:
         """The steps an event chooses from: the learned ranking (when it has a weight) and :data:`STEP_PRIORS`."""
         candidates: dict[str, TensorScores] = {}
         if band_scores is not None and learned_weight is not None:
-            candidates["learned"] = functools.partial(band_scores.tensor_scores, priors, LABEL_PRIOR, learned_weight)
-        candidates.update({prior: functools.partial(priors.tensor, prior) for prior in STEP_PRIORS})
+            candidates["learned"] = SampledScores(
+                functools.partial(band_scores.tensor_scores, priors, LABEL_PRIOR, learned_weight),
+                functools.partial(band_scores.tensor_scores_at, priors, LABEL_PRIOR, learned_weight),
+            )
+        for prior in STEP_PRIORS:
+            candidates[prior] = SampledScores(
+                functools.partial(priors.tensor, prior), functools.partial(priors.tensor_at, prior)
+            )
         return candidates
 
     def _score_unlabelled(self, priors: PriorScores, inputs: ScoreInputs, allowed: int | None) -> dict[str, Tensor]:
@@ -331,6 +344,7 @@ class LearnedScorer:
         candidates = self._candidates(priors, band_scores, weight)
         measure, samples = _step_measure(inputs, self.budget.samples_left(inputs), len(candidates), PROBE_PARTS)
         incumbent = self.last_used if self.last_used in candidates else LABEL_PRIOR
+        priors.release()
         if measure is not None:
             choice = choose_step(candidates, inputs, parts=measure, incumbent=incumbent)
             used, scores = choice.name, choice.scores
@@ -517,12 +531,29 @@ class _BandScores:
         if len(index):
             flat = full.view(-1)
             ascending = flat[index].clone()
-            values = self.predicted[name]
-            if alpha < 1.0:
-                values = alpha * self.learned_map(values) + (1 - alpha) * self.prior_map(ascending.cpu())
-            order = torch.sort(values.float(), stable=True).indices.to(full.device)
-            flat[index[order]] = ascending
+            flat[self._reordered(name, ascending, alpha).to(full.device)] = ascending
         return full
+
+    def tensor_scores_at(self, priors: PriorScores, prior: str, alpha: float, name: str, index: Tensor) -> Tensor:
+        """:meth:`tensor_scores` of tensor ``name`` at the flat entries ``index``, from them and the band alone."""
+        values = priors.tensor_at(prior, name, index).detach().float().clone()
+        band = self.bands[name]
+        if len(band):
+            ascending = priors.tensor_at(prior, name, band).detach().float()
+            positions, order = torch.sort(self._reordered(name, ascending, alpha).to(values.device))
+            index = index.to(values.device)
+            slot = torch.searchsorted(positions, index).clamp_max(len(positions) - 1)
+            inside = positions[slot] == index
+            values[inside] = ascending.to(values.device)[order][slot[inside]]
+        return values
+
+    def _reordered(self, name: str, ascending: Tensor, alpha: float) -> Tensor:
+        """Where the band's prior values ``ascending`` go: its positions in ascending learned (or blended) order."""
+        values = self.predicted[name]
+        if alpha < 1.0:
+            values = alpha * self.learned_map(values) + (1 - alpha) * self.prior_map(ascending.cpu())
+        index = self.bands[name]
+        return index[torch.sort(values.float(), stable=True).indices.to(index.device)]
 
 
 class _QuantileMap:

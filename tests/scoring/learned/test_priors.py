@@ -43,6 +43,36 @@ def test_scores_at_entries_equal_the_full_tensors(prior: str) -> None:
         assert torch.allclose(priors.at(prior, name, index), full, rtol=1e-5, atol=1e-7), (prior, name)
 
 
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("prior", PRIORS)
+def test_tensor_scores_at_entries_are_the_full_tensors_bit_for_bit(
+    prior: str, large: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A global cut reads them at a sample's positions; the masks read the full tensors: the same bits.
+    from lightning_autoprune.scoring.learned import priors as priors_module
+
+    if large:  # LAMP's scores are then the step's scaled squares
+        monkeypatch.setattr(priors_module, "CUT_SAMPLE", 100)
+    inputs = layered_inputs()
+    inputs.target_sparsity = 0.6
+    priors = PriorScores(inputs)
+    for name, weight in inputs.weights.items():
+        index = torch.randperm(weight.numel(), generator=torch.Generator().manual_seed(1))[:20]
+        assert torch.equal(priors.tensor_at(prior, name, index), priors.tensor(prior, name).reshape(-1)[index])
+
+
+def test_released_priors_are_computed_again_the_same() -> None:
+    inputs = layered_inputs()
+    priors = PriorScores(inputs)
+    before = priors.layer("taylor", "fc").clone()
+    squares = priors.squares("fc").sorted.copy()
+    priors.release()
+    assert priors._layers == {}
+    assert priors._squares is None
+    assert torch.equal(priors.layer("taylor", "fc"), before)
+    assert (priors.squares("fc").sorted == squares).all()
+
+
 def test_sorted_squares_match_lamp_and_ranks_without_ties() -> None:
     weight = torch.randn(500, generator=torch.Generator().manual_seed(2))
     mask = torch.rand(500, generator=torch.Generator().manual_seed(3)) > 0.4
@@ -160,7 +190,9 @@ def test_kept_samples_draw_only_kept_positions_block_by_block(monkeypatch: pytes
     assert share == pytest.approx(kept["a"] / sum(kept.values()), abs=0.01)
     scores = {"a": torch.rand(3000, generator=g), "b": torch.rand(40, 30, generator=g)}
     pooled = torch.cat([scores[n].reshape(-1)[masks[n].reshape(-1)] for n in masks])
-    assert sample.quantile(scores.__getitem__, 0.3) == pytest.approx(float(torch.quantile(pooled, 0.3)), abs=0.03)
+    assert sample.quantile(lambda name, where: scores[name].reshape(-1)[where], 0.3) == pytest.approx(
+        float(torch.quantile(pooled, 0.3)), abs=0.03
+    )
 
 
 def test_a_large_tensors_band_holds_about_its_count_around_its_rank(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,6 +80,76 @@ def test_restore_tries_every_tensor_before_raising() -> None:
     assert good.tolist() == [7.0, 0.0, 9.0, 0.0]
 
 
+def test_copy_back_tries_every_tensor_before_raising() -> None:
+    params = {"bad": torch.zeros(3), "good": torch.zeros(4)}
+    backup = {"bad": torch.ones(5), "good": torch.tensor([7.0, 0.0, 9.0, 0.0])}  # 5 values into 3: copy_ fails
+    with pytest.raises(RuntimeError):
+        steps._copy_back(params, backup, ["bad", "good"])
+    assert params["good"].tolist() == [7.0, 0.0, 9.0, 0.0]
+
+
+def test_a_large_models_steps_are_measured_from_one_copy_and_restored_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 50)  # large: every step is copied back from one backup
+    g = torch.Generator().manual_seed(3)
+    w = {"a": torch.randn(40, generator=g), "b": torch.randn(30, generator=g)}
+    w["a"][:3] = torch.tensor([-0.0, float("nan"), 0.0])
+    before = {n: t.clone() for n, t in w.items()}
+    masks = {n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()}
+    inputs = ScoreInputs(w, masks, generator=g, target_sparsity=0.5, params=w)
+    backups: list[dict[str, torch.Tensor]] = []
+    real_backup = steps._backup
+
+    def counted_backup(inputs: ScoreInputs) -> dict[str, torch.Tensor]:
+        backups.append(real_backup(inputs))
+        return backups[-1]
+
+    monkeypatch.setattr(steps, "_backup", counted_backup)
+    seen: list[int] = []
+
+    def loss() -> float:
+        seen.append(sum(int((t == 0).sum()) for t in w.values()))  # the step's weights are zeroed now
+        if len(seen) == 3:
+            raise RuntimeError("calibration pass failed")
+        return float(w["a"].nan_to_num().abs().sum() + w["b"].abs().sum())
+
+    inputs.loss_fn = loss
+    candidates = {
+        "magnitude": lambda name: w[name].nan_to_num().abs(),
+        "first": lambda name: -torch.arange(float(w[name].numel())),
+    }
+    choice = choose_step(candidates, inputs)
+    assert len(backups) == 1  # one copy for every candidate
+    assert all(count >= 35 for count in seen)  # about half of the 70 weights zeroed for each step
+    assert choice.name in candidates
+    for name, tensor in w.items():  # bits, so -0.0 against 0.0 and NaN count
+        assert torch.equal(tensor.view(torch.int32), before[name].view(torch.int32))
+    with pytest.raises(RuntimeError, match="calibration pass failed"):
+        choose_step(candidates, inputs)
+    for name, tensor in w.items():
+        assert torch.equal(tensor.view(torch.int32), before[name].view(torch.int32))
+
+
+def test_sampled_scores_read_at_a_sample_give_the_same_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 2000)
+    g = torch.Generator().manual_seed(4)
+    scores = {"big": torch.rand(300, 100, generator=g), "small": torch.rand(20, 10, generator=g)}
+    masks = {n: torch.rand(s.shape, generator=g) > 0.2 for n, s in scores.items()}
+    inputs = ScoreInputs(scores, masks, generator=torch.Generator().manual_seed(0), target_sparsity=0.5)
+    calls: list[str] = []
+
+    def tensor(name: str) -> torch.Tensor:
+        calls.append(name)
+        return scores[name]
+
+    sampled = steps.SampledScores(tensor, lambda name, index: scores[name].reshape(-1)[index])
+    removed = steps.step_masks(sampled, inputs)
+    assert sorted(calls) == ["big", "small"]  # each tensor scored once: the cut reads the sample alone
+    inputs.generator = torch.Generator().manual_seed(0)
+    assert all(torch.equal(removed[n], m) for n, m in steps.step_masks(scores, inputs).items())
+
+
 def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> None:
     _, inputs = network_inputs()
     magnitude = {n: w.abs() for n, w in inputs.weights.items()}

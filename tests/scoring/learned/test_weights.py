@@ -326,3 +326,22 @@ def test_calibration_set_too_small_for_the_labels_is_a_clear_error(trainer_kwarg
     assert all(bool(mask.all()) for mask in callback.masks.values())  # nothing was pruned
     assert callback.history == []
     assert all(int((p == 0).sum()) == 0 for p in model.parameters())  # no weight was zeroed
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.4])
+def test_learned_scores_at_entries_are_its_full_scores_bit_for_bit(alpha: float) -> None:
+    # A large model's step is cut from a sample read this way; its masks come from the full scores.
+    from lightning_autoprune.scoring.learned.priors import frontier_bands
+    from lightning_autoprune.scoring.learned.weights import _BandScores, _QuantileMap
+
+    inputs = real_inputs(sparsity=0.5)
+    priors = PriorScores(inputs)
+    g = torch.Generator().manual_seed(0)
+    bands = frontier_bands(priors, "taylor", inputs.masks, 0.5, g, window=2.0, max_rows=10**6)
+    predicted = {name: torch.rand(len(index), generator=g) for name, index in bands.items()}
+    band_scores = _BandScores(bands, predicted, _QuantileMap(torch.rand(50, generator=g)), _QuantileMap(torch.rand(50)))
+    for name, weight in inputs.weights.items():
+        full = band_scores.tensor_scores(priors, "taylor", alpha, name).reshape(-1)
+        index = torch.randperm(weight.numel(), generator=g)
+        assert torch.equal(band_scores.tensor_scores_at(priors, "taylor", alpha, name, index), full[index])
+        assert not torch.equal(full, priors.tensor("taylor", name).reshape(-1))  # the band was reordered
