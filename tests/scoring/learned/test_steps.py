@@ -131,25 +131,6 @@ def test_a_large_models_steps_are_measured_from_one_copy_and_restored_bit_for_bi
         assert torch.equal(tensor.view(torch.int32), before[name].view(torch.int32))
 
 
-def test_sampled_scores_read_at_a_sample_give_the_same_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 2000)
-    g = torch.Generator().manual_seed(4)
-    scores = {"big": torch.rand(300, 100, generator=g), "small": torch.rand(20, 10, generator=g)}
-    masks = {n: torch.rand(s.shape, generator=g) > 0.2 for n, s in scores.items()}
-    inputs = ScoreInputs(scores, masks, generator=torch.Generator().manual_seed(0), target_sparsity=0.5)
-    calls: list[str] = []
-
-    def tensor(name: str) -> torch.Tensor:
-        calls.append(name)
-        return scores[name]
-
-    sampled = steps.SampledScores(tensor, lambda name, index: scores[name].reshape(-1)[index])
-    removed = steps.step_masks(sampled, inputs)
-    assert sorted(calls) == ["big", "small"]  # each tensor scored once: the cut reads the sample alone
-    inputs.generator = torch.Generator().manual_seed(0)
-    assert all(torch.equal(removed[n], m) for n, m in steps.step_masks(scores, inputs).items())
-
-
 def test_choose_step_keeps_the_lowest_loss_and_prefers_the_earlier_on_ties() -> None:
     _, inputs = network_inputs()
     magnitude = {n: w.abs() for n, w in inputs.weights.items()}
@@ -275,6 +256,12 @@ def test_a_step_scored_one_tensor_at_a_time_equals_the_step_of_all_scores(monkey
     inputs.generator = torch.Generator().manual_seed(0)
     assert all(torch.equal(sampled[n], m) for n, m in steps.step_masks(scores, inputs).items())
     assert sorted(calls) == ["big", "big", "small", "small"]
+    # Scores that can be read at the sample's positions: the same step, each tensor scored once.
+    calls.clear()
+    inputs.generator = torch.Generator().manual_seed(0)
+    readable = steps.SampledScores(one_at_a_time, lambda name, index: scores[name].reshape(-1)[index])
+    assert all(torch.equal(sampled[n], m) for n, m in steps.step_masks(readable, inputs).items())
+    assert sorted(calls) == ["big", "small"]
 
 
 def test_a_large_model_at_high_sparsity_is_cut_from_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
