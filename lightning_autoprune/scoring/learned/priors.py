@@ -247,7 +247,7 @@ class PriorScores:
         if prior != "lamp":
             return self.at(prior, name, index)
         if exact_cuts(self.inputs.masks):  # LAMP's exact scores need the whole tensor
-            full = self._compute(prior, name).reshape(-1)
+            full = self.tensor(prior, name).reshape(-1)
             return full[index.to(full.device)]
         weight = self.inputs.weights[name].detach()
         index = index.to(weight.device)
