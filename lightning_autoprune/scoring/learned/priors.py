@@ -47,6 +47,8 @@ KEPT_SAMPLE = 1 << 18
 EXACT_SQUARES = 1 << 20
 #: About this many kept squares form a large tensor's :class:`SortedSquares`.
 SQUARES_SAMPLE = 1 << 18
+#: Entries of a :class:`SortedSquares`' float64 running sum computed at once (:func:`suffix_sums`).
+SUFFIX_BLOCK = 1 << 16
 
 
 def exact_cuts(masks: Mapping[str, Tensor]) -> bool:
@@ -61,6 +63,33 @@ def exact_cuts(masks: Mapping[str, Tensor]) -> bool:
         (True, False)
     """
     return sum(mask.numel() for mask in masks.values()) <= CUT_SAMPLE
+
+
+def suffix_sums(ordered: np.ndarray, scale: float = 1.0, block: int = SUFFIX_BLOCK) -> np.ndarray:
+    """``scale`` times the sums of ``ordered[i:]`` for every ``i`` (float32, a final 0), accumulated in float64.
+
+    The float64 running sum is built ``block`` entries at a time, so that it never exists for the
+    whole array (a tensor's worth of float64 would be twice its kept squares). The sums are added
+    in the same order as one ``np.cumsum`` of the reversed array, so they are the same bits.
+
+    Example:
+        >>> suffix_sums(np.array([1.0, 2.0, 4.0], dtype=np.float32), block=2).tolist()
+        [7.0, 6.0, 4.0, 0.0]
+    """
+    suffix = np.zeros(len(ordered) + 1, dtype=np.float32)
+    running = np.empty(min(block, len(ordered)) + 1, dtype=np.float64)
+    running[0] = 0.0  # the sum of everything after the block at hand
+    for end in range(len(ordered), 0, -block):
+        start = max(0, end - block)
+        part = running[: end - start + 1]
+        part[1:] = ordered[start:end][::-1]
+        np.cumsum(part, out=part)
+        total = part[-1]
+        if scale != 1:
+            part *= scale
+        suffix[start:end] = part[1:][::-1]
+        running[0] = total
+    return suffix
 
 
 class SortedSquares:
@@ -105,11 +134,7 @@ class SortedSquares:
         self.sorted = ordered
         #: Kept weights each entry of :attr:`sorted` stands for (1: exact).
         self.stride = self.kept / max(len(ordered), 1)
-        running = np.cumsum(ordered[::-1], dtype=np.float64)  # accumulated in float64, stored in float32
-        if self.stride != 1:
-            running *= self.stride
-        self.suffix = np.zeros(len(ordered) + 1, dtype=np.float32)
-        self.suffix[:-1] = running[::-1]
+        self.suffix = suffix_sums(ordered, self.stride)
 
     def _positions(self, index: Tensor) -> tuple[np.ndarray, np.ndarray, Tensor]:
         kept = self.mask[index]
@@ -476,8 +501,9 @@ def _prior_cut(
     if total <= CUT_SAMPLE:  # a small model: the exact step-th value of every kept weight
         pool = torch.cat(
             [priors.layer(prior, name).reshape(-1)[mask.reshape(-1)].float().cpu() for name, mask in masks.items()]
-        )
-        return float(torch.kthvalue(pool, step).values)
+        ).numpy()
+        pool.partition(step - 1)  # in place: ``torch.kthvalue`` would hold a copy and int64 indices besides
+        return float(pool[step - 1])
     return KeptSample(masks, generator).quantile(functools.partial(priors.tensor_at, prior), step / total)
 
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from lightning_autoprune.scoring import ScoreInputs
 from lightning_autoprune.scoring.formulas import lamp_scores
-from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, SortedSquares, frontier_bands
+from lightning_autoprune.scoring.learned.priors import PRIORS, PriorScores, SortedSquares, frontier_bands, suffix_sums
 
 
 def layered_inputs(seed: int = 0) -> ScoreInputs:
@@ -83,6 +84,19 @@ def test_sorted_squares_match_lamp_and_ranks_without_ties() -> None:
     ranks = (kept.unsqueeze(1) > kept.unsqueeze(0)).sum(dim=1).float() / (len(kept) - 1)
     assert torch.allclose(squares.percentile(index)[mask], ranks)
     assert bool((squares.percentile(index)[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.7])
+def test_suffix_sums_in_blocks_are_the_bits_of_one_float64_cumsum(scale: float) -> None:
+    # What SortedSquares held before: one float64 running sum of the whole reversed array, scaled, as float32.
+    ordered = np.sort(np.random.default_rng(0).standard_normal(1000).astype(np.float32) ** 2)
+    for n in (0, 1, 999, 1000):
+        part = ordered[:n]
+        running = np.cumsum(part[::-1], dtype=np.float64) * scale
+        expected = np.zeros(n + 1, dtype=np.float32)
+        expected[:-1] = running[::-1]
+        for block in (1, 7, 1000, 4096):  # block edges inside, at and beyond the array
+            assert suffix_sums(part, scale, block).tobytes() == expected.tobytes()
 
 
 def test_bands_are_the_lowest_share_of_each_tensor_while_small() -> None:

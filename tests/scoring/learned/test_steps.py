@@ -86,10 +86,14 @@ def test_restore_tries_every_tensor_before_raising() -> None:
     assert copied.tolist() == [7.0, 0.0, 9.0, 0.0]
 
 
+@pytest.mark.parametrize(("copy_min", "copies"), [(50, 1), (71, 0)])
 def test_a_large_models_steps_are_measured_from_one_copy_and_restored_bit_for_bit(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, copy_min: int, copies: int
 ) -> None:
-    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 50)  # large: every step is copied back from one backup
+    # Both sampled-cut models; at 70 weights against COPY_MIN_WEIGHTS 50 every step is copied back from
+    # one backup, against 71 each step's removed values are saved and put back.
+    monkeypatch.setattr(priors_module, "CUT_SAMPLE", 50)
+    monkeypatch.setattr(steps, "COPY_MIN_WEIGHTS", copy_min)
     g = torch.Generator().manual_seed(3)
     w = {"a": torch.randn(40, generator=g), "b": torch.randn(30, generator=g)}
     w["a"][:3] = torch.tensor([-0.0, float("nan"), 0.0])
@@ -118,7 +122,7 @@ def test_a_large_models_steps_are_measured_from_one_copy_and_restored_bit_for_bi
         "first": lambda name: -torch.arange(float(w[name].numel())),
     }
     choice = choose_step(candidates, inputs)
-    assert len(backups) == 1  # one copy for every candidate
+    assert len(backups) == copies  # one copy for every candidate, or none
     assert all(count >= 35 for count in seen)  # about half of the 70 weights zeroed for each step
     assert choice.name in candidates
     for name, tensor in w.items():  # bits, so -0.0 against 0.0 and NaN count
