@@ -49,10 +49,15 @@ def lamp_with_order(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     sq = weight.detach().float().pow(2).reshape(-1) * mask.reshape(-1).to(weight.device)
     order = torch.sort(sq, stable=True).indices
     sorted_sq = sq[order]
-    suffix = sorted_sq.flip(0).cumsum(0).flip(0)
-    sorted_scores = torch.where(suffix > 0, sorted_sq / suffix.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
-    scores = torch.empty_like(sq)
-    scores[order] = sorted_scores
+    del sq
+    # In place where it can be: a new tensor per operation held about 7x the tensor at once.
+    suffix = sorted_sq.flip(0).cumsum_(0).flip(0)
+    positive = suffix > 0
+    sorted_sq.div_(suffix.clamp_min_(torch.finfo(sorted_sq.dtype).tiny))
+    del suffix
+    sorted_sq.masked_fill_(positive.logical_not_(), 0.0)
+    scores = torch.empty_like(sorted_sq)
+    scores[order] = sorted_sq
     return scores, order
 
 

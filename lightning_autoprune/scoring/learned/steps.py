@@ -262,10 +262,9 @@ def _backup(inputs: ScoreInputs) -> dict[str, Tensor]:
     """A copy of the live parameters of the event's tensors, to copy back after each measured step.
 
     One copy serves every candidate of an event on a model of at least :data:`COPY_MIN_WEIGHTS`
-    weights (:func:`choose_step`): copying a
-    5M-entry tensor back takes about 4 ms on CPU, where saving its removed values and scattering
-    them back took about 40 ms. It holds the weights once more, where the saved values hold the
-    removed ones (about half of them at a first step).
+    weights (:func:`choose_step`): copying a 5M-entry tensor back takes about 4 ms on CPU, where
+    saving its removed values and scattering them back took about 40 ms. It holds the weights once
+    more, where the saved values hold the removed ones (about half of them at a first step).
     """
     assert inputs.params is not None
     with torch.no_grad():

@@ -87,7 +87,7 @@ def test_restore_tries_every_tensor_before_raising() -> None:
 
 
 @pytest.mark.parametrize(("copy_min", "copies"), [(50, 1), (71, 0)])
-def test_a_large_models_steps_are_measured_from_one_copy_and_restored_bit_for_bit(
+def test_sampled_cut_steps_are_restored_bit_for_bit_from_one_copy_or_from_saved_values(
     monkeypatch: pytest.MonkeyPatch, copy_min: int, copies: int
 ) -> None:
     # Both sampled-cut models; at 70 weights against COPY_MIN_WEIGHTS 50 every step is copied back from
