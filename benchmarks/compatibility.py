@@ -65,6 +65,19 @@ def gpt2() -> tuple[nn.Module, str]:
     return t.GPT2LMHeadModel(config), "lm"
 
 
+def gpt_neox() -> tuple[nn.Module, str]:
+    t = _transformers()
+    config = t.GPTNeoXConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
+    return t.GPTNeoXForCausalLM(config), "lm"
+
+
 def llama() -> tuple[nn.Module, str]:
     t = _transformers()
     config = t.LlamaConfig(
@@ -139,6 +152,7 @@ def _torchvision(name: str) -> Callable[[], tuple[nn.Module, str]]:
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, str]]] = {
     "transformers GPT-2": gpt2,
+    "transformers GPT-NeoX": gpt_neox,
     "transformers LLaMA": llama,
     "transformers BERT": bert,
     "transformers ResNet": hf_resnet,

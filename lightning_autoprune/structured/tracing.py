@@ -225,8 +225,9 @@ def trace(
     """Build Torch-Pruning's dependency graph of ``model`` from one forward call.
 
     The model runs once on ``example_inputs`` in eval mode, with gradients enabled and every
-    parameter requiring grad (the trace follows autograd, so frozen layers must be seen); its
-    per-module ``training`` and ``requires_grad`` flags are restored afterwards.
+    parameter requiring grad (the trace follows autograd, so frozen layers must be seen), and with
+    the key/value caches of transformers models off (:func:`_caches_off`); its per-module
+    ``training`` and ``requires_grad`` flags and the caches' settings are restored afterwards.
 
     Args:
         model: the model to trace.
@@ -261,6 +262,7 @@ def trace(
     training = {name: m.training for name, m in model.named_modules()}
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     handles = [m.register_forward_hook(_stitch_hook, with_kwargs=True) for m in frozen]
+    caches = _caches_off(model)
     model.eval()
     try:
         for p, _ in grad_flags:
@@ -280,7 +282,35 @@ def trace(
             p.requires_grad_(flag)
         for name, m in model.named_modules():
             m.training = training[name]
+        for config in caches:
+            config.use_cache = True
     return Trace(graph, names, _output_grad_fns(captured.get("output")))
+
+
+def _caches_off(model: nn.Module) -> list[Any]:
+    """Turn off ``use_cache`` in every config of ``model``'s submodules that has it on; return those configs.
+
+    A transformers decoder (GPT-2, ...) with its cache on concatenates each layer's keys and values
+    onto an empty cache in every forward call. Torch-Pruning cannot size that concatenation's
+    inputs and fails (``update_concat_index_mapping``: ``int + NoneType``), and a cache only
+    serves incremental decoding: without it the forward call computes the same outputs.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> net = nn.Linear(2, 2)
+        >>> net.config = SimpleNamespace(use_cache=True)
+        >>> configs = _caches_off(net)
+        >>> net.config.use_cache, len(configs)
+        (False, 1)
+    """
+    configs: dict[int, Any] = {}
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if getattr(config, "use_cache", None) is True:
+            configs[id(config)] = config
+    for config in configs.values():
+        config.use_cache = False
+    return list(configs.values())
 
 
 def attention_layers(model: nn.Module) -> dict[int, str]:

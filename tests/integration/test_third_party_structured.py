@@ -217,7 +217,8 @@ def test_gpt2_structured_fails_before_training(trainer_kwargs: dict[str, Any], t
     trainer = Trainer(max_epochs=2, callbacks=[autoprune], **trainer_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the embeddings structured pruning leaves alone
-        with pytest.raises(ValueError, match=r"granularity='structured' cannot prune this model.*Conv1D.*GPT-2"):
+        # Traced (with its cache off), it offers no unit: its projections are Conv1D, which the message names.
+        with pytest.raises(ValueError, match=r"granularity='structured' found no unit it can prune.*Conv1D.*GPT-2"):
             trainer.fit(model, loader, loader)
     assert trainer.global_step == 0, "it failed before the first training step"
 
@@ -283,3 +284,35 @@ def test_failed_compaction_at_fit_end_keeps_the_masked_model_and_the_report(
     assert autoprune.sparsity > 0.1
     with torch.no_grad():
         assert torch.isfinite(model(_tokens().tensors[0][:4])).all(), "the masked model still runs"
+
+
+def test_a_decoder_that_caches_keys_is_pruned_and_compacted(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    """GPT-NeoX (Pythia's architecture) concatenates keys onto its cache: traced with the cache off."""
+    seed_everything(0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        num_labels=CLASSES,
+        pad_token_id=0,
+    )
+    model = HFClassifier(transformers.GPTNeoXForSequenceClassification(config))
+    assert model.model.config.use_cache is True
+    autoprune = _autoprune(tmp_path, compact_on_fit_end=True)
+    _fit(model, _tokens(), autoprune, trainer_kwargs)
+
+    mlp = model.model.gpt_neox.layers[0].mlp
+    dead = (mlp.dense_h_to_4h.weight == 0).all(dim=1)
+    assert dead.any(), "FFN hidden units were pruned"
+    assert (mlp.dense_4h_to_h.weight[:, dead] == 0).all(), "with the input columns that read them"
+    assert model.model.config.use_cache is True  # the cache setting is the model's again
+    small = autoprune.compacted_model
+    assert isinstance(small, HFClassifier)
+    assert small.model.gpt_neox.layers[0].mlp.dense_h_to_4h.out_features == int((~dead).sum())
+    x = _tokens().tensors[0][:8]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))

@@ -93,6 +93,26 @@ def test_trace_restores_training_and_requires_grad_flags() -> None:
     assert model.stem.weight.requires_grad
 
 
+def test_a_transformers_decoder_is_traced_with_its_cache_off_and_the_setting_restored() -> None:
+    """GPT-2's cache concatenates keys onto an empty cache; Torch-Pruning could not size that concatenation."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = transformers.GPT2LMHeadModel(config)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.model(input_ids=ids).logits
+
+    lm = LM()
+    assert lm.model.config.use_cache is True
+    traced = trace(lm, (torch.randint(0, 32, (2, 8)),))
+    assert traced.kind(lm.model.lm_head) == "LINEAR"
+    assert lm.model.config.use_cache is True  # the model decodes with its cache again
+
+
 def test_frozen_layers_stop_the_coupling() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
     x = (torch.randn(3, 4),)
