@@ -108,9 +108,9 @@ class AutoPrune(Callback):
             of training's forward passes. An event the budget cannot label reuses the model
             fitted so far. ``None``: no limit (``label_groups`` ablations at every event).
         granularity: ``"unstructured"`` prunes single weights. ``"structured"`` prunes whole
-            neurons (Linear outputs) and channels (Conv outputs), with every coupled slice
-            (bias, BatchNorm ``gamma``/``beta``, the next layer's input columns, branches joined
-            by a residual addition) pruned together, traced with Torch-Pruning on what
+            neurons (Linear and transformers ``Conv1D`` outputs) and channels (Conv outputs),
+            with every coupled slice (bias, BatchNorm ``gamma``/``beta``, the next layer's input
+            columns, branches joined by a residual addition) pruned together, traced with Torch-Pruning on what
             ``training_step`` passes the model for one training batch (or
             ``example_input_array``). Sparsity then counts the parameters of
             those tensors (or their FLOPs, see ``target_unit``); ``importance`` must be

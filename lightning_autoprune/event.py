@@ -243,7 +243,7 @@ class EventPipeline:
             unsupported = structured.unsupported_layers(access.module)
             raise ValueError(
                 "granularity='structured' found no unit it can prune. The candidates, and why each is kept: "
-                f"{', '.join(kept) or 'none (no selected Linear or ordinary Conv layer)'}."
+                f"{', '.join(kept) or 'none (no selected Linear, Conv1D or ordinary Conv layer)'}."
                 + (f" Layers structured pruning does not handle: {'; '.join(unsupported)}." if unsupported else "")
                 + " HINT: use granularity='unstructured'."
             )

@@ -447,7 +447,7 @@ def uncovered_warning(selection: TargetSelection, threshold: float = UNCOVERED_S
 
 
 def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tuple[list[PruneTarget], list[str]]:
-    """The tensors structured pruning masks: the selected Linear/Conv weights, their biases, BatchNorm affines.
+    """The tensors structured pruning masks: the selected Linear/Conv1D/Conv weights, their biases, BatchNorm affines.
 
     Structured pruning zeroes whole units, so besides the selected weights it masks the bias of
     each selected layer and the ``weight``/``bias`` of every affine BatchNorm (a pruned channel's
@@ -457,8 +457,7 @@ def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tupl
     Returns:
         The targets, in ``named_parameters`` order, and the names of selected weights that
         structured pruning cannot prune (Embedding, RNN, attention, transposed or grouped
-        convolutions, and transformers' ``Conv1D``, named with the reason: its weight is stored
-        ``[in, out]``, which the unit tracing and compaction do not handle).
+        convolutions). transformers' ``Conv1D`` (GPT-2's projections) is pruned like a Linear.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
@@ -470,18 +469,12 @@ def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tupl
     from torch.nn.modules.conv import _ConvNd
 
     def plain(module: nn.Module) -> bool:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or is_conv1d_transposed(module):
             return True
         return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
 
     chosen = {t.module_name for t in weights if t.param_name == "weight" and plain(t.module)}
-    skipped = [
-        f"{t.name} (transformers Conv1D: weight stored [in, out], which structured pruning does not handle)"
-        if t.transposed
-        else t.name
-        for t in weights
-        if not (t.param_name == "weight" and plain(t.module))
-    ]
+    skipped = [t.name for t in weights if not (t.param_name == "weight" and plain(t.module))]
     found: list[PruneTarget] = []
     for target in all_parameter_targets(model):
         module = target.module
@@ -549,7 +542,7 @@ def targets_for_run(
         if left:
             warnings.warn(
                 "AutoPrune (granularity='structured') leaves these selected tensors unpruned: structured "
-                f"pruning handles Linear and ordinary Conv layers only: {', '.join(left)}.",
+                f"pruning handles Linear, transformers' Conv1D and ordinary Conv layers only: {', '.join(left)}.",
                 UserWarning,
                 stacklevel=3,
             )

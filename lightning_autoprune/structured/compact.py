@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils import parametrize
 
+from lightning_autoprune.core.targets import is_conv1d_transposed
 from lightning_autoprune.structured.tracing import (
     Link,
     Plan,
@@ -41,8 +42,9 @@ from lightning_autoprune.structured.tracing import (
 
 __all__ = ["CompactionError", "compact", "count_flops", "count_parameters"]
 
-# Layer types whose units compaction removes. Any other module that holds parameters or buffers
-# is "opaque": its units, and every unit coupled to it, are kept.
+# Layer types whose units compaction removes (and transformers' Conv1D, found by its layout:
+# :func:`_is_layer`). Any other module that holds parameters or buffers is "opaque": its units, and
+# every unit coupled to it, are kept.
 _SUPPORTED = (nn.Linear, _ConvNd, _BatchNorm, _InstanceNorm, nn.PReLU)
 # Containers hold no computation of their own: their children are traced individually.
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
@@ -309,6 +311,11 @@ def _call(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
     return model(*inputs)
 
 
+def _is_layer(module: object) -> TypeGuard[nn.Module]:
+    """A Linear, a convolution, or transformers' ``Conv1D`` (a Linear whose weight is stored ``[in, out]``)."""
+    return isinstance(module, (nn.Linear, _ConvNd)) or (isinstance(module, nn.Module) and is_conv1d_transposed(module))
+
+
 def _channel_dim(module: nn.Module, x: Tensor) -> int:
     if isinstance(module, _ConvNd):
         return x.dim() - len(module.kernel_size) - 1
@@ -330,7 +337,7 @@ def _reference_pass(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[list[
         previous = nonzero.get(id(module))
         nonzero[id(module)] = seen if previous is None or previous.shape != seen.shape else (previous | seen)
 
-    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, (nn.Linear, _ConvNd))]
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if _is_layer(m)]
     try:
         output = _call(model, inputs)
     finally:
@@ -434,7 +441,7 @@ def _has_state(module: nn.Module, *, recurse: bool) -> bool:
 
 def _is_opaque(module: nn.Module) -> bool:
     """Whether ``module`` must be treated as one unprunable block."""
-    if isinstance(module, _SUPPORTED):
+    if isinstance(module, _SUPPORTED) or is_conv1d_transposed(module):
         return False
     if isinstance(module, _CHANNEL_MIXING):
         return True
@@ -539,12 +546,12 @@ class _Compactor:
 
     # -- per-unit checks ------------------------------------------------------------------------
 
-    def _dead_producer(self, m: nn.Linear | _ConvNd) -> Tensor:
-        """Per output unit of a Linear / Conv: weight slice and bias entry exactly zero."""
+    def _dead_producer(self, m: Any) -> Tensor:
+        """Per output unit of a Linear / Conv / Conv1D: weight slice and bias entry exactly zero."""
         key = (id(m), "producer")
         if key not in self._zero_cache:
             w = m.weight.detach()
-            if isinstance(m, _ConvNd) and m.transposed and m.groups == 1:
+            if (isinstance(m, _ConvNd) and m.transposed and m.groups == 1) or is_conv1d_transposed(m):
                 w = w.transpose(0, 1)
             dead = (w.reshape(w.shape[0], -1) == 0).all(dim=1)
             if m.bias is not None:
@@ -588,7 +595,7 @@ class _Compactor:
         roots = [
             m
             for m in traced.modules
-            if isinstance(m, (nn.Linear, _ConvNd))
+            if _is_layer(m)
             and id(m) not in self.ignored
             and id(m) not in self.attention
             and self.names.get(id(m)) is not None
@@ -607,7 +614,7 @@ class _Compactor:
         self.present_opaque = [
             (self.names.get(id(m), str(m)), m)
             for m in traced.modules
-            if isinstance(m, nn.Module) and traced.kind(m) == "CUSTOMIZED"
+            if isinstance(m, nn.Module) and traced.kind(m) == "CUSTOMIZED" and not _is_layer(m)
         ]
         self.present_barriers = [
             (self.names[id(m)], self.barriers[id(m)])
@@ -620,10 +627,7 @@ class _Compactor:
         self.attention_dead = [
             f"'{self.names[id(m)]}': {int(self._dead_producer(m).sum())} dead unit(s)"
             for m in self.model.modules()
-            if isinstance(m, (nn.Linear, _ConvNd))
-            and id(m) in self.attention
-            and id(m) in traced_ids
-            and bool(self._dead_producer(m).any())
+            if _is_layer(m) and id(m) in self.attention and id(m) in traced_ids and bool(self._dead_producer(m).any())
         ]
 
     def _decide(self, plan: Plan) -> _Decision:
@@ -645,11 +649,11 @@ class _Compactor:
             dead: Tensor | None = None
             if isinstance(m, _ConvNd) and m.groups > 1 and id(m) not in self.barriers:
                 dead = self._dead_depthwise(m)
-            elif isinstance(m, (nn.Linear, _ConvNd)) and is_out:
+            elif _is_layer(m) and is_out:
                 dead = self._dead_producer(m)
             elif isinstance(m, (_BatchNorm, _InstanceNorm)):
                 dead = self._dead_norm(m)
-            if isinstance(m, (nn.Linear, _ConvNd)) and is_out and name not in producers:
+            if _is_layer(m) and is_out and name not in producers:
                 producers.append(name)
             if dead is not None:
                 for idx, root_idx in zip(idxs, roots, strict=True):
@@ -686,7 +690,7 @@ class _Compactor:
             return "output"
         if kind == "PARAMETER":
             return f"coupled to parameter '{link.param}', used outside a supported layer"
-        if kind == "CUSTOMIZED":
+        if kind == "CUSTOMIZED" and not _is_layer(m):
             return f"coupled to '{name}' ({type(m).__name__})"
         if kind in ("SPLIT", "SLICE", "UNBIND", "EXPAND"):
             return "they pass through a tensor split/slice/unbind/expand that Torch-Pruning cannot re-index safely"
@@ -694,9 +698,9 @@ class _Compactor:
             return None
         if id(m) in self.barriers:
             return f"coupled to '{name}' ({self.barriers[id(m)]})"
-        if isinstance(m, (nn.Linear, _ConvNd)) and link.out and id(m) in self.attention:
+        if _is_layer(m) and link.out and id(m) in self.attention:
             return f"'{name}' is an attention projection, whose channels are split into heads of a fixed size"
-        if isinstance(m, (nn.Linear, _ConvNd)) and not link.out:
+        if _is_layer(m) and not link.out:
             # A consumer: the unit must arrive as an exact zero on the example inputs.
             seen = self.input_nonzero.get(id(m))
             for idx, root_idx in zip(link.index, roots, strict=True):
@@ -707,7 +711,7 @@ class _Compactor:
                         "to non-zero, e.g. sigmoid or an added constant or input)",
                     )
             return None
-        if not isinstance(m, (nn.Linear, _ConvNd, _BatchNorm, _InstanceNorm, nn.PReLU)):
+        if not (_is_layer(m) or isinstance(m, (_BatchNorm, _InstanceNorm, nn.PReLU))):
             return f"coupled to unsupported layer '{name}' ({type(m).__name__})"
         return None
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from lightning_autoprune.core.targets import is_conv1d_transposed
 from lightning_autoprune.structured.tracing import Plan, attention_layers, trace
 from lightning_autoprune.structured.units import Slice, UnitGroup
 
@@ -34,10 +35,20 @@ def _module_param(module_name: str, attr: str) -> str:
 
 
 def _plain_layer(module: object) -> bool:
-    """A Linear, or an ordinary (not transposed, not grouped) convolution: layouts this module handles."""
-    if isinstance(module, nn.Linear):
+    """A Linear, transformers' ``Conv1D``, or an ordinary (not transposed, not grouped) convolution."""
+    if isinstance(module, nn.Linear) or (isinstance(module, nn.Module) and is_conv1d_transposed(module)):
         return True
     return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
+
+
+def _unit_dims(module: object) -> tuple[int, int]:
+    """The weight's dimensions of output and input units: ``(1, 0)`` for a ``Conv1D`` (``[in, out]``), else ``(0, 1)``.
+
+    Example:
+        >>> _unit_dims(nn.Linear(2, 3))
+        (0, 1)
+    """
+    return (1, 0) if isinstance(module, nn.Module) and is_conv1d_transposed(module) else (0, 1)
 
 
 def find_unit_groups(
@@ -109,14 +120,15 @@ def find_unit_groups(
                 block = block or "produces the model's output"
             elif _plain_layer(m):
                 name = "?" if link.name is None else link.name
+                out_dim, in_dim = _unit_dims(m)
                 if link.out:
                     if _module_param(name, "weight") not in prunable:
                         block = block or f"coupled to '{name}', which is not selected for pruning"
-                    slices.append(Slice(_module_param(name, "weight"), 0, index, unit, "producer"))
+                    slices.append(Slice(_module_param(name, "weight"), out_dim, index, unit, "producer"))
                     if getattr(m, "bias", None) is not None:
                         slices.append(Slice(_module_param(name, "bias"), 0, index, unit, "producer"))
                 else:
-                    slices.append(Slice(_module_param(name, "weight"), 1, index, unit, "consumer"))
+                    slices.append(Slice(_module_param(name, "weight"), in_dim, index, unit, "consumer"))
             elif isinstance(m, _BatchNorm):
                 name = "?" if link.name is None else link.name
                 if not m.affine:
@@ -165,18 +177,11 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     """Leaf layers with a matrix ``weight`` that structured pruning cannot prune, grouped by type.
 
     Embeddings and normalisation layers are left out: they are never structured pruning's
-    candidates. A transformers ``Conv1D`` (GPT-2's projections, a Linear with its weight stored
-    transposed) gets a note of its own.
+    candidates. Linear layers, transformers' ``Conv1D`` and ordinary convolutions are handled.
 
     Example:
-        >>> class Conv1D(nn.Module):  # the layout of transformers.pytorch_utils.Conv1D
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.weight = nn.Parameter(torch.zeros(4, 8))
-        >>> print(*unsupported_layers(nn.Sequential(Conv1D(), nn.Linear(8, 2), nn.Embedding(3, 4))))
-        ... # doctest: +NORMALIZE_WHITESPACE
-        Conv1D: '0' (transformers' Conv1D, as in GPT-2, is not supported by structured pruning,
-        which handles nn.Linear and ordinary convolutions only)
+        >>> print(*unsupported_layers(nn.Sequential(nn.Bilinear(4, 4, 8), nn.Linear(8, 2), nn.Embedding(3, 4))))
+        Bilinear: '0'
     """
     by_type: dict[str, list[str]] = {}
     for name, m in model.named_modules():
@@ -193,14 +198,7 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     out = []
     for kind, layers in by_type.items():
         more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
-        shown = ", ".join(f"'{n}'" for n in layers[:3]) + more
-        note = (
-            " (transformers' Conv1D, as in GPT-2, is not supported by structured pruning, which handles "
-            "nn.Linear and ordinary convolutions only)"
-            if kind == "Conv1D"
-            else ""
-        )
-        out.append(f"{kind}: {shown}{note}")
+        out.append(f"{kind}: " + ", ".join(f"'{n}'" for n in layers[:3]) + more)
     return out
 
 

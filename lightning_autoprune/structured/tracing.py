@@ -9,7 +9,10 @@ which positions of the node carry which root unit. What a consumer makes of a pl
 mask, units to remove) is its own business; this module is the only one that touches the graph.
 
 Layers passed as ``frozen`` are traced as opaque blocks: the coupling stops at them, and their
-internals (gates, splits of fused weights) are hidden from the graph.
+internals (gates, splits of fused weights) are hidden from the graph. transformers' ``Conv1D``
+(GPT-2's projections: a linear map whose weight is stored ``[in, out]``) is traced as one layer
+too, with a pruner of its own (:class:`_Conv1DPruner`), so its units are coupled like a
+``Linear``'s; its nodes' kind is ``"CUSTOMIZED"``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from lightning_autoprune.core.targets import is_conv1d_transposed
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -259,9 +264,13 @@ def trace(
         return captured["output"]
 
     frozen_pruner = _FrozenPruner()
+    frozen_ids = {id(m) for m in frozen}
+    conv1d = [m for m in model.modules() if is_conv1d_transposed(m) and id(m) not in frozen_ids]
+    pruners: dict[type, Any] = {type(m): _Conv1DPruner() for m in conv1d}
+    pruners |= {type(m): frozen_pruner for m in frozen}
     training = {name: m.training for name, m in model.named_modules()}
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    handles = [m.register_forward_hook(_stitch_hook, with_kwargs=True) for m in frozen]
+    handles = [m.register_forward_hook(_stitch_hook, with_kwargs=True) for m in (*frozen, *conv1d)]
     caches = _caches_off(model)
     model.eval()
     try:
@@ -272,7 +281,7 @@ def trace(
                 model,
                 example_inputs=example_inputs,
                 forward_fn=traced,
-                customized_pruners={type(m): frozen_pruner for m in frozen} or None,
+                customized_pruners=pruners or None,
                 verbose=False,
             )
     finally:
@@ -423,6 +432,59 @@ def _stitch_hook(
         sum(pick), *(t.detach() for t, p in zip(outputs, pick, strict=True) if p), anchor, *sources
     )
     return _replace_tensors(output, iter(stitched), iter(pick))
+
+
+class _Conv1DPruner:
+    """Torch-Pruning pruner for transformers' ``Conv1D``: output units along the weight's dim 1, inputs along dim 0.
+
+    Example:
+        >>> class Conv1D(nn.Module):
+        ...     def __init__(self, nx, nf):
+        ...         super().__init__()
+        ...         self.nf, self.weight, self.bias = nf, nn.Parameter(torch.ones(nx, nf)), nn.Parameter(torch.ones(nf))
+        >>> layer = _Conv1DPruner().prune_out_channels(Conv1D(4, 3), [1])
+        >>> tuple(layer.weight.shape), tuple(layer.bias.shape), layer.nf
+        ((4, 2), (2,), 2)
+        >>> tuple(_Conv1DPruner().prune_in_channels(layer, [0, 3]).weight.shape)
+        (2, 2)
+    """
+
+    pruning_dim = 1
+
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        keep = _kept(layer.weight.shape[1], idxs).to(layer.weight.device)
+        layer.weight = nn.Parameter(layer.weight.data[:, keep], requires_grad=layer.weight.requires_grad)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = nn.Parameter(
+                layer.bias.data[keep.to(layer.bias.device)], requires_grad=layer.bias.requires_grad
+            )
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        keep = _kept(layer.weight.shape[0], idxs).to(layer.weight.device)
+        layer.weight = nn.Parameter(layer.weight.data[keep], requires_grad=layer.weight.requires_grad)
+        if hasattr(layer, "nx"):
+            layer.nx = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: Any) -> int:
+        return int(layer.weight.shape[1])
+
+    def get_in_channels(self, layer: Any) -> int:
+        return int(layer.weight.shape[0])
+
+    def get_out_channel_groups(self, layer: Any) -> int:
+        return 1
+
+    def get_in_channel_groups(self, layer: Any) -> int:
+        return 1
+
+
+def _kept(size: int, idxs: Sequence[int]) -> Tensor:
+    """The positions of ``range(size)`` not in ``idxs``, ascending."""
+    gone = set(int(i) for i in idxs)
+    return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
 
 
 class _FrozenPruner:

@@ -202,12 +202,11 @@ def test_a_small_uncovered_share_is_not_warned_about() -> None:
     assert uncovered_warning(selection) is None
 
 
-def test_structured_targets_leave_conv1d_out_with_the_reason() -> None:
-    model = nn.Sequential(Conv1D(nf=6, nx=4), nn.Linear(6, 3))
-    found, skipped = structured_targets(model, default_targets(model))
-    assert [t.name for t in found] == ["1.weight", "1.bias"]
-    assert len(skipped) == 1
-    assert skipped[0].startswith("0.weight (transformers Conv1D: weight stored [in, out]")
+def test_structured_targets_take_conv1d_like_a_linear() -> None:
+    model = nn.Sequential(Conv1D(nf=6, nx=4), nn.Linear(6, 3), nn.Embedding(3, 2))
+    found, skipped = structured_targets(model, resolve_targets(model, include=["0.weight", "1.weight", "2.weight"]))
+    assert [t.name for t in found] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert skipped == ["2.weight"]
 
 
 # ----------------------------------------------------------------------------- transformers models, from configs
@@ -283,10 +282,10 @@ def test_targets_for_run_warns_about_uncovered_weights_and_keeps_the_reasons() -
 
 
 def test_targets_for_run_narrows_to_structured_layers_and_says_what_it_leaves() -> None:
-    model = nn.Sequential(Conv1D(nf=6, nx=4), nn.Linear(6, 3))
-    with pytest.warns(UserWarning, match=r"leaves these selected tensors unpruned: .*0\.weight \(transformers Conv1D"):
+    model = nn.Sequential(Conv1D(nf=6, nx=4), nn.GRU(6, 3))
+    with pytest.warns(UserWarning, match=r"leaves these selected tensors unpruned: .*1\.weight_ih_l0"):
         selection = targets_for_run(model, None, None, structured=True)
-    assert [t.name for t in selection.targets] == ["1.weight", "1.bias"]
+    assert [t.name for t in selection.targets] == ["0.weight", "0.bias"]
 
 
 def test_targets_for_run_refuses_tensors_another_callback_prunes() -> None:

@@ -207,20 +207,36 @@ def test_ffn_units_compact_and_attention_stays(family: str, trainer_kwargs: dict
         torch.testing.assert_close(small(x), model(x))
 
 
-def test_gpt2_structured_fails_before_training(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_gpt2_prunes_and_compacts_its_conv1d_ffn(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    """GPT-2's projections are transformers' Conv1D (weights stored [in, out]): its MLP units prune and compact."""
+    seed_everything(0)
     config = transformers.GPT2Config(
         vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16, num_labels=CLASSES, pad_token_id=0
     )
     model = HFClassifier(transformers.GPT2ForSequenceClassification(config))
-    autoprune = _autoprune(tmp_path)
-    loader = DataLoader(_tokens(), batch_size=16)
+    autoprune = _autoprune(tmp_path, compact_on_fit_end=True)
     trainer = Trainer(max_epochs=2, callbacks=[autoprune], **trainer_kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the embeddings structured pruning leaves alone
-        # Traced (with its cache off), it offers no unit: its projections are Conv1D, which the message names.
-        with pytest.raises(ValueError, match=r"granularity='structured' found no unit it can prune.*Conv1D.*GPT-2"):
-            trainer.fit(model, loader, loader)
-    assert trainer.global_step == 0, "it failed before the first training step"
+    loader = DataLoader(_tokens(), batch_size=16)
+    with pytest.warns(UserWarning, match=r"keeps every unit of: .*attn\.c_attn.*attention projections"):
+        trainer.fit(model, loader, loader)
+
+    mlp = model.model.transformer.h[0].mlp
+    dead = (mlp.c_fc.weight == 0).all(dim=0)  # Conv1D: output units along dim 1
+    assert dead.any(), "FFN hidden units were pruned"
+    assert (mlp.c_fc.bias[dead] == 0).all()
+    assert (mlp.c_proj.weight[dead] == 0).all(), "with the input rows that read them"
+    attention = model.model.transformer.h[0].attn
+    assert (attention.c_attn.weight != 0).any(dim=0).all(), "attention heads stay whole"
+    small = autoprune.compacted_model
+    assert isinstance(small, HFClassifier)
+    compacted = small.model.transformer.h[0].mlp
+    assert compacted.c_fc.weight.shape == (16, int((~dead).sum()))
+    assert compacted.c_fc.nf == compacted.c_proj.weight.shape[0] == int((~dead).sum())
+    assert count_parameters(small) < count_parameters(model)
+    x = _tokens().tensors[0][:8]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
 
 
 class TokenMixer(nn.Module):

@@ -121,6 +121,7 @@ class Conv1D(nn.Module):
 
     def __init__(self, nx: int, nf: int) -> None:
         super().__init__()
+        self.nf = nf
         self.weight = nn.Parameter(torch.randn(nx, nf))
         self.bias = nn.Parameter(torch.zeros(nf))
 
@@ -128,23 +129,44 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
 
 
-def test_unsupported_layers_are_named_by_type() -> None:
-    model = nn.Sequential(Conv1D(4, 8), Conv1D(8, 8), nn.Linear(8, 2), nn.LayerNorm(2), nn.Embedding(3, 4))
-    assert unsupported_layers(model) == [
-        "Conv1D: '0', '1' (transformers' Conv1D, as in GPT-2, is not supported by structured pruning, which "
-        "handles nn.Linear and ordinary convolutions only)"
+def test_a_conv1d_ffn_is_one_group_sliced_along_its_transposed_weight() -> None:
+    """GPT-2's MLP: c_fc (Conv1D) -> GELU -> c_proj (Conv1D), inside a residual stream."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.c_fc, self.c_proj, self.head = nn.Linear(3, 4), Conv1D(4, 8), Conv1D(8, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x)
+            return self.head(h + self.c_proj(nn.functional.gelu(self.c_fc(h))))
+
+    model = Block()
+    groups, _ = find_unit_groups(model, (torch.randn(2, 5, 3),), prunable=_weights(model))
+    (ffn,) = [g for g in groups if g.name == "c_fc"]
+    assert ffn.units == 8
+    assert [(s.param, s.dim, s.role) for s in ffn.slices] == [
+        ("c_fc.weight", 1, "producer"),
+        ("c_fc.bias", 0, "producer"),
+        ("c_proj.weight", 0, "consumer"),
     ]
+    assert unsupported_layers(model) == []
+
+
+def test_unsupported_layers_are_named_by_type() -> None:
+    model = nn.Sequential(nn.Bilinear(4, 4, 8), nn.Bilinear(8, 8, 8), Conv1D(8, 8), nn.Linear(8, 2), nn.LayerNorm(2))
+    assert unsupported_layers(model) == ["Bilinear: '0', '1'"]
 
 
 def test_a_model_torch_pruning_cannot_trace_is_a_value_error() -> None:
     class Broken(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.proj = Conv1D(4, 8)
+            self.proj = nn.Bilinear(4, 4, 8)
             self.head = nn.Linear(8, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.proj(x))
+            return self.head(self.proj(x, x))
 
     model = Broken()
     with pytest.MonkeyPatch.context() as patch:
@@ -152,5 +174,5 @@ def test_a_model_torch_pruning_cannot_trace_is_a_value_error() -> None:
             "lightning_autoprune.structured.discovery.trace",
             lambda *args, **kwargs: (_ for _ in ()).throw(TypeError("no channels")),
         )
-        with pytest.raises(ValueError, match=r"could not trace the model \(TypeError: no channels\).*Conv1D: 'proj'"):
+        with pytest.raises(ValueError, match=r"could not trace the model \(TypeError: no channels\).*Bilinear: 'proj'"):
             find_unit_groups(model, (torch.randn(2, 4),), prunable=_weights(model))
