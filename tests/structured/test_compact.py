@@ -147,25 +147,13 @@ def test_mlp_dead_neurons_removed() -> None:
     assert_same_outputs(small, model, torch.randn(64, 12))
 
 
-class Conv1D(nn.Module):
-    """The layout of transformers' Conv1D (GPT-2's projections): a Linear whose weight is stored [in, out]."""
-
-    def __init__(self, nx: int, nf: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf))
-        self.bias = nn.Parameter(torch.randn(nf))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
-
-
 class Conv1DBlock(nn.Module):
-    """GPT-2's MLP in a residual stream: c_fc (Conv1D) -> GELU -> c_proj (Conv1D)."""
+    """GPT-2's MLP in a residual stream: c_fc (transformers' Conv1D) -> GELU -> c_proj (Conv1D)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.embed, self.c_fc, self.c_proj, self.head = nn.Linear(3, 4), Conv1D(4, 8), Conv1D(8, 4), nn.Linear(4, 2)
+        conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D  # Conv1D(nf, nx): weight [nx, nf]
+        self.embed, self.c_fc, self.c_proj, self.head = nn.Linear(3, 4), conv1d(8, 4), conv1d(4, 8), nn.Linear(4, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.embed(x)
@@ -176,6 +164,7 @@ def test_conv1d_dead_units_are_removed_along_its_transposed_weight() -> None:
     torch.manual_seed(0)
     model = Conv1DBlock().eval()
     with torch.no_grad():
+        model.c_fc.bias.normal_()  # transformers initialises it at zero
         for unit in (1, 5):
             model.c_fc.weight[:, unit] = 0  # a Conv1D's output unit is a column of its weight
             model.c_fc.bias[unit] = 0

@@ -116,26 +116,15 @@ def test_attention_projections_are_kept_and_the_ffn_is_prunable() -> None:
     assert "'0.query', '0.key', '0.value' (attention projections, which structured pruning keeps" in kept[-1]
 
 
-class Conv1D(nn.Module):
-    """The layout of transformers' Conv1D: a Linear whose weight is stored transposed."""
-
-    def __init__(self, nx: int, nf: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
-
-
 def test_a_conv1d_ffn_is_one_group_sliced_along_its_transposed_weight() -> None:
     """GPT-2's MLP: c_fc (Conv1D) -> GELU -> c_proj (Conv1D), inside a residual stream."""
+
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D  # Conv1D(nf, nx): weight [nx, nf]
 
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.embed, self.c_fc, self.c_proj, self.head = nn.Linear(3, 4), Conv1D(4, 8), Conv1D(8, 4), nn.Linear(4, 2)
+            self.embed, self.c_fc, self.c_proj, self.head = nn.Linear(3, 4), conv1d(8, 4), conv1d(4, 8), nn.Linear(4, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.embed(x)
@@ -154,7 +143,8 @@ def test_a_conv1d_ffn_is_one_group_sliced_along_its_transposed_weight() -> None:
 
 
 def test_unsupported_layers_are_named_by_type() -> None:
-    model = nn.Sequential(nn.Bilinear(4, 4, 8), nn.Bilinear(8, 8, 8), Conv1D(8, 8), nn.Linear(8, 2), nn.LayerNorm(2))
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+    model = nn.Sequential(nn.Bilinear(4, 4, 8), nn.Bilinear(8, 8, 8), conv1d(8, 8), nn.Linear(8, 2), nn.LayerNorm(2))
     assert unsupported_layers(model) == ["Bilinear: '0', '1'"]
 
 
