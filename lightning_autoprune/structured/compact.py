@@ -109,7 +109,8 @@ def count_flops(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -
     Counted by Torch-Pruning's ``count_ops_and_params`` on a copy of ``model`` in eval mode (the
     caller's model is left untouched) and divided by the batch size; like most FLOP counters it
     reports multiply-accumulates (plus one operation per bias entry and activation output).
-    Layers it has no rule for count as zero.
+    transformers' ``Conv1D`` (GPT-2's projections) counts as the Linear layer it is; other layers
+    it has no rule for count as zero.
 
     Example:
         >>> count_flops(nn.Linear(4, 3), torch.zeros(1, 4))  # 4 x 3 products, plus 3 biases
@@ -119,6 +120,11 @@ def count_flops(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     inputs = _as_input_tuple(example_inputs)
+    # Torch-Pruning's extension point for module types it has no rule for (it empties it after
+    # each count): a Conv1D maps the last dim of its input like a Linear.
+    counter = tp.utils.op_counter
+    conv1d = {type(m) for m in model.modules() if is_conv1d_transposed(m)}
+    counter.CUSTOM_MODULES_MAPPING.update(dict.fromkeys(conv1d, counter.linear_flops_counter_hook))
     flops, _ = tp.utils.count_ops_and_params(model, inputs)
     return int(flops)
 

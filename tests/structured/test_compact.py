@@ -180,6 +180,25 @@ def test_conv1d_dead_units_are_removed_along_its_transposed_weight() -> None:
     assert_same_outputs(small, model, torch.randn(16, 5, 3))
 
 
+def test_conv1d_flops_are_counted_as_the_linear_layer_they_are() -> None:
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D  # Conv1D(nf, nx): weight [nx, nf]
+    x = torch.randn(2, 5, 4)
+    assert count_flops(conv1d(3, 4), x) == count_flops(nn.Linear(4, 3), x) > 0
+
+    class LinearBlock(Conv1DBlock):  # the same block with nn.Linear projections of ``hidden`` units
+        def __init__(self, hidden: int) -> None:
+            super().__init__()
+            self.c_fc, self.c_proj = nn.Linear(4, hidden), nn.Linear(hidden, 4)
+
+    block, tokens = Conv1DBlock().eval(), torch.randn(2, 5, 3)
+    with torch.no_grad():
+        block.c_fc.weight[:, :2] = 0  # two of c_fc's 8 units
+        block.c_fc.bias[:2] = 0
+    assert count_flops(block, tokens) == count_flops(LinearBlock(8), tokens)
+    smaller = count_flops(compact(block, tokens), tokens)
+    assert smaller == count_flops(LinearBlock(6), tokens) < count_flops(block, tokens)
+
+
 def test_mlp_without_dead_units_is_an_equal_copy() -> None:
     torch.manual_seed(1)
     model = mlp().eval()
