@@ -110,8 +110,8 @@ class AutoPrune(Callback):
         granularity: ``"unstructured"`` prunes single weights. ``"structured"`` prunes whole
             neurons (Linear and transformers ``Conv1D`` outputs) and channels (Conv outputs),
             with every coupled slice (bias, BatchNorm ``gamma``/``beta``, the next layer's input
-            columns, branches joined by a residual addition) pruned together, traced with Torch-Pruning on what
-            ``training_step`` passes the model for one training batch (or
+            columns, branches joined by a residual addition) pruned together, traced with
+            Torch-Pruning on what ``training_step`` passes the model for one training batch (or
             ``example_input_array``). Sparsity then counts the parameters of
             those tensors (or their FLOPs, see ``target_unit``); ``importance`` must be
             ``"magnitude"`` (the structured default: the unit's squared L2 norm over every coupled

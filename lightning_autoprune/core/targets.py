@@ -111,11 +111,12 @@ class TargetSelection:
     uncovered_share: float = 0.0
 
 
-def is_conv1d_transposed(module: nn.Module) -> bool:
+def is_conv1d_transposed(module: object) -> bool:
     """Whether ``module`` is transformers' ``Conv1D``: a linear map whose weight is stored ``[in, out]``.
 
     Recognised by its class name, its ``nf`` (output features) and a 2-D ``weight`` shaped
-    ``(nx, nf)``, so transformers need not be importable.
+    ``(nx, nf)``, so transformers need not be importable; any object may be asked (Torch-Pruning's
+    stand-ins for operations are not).
 
     Example:
         >>> class Conv1D(nn.Module):
@@ -446,6 +447,22 @@ def uncovered_warning(selection: TargetSelection, threshold: float = UNCOVERED_S
     )
 
 
+def is_plain_layer(module: object) -> bool:
+    """A layer structured pruning handles: a Linear, transformers' ``Conv1D``, or an ordinary convolution.
+
+    An ordinary convolution is neither transposed nor grouped.
+
+    Example:
+        >>> is_plain_layer(nn.Linear(2, 3)), is_plain_layer(nn.Conv2d(4, 4, 3, groups=4)), is_plain_layer(nn.ReLU())
+        (True, False, False)
+    """
+    from torch.nn.modules.conv import _ConvNd
+
+    if isinstance(module, nn.Linear) or is_conv1d_transposed(module):
+        return True
+    return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
+
+
 def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tuple[list[PruneTarget], list[str]]:
     """The tensors structured pruning masks: the selected Linear/Conv1D/Conv weights, their biases, BatchNorm affines.
 
@@ -466,15 +483,9 @@ def structured_targets(model: nn.Module, weights: Sequence[PruneTarget]) -> tupl
         (['0.weight', '0.bias', '1.weight', '1.bias', '2.weight', '2.bias'], [])
     """
     from torch.nn.modules.batchnorm import _BatchNorm
-    from torch.nn.modules.conv import _ConvNd
 
-    def plain(module: nn.Module) -> bool:
-        if isinstance(module, nn.Linear) or is_conv1d_transposed(module):
-            return True
-        return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
-
-    chosen = {t.module_name for t in weights if t.param_name == "weight" and plain(t.module)}
-    skipped = [t.name for t in weights if not (t.param_name == "weight" and plain(t.module))]
+    chosen = {t.module_name for t in weights if t.param_name == "weight" and is_plain_layer(t.module)}
+    skipped = [t.name for t in weights if not (t.param_name == "weight" and is_plain_layer(t.module))]
     found: list[PruneTarget] = []
     for target in all_parameter_targets(model):
         module = target.module

@@ -319,7 +319,7 @@ def _call(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
 
 def _is_layer(module: object) -> TypeGuard[nn.Module]:
     """A Linear, a convolution, or transformers' ``Conv1D`` (a Linear whose weight is stored ``[in, out]``)."""
-    return isinstance(module, (nn.Linear, _ConvNd)) or (isinstance(module, nn.Module) and is_conv1d_transposed(module))
+    return isinstance(module, (nn.Linear, _ConvNd)) or is_conv1d_transposed(module)
 
 
 def _channel_dim(module: nn.Module, x: Tensor) -> int:

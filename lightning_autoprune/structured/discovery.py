@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from lightning_autoprune.core.targets import is_conv1d_transposed
+from lightning_autoprune.core.targets import is_plain_layer as _plain_layer
 from lightning_autoprune.structured.tracing import Plan, attention_layers, trace
 from lightning_autoprune.structured.units import Slice, UnitGroup
 
@@ -34,13 +34,6 @@ def _module_param(module_name: str, attr: str) -> str:
     return f"{module_name}.{attr}" if module_name else attr
 
 
-def _plain_layer(module: object) -> bool:
-    """A Linear, transformers' ``Conv1D``, or an ordinary (not transposed, not grouped) convolution."""
-    if isinstance(module, nn.Linear) or (isinstance(module, nn.Module) and is_conv1d_transposed(module)):
-        return True
-    return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
-
-
 def _unit_dims(module: object) -> tuple[int, int]:
     """The weight's dimensions of output and input units: ``(1, 0)`` for a ``Conv1D`` (``[in, out]``), else ``(0, 1)``.
 
@@ -48,7 +41,7 @@ def _unit_dims(module: object) -> tuple[int, int]:
         >>> _unit_dims(nn.Linear(2, 3))
         (0, 1)
     """
-    return (1, 0) if isinstance(module, nn.Module) and is_conv1d_transposed(module) else (0, 1)
+    return (1, 0) if is_conv1d_transposed(module) else (0, 1)
 
 
 def find_unit_groups(
