@@ -13,6 +13,7 @@ from lightning_autoprune.scoring.formulas import (
     TaylorScorer,
     WandaScorer,
     lamp_scores,
+    taylor_scores,
     wanda_scores,
 )
 
@@ -51,6 +52,18 @@ def test_taylor_is_rms_of_per_batch_first_order_terms() -> None:
     scores = TaylorScorer().score(inputs({"w": w}, grad_sq_mean={"w": sq}, grad_mean={"w": g_batches.mean(0)}))
     expected = ((g_batches * w) ** 2).mean(0).sqrt()
     assert torch.allclose(scores["w"], expected)
+
+
+def test_taylor_scores_are_the_formula_bit_for_bit_without_a_copy_of_the_weights() -> None:
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(10_000, generator=generator)
+    w[::7] = -0.0
+    fisher = torch.rand(10_000, generator=generator) * 1e-3
+    fisher[::11] = 0.0
+    scores = taylor_scores(w, fisher)
+    assert torch.equal(scores.view(torch.int32), (w.abs() * fisher.sqrt()).view(torch.int32))
+    assert scores.data_ptr() not in (w.data_ptr(), fisher.data_ptr())  # the inputs are left as they were
+    assert w.signbit()[::7].all()  # the weights' signs too
 
 
 def test_taylor_without_gradients_fails() -> None:

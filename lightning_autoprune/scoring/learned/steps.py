@@ -330,7 +330,7 @@ def choose_step(
     copies = sum(mask.numel() for mask in inputs.masks.values()) >= COPY_MIN_WEIGHTS
     backup = _backup(inputs) if copies else None
     measured = {name: _measure(scores_of, inputs, parts, sample, backup) for name, scores_of in candidates.items()}
-    del backup
+    del backup, sample  # before the winner's scores are built, every tensor's at once
     losses = {name: statistics.fmean(values) for name, (values, _, _) in measured.items()}
     collapsing = tuple(name for name, (_, _, collapsed) in measured.items() if collapsed)
     if len(collapsing) == len(measured):
