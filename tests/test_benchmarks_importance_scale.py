@@ -24,6 +24,14 @@ def test_one_small_event_labels_replays_and_reaches_its_target(replay: bool) -> 
     assert (row["replayed_layer_calls"] > 0) is replay
     assert row["event_seconds"] >= row["label_forward_seconds"] > 0
     assert row["peak_extra_mb"] >= 0
+    assert row["libraries_paged_in_mb"] > 0  # torch's libraries, at least
+
+
+def test_paging_in_the_libraries_leaves_nothing_of_theirs_for_an_event_to_fault_in() -> None:
+    importance_scale._page_in_libraries()
+    before = importance_scale._status_mb("RssFile")
+    assert importance_scale._page_in_libraries() > 0
+    assert importance_scale._status_mb("RssFile") == pytest.approx(before, abs=1.0)  # already resident
 
 
 def reading(seconds: float, peak: float) -> dict[str, Any]:
@@ -55,6 +63,9 @@ def test_a_row_takes_times_from_timed_readings_and_memory_from_held_ones() -> No
     lines = "\n".join(render_scale({"model": "m", "threads": 2, "repeats": 3, "events": [row]}))
     assert "| 2.0M | 0.80 -> 0.90 | 4.0 | 134 in 2.0 | 7.0 (3.5) | 2.0 | 16 (2.00x) | learned |" in lines
     assert "median of 3 readings" in lines
+    assert "paged in" not in lines  # a results file from before the libraries were paged in
+    paged = "\n".join(render_scale({"model": "m", "threads": 2, "events": [{**row, "libraries_paged_in_mb": 500.0}]}))
+    assert "library mappings are paged in (`madvise(MADV_POPULATE_READ)`)" in paged
     older = importance_scale.summarise(timed, held)  # a results file without the full-pass readings
     assert "| 4.0 | 134 in 2.0 | n/a |" in "\n".join(render_scale({"model": "m", "threads": 2, "events": [older]}))
 
