@@ -201,6 +201,12 @@ def _event(width: int, before: float, after: float, queue: Any, replay_layers: b
     weights_mb = weights * 4 / 2**20
     _as_after_training(net, batches)
     paged_in = _page_in_libraries()
+    if not paged_in:
+        print(
+            "[AutoPrune] could not page the libraries in (madvise MADV_POPULATE_READ needs Linux 5.14 or later): "
+            "this event's peak extra memory also counts the library code it runs for the first time.",
+            flush=True,
+        )
     _reset_peak()
     baseline = _status_mb("VmRSS")
     start = time.perf_counter()

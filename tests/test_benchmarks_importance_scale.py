@@ -27,6 +27,16 @@ def test_one_small_event_labels_replays_and_reaches_its_target(replay: bool) -> 
     assert row["libraries_paged_in_mb"] > 0  # torch's libraries, at least
 
 
+def test_an_event_whose_libraries_could_not_be_paged_in_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(importance_scale, "_page_in_libraries", lambda: 0)  # as on a kernel before 5.14
+    queue = _Queue()
+    importance_scale._event(48, 0.0, 0.5, queue)
+    assert queue.item["libraries_paged_in_mb"] == 0
+    assert "could not page the libraries in" in capsys.readouterr().out
+
+
 def test_paging_in_the_libraries_leaves_nothing_of_theirs_for_an_event_to_fault_in() -> None:
     importance_scale._page_in_libraries()
     before = importance_scale._status_mb("RssFile")
@@ -66,6 +76,8 @@ def test_a_row_takes_times_from_timed_readings_and_memory_from_held_ones() -> No
     assert "paged in" not in lines  # a results file from before the libraries were paged in
     paged = "\n".join(render_scale({"model": "m", "threads": 2, "events": [{**row, "libraries_paged_in_mb": 500.0}]}))
     assert "library mappings are paged in (`madvise(MADV_POPULATE_READ)`)" in paged
+    unpaged = "\n".join(render_scale({"model": "m", "threads": 2, "events": [{**row, "libraries_paged_in_mb": 0.0}]}))
+    assert "paged in" not in unpaged  # a kernel without MADV_POPULATE_READ advised nothing
     older = importance_scale.summarise(timed, held)  # a results file without the full-pass readings
     assert "| 4.0 | 134 in 2.0 | n/a |" in "\n".join(render_scale({"model": "m", "threads": 2, "events": [older]}))
 
