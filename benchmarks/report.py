@@ -655,7 +655,7 @@ def render_scale(payload: Mapping[str, Any]) -> list[str]:
         + (
             "Before the event the process's library mappings are paged in (`madvise(MADV_POPULATE_READ)`), so "
             "that the mark does not count the library code an event runs for the first time: clean, shared pages "
-            "that do not grow with the model (about 9 MB at 5M weights). "
+            "that do not grow with the model. "
             if events and all(e.get("libraries_paged_in_mb", 0) > 0 for e in events)
             else ""
         )
